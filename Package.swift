@@ -1,0 +1,95 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One settings list for every target (ARCHITECTURE.md, Conventions).
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "coffer",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "cofferd", targets: ["cofferd"]),
+        .executable(name: "coffer", targets: ["coffer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // C shims
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        .target(name: "CCofferLinux"),
+
+        // Libraries, dependencies pointing down only.
+        .target(name: "CofferCrypto", dependencies: ["CSodium"], swiftSettings: swiftSettings),
+        .target(name: "CofferCore", swiftSettings: swiftSettings),
+        .target(
+            name: "CofferStore",
+            dependencies: ["CofferCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CofferEngine",
+            dependencies: [
+                "CofferCore", "CofferCrypto", "CofferStore", "CCofferLinux",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "CofferAPI", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
+        .target(
+            name: "CofferServer",
+            dependencies: [
+                "CofferAPI", "CofferEngine", "CofferCore", "CofferCrypto", "CCofferLinux",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "CofferClient", dependencies: ["CofferAPI", "CofferCore"], swiftSettings: swiftSettings),
+
+        // Executables
+        .executableTarget(
+            name: "cofferd",
+            dependencies: [
+                "CofferServer", "CofferEngine", "CofferCore", "CCofferLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "coffer",
+            dependencies: [
+                "CofferClient", "CofferAPI", "CofferCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Tests: one per module, plus end to end against the built binaries.
+        .testTarget(name: "CofferCryptoTests", dependencies: ["CofferCrypto"], swiftSettings: swiftSettings),
+        .testTarget(name: "CofferCoreTests", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "CofferEngineTests",
+            dependencies: ["CofferEngine", "CofferStore", "CofferCrypto", "CofferCore",
+                           .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferEndToEndTests",
+            dependencies: ["CofferClient", "CofferAPI", "CofferCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,65 @@
+#define _GNU_SOURCE
+#include "CCofferLinux.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int coffer_harden_process(void) {
+    struct rlimit none = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &none) != 0) return -1;
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return -1;
+    return 0;
+}
+
+int coffer_is_dumpable(void) {
+    return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+}
+
+int coffer_peercred(int fd, coffer_ucred *out) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    if (len != sizeof(cred)) { errno = EPROTO; return -1; }
+    out->pid = cred.pid;
+    out->uid = cred.uid;
+    out->gid = cred.gid;
+    return 0;
+}
+
+int coffer_create_exclusive(const char *path, unsigned int mode) {
+    /* Invariant 7: O_NOFOLLOW|O_CLOEXEC|O_EXCL and the final mode at creation. */
+    mode_t old = umask(0077);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+    umask(old);
+    if (fd >= 0 && fchmod(fd, (mode_t)mode) != 0) {
+        int e = errno; close(fd); unlink(path); errno = e; return -1;
+    }
+    return fd;
+}
+
+int coffer_open_read_nofollow(const char *path) {
+    return open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+int coffer_lock_file(const char *path) {
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno; close(fd); errno = e; return -1;
+    }
+    return fd;
+}
+
+int coffer_user_groups(const char *user, unsigned int gid, unsigned int *groups, int max) {
+    int n = max;
+    if (getgrouplist(user, (gid_t)gid, (gid_t *)groups, &n) < 0) return -1;
+    return n;
+}

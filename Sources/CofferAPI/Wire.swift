@@ -1,0 +1,265 @@
+public import CofferCore
+public import Foundation
+
+// Wire types of API v1 (JSON, snake_case). No logic here beyond strict decoding:
+// unknown fields are errors (invariant 6), so a typo never silently does nothing.
+
+/// `{"error": {"code": "...", "message": "...", "hint": "..."}}`
+public struct ErrorBody: Codable, Sendable {
+    public struct Detail: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public var hint: String?
+    }
+    public var error: Detail
+
+    public init(_ e: CofferError) {
+        error = Detail(code: e.code.rawValue, message: e.message, hint: e.hint)
+    }
+}
+
+/// Body of `PUT /v1/secrets/data/{path}`: exactly one of `value` (UTF-8 text) or
+/// `value_base64` (any bytes); `cas` makes the write conditional on the current version.
+public struct PutSecretRequest: Decodable, Sendable {
+    public var value: String?
+    public var valueBase64: String?
+    public var cas: Int?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case value, valueBase64 = "value_base64", cas
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        value = try c.decodeIfPresent(String.self, forKey: .value)
+        valueBase64 = try c.decodeIfPresent(String.self, forKey: .valueBase64)
+        cas = try c.decodeIfPresent(Int.self, forKey: .cas)
+    }
+}
+
+/// Body of `POST /v1/secrets/{delete,undelete,destroy}/{path}`.
+public struct VersionsRequest: Codable, Sendable {
+    public var versions: [Int]?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case versions }
+
+    public init(versions: [Int]?) { self.versions = versions }
+
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        versions = try c.decodeIfPresent([Int].self, forKey: .versions)
+    }
+}
+
+public struct CreatedBy: Codable, Sendable, Equatable {
+    public var uid: UInt32
+    public var user: String?
+    public init(uid: UInt32, user: String?) {
+        self.uid = uid
+        self.user = user
+    }
+}
+
+public struct VersionMetadata: Codable, Sendable, Equatable {
+    public var version: Int
+    public var createdAt: String
+    public var createdBy: CreatedBy
+    public var size: Int
+    public var state: String
+    public var deletedAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case version, createdAt = "created_at", createdBy = "created_by", size, state, deletedAt = "deleted_at"
+    }
+
+    public init(version: Int, createdAt: String, createdBy: CreatedBy, size: Int, state: String, deletedAt: String?) {
+        self.version = version
+        self.createdAt = createdAt
+        self.createdBy = createdBy
+        self.size = size
+        self.state = state
+        self.deletedAt = deletedAt
+    }
+}
+
+/// `GET /v1/secrets/data/{path}` (JSON form).
+public struct SecretResponse: Codable, Sendable {
+    public var path: String
+    /// The value as text, present only when it is valid UTF-8.
+    public var value: String?
+    public var valueBase64: String
+    public var currentVersion: Int
+    public var metadata: VersionMetadata
+
+    enum CodingKeys: String, CodingKey {
+        case path, value, valueBase64 = "value_base64", currentVersion = "current_version", metadata
+    }
+
+    public init(path: String, value: String?, valueBase64: String, currentVersion: Int, metadata: VersionMetadata) {
+        self.path = path
+        self.value = value
+        self.valueBase64 = valueBase64
+        self.currentVersion = currentVersion
+        self.metadata = metadata
+    }
+}
+
+/// Answer to a write: the new version's metadata.
+public struct WriteResponse: Codable, Sendable {
+    public var path: String
+    public var version: Int
+    public var metadata: VersionMetadata
+
+    public init(path: String, version: Int, metadata: VersionMetadata) {
+        self.path = path
+        self.version = version
+        self.metadata = metadata
+    }
+}
+
+/// `GET /v1/secrets/metadata/{path}` and the answer to delete/undelete/destroy.
+public struct SecretMetadataResponse: Codable, Sendable {
+    public var path: String
+    public var currentVersion: Int
+    public var maxVersions: Int
+    public var createdAt: String
+    public var updatedAt: String
+    public var versions: [VersionMetadata]
+
+    enum CodingKeys: String, CodingKey {
+        case path, currentVersion = "current_version", maxVersions = "max_versions",
+             createdAt = "created_at", updatedAt = "updated_at", versions
+    }
+
+    public init(path: String, currentVersion: Int, maxVersions: Int, createdAt: String, updatedAt: String, versions: [VersionMetadata]) {
+        self.path = path
+        self.currentVersion = currentVersion
+        self.maxVersions = maxVersions
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.versions = versions
+    }
+}
+
+/// `GET /v1/secrets/list/{prefix}?after=&limit=`
+public struct ListResponse: Codable, Sendable {
+    public var prefix: String
+    public var keys: [String]
+    public var nextAfter: String?
+
+    enum CodingKeys: String, CodingKey { case prefix, keys, nextAfter = "next_after" }
+
+    public init(prefix: String, keys: [String], nextAfter: String?) {
+        self.prefix = prefix
+        self.keys = keys
+        self.nextAfter = nextAfter
+    }
+}
+
+/// `GET /v1/sys/health` (no authentication).
+public struct HealthResponse: Codable, Sendable {
+    public var status: String
+    public var unlocked: Bool
+    public var version: String
+
+    public init(status: String, unlocked: Bool, version: String) {
+        self.status = status
+        self.unlocked = unlocked
+        self.version = version
+    }
+}
+
+/// `GET /v1/sys/status`
+public struct StatusResponse: Codable, Sendable {
+    public struct Caller: Codable, Sendable {
+        public var pid: Int32
+        public var uid: UInt32
+        public var gid: UInt32
+        public var user: String?
+        public var groups: [UInt32]
+        public init(pid: Int32, uid: UInt32, gid: UInt32, user: String?, groups: [UInt32]) {
+            self.pid = pid
+            self.uid = uid
+            self.gid = gid
+            self.user = user
+            self.groups = groups
+        }
+    }
+    public var version: String
+    public var unlocked: Bool
+    public var devMode: Bool
+    public var uptimeSeconds: Int
+    public var secrets: Int
+    public var keyID: String
+    public var durability: String
+    public var maxValueBytes: Int
+    public var maxVersions: Int
+    public var caller: Caller
+    public var decision: String
+
+    enum CodingKeys: String, CodingKey {
+        case version, unlocked, devMode = "dev_mode", uptimeSeconds = "uptime_seconds", secrets,
+             keyID = "key_id", durability, maxValueBytes = "max_value_bytes", maxVersions = "max_versions", caller, decision
+    }
+
+    public init(version: String, unlocked: Bool, devMode: Bool, uptimeSeconds: Int, secrets: Int, keyID: String,
+                durability: String, maxValueBytes: Int, maxVersions: Int, caller: Caller, decision: String) {
+        self.version = version
+        self.unlocked = unlocked
+        self.devMode = devMode
+        self.uptimeSeconds = uptimeSeconds
+        self.secrets = secrets
+        self.keyID = keyID
+        self.durability = durability
+        self.maxValueBytes = maxValueBytes
+        self.maxVersions = maxVersions
+        self.caller = caller
+        self.decision = decision
+    }
+}
+
+public enum CofferVersion {
+    public static let string = "0.1.0"
+}
+
+/// Rejects JSON objects with keys the type does not know.
+public enum StrictKeys {
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public struct UnknownField: Error, CustomStringConvertible {
+        public var name: String
+        public var description: String { "unknown field '\(name)'" }
+    }
+
+    public static func check<K: CodingKey & CaseIterable>(_ decoder: any Decoder, _: K.Type) throws {
+        let c = try decoder.container(keyedBy: AnyKey.self)
+        let known = Set(K.allCases.map(\.stringValue))
+        for k in c.allKeys where !known.contains(k.stringValue) {
+            // Bound the echoed name: it is caller input.
+            throw UnknownField(name: String(k.stringValue.prefix(64)))
+        }
+    }
+}
+
+/// Millisecond timestamps as RFC 3339 UTC strings, e.g. 2026-11-29T02:21:40.123Z.
+public enum Timestamp {
+    public static func string(millis: Int64) -> String {
+        var t = time_t(millis / 1000)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        func pad(_ v: Int32, _ n: Int) -> String {
+            let s = String(v)
+            return s.count >= n ? s : String(repeating: "0", count: n - s.count) + s
+        }
+        let ms = Int32(millis % 1000)
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T"
+            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(ms, 3))Z"
+    }
+}

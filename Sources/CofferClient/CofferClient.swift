@@ -1,0 +1,93 @@
+public import CofferAPI
+public import CofferCore
+import Foundation
+
+/// An error answer from cofferd, decoded from its JSON error body.
+public struct APIError: Error, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var hint: String?
+    public var description: String { message }
+}
+
+/// Typed calls of API v1 for the CLI (and for tests).
+public final class CofferClient {
+    public let http: UnixHTTPClient
+
+    public init(socketPath: String) {
+        http = UnixHTTPClient(socketPath: socketPath)
+    }
+
+    static func dataPath(_ kind: String, _ path: String) -> String {
+        "/v1/secrets/\(kind)/" + PercentDecoding.encodePath(path)
+    }
+
+    func decode<T: Decodable>(_ r: HTTPResult, as: T.Type) throws -> T {
+        guard (200..<300).contains(r.status) else { throw Self.apiError(r) }
+        do { return try JSONDecoder().decode(T.self, from: Data(r.body)) } catch {
+            throw ClientError(kind: .protocolError, message: "cofferd sent a response this coffer cannot read (\(r.status))")
+        }
+    }
+
+    static func apiError(_ r: HTTPResult) -> APIError {
+        if let body = try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)) {
+            return APIError(status: r.status, code: body.error.code, message: body.error.message, hint: body.error.hint)
+        }
+        return APIError(status: r.status, code: "http_\(r.status)", message: "cofferd answered HTTP \(r.status)", hint: nil)
+    }
+
+    public func health() throws -> HealthResponse {
+        try decode(http.request("GET", "/v1/sys/health"), as: HealthResponse.self)
+    }
+
+    public func status() throws -> StatusResponse {
+        try decode(http.request("GET", "/v1/sys/status"), as: StatusResponse.self)
+    }
+
+    /// Writes a new version. The value travels only in the request body.
+    public func put(_ path: String, value: [UInt8], cas: Int?) throws -> WriteResponse {
+        var body: [String: Any] = ["value_base64": Data(value).base64EncodedString()]
+        if let cas { body["cas"] = cas }
+        var json = try JSONSerialization.data(withJSONObject: body)
+        defer { json.resetBytes(in: 0..<json.count) }
+        let r = try http.request("PUT", Self.dataPath("data", path), headers: [("Content-Type", "application/json")], body: [UInt8](json))
+        return try decode(r, as: WriteResponse.self)
+    }
+
+    /// Raw bytes of a version, with its version numbers from the headers.
+    public func getRaw(_ path: String, version: Int?) throws -> (value: [UInt8], version: Int?) {
+        var target = Self.dataPath("data", path)
+        if let version { target += "?version=\(version)" }
+        let r = try http.request("GET", target, headers: [("Accept", "application/octet-stream")])
+        guard r.status == 200 else { throw Self.apiError(r) }
+        return (r.body, r.header("Coffer-Version").flatMap { Int($0) })
+    }
+
+    public func get(_ path: String, version: Int?) throws -> SecretResponse {
+        var target = Self.dataPath("data", path)
+        if let version { target += "?version=\(version)" }
+        return try decode(http.request("GET", target), as: SecretResponse.self)
+    }
+
+    public func metadata(_ path: String) throws -> SecretMetadataResponse {
+        try decode(http.request("GET", Self.dataPath("metadata", path)), as: SecretMetadataResponse.self)
+    }
+
+    public func list(_ prefix: String, after: String?, limit: Int?) throws -> ListResponse {
+        var target = prefix.isEmpty ? "/v1/secrets/list" : Self.dataPath("list", prefix)
+        var q: [String] = []
+        if let after { q.append("after=" + PercentDecoding.encodePath(after)) }
+        if let limit { q.append("limit=\(limit)") }
+        if !q.isEmpty { target += "?" + q.joined(separator: "&") }
+        return try decode(http.request("GET", target), as: ListResponse.self)
+    }
+
+    public enum Change: String { case delete, undelete, destroy }
+
+    public func change(_ change: Change, _ path: String, versions: [Int]?) throws -> SecretMetadataResponse {
+        let body = try JSONEncoder().encode(VersionsRequest(versions: versions))
+        let r = try http.request("POST", Self.dataPath(change.rawValue, path), headers: [("Content-Type", "application/json")], body: [UInt8](body))
+        return try decode(r, as: SecretMetadataResponse.self)
+    }
+}

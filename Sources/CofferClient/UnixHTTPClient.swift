@@ -1,0 +1,194 @@
+public import CofferCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A small blocking HTTP/1.1 client over a Unix socket, for the CLI: one process,
+/// one connection, no event loop to start (a CLI call per secret stays cheap).
+public struct HTTPResult: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+    }
+}
+
+public struct ClientError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable { case connect, io, protocolError }
+    public var kind: Kind
+    public var message: String
+    public var hint: String?
+    public var description: String { message }
+
+    public init(kind: Kind, message: String, hint: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+    }
+}
+
+public final class UnixHTTPClient {
+    let socketPath: String
+    var fd: Int32 = -1
+    public var timeoutSeconds: Int = 30
+
+    public init(socketPath: String) {
+        self.socketPath = socketPath
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    func connectIfNeeded() throws(ClientError) {
+        if fd >= 0 { return }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(socketPath.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw ClientError(kind: .connect, message: "the socket path \(socketPath) is too long for a Unix socket",
+                              hint: "use a shorter path (at most 107 bytes)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in pathBytes.enumerated() { raw[i] = b }
+        }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw ClientError(kind: .connect, message: "cannot create a socket") }
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(s)
+            let reason = String(cString: strerror(e))
+            var hint = "is cofferd running? start it with `cofferd dev`, or set COFFER_SOCKET / --socket"
+            if e == EACCES { hint = "you lack permission on the socket; ask an admin to add you to the socket's group" }
+            throw ClientError(kind: .connect, message: "cannot connect to \(socketPath): \(reason)", hint: hint)
+        }
+        fd = s
+    }
+
+    /// Sends one request and reads one response (Content-Length or chunked).
+    public func request(_ method: String, _ target: String, headers: [(String, String)] = [], body: [UInt8]? = nil) throws(ClientError) -> HTTPResult {
+        try connectIfNeeded()
+        var head = "\(method) \(target) HTTP/1.1\r\nHost: coffer\r\nUser-Agent: coffer/\(CofferClientInfo.version)\r\n"
+        for (k, v) in headers { head += "\(k): \(v)\r\n" }
+        if let body {
+            head += "Content-Length: \(body.count)\r\n"
+        } else if method == "PUT" || method == "POST" {
+            head += "Content-Length: 0\r\n"
+        }
+        head += "\r\n"
+        var out = Array(head.utf8)
+        if let body { out += body }
+        defer { Wipe.bytes(&out) }
+        try writeAll(out)
+        return try readResponse(method: method)
+    }
+
+    func writeAll(_ bytes: [UInt8]) throws(ClientError) {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ClientError(kind: .io, message: "cannot send the request: \(String(cString: strerror(errno)))")
+            }
+            off += n
+        }
+    }
+
+    var pending: [UInt8] = []
+
+    func fill() throws(ClientError) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { throw ClientError(kind: .io, message: "timed out waiting for cofferd") }
+                throw ClientError(kind: .io, message: "cannot read the response: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { return false }
+            pending += buf[0..<n]
+            return true
+        }
+    }
+
+    func readLine() throws(ClientError) -> String {
+        while true {
+            if let i = pending.firstIndex(of: 0x0A) {
+                var line = Array(pending[0..<i])
+                pending.removeFirst(i + 1)
+                if line.last == 0x0D { line.removeLast() }
+                return String(decoding: line, as: UTF8.self)
+            }
+            guard try fill() else { throw ClientError(kind: .protocolError, message: "cofferd closed the connection") }
+            if pending.count > 1 << 20 { throw ClientError(kind: .protocolError, message: "response header too large") }
+        }
+    }
+
+    func readExactly(_ n: Int) throws(ClientError) -> [UInt8] {
+        while pending.count < n {
+            guard try fill() else { throw ClientError(kind: .protocolError, message: "cofferd closed the connection mid-response") }
+        }
+        let out = Array(pending[0..<n])
+        pending.removeFirst(n)
+        return out
+    }
+
+    func readResponse(method: String) throws(ClientError) -> HTTPResult {
+        let statusLine = try readLine()
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
+            throw ClientError(kind: .protocolError, message: "malformed response from cofferd")
+        }
+        var headers: [(String, String)] = []
+        while true {
+            let line = try readLine()
+            if line.isEmpty { break }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        var result = HTTPResult(status: status, headers: headers, body: [])
+        if method == "HEAD" || status == 204 || status == 304 { return result }
+        if let te = result.header("Transfer-Encoding"), te.lowercased().contains("chunked") {
+            while true {
+                let sizeLine = try readLine()
+                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+                    throw ClientError(kind: .protocolError, message: "malformed chunked response")
+                }
+                if size == 0 {
+                    while try !readLine().isEmpty {}
+                    break
+                }
+                result.body += try readExactly(size)
+                _ = try readLine()
+            }
+        } else if let cl = result.header("Content-Length"), let n = Int(cl), n >= 0 {
+            result.body = try readExactly(n)
+        } else {
+            while try fill() {}
+            result.body = pending
+            pending = []
+        }
+        return result
+    }
+}
+
+public enum CofferClientInfo {
+    public static let version = "0.1.0"
+}
+
+/// Zeroes buffers that held a secret value (explicit_bzero is not elided).
+public enum Wipe {
+    public static func bytes(_ bytes: inout [UInt8]) {
+        bytes.withUnsafeMutableBytes { raw in
+            if let base = raw.baseAddress, raw.count > 0 { explicit_bzero(base, raw.count) }
+        }
+    }
+}

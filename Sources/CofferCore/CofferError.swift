@@ -1,0 +1,46 @@
+/// The error every layer above the crypto module speaks. The server maps `code`
+/// to an HTTP status in one place (CofferServer/ErrorMapping.swift); the CLI maps
+/// it to an exit code. Messages never contain secret values (invariant 1).
+public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable, Codable, CaseIterable {
+        // caller's fault
+        case malformedRequest = "malformed_request"
+        case invalidJSON = "invalid_json"
+        case unknownField = "unknown_field"
+        case invalidPath = "invalid_path"
+        case invalidVersion = "invalid_version"
+        case invalidValue = "invalid_value"
+        case invalidParameter = "invalid_parameter"
+        case valueTooLarge = "value_too_large"
+        case bodyTooLarge = "body_too_large"
+        case notFound = "not_found"
+        case routeNotFound = "route_not_found"
+        case methodNotAllowed = "method_not_allowed"
+        case unauthenticated = "unauthenticated"
+        case permissionDenied = "permission_denied"
+        case casMismatch = "cas_mismatch"
+        // daemon's state
+        case sealed = "sealed"
+        case integrity = "integrity_error"
+        case storage = "storage_error"
+        case `internal` = "internal_error"
+        // configuration and start-up
+        case config = "config_error"
+        case keyFile = "key_file_error"
+    }
+
+    public var code: Code
+    public var message: String
+    public var hint: String?
+
+    public init(_ code: Code, _ message: String, hint: String? = nil) {
+        self.code = code
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        if let hint { return "\(message) (hint: \(hint))" }
+        return message
+    }
+}

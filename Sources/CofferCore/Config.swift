@@ -1,0 +1,188 @@
+/// Daemon configuration: built once at start (installed mode: /etc/coffer/cofferd.toml;
+/// dev mode: built-in defaults relative to the working directory).
+public struct CofferConfig: Sendable, Equatable {
+    public enum Durability: String, Sendable, Equatable {
+        /// WAL + synchronous=FULL: an acknowledged write survives power loss.
+        case full
+        /// WAL + synchronous=NORMAL: survives a daemon crash, may lose the last
+        /// transactions on power loss.
+        case normal
+    }
+
+    // [server]
+    public var socketPath: String = "/run/coffer/coffer.sock"
+    public var socketMode: UInt32 = 0o660
+    public var socketGroup: String? = nil
+    // [storage]
+    public var stateDir: String = "/var/lib/coffer"
+    public var databasePath: String? = nil
+    public var durability: Durability = .full
+    // [keys]
+    public var keyFile: String = "/var/lib/coffer/keys/root.key"
+    // [access]
+    public var adminGroup: String? = "coffer-admin"
+    public var adminUIDs: [UInt32] = []
+    // [limits]
+    public var maxValueBytes: Int = 64 * 1024
+    public var maxVersions: Int = 10
+    public var maxListPage: Int = 1000
+    // [log]
+    public var logLevel: String = "info"
+    /// Set by `cofferd dev`; reported by status.
+    public var devMode: Bool = false
+
+    public static let maxValueBytesCeiling = 1024 * 1024
+    public static let defaultPath = "/etc/coffer/cofferd.toml"
+
+    public init() {}
+
+    public var resolvedDatabasePath: String { databasePath ?? stateDir + "/coffer.db" }
+
+    /// The largest request body accepted: a value as base64 inside JSON, plus room.
+    public var maxBodyBytes: Int { (maxValueBytes + 2) / 3 * 4 + 4096 }
+
+    /// The embedded default for a newcomer, rooted at `directory`.
+    public static func dev(directory: String, uid: UInt32) -> CofferConfig {
+        var c = CofferConfig()
+        c.socketPath = directory + "/.coffer/coffer.sock"
+        c.socketMode = 0o600
+        c.stateDir = directory + "/.coffer"
+        c.keyFile = directory + "/keys/dev/root.key"
+        c.adminGroup = nil
+        c.adminUIDs = [uid]
+        c.durability = .normal
+        c.devMode = true
+        return c
+    }
+
+    /// Parses a config file. Unknown tables or keys, wrong types and out-of-range
+    /// values are errors naming `file:line` (fail closed on a typo).
+    public static func parse(_ text: String, file: String) throws(CofferError) -> CofferConfig {
+        let root: TOMLTable
+        do { root = try TOML.parse(text) } catch {
+            throw CofferError(.config, "\(file):\(error.line): \(error.message)")
+        }
+        var c = CofferConfig()
+        var r = TableReader(table: root, file: file, name: "")
+        try r.allowOnly(["server", "storage", "keys", "access", "limits", "log"])
+        if var t = try r.table("server") {
+            try t.allowOnly(["socket", "socket_mode", "socket_group"])
+            if let v = try t.string("socket") { c.socketPath = v }
+            if let v = try t.string("socket_mode") {
+                guard let m = UInt32(v, radix: 8), m <= 0o777 else {
+                    throw t.error("socket_mode", "socket_mode must be an octal mode like \"0660\"")
+                }
+                c.socketMode = m
+            }
+            if let v = try t.string("socket_group") { c.socketGroup = v.isEmpty ? nil : v }
+        }
+        if var t = try r.table("storage") {
+            try t.allowOnly(["state_dir", "database", "durability"])
+            if let v = try t.string("state_dir") { c.stateDir = v }
+            if let v = try t.string("database") { c.databasePath = v }
+            if let v = try t.string("durability") {
+                guard let d = Durability(rawValue: v) else { throw t.error("durability", "durability must be \"full\" or \"normal\"") }
+                c.durability = d
+            }
+        }
+        if var t = try r.table("keys") {
+            try t.allowOnly(["unlock", "key_file"])
+            if let v = try t.string("unlock"), v != "key-file" {
+                throw t.error("unlock", "unlock must be \"key-file\" (passphrase and Shamir unlock are not available yet)")
+            }
+            if let v = try t.string("key_file") { c.keyFile = v }
+        }
+        if var t = try r.table("access") {
+            try t.allowOnly(["admin_group", "admin_uids"])
+            if let v = try t.string("admin_group") { c.adminGroup = v.isEmpty ? nil : v }
+            if let v = try t.integers("admin_uids") {
+                guard v.allSatisfy({ $0 >= 0 && $0 <= Int64(UInt32.max) }) else { throw t.error("admin_uids", "uids must be 0...4294967295") }
+                c.adminUIDs = v.map { UInt32($0) }
+            }
+        }
+        if var t = try r.table("limits") {
+            try t.allowOnly(["max_value_bytes", "max_versions", "max_list_page"])
+            if let v = try t.integer("max_value_bytes", in: 1...Int64(maxValueBytesCeiling)) { c.maxValueBytes = Int(v) }
+            if let v = try t.integer("max_versions", in: 1...1000) { c.maxVersions = Int(v) }
+            if let v = try t.integer("max_list_page", in: 1...10000) { c.maxListPage = Int(v) }
+        }
+        if var t = try r.table("log") {
+            try t.allowOnly(["level"])
+            if let v = try t.string("level") {
+                guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
+                    throw t.error("level", "level must be one of trace, debug, info, notice, warning, error, critical")
+                }
+                c.logLevel = v
+            }
+        }
+        return c
+    }
+}
+
+/// Typed, strict access to a TOML table with `file:line` errors. Shared by the
+/// config and (later) the policy file.
+public struct TableReader {
+    public let table: TOMLTable
+    public let file: String
+    public let name: String
+
+    public init(table: TOMLTable, file: String, name: String) {
+        self.table = table
+        self.file = file
+        self.name = name
+    }
+
+    func qualified(_ key: String) -> String { name.isEmpty ? key : "\(name).\(key)" }
+
+    public func error(_ key: String, _ message: String) -> CofferError {
+        CofferError(.config, "\(file):\(table[key]?.line ?? table.line): \(message)")
+    }
+
+    public mutating func allowOnly(_ allowed: Set<String>) throws(CofferError) {
+        for k in table.keys where !allowed.contains(k) {
+            throw CofferError(.config, "\(file):\(table[k]!.line): unknown key '\(qualified(k))'",
+                              hint: "allowed here: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    public func table(_ key: String) throws(CofferError) -> TableReader? {
+        guard let e = table[key] else { return nil }
+        guard case .table(let t) = e.value else { throw error(key, "'\(qualified(key))' must be a table") }
+        return TableReader(table: t, file: file, name: qualified(key))
+    }
+
+    public func string(_ key: String) throws(CofferError) -> String? {
+        guard let e = table[key] else { return nil }
+        guard case .string(let s) = e.value else { throw error(key, "'\(qualified(key))' must be a string, not \(e.value.typeName)") }
+        return s
+    }
+
+    public func integer(_ key: String, in range: ClosedRange<Int64>) throws(CofferError) -> Int64? {
+        guard let e = table[key] else { return nil }
+        guard case .integer(let v) = e.value else { throw error(key, "'\(qualified(key))' must be an integer, not \(e.value.typeName)") }
+        guard range.contains(v) else { throw error(key, "'\(qualified(key))' must be in \(range.lowerBound)...\(range.upperBound)") }
+        return v
+    }
+
+    public func integers(_ key: String) throws(CofferError) -> [Int64]? {
+        guard let e = table[key] else { return nil }
+        guard case .array(let items) = e.value else { throw error(key, "'\(qualified(key))' must be an array of integers") }
+        var out: [Int64] = []
+        for item in items {
+            guard case .integer(let v) = item else { throw error(key, "'\(qualified(key))' must be an array of integers") }
+            out.append(v)
+        }
+        return out
+    }
+
+    public func strings(_ key: String) throws(CofferError) -> [String]? {
+        guard let e = table[key] else { return nil }
+        guard case .array(let items) = e.value else { throw error(key, "'\(qualified(key))' must be an array of strings") }
+        var out: [String] = []
+        for item in items {
+            guard case .string(let v) = item else { throw error(key, "'\(qualified(key))' must be an array of strings") }
+            out.append(v)
+        }
+        return out
+    }
+}

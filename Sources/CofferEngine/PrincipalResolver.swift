@@ -1,0 +1,63 @@
+import CCofferLinux
+public import CofferCore
+import Foundation
+import Synchronization
+import Glibc
+
+/// Turns the kernel's peer credentials into a Principal: user name and all groups
+/// (primary and supplementary) from the host's user database, cached briefly.
+public final class PrincipalResolver: Sendable {
+    struct Entry {
+        var name: String?
+        var groups: [UInt32]
+        var expires: ContinuousClock.Instant
+    }
+
+    private let cache = Mutex<[UInt32: Entry]>([:])
+    private let ttl: Duration
+
+    public init(ttl: Duration = .seconds(30)) { self.ttl = ttl }
+
+    public func principal(pid: Int32, uid: UInt32, gid: UInt32) -> Principal {
+        let now = ContinuousClock.now
+        if let e = cache.withLock({ $0[uid] }), e.expires > now {
+            return Principal(pid: pid, uid: uid, gid: gid, userName: e.name, groups: Array(Set(e.groups + [gid])).sorted())
+        }
+        let (name, primary) = PrincipalResolver.lookupUser(uid)
+        var groups: [UInt32] = [gid]
+        if let name {
+            groups += PrincipalResolver.groupList(name, primary ?? gid)
+        }
+        groups = Array(Set(groups)).sorted()
+        cache.withLock { c in
+            if c.count > 4096 { c.removeAll() }  // bounded (invariant 6)
+            c[uid] = Entry(name: name, groups: groups, expires: now + ttl)
+        }
+        return Principal(pid: pid, uid: uid, gid: gid, userName: name, groups: groups)
+    }
+
+    static func lookupUser(_ uid: UInt32) -> (String?, UInt32?) {
+        var pwd = Glibc.passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &pwd, &buf, buf.count, &result) == 0, result != nil, let n = pwd.pw_name else {
+            return (nil, nil)
+        }
+        return (String(cString: n), pwd.pw_gid)
+    }
+
+    static func groupList(_ user: String, _ gid: UInt32) -> [UInt32] {
+        var groups = [UInt32](repeating: 0, count: 256)
+        let n = coffer_user_groups(user, gid, &groups, Int32(groups.count))
+        return n > 0 ? Array(groups.prefix(Int(n))) : []
+    }
+
+    /// gid of a group name, nil if the group does not exist.
+    public static func gid(ofGroup name: String) -> UInt32? {
+        var grp = Glibc.group()
+        var result: UnsafeMutablePointer<group>?
+        var buf = [CChar](repeating: 0, count: 16384)
+        guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else { return nil }
+        return grp.gr_gid
+    }
+}

@@ -1,0 +1,208 @@
+public import CofferCore
+public import CofferCrypto
+public import CofferStore
+import Foundation
+import GRDB
+public import Logging
+
+/// Where a request becomes work: authorize → touch the store → open ciphertext.
+/// Plaintext exists only here and only inside SecretBytes (invariant 1).
+public final class SecretEngine: Sendable {
+    public struct Limits: Sendable {
+        public var maxValueBytes: Int
+        public var maxVersions: Int
+        public var maxListPage: Int
+        public init(maxValueBytes: Int, maxVersions: Int, maxListPage: Int) {
+            self.maxValueBytes = maxValueBytes
+            self.maxVersions = maxVersions
+            self.maxListPage = maxListPage
+        }
+    }
+
+    public let store: Store
+    public let keyring: Keyring
+    public let authorizer: any Authorizer
+    public let limits: Limits
+    public let logger: Logger
+    public let startedAt = Date()
+
+    public init(store: Store, keyring: Keyring, authorizer: any Authorizer, limits: Limits, logger: Logger) {
+        self.store = store
+        self.keyring = keyring
+        self.authorizer = authorizer
+        self.limits = limits
+        self.logger = logger
+    }
+
+    /// Opens the database, checks the key against it, enrolls the key on first use.
+    public static func open(config: CofferConfig, unlocker: any Unlocker, authorizer: any Authorizer, logger: Logger) throws(CofferError) -> SecretEngine {
+        let dbPath = config.resolvedDatabasePath
+        // Unlock first, read-only: a wrong or missing key leaves the database untouched.
+        let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
+        let store: Store
+        do {
+            store = try Store(path: dbPath, durability: config.durability)
+            try keyring.enroll(in: store, now: nowMillis())
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "cannot open the database \(dbPath): \(error)")
+        }
+        return SecretEngine(
+            store: store, keyring: keyring, authorizer: authorizer,
+            limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
+            logger: logger)
+    }
+
+    // MARK: authorization
+
+    /// The one authorization call; a denial is 403 whether or not the path exists,
+    /// so a denial is no oracle for what exists.
+    public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?) throws(CofferError) {
+        let d = authorizer.authorize(p, action, path)
+        guard d.allowed else {
+            logger.info("denied", metadata: [
+                "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
+                "secret.path": "\(path?.rawValue ?? "-")", "rule": "\(d.rule)",
+            ])
+            throw CofferError(.permissionDenied, "permission denied", hint: "\(action.rawValue) is not allowed for \(p.displayName)")
+        }
+    }
+
+    // MARK: use cases
+
+    /// Writes a new version. `value` is consumed into a ciphertext; the caller's copy
+    /// is wiped by SecretBytes' deinit.
+    public func put(_ p: Principal, _ path: SecretPath, value: SecretBytes, cas: Int?) async throws(CofferError) -> VersionRecord {
+        try authorize(p, .write, path)
+        guard value.count <= limits.maxValueBytes else {
+            throw CofferError(.valueTooLarge, "the value is \(value.count) bytes; the limit is \(limits.maxValueBytes)",
+                              hint: "raise limits.max_value_bytes (at most 1 MiB)")
+        }
+        if let cas, cas < 0 { throw CofferError(.invalidVersion, "cas must be 0 or a version number") }
+        let keyring = self.keyring
+        let record = try await storeCall {
+            try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName), now: SecretEngine.nowMillis()) { version in
+                do { return try keyring.seal(value, path: path, version: version) } catch {
+                    throw CofferError(.internal, "sealing failed")
+                }
+            }
+        }
+        logger.info("secret written", metadata: ["peer.uid": "\(p.uid)", "secret.path": "\(path)", "secret.version": "\(record.version)"])
+        return record
+    }
+
+    public struct ReadResult: Sendable {
+        public var path: SecretPath
+        public var currentVersion: Int
+        public var meta: VersionRecord
+        public var value: SecretBytes
+    }
+
+    public func get(_ p: Principal, _ path: SecretPath, version: Int?) throws(CofferError) -> ReadResult {
+        try authorize(p, .read, path)
+        if let version, version < 1 { throw CofferError(.invalidVersion, "version must be 1 or more") }
+        guard let (current, stored) = try storeCall({ try store.version(path, version) }) else {
+            throw CofferError(.notFound, "no secret at \(path)")
+        }
+        guard let stored else {
+            throw CofferError(.notFound, "\(path) has no version \(version ?? current)", hint: "see coffer secret versions \(path)")
+        }
+        switch stored.meta.state {
+        case .deleted:
+            throw CofferError(.notFound, "version \(stored.meta.version) of \(path) is deleted",
+                              hint: "coffer secret undelete \(path) --versions \(stored.meta.version)")
+        case .destroyed:
+            throw CofferError(.notFound, "version \(stored.meta.version) of \(path) is destroyed")
+        case .active:
+            break
+        }
+        guard let wrapped = stored.wrappedKey, let ct = stored.ciphertext else {
+            throw CofferError(.integrity, "version \(stored.meta.version) of \(path) has no ciphertext")
+        }
+        do {
+            let value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
+            return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
+        } catch {
+            logger.error("integrity check failed", metadata: ["secret.path": "\(path)", "secret.version": "\(stored.meta.version)"])
+            throw CofferError(.integrity, "version \(stored.meta.version) of \(path) failed its integrity check",
+                              hint: "the stored ciphertext was altered or moved; restore the database from a backup")
+        }
+    }
+
+    public func metadata(_ p: Principal, _ path: SecretPath) throws(CofferError) -> SecretRecord {
+        try authorize(p, .readMetadata, path)
+        guard let rec = try storeCall({ try store.secret(path) }) else {
+            throw CofferError(.notFound, "no secret at \(path)")
+        }
+        return rec
+    }
+
+    public func list(_ p: Principal, _ prefix: SecretPrefix, after: String?, limit: Int?) throws(CofferError) -> ListPage {
+        let asPath = prefix.rawValue.isEmpty ? nil : try SecretPath(prefix.rawValue)
+        try authorize(p, .list, asPath)
+        let n = limit ?? limits.maxListPage
+        guard (1...limits.maxListPage).contains(n) else {
+            throw CofferError(.invalidParameter, "limit must be 1...\(limits.maxListPage)")
+        }
+        if let after, !after.isEmpty {
+            let bare = after.hasSuffix("/") ? String(after.dropLast()) : after
+            guard !bare.contains("/") else { throw CofferError(.invalidParameter, "after must be one key from a previous page") }
+            _ = try SecretPath(bare)
+        }
+        return try storeCall { try store.list(prefix, after: after, limit: n) }
+    }
+
+    public func change(_ p: Principal, _ change: Store.VersionChange, _ path: SecretPath, versions: [Int]) async throws(CofferError) -> SecretRecord {
+        let action: Action = switch change {
+        case .delete: .delete
+        case .undelete: .undelete
+        case .destroy: .destroy
+        }
+        try authorize(p, action, path)
+        guard versions.allSatisfy({ $0 >= 1 }) else { throw CofferError(.invalidVersion, "versions must be 1 or more") }
+        guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
+        if try storeCall({ try store.secret(path) }) == nil { throw CofferError(.notFound, "no secret at \(path)") }
+        let now = SecretEngine.nowMillis()
+        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now) }
+        logger.info("secret versions changed", metadata: [
+            "peer.uid": "\(p.uid)", "secret.path": "\(path)", "change": "\(action.rawValue)", "versions": "\(versions)",
+        ])
+        return rec
+    }
+
+    public struct StatusInfo: Sendable {
+        public var secrets: Int
+        public var keyID: String
+        public var uptimeSeconds: Double
+    }
+
+    public func status(_ p: Principal) throws(CofferError) -> StatusInfo {
+        try authorize(p, .status, nil)
+        let n = try storeCall { try store.secretCount() }
+        return StatusInfo(secrets: n, keyID: keyring.keyID, uptimeSeconds: Date().timeIntervalSince(startedAt))
+    }
+
+    public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
+        authorizer.authorize(p, action, path)
+    }
+
+    // MARK: helpers
+
+    static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    /// Store errors become CofferError; database details go to the log, not the caller.
+    func storeCall<T>(_ body: () throws -> T) throws(CofferError) -> T {
+        do { return try body() } catch let e as CofferError { throw e } catch {
+            logger.error("database error", metadata: ["error": "\(error)"])
+            throw CofferError(.storage, "the database could not complete the request")
+        }
+    }
+
+    func storeCall<T>(_ body: () async throws -> T) async throws(CofferError) -> T {
+        do { return try await body() } catch let e as CofferError { throw e } catch {
+            logger.error("database error", metadata: ["error": "\(error)"])
+            throw CofferError(.storage, "the database could not complete the request")
+        }
+    }
+}

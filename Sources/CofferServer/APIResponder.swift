@@ -1,0 +1,286 @@
+public import CofferAPI
+public import CofferCore
+import CofferCrypto
+public import CofferEngine
+import CofferStore
+import Foundation
+import HTTPTypes
+public import Hummingbird
+import Logging
+import NIOCore
+
+/// API v1. Routing is done here, on the raw request path, so that the path of a
+/// secret is decoded and validated exactly once (SecretPath) and never normalised
+/// by anything in between.
+///
+/// Order for every route but health: peer credentials → principal → path
+/// validation → authorization → body parsing → engine. A denied caller learns
+/// nothing about bodies or what exists.
+public struct APIResponder: HTTPResponder {
+    public typealias Context = CofferRequestContext
+
+    public struct Settings: Sendable {
+        public var config: CofferConfig
+        public init(config: CofferConfig) { self.config = config }
+    }
+
+    let engine: SecretEngine
+    let principals: PrincipalResolver
+    let settings: Settings
+
+    public init(engine: SecretEngine, principals: PrincipalResolver, settings: Settings) {
+        self.engine = engine
+        self.principals = principals
+        self.settings = settings
+    }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        do {
+            return try await route(request, context)
+        } catch let e as CofferError {
+            if ErrorMapping.status(e.code).code >= 500 {
+                context.logger.error("request failed", metadata: ["error.code": "\(e.code.rawValue)"])
+            }
+            return ErrorMapping.response(e, headers: e.code == .methodNotAllowed ? [.allow: e.hint ?? ""] : [:])
+        } catch {
+            context.logger.error("unexpected error", metadata: ["error.type": "\(type(of: error))"])
+            return ErrorMapping.response(CofferError(.internal, "internal error"))
+        }
+    }
+
+    enum Route {
+        case health, status
+        case data(String), metadata(String), list(String)
+        case delete(String), undelete(String), destroy(String)
+    }
+
+    func parseRoute(_ rawPath: String) throws(CofferError) -> Route {
+        let p = rawPath[...]
+        switch p {
+        case "/v1/sys/health": return .health
+        case "/v1/sys/status": return .status
+        case "/v1/secrets/list", "/v1/secrets/list/": return .list("")
+        default: break
+        }
+        let prefixes: [(String, (String) -> Route)] = [
+            ("/v1/secrets/data/", Route.data), ("/v1/secrets/metadata/", Route.metadata),
+            ("/v1/secrets/list/", Route.list), ("/v1/secrets/delete/", Route.delete),
+            ("/v1/secrets/undelete/", Route.undelete), ("/v1/secrets/destroy/", Route.destroy),
+        ]
+        for (prefix, make) in prefixes where p.hasPrefix(prefix) {
+            return make(try PercentDecoding.decode(p.dropFirst(prefix.count)))
+        }
+        throw CofferError(.routeNotFound, "no such API route", hint: "routes live under /v1/sys and /v1/secrets; see contrib/openapi.yaml or the README")
+    }
+
+    func route(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
+        let route = try parseRoute(request.uri.path)
+        let method = request.method
+        // Health answers anyone, before any identity work.
+        if case .health = route { return try health(request) }
+        let principal = try self.principal(context)
+        switch route {
+        case .health:
+            return try health(request)
+        case .status:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let s = try engine.status(principal)
+            let d = engine.decide(principal, .status, nil)
+            return ErrorMapping.json(StatusResponse(
+                version: CofferVersion.string, unlocked: true, devMode: settings.config.devMode,
+                uptimeSeconds: Int(s.uptimeSeconds), secrets: s.secrets, keyID: s.keyID,
+                durability: settings.config.durability.rawValue, maxValueBytes: engine.limits.maxValueBytes,
+                maxVersions: engine.limits.maxVersions,
+                caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
+                decision: d.rule))
+        case .data(let raw):
+            let path = try SecretPath(raw)
+            switch method {
+            case .get:
+                return try read(request, principal, path)
+            case .put, .post:
+                try noQuery(request, allowed: [])
+                try engine.authorize(principal, .write, path)
+                let body: PutSecretRequest = try await decodeBody(request, context, required: true)!
+                let value = try valueBytes(body)
+                let rec = try await engine.put(principal, path, value: value, cas: body.cas)
+                return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
+            case .delete:
+                try noQuery(request, allowed: [])
+                let rec = try await engine.change(principal, .delete, path, versions: [])
+                return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+            default:
+                throw CofferError(.methodNotAllowed, "method \(method.rawValue) is not allowed here", hint: "GET, PUT, POST, DELETE")
+            }
+        case .metadata(let raw):
+            let path = try SecretPath(raw)
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let rec = try engine.metadata(principal, path)
+            return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+        case .list(let raw):
+            let prefix = try SecretPrefix(raw)
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: ["after", "limit"])
+            let q = request.uri.queryParameters
+            var limit: Int?
+            if let l = q["limit"] {
+                guard let n = Int(l), n >= 1 else { throw CofferError(.invalidParameter, "limit must be a positive integer") }
+                limit = n
+            }
+            let page = try engine.list(principal, prefix, after: q["after"].map(String.init), limit: limit)
+            return ErrorMapping.json(ListResponse(prefix: prefix.rawValue, keys: page.keys, nextAfter: page.nextAfter))
+        case .delete(let raw), .undelete(let raw), .destroy(let raw):
+            let path = try SecretPath(raw)
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            let change: Store.VersionChange
+            let action: Action
+            switch route {
+            case .delete: (change, action) = (.delete, .delete)
+            case .undelete: (change, action) = (.undelete, .undelete)
+            default: (change, action) = (.destroy, .destroy)
+            }
+            try engine.authorize(principal, action, path)
+            let body: VersionsRequest? = try await decodeBody(request, context, required: false)
+            let rec = try await engine.change(principal, change, path, versions: body?.versions ?? [])
+            return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+        }
+    }
+
+    func health(_ request: Request) throws(CofferError) -> Response {
+        try allow(request.method, [.get, .head], "GET")
+        try noQuery(request, allowed: [])
+        return ErrorMapping.json(HealthResponse(status: "ok", unlocked: true, version: CofferVersion.string))
+    }
+
+    // MARK: read
+
+    func read(_ request: Request, _ principal: Principal, _ path: SecretPath) throws(CofferError) -> Response {
+        try noQuery(request, allowed: ["version"])
+        var version: Int?
+        if let v = request.uri.queryParameters["version"] {
+            guard let n = Int(v), n >= 1, n <= Int(Int32.max) else {
+                throw CofferError(.invalidVersion, "version must be a positive integer", hint: "omit it for the latest version")
+            }
+            version = n
+        }
+        let r = try engine.get(principal, path, version: version)
+        let raw = request.headers[.accept] == "application/octet-stream"
+        if raw {
+            // Raw bytes, metadata in headers: nothing to decode for a shell pipeline.
+            var buffer = ByteBuffer()
+            r.value.withUnsafeBytes { buffer.writeBytes($0) }
+            var headers: HTTPFields = [.contentType: "application/octet-stream"]
+            headers[HTTPField.Name("Coffer-Version")!] = String(r.meta.version)
+            headers[HTTPField.Name("Coffer-Current-Version")!] = String(r.currentVersion)
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: buffer))
+        }
+        let bytes = r.value.copyToArray()
+        let text = String(validating: bytes, as: UTF8.self)
+        return ErrorMapping.json(SecretResponse(
+            path: path.rawValue, value: text, valueBase64: Data(bytes).base64EncodedString(),
+            currentVersion: r.currentVersion, metadata: Self.meta(r.meta)))
+    }
+
+    // MARK: helpers
+
+    func principal(_ context: Context) throws(CofferError) -> Principal {
+        guard let peer = context.peer else {
+            throw CofferError(.unauthenticated, "the caller's peer credentials are unknown")
+        }
+        return principals.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid)
+    }
+
+    func allow(_ method: HTTPRequest.Method, _ allowed: [HTTPRequest.Method], _ names: String) throws(CofferError) {
+        guard allowed.contains(method) else {
+            throw CofferError(.methodNotAllowed, "method \(method.rawValue) is not allowed here", hint: names)
+        }
+    }
+
+    func noQuery(_ request: Request, allowed: Set<String>) throws(CofferError) {
+        guard request.uri.query != nil else { return }
+        for (k, _) in request.uri.queryParameters where !allowed.contains(String(k)) {
+            throw CofferError(.invalidParameter, "unknown query parameter '\(k.prefix(64))'",
+                              hint: allowed.isEmpty ? "this route takes no query parameters" : "allowed: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    /// Reads and strictly decodes a JSON body within the configured size bound.
+    func decodeBody<T: Decodable>(_ request: Request, _ context: Context, required: Bool) async throws(CofferError) -> T? {
+        let limit = settings.config.maxBodyBytes
+        if let len = request.headers[.contentLength].flatMap({ Int($0) }), len > limit {
+            throw CofferError(.bodyTooLarge, "the request body is larger than \(limit) bytes")
+        }
+        var buffer = ByteBuffer()
+        do {
+            for try await var chunk in request.body {
+                guard buffer.readableBytes + chunk.readableBytes <= limit else {
+                    throw CofferError(.bodyTooLarge, "the request body is larger than \(limit) bytes")
+                }
+                buffer.writeBuffer(&chunk)
+            }
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.malformedRequest, "the request body could not be read")
+        }
+        if buffer.readableBytes == 0 {
+            if required { throw CofferError(.invalidJSON, "a JSON body is required") }
+            return nil
+        }
+        let data = Data(buffer.readableBytesView)
+        do {
+            return try JSONDecoder().decode(T.self, from: data)
+        } catch let e as StrictKeys.UnknownField {
+            throw CofferError(.unknownField, e.description)
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw CofferError(.invalidParameter, "field '\(Self.name(ctx.codingPath))' has the wrong type")
+        } catch let DecodingError.valueNotFound(_, ctx) {
+            throw CofferError(.invalidParameter, "field '\(Self.name(ctx.codingPath))' must not be null")
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw CofferError(.invalidParameter, "field '\(key.stringValue)' is required")
+        } catch {
+            throw CofferError(.invalidJSON, "the request body is not valid JSON")
+        }
+    }
+
+    static func name(_ path: [any CodingKey]) -> String {
+        path.isEmpty ? "(body)" : path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+    }
+
+    func valueBytes(_ body: PutSecretRequest) throws(CofferError) -> SecretBytes {
+        switch (body.value, body.valueBase64) {
+        case (let text?, nil):
+            var bytes = Array(text.utf8)
+            return try Self.guarded(&bytes)
+        case (nil, let b64?):
+            guard let data = Data(base64Encoded: b64) else {
+                throw CofferError(.invalidValue, "value_base64 is not valid base64")
+            }
+            var bytes = [UInt8](data)
+            return try Self.guarded(&bytes)
+        case (nil, nil):
+            throw CofferError(.invalidValue, "the body needs 'value' (text) or 'value_base64' (bytes)")
+        case (_?, _?):
+            throw CofferError(.invalidValue, "give either 'value' or 'value_base64', not both")
+        }
+    }
+
+    static func guarded(_ bytes: inout [UInt8]) throws(CofferError) -> SecretBytes {
+        do { return try SecretBytes(consuming: &bytes) } catch { throw CofferError(.internal, "cannot allocate guarded memory") }
+    }
+
+    static func meta(_ v: VersionRecord) -> VersionMetadata {
+        VersionMetadata(version: v.version, createdAt: Timestamp.string(millis: v.createdAt),
+                        createdBy: CreatedBy(uid: v.createdUID, user: v.createdUser), size: v.size,
+                        state: v.state.rawValue, deletedAt: v.deletedAt.map { Timestamp.string(millis: $0) })
+    }
+
+    static func metadataResponse(_ r: SecretRecord, maxVersions: Int) -> SecretMetadataResponse {
+        SecretMetadataResponse(path: r.path, currentVersion: r.currentVersion, maxVersions: maxVersions,
+                               createdAt: Timestamp.string(millis: r.createdAt), updatedAt: Timestamp.string(millis: r.updatedAt),
+                               versions: r.versions.map(meta))
+    }
+}

@@ -1,0 +1,53 @@
+import CCofferLinux
+import Glibc
+public import HummingbirdCore
+public import Logging
+public import NIOCore
+
+/// The kernel's answer about who is on the other end of a connection (SO_PEERCRED).
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+
+    /// Set around the handling of one connection; read once by the request context.
+    @TaskLocal public static var current: PeerCredentials?
+}
+
+/// Wraps HTTP1Channel: reads SO_PEERCRED once per accepted connection, on the event
+/// loop, before any byte of HTTP is parsed. A connection whose credentials cannot be
+/// read is closed (fail closed).
+public struct PeerCredChannel: ServerChildChannel {
+    public struct Value: ServerChildChannelValue {
+        let inner: HTTP1Channel.Value
+        let peer: PeerCredentials
+        public var channel: any Channel { inner.channel }
+    }
+
+    let inner: HTTP1Channel
+
+    public init(inner: HTTP1Channel) { self.inner = inner }
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        guard let provider = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeFailedFuture(PeerCredError.unavailable)
+        }
+        let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        return future.flatMap { cred in
+            // uid (uid_t)-1 means "no credentials": never trust it.
+            guard cred.uid != UInt32.max else { return channel.eventLoop.makeFailedFuture(PeerCredError.unavailable) }
+            let peer = PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+            return inner.setup(channel: channel, logger: logger).map { Value(inner: $0, peer: peer) }
+        }
+    }
+
+    public func handle(value: Value, logger: Logger) async {
+        await PeerCredentials.$current.withValue(value.peer) {
+            await inner.handle(value: value.inner, logger: logger)
+        }
+    }
+}
+
+enum PeerCredError: Error { case unavailable }
+
+extension coffer_ucred: @unchecked @retroactive Sendable {}

@@ -1,0 +1,267 @@
+import CofferCore
+import Foundation
+public import GRDB
+
+/// The database: ciphertext, wrapped keys and metadata only (never plaintext).
+/// One `DatabasePool` in WAL mode; schema changes are named migrations.
+public final class Store: Sendable {
+    public let pool: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) and migrates the database.
+    public init(path: String, durability: CofferConfig.Durability) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            // Deleted rows (destroyed versions) are overwritten with zeros in the file.
+            try db.execute(sql: "PRAGMA secure_delete = ON")
+        }
+        let pool = try DatabasePool(path: path, configuration: config)
+        // GRDB sets synchronous=NORMAL for WAL when opening; set ours afterwards on
+        // the single writer connection (readers never write).
+        let level = durability == .full ? "FULL" : "NORMAL"
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = \(level)")
+        }
+        try Store.migrator.migrate(pool)
+        self.pool = pool
+        self.path = path
+    }
+
+    /// Reads whether a database file exists and what key check it holds, without
+    /// changing a byte of it (read-only connection). Used before unlocking.
+    public static func readKeyCheck(path: String) throws -> (keyID: String, check: Data)? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        var config = Configuration()
+        config.readonly = true
+        let queue = try DatabaseQueue(path: path, configuration: config)
+        defer { try? queue.close() }
+        return try queue.read { db in
+            guard try db.tableExists("keyring") else { return nil }
+            guard let row = try Row.fetchOne(db, sql: "SELECT key_id, check_blob FROM keyring ORDER BY created_at LIMIT 1") else {
+                return nil
+            }
+            return (row["key_id"], row["check_blob"])
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-secrets") { db in
+            try db.execute(sql: """
+                CREATE TABLE keyring (
+                    key_id TEXT PRIMARY KEY NOT NULL CHECK (length(key_id) BETWEEN 8 AND 64),
+                    created_at INTEGER NOT NULL,
+                    check_blob BLOB NOT NULL
+                ) STRICT;
+                CREATE TABLE secret (
+                    id INTEGER PRIMARY KEY,
+                    path TEXT NOT NULL UNIQUE CHECK (length(path) BETWEEN 1 AND 512),
+                    current_version INTEGER NOT NULL DEFAULT 0 CHECK (current_version >= 0),
+                    created_at INTEGER NOT NULL,
+                    updated_at INTEGER NOT NULL
+                ) STRICT;
+                CREATE TABLE secret_version (
+                    secret_id INTEGER NOT NULL REFERENCES secret(id) ON DELETE CASCADE,
+                    version INTEGER NOT NULL CHECK (version >= 1),
+                    created_at INTEGER NOT NULL,
+                    created_uid INTEGER NOT NULL,
+                    created_user TEXT,
+                    size INTEGER NOT NULL CHECK (size >= 0),
+                    state TEXT NOT NULL CHECK (state IN ('active', 'deleted', 'destroyed')),
+                    deleted_at INTEGER,
+                    key_id TEXT NOT NULL REFERENCES keyring(key_id),
+                    wrapped_key BLOB,
+                    ciphertext BLOB,
+                    PRIMARY KEY (secret_id, version),
+                    CHECK ((state = 'destroyed') = (ciphertext IS NULL)),
+                    CHECK ((ciphertext IS NULL) = (wrapped_key IS NULL))
+                ) STRICT, WITHOUT ROWID;
+                """)
+        }
+        return m
+    }
+
+    // MARK: keyring
+
+    public func keyChecks() throws -> [(keyID: String, check: Data)] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT key_id, check_blob FROM keyring").map { ($0["key_id"], $0["check_blob"]) }
+        }
+    }
+
+    public func addKeyCheck(keyID: String, check: Data, now: Int64) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO keyring (key_id, created_at, check_blob) VALUES (?, ?, ?)",
+                           arguments: [keyID, now, check])
+        }
+    }
+
+    // MARK: reads (synchronous: a short SQLite read costs less than a thread hop)
+
+    public func secret(_ path: SecretPath) throws -> SecretRecord? {
+        try pool.read { db in try Store.fetchSecret(db, path.rawValue) }
+    }
+
+    static func fetchSecret(_ db: Database, _ path: String) throws -> SecretRecord? {
+        guard let row = try Row.fetchOne(
+            db, sql: "SELECT id, current_version, created_at, updated_at FROM secret WHERE path = ?", arguments: [path])
+        else { return nil }
+        let id: Int64 = row["id"]
+        let versions = try Row.fetchAll(db, sql: """
+            SELECT version, created_at, created_uid, created_user, size, state, deleted_at, key_id
+            FROM secret_version WHERE secret_id = ? ORDER BY version
+            """, arguments: [id]).map(versionRecord)
+        return SecretRecord(path: path, currentVersion: row["current_version"], createdAt: row["created_at"],
+                            updatedAt: row["updated_at"], versions: versions)
+    }
+
+    static func versionRecord(_ r: Row) -> VersionRecord {
+        VersionRecord(
+            version: r["version"], createdAt: r["created_at"], createdUID: UInt32(truncatingIfNeeded: r["created_uid"] as Int64),
+            createdUser: r["created_user"], size: r["size"],
+            state: VersionState(rawValue: r["state"]) ?? .destroyed, deletedAt: r["deleted_at"], keyID: r["key_id"])
+    }
+
+    /// One version (latest when `version` is nil) with its sealed material; `stored`
+    /// is nil when that version does not exist (never written, or pruned).
+    public func version(_ path: SecretPath, _ version: Int?) throws -> (current: Int, stored: StoredVersion?)? {
+        try pool.read { db in
+            guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
+            else { return nil }
+            let current: Int = s["current_version"]
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT version, created_at, created_uid, created_user, size, state, deleted_at, key_id, wrapped_key, ciphertext
+                FROM secret_version WHERE secret_id = ? AND version = ?
+                """, arguments: [s["id"] as Int64, version ?? current])
+            else { return (current, nil) }
+            return (current, StoredVersion(meta: Store.versionRecord(row), wrappedKey: row["wrapped_key"], ciphertext: row["ciphertext"]))
+        }
+    }
+
+    /// Immediate children of `prefix`, in byte order, after `after`, at most `limit`.
+    public func list(_ prefix: SecretPrefix, after: String?, limit: Int) throws -> ListPage {
+        let base = prefix.childPrefix
+        // Paths use only [A-Za-z0-9._-/]; '0' (0x30) follows '/' (0x2F), and '~' (0x7E) follows them all.
+        let upper = base + "~"
+        var lower = base
+        var inclusive = true
+        if let after, !after.isEmpty {
+            if after.hasSuffix("/") {
+                lower = base + after.dropLast() + "0"  // skip the whole folder
+            } else {
+                lower = base + after
+                inclusive = false
+            }
+        }
+        return try pool.read { db in
+            var keys: [String] = []
+            var more = false
+            let cursor = try String.fetchCursor(
+                db, sql: "SELECT path FROM secret WHERE path \(inclusive ? ">=" : ">") ? AND path < ? ORDER BY path",
+                arguments: [lower, upper])
+            while let p = try cursor.next() {
+                let rest = p.dropFirst(base.count)
+                let key: String
+                if let slash = rest.firstIndex(of: "/") {
+                    key = String(rest[..<slash]) + "/"
+                } else {
+                    key = String(rest)
+                }
+                if keys.last == key { continue }
+                if keys.count == limit { more = true; break }
+                keys.append(key)
+            }
+            return ListPage(keys: keys, nextAfter: more ? keys.last : nil)
+        }
+    }
+
+    public func secretCount() throws -> Int {
+        try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM secret") ?? 0 }
+    }
+
+    // MARK: writes
+
+    /// Appends version N+1 in one transaction: check-and-set, seal (inside the
+    /// transaction, so the version number the ciphertext is bound to is the one
+    /// stored), insert, and prune versions beyond `maxVersions`.
+    public func put(
+        _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64,
+        seal: @escaping @Sendable (Int) throws -> SealedVersion
+    ) async throws -> VersionRecord {
+        try await pool.write { db in
+            let existing = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
+            let current: Int = existing?["current_version"] ?? 0
+            if let cas, cas != current {
+                throw CofferError(.casMismatch, "check-and-set failed: the current version is \(current), not \(cas)",
+                                  hint: "read the secret again and retry with --cas \(current)")
+            }
+            let id: Int64
+            if let existing {
+                id = existing["id"]
+            } else {
+                try db.execute(sql: "INSERT INTO secret (path, current_version, created_at, updated_at) VALUES (?, 0, ?, ?)",
+                               arguments: [path.rawValue, now, now])
+                id = db.lastInsertedRowID
+            }
+            let next = current + 1
+            let sealed = try seal(next)
+            try db.execute(sql: """
+                INSERT INTO secret_version (secret_id, version, created_at, created_uid, created_user, size, state, key_id, wrapped_key, ciphertext)
+                VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)
+                """, arguments: [id, next, now, Int64(author.uid), author.user, sealed.size, sealed.keyID, sealed.wrappedKey, sealed.ciphertext])
+            try db.execute(sql: "UPDATE secret SET current_version = ?, updated_at = ? WHERE id = ?", arguments: [next, now, id])
+            // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
+            try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
+            return VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
+                                 size: sealed.size, state: .active, deletedAt: nil, keyID: sealed.keyID)
+        }
+    }
+
+    public enum VersionChange: Sendable { case delete, undelete, destroy }
+
+    /// Changes the state of the given versions (the latest when empty). Unknown
+    /// versions are an error and nothing changes. Returns the secret afterwards.
+    public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64) async throws -> SecretRecord {
+        try await pool.write { db in
+            guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
+            else { throw CofferError(.notFound, "no secret at \(path)") }
+            let id: Int64 = s["id"]
+            let targets = versions.isEmpty ? [s["current_version"] as Int] : versions
+            let present = Set(try Int.fetchAll(db, sql: "SELECT version FROM secret_version WHERE secret_id = ?", arguments: [id]))
+            if change == .destroy && versions.isEmpty {
+                // destroy without versions: every retained version
+                for v in present { try Store.apply(.destroy, db, id, v, now) }
+            } else {
+                for v in targets where !present.contains(v) {
+                    throw CofferError(.notFound, "\(path) has no version \(v)", hint: "see coffer secret versions \(path)")
+                }
+                for v in targets { try Store.apply(change, db, id, v, now) }
+            }
+            try db.execute(sql: "UPDATE secret SET updated_at = ? WHERE id = ?", arguments: [now, id])
+            guard let rec = try Store.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
+            return rec
+        }
+    }
+
+    static func apply(_ change: VersionChange, _ db: Database, _ id: Int64, _ v: Int, _ now: Int64) throws {
+        switch change {
+        case .delete:
+            try db.execute(sql: "UPDATE secret_version SET state = 'deleted', deleted_at = ? WHERE secret_id = ? AND version = ? AND state = 'active'",
+                           arguments: [now, id, v])
+        case .undelete:
+            try db.execute(sql: "UPDATE secret_version SET state = 'active', deleted_at = NULL WHERE secret_id = ? AND version = ? AND state = 'deleted'",
+                           arguments: [id, v])
+        case .destroy:
+            try db.execute(sql: """
+                UPDATE secret_version SET state = 'destroyed', wrapped_key = NULL, ciphertext = NULL,
+                    deleted_at = coalesce(deleted_at, ?) WHERE secret_id = ? AND version = ?
+                """, arguments: [now, id, v])
+        }
+    }
+
+    /// Writes everything in the WAL into the main file (tests and shutdown).
+    public func checkpoint() throws {
+        try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+    }
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import CofferAPI
+import CofferClient
+import CofferCore
+import Foundation
+
+/// Exit codes (README, "CLI exit codes").
+enum Exit {
+    static let ok: Int32 = 0
+    static let failure: Int32 = 1
+    static let cannotConnect: Int32 = 3
+    static let notFound: Int32 = 4
+    static let denied: Int32 = 5
+    static let conflict: Int32 = 6
+    static let invalid: Int32 = 7
+    static let unavailable: Int32 = 8
+}
+
+@main
+struct Coffer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coffer",
+        abstract: "Client for cofferd, the Coffer secrets broker.",
+        discussion: """
+            Talks to cofferd over its Unix socket: --socket, else COFFER_SOCKET, else \
+            ./.coffer/coffer.sock when it exists (dev mode), else /run/coffer/coffer.sock.
+            Secret values are read from stdin or --file, never from the command line.
+            """,
+        version: CofferClientInfo.version,
+        subcommands: [SecretCommand.self, StatusCommand.self]
+    )
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Path of cofferd's Unix socket (env COFFER_SOCKET).")
+    var socket: String?
+
+    @Option(name: .long, help: "Output format: text or json.")
+    var format: OutputFormat = .text
+
+    var socketPath: String {
+        if let socket { return socket }
+        if let env = ProcessInfo.processInfo.environment["COFFER_SOCKET"], !env.isEmpty { return env }
+        let local = FileManager.default.currentDirectoryPath + "/.coffer/coffer.sock"
+        if FileManager.default.fileExists(atPath: local) { return local }
+        return "/run/coffer/coffer.sock"
+    }
+
+    func client() -> CofferClient { CofferClient(socketPath: socketPath) }
+}
+
+/// Runs a command body and turns every failure into `coffer: error:` + hint + exit code.
+func runReporting(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as APIError {
+        report(e.message, hint: e.hint)
+        switch e.status {
+        case 401, 403: throw ExitCode(Exit.denied)
+        case 404: throw ExitCode(Exit.notFound)
+        case 409: throw ExitCode(Exit.conflict)
+        case 400..<500: throw ExitCode(Exit.invalid)
+        case 503: throw ExitCode(Exit.unavailable)
+        default: throw ExitCode(Exit.failure)
+        }
+    } catch let e as ClientError {
+        report(e.message, hint: e.hint)
+        throw ExitCode(e.kind == .connect ? Exit.cannotConnect : Exit.failure)
+    } catch let e as CofferError {
+        report(e.message, hint: e.hint)
+        throw ExitCode(Exit.invalid)
+    } catch let e as ExitCode {
+        throw e
+    }
+}
+
+func report(_ message: String, hint: String?) {
+    var text = "coffer: error: \(message)\n"
+    if let hint { text += "coffer: hint: \(hint)\n" }
+    writeStderr(text)
+}
+
+func writeStderr(_ s: String) {
+    let bytes = Array(s.utf8)
+    _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+}
+
+func writeStdout(_ bytes: [UInt8]) throws {
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress! + off, $0.count - off) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw ClientError(kind: .io, message: "cannot write to stdout: \(String(cString: strerror(errno)))")
+        }
+        off += n
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    try writeStdout(Array(e.encode(value)) + [0x0A])
+}
+
+func printLine(_ s: String) throws { try writeStdout(Array((s + "\n").utf8)) }
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show whether cofferd is up, and who you are to it.")
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        try runReporting {
+            let client = global.client()
+            let s = try client.status()
+            if global.format == .json { return try printJSON(s) }
+            try printLine("""
+                cofferd:       \(s.version)\(s.devMode ? " (dev mode)" : "")
+                unlocked:      \(s.unlocked)
+                uptime:        \(s.uptimeSeconds)s
+                secrets:       \(s.secrets)
+                root key id:   \(s.keyID)
+                durability:    \(s.durability)
+                max value:     \(s.maxValueBytes) bytes
+                max versions:  \(s.maxVersions)
+                you:           uid \(s.caller.uid)\(s.caller.user.map { " (\($0))" } ?? ""), gid \(s.caller.gid), pid \(s.caller.pid)
+                access:        \(s.decision)
+                """)
+        }
+    }
+}

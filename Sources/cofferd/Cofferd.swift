@@ -1,0 +1,172 @@
+import ArgumentParser
+import CCofferLinux
+import CofferCore
+import CofferEngine
+import CofferServer
+import Foundation
+import Logging
+
+@main
+struct Cofferd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cofferd",
+        abstract: "Coffer secrets broker daemon.",
+        discussion: "Start with `cofferd dev` for a local broker in the current directory.",
+        version: "0.1.0",
+        subcommands: [Dev.self, Init.self, Serve.self]
+    )
+}
+
+func fail(_ e: CofferError) -> ExitCode {
+    var text = "cofferd: error: \(e.message)\n"
+    if let hint = e.hint { text += "cofferd: hint: \(hint)\n" }
+    FileHandle.standardError.write(Data(text.utf8))
+    return ExitCode(1)
+}
+
+func makeLogger(_ level: String) -> Logger {
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = Logger.Level(rawValue: level) ?? .info
+        return h
+    }
+    return Logger(label: "cofferd")
+}
+
+/// Invariant 8 before anything secret is loaded, and a private umask (invariant 7).
+func hardenProcess() throws(CofferError) {
+    guard coffer_harden_process() == 0 else {
+        throw CofferError(.internal, "cannot make the process non-dumpable: \(String(cString: strerror(errno)))")
+    }
+    umask(0o077)
+}
+
+func authorizer(for config: CofferConfig, logger: Logger) -> AdminOnlyAuthorizer {
+    var gids: Set<UInt32> = []
+    if let group = config.adminGroup {
+        if let gid = PrincipalResolver.gid(ofGroup: group) {
+            gids.insert(gid)
+        } else {
+            logger.warning("admin group does not exist; only uid 0 and access.admin_uids are admins", metadata: ["group": "\(group)"])
+        }
+    }
+    return AdminOnlyAuthorizer(adminUIDs: Set(config.adminUIDs), adminGIDs: gids)
+}
+
+func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        throw CofferError(.config, "cannot read the config file \(path)",
+                          hint: "see contrib/cofferd.toml for an example, or run `cofferd dev` for a local broker")
+    }
+    return try CofferConfig.parse(text, file: path)
+}
+
+func serve(_ config: CofferConfig, logger: Logger, onReady: @escaping @Sendable () -> Void) async throws {
+    let engine = try SecretEngine.open(
+        config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
+        authorizer: authorizer(for: config, logger: logger), logger: logger)
+    try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
+}
+
+func makeDirectory(_ path: String) throws(CofferError) {
+    do {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    } catch {
+        throw CofferError(.config, "cannot create \(path): \(error.localizedDescription)")
+    }
+}
+
+struct Dev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a local broker in a directory: state in ./.coffer, dev key in ./keys/dev, you are admin.")
+
+    @Option(help: "Directory to run in (default: the current directory).")
+    var dir: String?
+
+    @Option(help: "Log level.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        let root = dir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? FileManager.default.currentDirectoryPath
+        let config = CofferConfig.dev(directory: root, uid: getuid())
+        let logger = makeLogger(logLevel)
+        do {
+            try hardenProcess()
+            try makeDirectory(config.stateDir)
+            let keyExists = FileManager.default.fileExists(atPath: config.keyFile)
+            let dbExists = FileManager.default.fileExists(atPath: config.resolvedDatabasePath)
+            if !keyExists {
+                guard !dbExists else {
+                    throw CofferError(.keyFile, "\(config.keyFile) is missing but \(config.resolvedDatabasePath) exists",
+                                      hint: "restore the dev key, or remove ./.coffer to start over (its secrets are lost)")
+                }
+                try KeyFile.create(at: config.keyFile)
+                logger.info("created a dev root key", metadata: ["key.file": "\(config.keyFile)"])
+            }
+            let socket = config.socketPath
+            try await serve(config, logger: logger) {
+                let text = """
+
+                    cofferd is running in dev mode (state: \(config.stateDir)).
+                    In another shell:
+                        export COFFER_SOCKET=\(socket)
+                        printf 's3cr3t' | coffer secret put demo/hello
+                        coffer secret get demo/hello
+                    Stop with Ctrl-C.
+
+                    """
+                FileHandle.standardError.write(Data(text.utf8))
+            }
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+}
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the root key file (mode 0400, never overwritten) and the database.")
+
+    @Option(help: "Config file.")
+    var config: String = CofferConfig.defaultPath
+
+    func run() async throws {
+        do {
+            try hardenProcess()
+            let c = try loadConfig(config)
+            let logger = makeLogger(c.logLevel)
+            try makeDirectory(c.stateDir)
+            try makeDirectory((c.keyFile as NSString).deletingLastPathComponent)
+            if FileManager.default.fileExists(atPath: c.resolvedDatabasePath) {
+                throw CofferError(.config, "the database \(c.resolvedDatabasePath) already exists; refusing to initialise again")
+            }
+            try KeyFile.create(at: c.keyFile)
+            _ = try SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile),
+                                      authorizer: authorizer(for: c, logger: logger), logger: logger)
+            print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
+            print("cofferd: back up the key file offline: without it no secret can be read")
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the API on the configured Unix socket.")
+
+    @Option(help: "Config file.")
+    var config: String = CofferConfig.defaultPath
+
+    func run() async throws {
+        do {
+            try hardenProcess()
+            let c = try loadConfig(config)
+            let logger = makeLogger(c.logLevel)
+            try makeDirectory(c.stateDir)
+            try await serve(c, logger: logger) {}
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+}
