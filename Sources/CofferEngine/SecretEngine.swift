@@ -41,6 +41,10 @@ public final class SecretEngine: Sendable {
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
         let store: Store
         do {
+            // The state directory is private to the daemon (invariant 7).
+            try FileManager.default.createDirectory(
+                atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700])
             store = try Store(path: dbPath, durability: config.durability)
             try keyring.enroll(in: store, now: nowMillis())
         } catch let e as CofferError {
