@@ -38,8 +38,9 @@ public struct CofferConfig: Sendable, Equatable {
 
     public var resolvedDatabasePath: String { databasePath ?? stateDir + "/coffer.db" }
 
-    /// The largest request body accepted: a value as base64 inside JSON, plus room.
-    public var maxBodyBytes: Int { (maxValueBytes + 2) / 3 * 4 + 4096 }
+    /// The largest request body accepted: twice a maximal value as base64, plus room,
+    /// so that an oversize value is reported as such (value_too_large) up to that bound.
+    public var maxBodyBytes: Int { 2 * ((maxValueBytes + 2) / 3 * 4) + 4096 }
 
     /// The embedded default for a newcomer, rooted at `directory`.
     public static func dev(directory: String, uid: UInt32) -> CofferConfig {

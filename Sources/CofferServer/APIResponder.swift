@@ -1,4 +1,4 @@
-public import CofferAPI
+import CofferAPI
 public import CofferCore
 import CofferCrypto
 public import CofferEngine
@@ -37,14 +37,12 @@ public struct APIResponder: HTTPResponder {
     public func respond(to request: Request, context: Context) async throws -> Response {
         do {
             return try await route(request, context)
-        } catch let e as CofferError {
-            if ErrorMapping.status(e.code).code >= 500 {
-                context.logger.error("request failed", metadata: ["error.code": "\(e.code.rawValue)"])
-            }
-            return ErrorMapping.response(e, headers: e.code == .methodNotAllowed ? [.allow: e.hint ?? ""] : [:])
         } catch {
-            context.logger.error("unexpected error", metadata: ["error.type": "\(type(of: error))"])
-            return ErrorMapping.response(CofferError(.internal, "internal error"))
+            // route() throws only CofferError (typed throws): every failure is a JSON answer.
+            if ErrorMapping.status(error.code).code >= 500 {
+                context.logger.error("request failed", metadata: ["error.code": "\(error.code.rawValue)"])
+            }
+            return ErrorMapping.response(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
         }
     }
 
@@ -171,7 +169,7 @@ public struct APIResponder: HTTPResponder {
         if raw {
             // Raw bytes, metadata in headers: nothing to decode for a shell pipeline.
             var buffer = ByteBuffer()
-            r.value.withUnsafeBytes { buffer.writeBytes($0) }
+            _ = r.value.withUnsafeBytes { buffer.writeBytes($0) }
             var headers: HTTPFields = [.contentType: "application/octet-stream"]
             headers[HTTPField.Name("Coffer-Version")!] = String(r.meta.version)
             headers[HTTPField.Name("Coffer-Current-Version")!] = String(r.currentVersion)
@@ -242,6 +240,10 @@ public struct APIResponder: HTTPResponder {
         } catch let DecodingError.keyNotFound(key, _) {
             throw CofferError(.invalidParameter, "field '\(key.stringValue)' is required")
         } catch {
+            // Valid JSON of the wrong shape is the caller's semantic error, not a syntax error.
+            if (try? JSONSerialization.jsonObject(with: data, options: .fragmentsAllowed)) != nil {
+                throw CofferError(.invalidParameter, "the body must be a JSON object with the documented fields")
+            }
             throw CofferError(.invalidJSON, "the request body is not valid JSON")
         }
     }

@@ -29,6 +29,33 @@ struct Coffer: ParsableCommand {
         version: CofferClientInfo.version,
         subcommands: [SecretCommand.self, StatusCommand.self]
     )
+
+    /// Global options may come before the subcommand (`coffer --format json secret get x`):
+    /// they are moved behind it, where every leaf command's GlobalOptions parses them.
+    static func main() {
+        main(hoistGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    static func hoistGlobalOptions(_ args: [String]) -> [String] {
+        let globals = ["--socket", "--format"]
+        var moved: [String] = []
+        var rest: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if globals.contains(a), i + 1 < args.count {
+                moved += [a, args[i + 1]]
+                i += 2
+            } else if globals.contains(where: { a.hasPrefix($0 + "=") }) {
+                moved.append(a)
+                i += 1
+            } else {
+                rest = Array(args[i...])
+                break
+            }
+        }
+        return rest + moved
+    }
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
