@@ -100,7 +100,9 @@ public struct APIResponder: HTTPResponder {
             case .put, .post:
                 try noQuery(request, allowed: [])
                 try engine.authorize(principal, .write, path)
-                let body: PutSecretRequest = try await decodeBody(request, context, required: true)!
+                guard let body: PutSecretRequest = try await decodeBody(request, context, required: true) else {
+                    throw CofferError(.invalidJSON, "a JSON body is required")
+                }
                 let value = try valueBytes(body)
                 let rec = try await engine.put(principal, path, value: value, cas: body.cas)
                 return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
@@ -171,8 +173,8 @@ public struct APIResponder: HTTPResponder {
             var buffer = ByteBuffer()
             _ = r.value.withUnsafeBytes { buffer.writeBytes($0) }
             var headers: HTTPFields = [.contentType: "application/octet-stream"]
-            headers[HTTPField.Name("Coffer-Version")!] = String(r.meta.version)
-            headers[HTTPField.Name("Coffer-Current-Version")!] = String(r.currentVersion)
+            headers[Self.versionHeader] = String(r.meta.version)
+            headers[Self.currentVersionHeader] = String(r.currentVersion)
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: buffer))
         }
         let bytes = r.value.copyToArray()
@@ -183,6 +185,9 @@ public struct APIResponder: HTTPResponder {
     }
 
     // MARK: helpers
+
+    static let versionHeader = HTTPField.Name("Coffer-Version")!  // constant, valid token
+    static let currentVersionHeader = HTTPField.Name("Coffer-Current-Version")!
 
     func principal(_ context: Context) throws(CofferError) -> Principal {
         guard let peer = context.peer else {

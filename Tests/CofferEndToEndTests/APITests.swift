@@ -77,6 +77,27 @@ import Testing
         #expect(code == 405 && errorCode(body) == "method_not_allowed")
     }
 
+    /// Limits come from the config file: a 1 MiB value round-trips when allowed, one
+    /// byte more is 413; max_versions prunes the oldest versions.
+    @Test func configuredLimits() throws {
+        let d = try Daemon(config: "[limits]\nmax_value_bytes = 1048576\nmax_versions = 2")
+        try d.start()
+        var rng = SystemRandomNumberGenerator()
+        let big = (0..<1_048_576).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let file = d.dir + "/big.bin"
+        FileManager.default.createFile(atPath: file, contents: Data(big))
+        var r = try d.coffer(["secret", "put", "big/one", "--file", file])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try d.coffer(["secret", "get", "big/one"]).stdout == big)
+        FileManager.default.createFile(atPath: file, contents: Data(big + [1]))
+        r = try d.coffer(["secret", "put", "big/one", "--file", file])
+        #expect(r.status == 7)
+        for i in 2...4 { _ = try d.coffer(["secret", "put", "big/one"], stdin: Array("v\(i)".utf8)) }
+        let versions = (json(try d.curl("GET", "/v1/secrets/metadata/big/one").1)["versions"] as? [[String: Any]])?.compactMap { $0["version"] as? Int }
+        #expect(versions == [3, 4])
+        #expect(json(try d.curl("GET", "/v1/sys/status").1)["max_value_bytes"] as? Int == 1_048_576)
+    }
+
     @Test func casConflictIs409AndChangesNothing() throws {
         let d = try Daemon()
         try d.start()
