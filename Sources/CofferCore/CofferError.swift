@@ -19,6 +19,12 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case unauthenticated = "unauthenticated"
         case permissionDenied = "permission_denied"
         case casMismatch = "cas_mismatch"
+        case invalidPolicy = "invalid_policy"
+        case tokenUnknown = "token_unknown"
+        case tokenExpired = "token_expired"
+        case tokenRevoked = "token_revoked"
+        case tokenExhausted = "token_exhausted"
+        case tokenWrongUID = "token_uid_mismatch"
         // daemon's state
         case sealed = "sealed"
         case integrity = "integrity_error"

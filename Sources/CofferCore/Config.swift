@@ -22,6 +22,9 @@ public struct CofferConfig: Sendable, Equatable {
     // [access]
     public var adminGroup: String? = "coffer-admin"
     public var adminUIDs: [UInt32] = []
+    /// The policy file; when it does not exist, the built-in policy (uid 0,
+    /// admin_uids and admin_group are admins) applies.
+    public var policyFile: String? = "/etc/coffer/policy.toml"
     // [limits]
     public var maxValueBytes: Int = 64 * 1024
     public var maxVersions: Int = 10
@@ -51,6 +54,7 @@ public struct CofferConfig: Sendable, Equatable {
         c.keyFile = directory + "/keys/dev/root.key"
         c.adminGroup = nil
         c.adminUIDs = [uid]
+        c.policyFile = directory + "/.coffer/policy.toml"
         c.durability = .normal
         c.devMode = true
         return c
@@ -94,7 +98,8 @@ public struct CofferConfig: Sendable, Equatable {
             if let v = try t.string("key_file") { c.keyFile = v }
         }
         if var t = try r.table("access") {
-            try t.allowOnly(["admin_group", "admin_uids"])
+            try t.allowOnly(["admin_group", "admin_uids", "policy_file"])
+            if let v = try t.string("policy_file") { c.policyFile = v.isEmpty ? nil : v }
             if let v = try t.string("admin_group") { c.adminGroup = v.isEmpty ? nil : v }
             if let v = try t.integers("admin_uids") {
                 guard v.allSatisfy({ $0 >= 0 && $0 <= Int64(UInt32.max) }) else { throw t.error("admin_uids", "uids must be 0...4294967295") }

@@ -126,3 +126,10 @@ public enum PercentDecoding {
 extension String {
     fileprivate func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
 }
+
+/// Characters allowed in token accessors in URLs.
+public enum SecretPathChars {
+    public static func isToken(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x7A) || (b >= 0x41 && b <= 0x5A) || b == UInt8(ascii: "_")
+    }
+}

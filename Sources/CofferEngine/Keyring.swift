@@ -13,20 +13,25 @@ import Foundation
 public final class Keyring: Sendable {
     public let keyID: String
     let root: SecretBytes
+    /// Key of the keyed BLAKE2b under which tokens are stored (derived, never stored).
+    public let tokenHashKey: SecretBytes
 
     static let checkPlaintext = Array("coffer-keycheck-v1".utf8)
 
-    public init(root: SecretBytes) {
+    public init(root: SecretBytes) throws(CryptoError) {
         self.root = root
         // A public, one-way name for the key: keyed BLAKE2b of a constant.
         self.keyID = Hex.encode(Hashing.blake2b(Array("coffer key id v1".utf8), key: root, outputLength: 16).prefix(8))
+        var derived = Hashing.blake2b(Array("coffer token hash key v1".utf8), key: root, outputLength: 32)
+        self.tokenHashKey = try SecretBytes(consuming: &derived)
     }
 
     /// Unlocks against a database: the key must be the one the database was created
     /// with. The database is only read (read-only connection), so a wrong key leaves
     /// the file byte-identical.
     public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> Keyring {
-        let keyring = Keyring(root: try unlocker.rootKey())
+        let root = try unlocker.rootKey()
+        let keyring = try Checked.crypto { () throws(CryptoError) in try Keyring(root: root) }
         let existing: (keyID: String, check: Data)?
         do { existing = try Store.readKeyCheck(path: databasePath) } catch {
             throw CofferError(.storage, "cannot read the database \(databasePath): \(error)")

@@ -10,6 +10,7 @@ public final class PrincipalResolver: Sendable {
     struct Entry {
         var name: String?
         var groups: [UInt32]
+        var groupNames: [String]
         var expires: ContinuousClock.Instant
     }
 
@@ -20,8 +21,8 @@ public final class PrincipalResolver: Sendable {
 
     public func principal(pid: Int32, uid: UInt32, gid: UInt32) -> Principal {
         let now = ContinuousClock.now
-        if let e = cache.withLock({ $0[uid] }), e.expires > now {
-            return Principal(pid: pid, uid: uid, gid: gid, userName: e.name, groups: Array(Set(e.groups + [gid])).sorted())
+        if let e = cache.withLock({ $0[uid] }), e.expires > now, e.groups.contains(gid) {
+            return Principal(pid: pid, uid: uid, gid: gid, userName: e.name, groups: e.groups, groupNames: e.groupNames)
         }
         let (name, primary) = PrincipalResolver.lookupUser(uid)
         var groups: [UInt32] = [gid]
@@ -29,11 +30,38 @@ public final class PrincipalResolver: Sendable {
             groups += PrincipalResolver.groupList(name, primary ?? gid)
         }
         groups = Array(Set(groups)).sorted()
+        let names = groups.compactMap(PrincipalResolver.groupName)
         cache.withLock { c in
             if c.count > 4096 { c.removeAll() }  // bounded (invariant 6)
-            c[uid] = Entry(name: name, groups: groups, expires: now + ttl)
+            c[uid] = Entry(name: name, groups: groups, groupNames: names, expires: now + ttl)
         }
-        return Principal(pid: pid, uid: uid, gid: gid, userName: name, groups: groups)
+        return Principal(pid: pid, uid: uid, gid: gid, userName: name, groups: groups, groupNames: names)
+    }
+
+    /// A hypothetical principal for `policy explain --as`.
+    public func principal(as subject: Subject) -> Principal? {
+        switch subject {
+        case .uid(let uid):
+            let (_, primary) = PrincipalResolver.lookupUser(uid)
+            return principal(pid: 0, uid: uid, gid: primary ?? uid)
+        case .user(let name):
+            guard let pw = getpwnam(name) else { return nil }
+            return principal(pid: 0, uid: pw.pointee.pw_uid, gid: pw.pointee.pw_gid)
+        case .group(let name):
+            // a caller whose only group is this one, with no user bindings
+            return Principal(pid: 0, uid: UInt32.max - 1, gid: PrincipalResolver.gid(ofGroup: name) ?? UInt32.max - 1,
+                             userName: nil, groups: [], groupNames: [name])
+        }
+    }
+
+    public static func userName(_ uid: UInt32) -> String? { lookupUser(uid).0 }
+
+    static func groupName(_ gid: UInt32) -> String? {
+        var grp = Glibc.group()
+        var result: UnsafeMutablePointer<group>?
+        var buf = [CChar](repeating: 0, count: 16384)
+        guard getgrgid_r(gid, &grp, &buf, buf.count, &result) == 0, result != nil, let n = grp.gr_name else { return nil }
+        return String(cString: n)
     }
 
     static func lookupUser(_ uid: UInt32) -> (String?, UInt32?) {

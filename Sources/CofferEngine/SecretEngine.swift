@@ -21,21 +21,24 @@ public final class SecretEngine: Sendable {
 
     public let store: Store
     public let keyring: Keyring
-    public let authorizer: any Authorizer
+    public let policies: PolicyStore
+    public let tokens: TokenService
+    public let principals = PrincipalResolver()
     public let limits: Limits
     public let logger: Logger
     public let startedAt = Date()
 
-    public init(store: Store, keyring: Keyring, authorizer: any Authorizer, limits: Limits, logger: Logger) {
+    public init(store: Store, keyring: Keyring, policies: PolicyStore, limits: Limits, logger: Logger) {
         self.store = store
         self.keyring = keyring
-        self.authorizer = authorizer
+        self.policies = policies
+        self.tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, logger: logger)
         self.limits = limits
         self.logger = logger
     }
 
     /// Opens the database, checks the key against it, enrolls the key on first use.
-    public static func open(config: CofferConfig, unlocker: any Unlocker, authorizer: any Authorizer, logger: Logger) throws(CofferError) -> SecretEngine {
+    public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger) throws(CofferError) -> SecretEngine {
         let dbPath = config.resolvedDatabasePath
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
@@ -53,7 +56,7 @@ public final class SecretEngine: Sendable {
             throw CofferError(.storage, "cannot open the database \(dbPath): \(error)")
         }
         return SecretEngine(
-            store: store, keyring: keyring, authorizer: authorizer,
+            store: store, keyring: keyring, policies: policies,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
             logger: logger)
     }
@@ -63,7 +66,7 @@ public final class SecretEngine: Sendable {
     /// The one authorization call; a denial is 403 whether or not the path exists,
     /// so a denial is no oracle for what exists.
     public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?) throws(CofferError) {
-        let d = authorizer.authorize(p, action, path)
+        let d = policies.authorize(p, action, path)
         guard d.allowed else {
             logger.info("denied", metadata: [
                 "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
@@ -188,7 +191,7 @@ public final class SecretEngine: Sendable {
     }
 
     public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
-        authorizer.authorize(p, action, path)
+        policies.authorize(p, action, path)
     }
 
     // MARK: helpers

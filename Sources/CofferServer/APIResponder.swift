@@ -25,12 +25,10 @@ public struct APIResponder: HTTPResponder {
     }
 
     let engine: SecretEngine
-    let principals: PrincipalResolver
     let settings: Settings
 
-    public init(engine: SecretEngine, principals: PrincipalResolver, settings: Settings) {
+    public init(engine: SecretEngine, settings: Settings) {
         self.engine = engine
-        self.principals = principals
         self.settings = settings
     }
 
@@ -50,6 +48,8 @@ public struct APIResponder: HTTPResponder {
         case health, status
         case data(String), metadata(String), list(String)
         case delete(String), undelete(String), destroy(String)
+        case tokens, token(String), tokenRevoke(String)
+        case policyReload, policyExplain
     }
 
     func parseRoute(_ rawPath: String) throws(CofferError) -> Route {
@@ -58,7 +58,20 @@ public struct APIResponder: HTTPResponder {
         case "/v1/sys/health": return .health
         case "/v1/sys/status": return .status
         case "/v1/secrets/list", "/v1/secrets/list/": return .list("")
+        case "/v1/tokens": return .tokens
+        case "/v1/sys/policy/reload": return .policyReload
+        case "/v1/sys/policy/explain": return .policyExplain
         default: break
+        }
+        if p.hasPrefix("/v1/tokens/") {
+            let rest = p.dropFirst("/v1/tokens/".count)
+            let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
+            let accessor = String(parts[0])
+            guard !accessor.isEmpty, accessor.utf8.count <= 64, accessor.utf8.allSatisfy(SecretPathChars.isToken) else {
+                throw CofferError(.invalidParameter, "a token accessor looks like acc_0123…", hint: "see coffer token list")
+            }
+            if parts.count == 1 { return .token(accessor) }
+            if parts.count == 2 && parts[1] == "revoke" { return .tokenRevoke(accessor) }
         }
         let prefixes: [(String, (String) -> Route)] = [
             ("/v1/secrets/data/", Route.data), ("/v1/secrets/metadata/", Route.metadata),
@@ -76,7 +89,7 @@ public struct APIResponder: HTTPResponder {
         let method = request.method
         // Health answers anyone, before any identity work.
         if case .health = route { return try health(request) }
-        let principal = try self.principal(context)
+        let principal = try await self.principal(request, context)
         switch route {
         case .health:
             return try health(request)
@@ -146,7 +159,88 @@ public struct APIResponder: HTTPResponder {
             let body: VersionsRequest? = try await decodeBody(request, context, required: false)
             let rec = try await engine.change(principal, change, path, versions: body?.versions ?? [])
             return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+        case .tokens:
+            try noQuery(request, allowed: [])
+            switch method {
+            case .get:
+                let list = try engine.listTokens(principal)
+                return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
+            case .post:
+                guard let body: CreateTokenRequest = try await decodeBody(request, context, required: true) else {
+                    throw CofferError(.invalidJSON, "a JSON body is required")
+                }
+                var ttl: Int?
+                if let t = body.ttl {
+                    guard let secs = DurationText.seconds(t) else {
+                        throw CofferError(.invalidParameter, "ttl must be a duration like \"30m\" or \"1h\"")
+                    }
+                    ttl = secs
+                }
+                let created = try await engine.createToken(principal, .init(
+                    roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name))
+                return ErrorMapping.json(CreateTokenResponse(token: created.token, info: Self.tokenInfo(created.record)))
+            default:
+                throw CofferError(.methodNotAllowed, "method \(method.rawValue) is not allowed here", hint: "GET, POST")
+            }
+        case .token(let accessor):
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            if accessor == "self" { return ErrorMapping.json(selfInfo(principal)) }
+            return ErrorMapping.json(Self.tokenInfo(try engine.lookupToken(principal, accessor: accessor)))
+        case .tokenRevoke(let accessor):
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            let target: String
+            if accessor == "self" {
+                guard let own = principal.token?.accessor else {
+                    throw CofferError(.invalidParameter, "no token was presented", hint: "set COFFER_TOKEN or --token-file")
+                }
+                target = own
+            } else {
+                target = accessor
+            }
+            return ErrorMapping.json(RevokeResponse(revoked: try await engine.revokeToken(principal, accessor: target)))
+        case .policyReload:
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            let p = try engine.reloadPolicy(principal)
+            return ErrorMapping.json(PolicyReloadResponse(source: p.source, roles: p.roles.keys.sorted(), bindings: p.bindings.count))
+        case .policyExplain:
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            guard let body: ExplainRequest = try await decodeBody(request, context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            let subject = try Subject(body.subject)
+            guard let cap = Capability(rawValue: body.capability) else {
+                throw CofferError(.invalidParameter, "unknown capability '\(body.capability.prefix(32))'",
+                                  hint: Capability.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            let e = try engine.explain(principal, as: subject, capability: cap, path: body.path)
+            return ErrorMapping.json(ExplainResponse(subject: subject.description, uid: e.subject.uid == UInt32.max - 1 ? nil : e.subject.uid,
+                                                     roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule))
         }
+    }
+
+    func selfInfo(_ p: Principal) -> SelfResponse {
+        let policy = engine.policies.policy
+        let names = p.token?.roles ?? policy.roleNames(for: p)
+        let roles = names.compactMap { policy.roles[$0] }.map { r in
+            SelfResponse.RoleInfo(name: r.name, maxTTL: r.maxTTL.map(DurationText.format), rules: r.rules.map(\.name))
+        }
+        var token: TokenInfo?
+        if let t = p.token, let rec = try? engine.store.token(accessor: t.accessor) { token = Self.tokenInfo(rec) }
+        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: token, roles: roles)
+    }
+
+    static func tokenInfo(_ t: TokenRecord) -> TokenInfo {
+        let now = Int64((Date().timeIntervalSince1970 * 1000).rounded())
+        let state = t.revokedAt != nil ? "revoked" : now >= t.expiresAt ? "expired" : t.usesLeft == 0 ? "exhausted" : "active"
+        return TokenInfo(
+            accessor: t.accessor, name: t.name, roles: t.roles, paths: t.paths, parent: t.parent,
+            createdAt: Timestamp.string(millis: t.createdAt), createdBy: CreatedBy(uid: t.createdUID, user: t.createdUser),
+            expiresAt: Timestamp.string(millis: t.expiresAt), ttlRemainingSeconds: max(0, Int((t.expiresAt - now) / 1000)),
+            usesLeft: t.usesLeft, uses: t.uses, boundUID: t.boundUID, state: state)
     }
 
     func health(_ request: Request) throws(CofferError) -> Response {
@@ -186,14 +280,26 @@ public struct APIResponder: HTTPResponder {
 
     // MARK: helpers
 
-    static let versionHeader = HTTPField.Name("Coffer-Version")!  // constant, valid token
+    static let tokenHeader = HTTPField.Name("X-Coffer-Token")!  // constants, valid tokens
+    static let versionHeader = HTTPField.Name("Coffer-Version")!
     static let currentVersionHeader = HTTPField.Name("Coffer-Current-Version")!
 
-    func principal(_ context: Context) throws(CofferError) -> Principal {
+    /// The kernel's peer credentials, plus a token from `X-Coffer-Token` or
+    /// `Authorization: Bearer` when one is presented.
+    func principal(_ request: Request, _ context: Context) async throws(CofferError) -> Principal {
         guard let peer = context.peer else {
             throw CofferError(.unauthenticated, "the caller's peer credentials are unknown")
         }
-        return principals.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid)
+        var token: String?
+        if let t = request.headers[Self.tokenHeader] {
+            token = t
+        } else if let auth = request.headers[.authorization] {
+            guard auth.hasPrefix("Bearer ") else {
+                throw CofferError(.tokenUnknown, "the Authorization header must be 'Bearer TOKEN'")
+            }
+            token = String(auth.dropFirst("Bearer ".count))
+        }
+        return try await engine.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid, token: token)
     }
 
     func allow(_ method: HTTPRequest.Method, _ allowed: [HTTPRequest.Method], _ names: String) throws(CofferError) {

@@ -4,6 +4,8 @@ import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
+import ServiceLifecycle
+import UnixSignals
 
 /// Builds and runs the HTTP server on the Unix socket until SIGTERM/SIGINT.
 public enum CofferServer {
@@ -14,7 +16,7 @@ public enum CofferServer {
         let guardian = try SocketGuard(socketPath: config.socketPath)
         defer { guardian.release() }
         let socketGID = try socketGroupID(config)
-        let responder = APIResponder(engine: engine, principals: PrincipalResolver(), settings: .init(config: config))
+        let responder = APIResponder(engine: engine, settings: .init(config: config))
         let app = Application(
             responder: responder,
             server: HTTPServerBuilder { responder in
@@ -35,7 +37,12 @@ public enum CofferServer {
             },
             logger: logger
         )
-        try await app.runService()
+        // One ServiceGroup: the HTTP server and the SIGHUP policy reloader; SIGTERM
+        // and SIGINT shut both down gracefully.
+        let group = ServiceGroup(configuration: .init(
+            services: [app, PolicyReloader(policies: engine.policies, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -45,5 +52,18 @@ public enum CofferServer {
                               hint: "create it (groupadd \(group)) or change server.socket_group")
         }
         return gid
+    }
+}
+
+/// Reloads the policy file on SIGHUP. An invalid file is refused (logged) and the
+/// previous policy stays in force.
+struct PolicyReloader: Service {
+    let policies: PolicyStore
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            _ = try? policies.reload()  // PolicyStore logs success and refusal
+        }
     }
 }

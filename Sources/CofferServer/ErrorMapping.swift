@@ -14,7 +14,8 @@ public enum ErrorMapping {
         case .valueTooLarge, .bodyTooLarge: .contentTooLarge
         case .notFound, .routeNotFound: .notFound
         case .methodNotAllowed: .methodNotAllowed
-        case .unauthenticated: .unauthorized
+        case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID: .unauthorized
+        case .invalidPolicy: .unprocessableContent
         case .permissionDenied: .forbidden
         case .casMismatch: .conflict
         case .sealed, .storage: .serviceUnavailable

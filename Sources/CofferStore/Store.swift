@@ -79,6 +79,7 @@ public final class Store: Sendable {
                 ) STRICT, WITHOUT ROWID;
                 """)
         }
+        registerTokenMigration(&m)
         return m
     }
 

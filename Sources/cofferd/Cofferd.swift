@@ -41,16 +41,15 @@ func hardenProcess() throws(CofferError) {
     umask(0o077)
 }
 
-func authorizer(for config: CofferConfig, logger: Logger) -> AdminOnlyAuthorizer {
-    var gids: Set<UInt32> = []
-    if let group = config.adminGroup {
-        if let gid = PrincipalResolver.gid(ofGroup: group) {
-            gids.insert(gid)
-        } else {
-            logger.warning("admin group does not exist; only uid 0 and access.admin_uids are admins", metadata: ["group": "\(group)"])
-        }
+/// The policy file when it exists; otherwise the built-in policy from [access].
+func policies(for config: CofferConfig, logger: Logger) throws(CofferError) -> PolicyStore {
+    let fallback = Policy.adminOnly(uids: config.adminUIDs, group: config.adminGroup)
+    if let path = config.policyFile, FileManager.default.fileExists(atPath: path) {
+        return try PolicyStore(path: path, fallback: fallback, logger: logger)
     }
-    return AdminOnlyAuthorizer(adminUIDs: Set(config.adminUIDs), adminGIDs: gids)
+    logger.notice("no policy file; built-in policy: uid 0, access.admin_uids and access.admin_group are admins",
+                  metadata: ["policy.file": "\(config.policyFile ?? "-")"])
+    return try PolicyStore(path: nil, fallback: fallback, logger: logger)
 }
 
 func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
@@ -65,7 +64,7 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
 func serve(_ config: CofferConfig, logger: Logger, onReady: @escaping @Sendable () -> Void) async throws {
     let engine = try SecretEngine.open(
         config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
-        authorizer: authorizer(for: config, logger: logger), logger: logger)
+        policies: policies(for: config, logger: logger), logger: logger)
     try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
 }
 
@@ -104,11 +103,14 @@ struct Dev: AsyncParsableCommand {
                 try KeyFile.create(at: config.keyFile)
                 logger.info("created a dev root key", metadata: ["key.file": "\(config.keyFile)"])
             }
+            if let policy = config.policyFile {
+                try PolicyStore.writeDevPolicy(at: policy, uid: getuid(), user: PrincipalResolver.userName(getuid()))
+            }
             let socket = config.socketPath
             try await serve(config, logger: logger) {
                 let text = """
 
-                    cofferd is running in dev mode (state: \(config.stateDir)).
+                    cofferd is running in dev mode (state: \(config.stateDir), policy: \(config.policyFile ?? "built-in")).
                     In another shell:
                         export COFFER_SOCKET=\(socket)
                         printf 's3cr3t' | coffer secret put demo/hello
@@ -143,7 +145,7 @@ struct Init: AsyncParsableCommand {
             }
             try KeyFile.create(at: c.keyFile)
             _ = try SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile),
-                                      authorizer: authorizer(for: c, logger: logger), logger: logger)
+                                      policies: policies(for: c, logger: logger), logger: logger)
             print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
             print("cofferd: back up the key file offline: without it no secret can be read")
         } catch let e as CofferError {

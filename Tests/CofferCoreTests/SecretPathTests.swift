@@ -49,24 +49,3 @@ import Testing
     }
 }
 
-@Suite struct AuthorizerTests {
-    static let alice = Principal(pid: 10, uid: 1000, gid: 1000, userName: "alice", groups: [1000, 27])
-    static let root = Principal(pid: 1, uid: 0, gid: 0, userName: "root", groups: [0])
-    static let bob = Principal(pid: 11, uid: 1001, gid: 1001, userName: "bob", groups: [1001])
-
-    @Test(arguments: [
-        (root, Set<UInt32>(), Set<UInt32>(), true, "admin: uid 0"),
-        (alice, [1000], [], true, "admin: uid 1000"),
-        (alice, [], [27], true, "admin: group 27"),
-        (bob, [1000], [27], false, "default deny: not an admin"),
-        (alice, [], [], false, "default deny: not an admin"),
-    ] as [(Principal, Set<UInt32>, Set<UInt32>, Bool, String)])
-    func decisions(_ p: Principal, _ uids: Set<UInt32>, _ gids: Set<UInt32>, _ allowed: Bool, _ rule: String) throws {
-        let a = AdminOnlyAuthorizer(adminUIDs: uids, adminGIDs: gids)
-        for action in Action.allCases {
-            let d = a.authorize(p, action, try SecretPath("x/y"))
-            #expect(d.allowed == allowed)
-            #expect(d.rule == rule)
-        }
-    }
-}

@@ -29,7 +29,8 @@ final class Fixture {
     func engine(keyFile: String? = nil) throws(CofferError) -> SecretEngine {
         try SecretEngine.open(
             config: config, unlocker: KeyFileUnlocker(path: keyFile ?? config.keyFile),
-            authorizer: AdminOnlyAuthorizer(adminUIDs: [1000], adminGIDs: []), logger: Logger(label: "test"))
+            policies: PolicyStore(path: nil, fallback: Policy.adminOnly(uids: [1000], group: nil), logger: Logger(label: "test")),
+            logger: Logger(label: "test"))
     }
 }
 
@@ -274,14 +275,14 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
     }
 
     @Test func ciphertextBoundToPathVersionAndKey() throws {
-        let k = Keyring(root: try SecretBytes.random(count: 32))
+        let k = try Keyring(root: try SecretBytes.random(count: 32))
         let p = try SecretPath("a/b")
         let s = try k.seal(try bytes("v"), path: p, version: 1)
         #expect(text(try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: k.keyID)) == "v")
         #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: try SecretPath("a/c"), version: 1, keyID: k.keyID) }
         #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 2, keyID: k.keyID) }
         #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: "0000000000000000") }
-        let other = Keyring(root: try SecretBytes.random(count: 32))
+        let other = try Keyring(root: try SecretBytes.random(count: 32))
         #expect(throws: CryptoError.integrity) { try other.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: other.keyID) }
         // a ciphertext from another version of the same path does not open under this version's key
         let s2 = try k.seal(try bytes("w"), path: p, version: 2)

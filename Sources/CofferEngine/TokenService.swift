@@ -1,0 +1,153 @@
+public import CofferCore
+public import CofferCrypto
+public import CofferStore
+import Foundation
+import Logging
+
+/// Scoped tokens for build jobs (invariant 5): 256 random bits shown once, stored
+/// only as keyed BLAKE2b hashes, compared in constant time, revocable by accessor
+/// with their descendants, only ever narrower than their creator.
+public struct TokenService: Sendable {
+    public static let prefix = "cfr_"
+    public static let defaultTTL = 3600
+    public static let maxTTL = 30 * 86400
+
+    let store: Store
+    let hashKey: SecretBytes
+    let policies: PolicyStore
+    let logger: Logger
+
+    public struct Created: Sendable {
+        /// The token itself: returned once, never stored.
+        public var token: String
+        public var record: TokenRecord
+    }
+
+    public struct Request: Sendable {
+        public var roles: [String]
+        public var ttlSeconds: Int?
+        public var uses: Int?
+        public var bindUID: UInt32?
+        public var paths: [String]
+        public var name: String?
+        public init(roles: [String], ttlSeconds: Int?, uses: Int?, bindUID: UInt32?, paths: [String], name: String?) {
+            self.roles = roles
+            self.ttlSeconds = ttlSeconds
+            self.uses = uses
+            self.bindUID = bindUID
+            self.paths = paths
+            self.name = name
+        }
+    }
+
+    func hash(_ token: String) -> Data {
+        Data(Hashing.blake2b(Array(token.utf8), key: hashKey, outputLength: 32))
+    }
+
+    /// Mints a token no wider than its creator: roles the creator holds, paths inside
+    /// the creator token's paths, TTL within every role's max_ttl (and the creator
+    /// token's remaining life), the creator token's uid binding kept.
+    public func create(by creator: Principal, _ req: Request, now: Int64) async throws(CofferError) -> Created {
+        let policy = policies.policy
+        guard !req.roles.isEmpty, req.roles.count <= 16 else { throw CofferError(.invalidParameter, "give 1 to 16 roles") }
+        let held = creator.token?.roles ?? policy.roleNames(for: creator)
+        for r in req.roles {
+            guard policy.roles[r] != nil else { throw CofferError(.invalidParameter, "unknown role '\(r.prefix(64))'") }
+            guard held.contains(r) else {
+                throw CofferError(.permissionDenied, "you do not hold role '\(r)', so a token cannot carry it",
+                                  hint: "a token can only narrow its creator's access")
+            }
+        }
+        guard req.paths.count <= 32 else { throw CofferError(.invalidParameter, "at most 32 path patterns") }
+        var patterns: [PathPattern] = []
+        for p in req.paths { patterns.append(try PathPattern(p)) }
+        if let parent = creator.token, !parent.paths.isEmpty {
+            if patterns.isEmpty {
+                patterns = parent.paths  // inherit the narrower scope
+            } else {
+                for p in patterns where !parent.paths.contains(where: { p.isCovered(by: $0) }) {
+                    throw CofferError(.permissionDenied, "path pattern '\(p)' is wider than your token's paths",
+                                      hint: "a token can only narrow its creator's access")
+                }
+            }
+        }
+        var ttl = req.ttlSeconds ?? min(TokenService.defaultTTL, policy.maxTTL(roles: req.roles) ?? TokenService.defaultTTL)
+        guard ttl >= 1 else { throw CofferError(.invalidParameter, "ttl must be at least 1s") }
+        guard ttl <= TokenService.maxTTL else { throw CofferError(.invalidParameter, "ttl must be at most 30d") }
+        if let cap = policy.maxTTL(roles: req.roles), ttl > cap {
+            throw CofferError(.permissionDenied, "ttl \(DurationText.format(ttl)) is longer than the roles allow (\(DurationText.format(cap)))",
+                              hint: "ask for --ttl \(DurationText.format(cap)) or less")
+        }
+        var expires = now + Int64(ttl) * 1000
+        if let parent = creator.token {
+            guard expires <= parent.expiresAt else {
+                throw CofferError(.permissionDenied, "a token cannot outlive the token that creates it",
+                                  hint: "ask for a shorter --ttl")
+            }
+        }
+        if let uses = req.uses, !(1...1_000_000).contains(uses) { throw CofferError(.invalidParameter, "uses must be 1...1000000") }
+        var bound = req.bindUID
+        if let parentBound = creator.token?.boundUID {
+            guard bound == nil || bound == parentBound else {
+                throw CofferError(.permissionDenied, "your token is bound to uid \(parentBound); its tokens must be too")
+            }
+            bound = parentBound
+        }
+        if let name = req.name, name.utf8.count > 128 || name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw CofferError(.invalidParameter, "name must be at most 128 printable characters")
+        }
+        var raw = Hashing.randomBytes(32)
+        defer { Hashing.wipe(&raw) }
+        let token = TokenService.prefix + Data(raw).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
+        ttl = Int((expires - now) / 1000)
+        expires = now + Int64(ttl) * 1000
+        let record = TokenRecord(
+            accessor: accessor, hash: hash(token), parent: creator.token?.accessor, roles: req.roles.sorted(),
+            paths: patterns.map(\.rawValue), name: req.name, createdAt: now, expiresAt: expires, usesLeft: req.uses, uses: 0,
+            boundUID: bound, createdUID: creator.uid, createdUser: creator.userName, revokedAt: nil)
+        do { try await store.insertToken(record) } catch {
+            logger.error("database error", metadata: ["error": "\(error)"])
+            throw CofferError(.storage, "the database could not complete the request")
+        }
+        logger.info("token created", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(creator.uid)", "token.roles": "\(req.roles)"])
+        return Created(token: token, record: record)
+    }
+
+    /// Turns a presented token into a grant, or a 401 with a distinct code. A use is
+    /// consumed only after every other check passed.
+    public func authenticate(_ token: String, peerUID: UInt32, now: Int64) async throws(CofferError) -> TokenGrant {
+        guard token.hasPrefix(TokenService.prefix), token.utf8.count == TokenService.prefix.utf8.count + 43 else {
+            throw CofferError(.tokenUnknown, "the token is not valid", hint: "tokens start with \(TokenService.prefix); check COFFER_TOKEN / the token file")
+        }
+        let h = hash(token)
+        let found: TokenRecord?
+        do { found = try store.token(hash: h) } catch {
+            throw CofferError(.storage, "the database could not complete the request")
+        }
+        guard let t = found, Hashing.constantTimeEquals([UInt8](t.hash), [UInt8](h)) else {
+            throw CofferError(.tokenUnknown, "the token is not valid")
+        }
+        if t.revokedAt != nil { throw CofferError(.tokenRevoked, "the token was revoked") }
+        if now >= t.expiresAt { throw CofferError(.tokenExpired, "the token expired at \(t.expiresAt / 1000) (unix time)") }
+        if let b = t.boundUID, b != peerUID {
+            logger.warning("token presented by another uid", metadata: ["token.accessor": "\(t.accessor)", "peer.uid": "\(peerUID)"])
+            throw CofferError(.tokenWrongUID, "the token is bound to another uid")
+        }
+        if t.usesLeft != nil {
+            let ok: Bool
+            do { ok = try await store.consumeTokenUse(accessor: t.accessor) } catch {
+                throw CofferError(.storage, "the database could not complete the request")
+            }
+            guard ok else { throw CofferError(.tokenExhausted, "the token has no uses left") }
+        }
+        var patterns: [PathPattern] = []
+        for p in t.paths {
+            // Fail closed: an unreadable scope must never widen into no scope.
+            guard let pp = try? PathPattern(p) else { throw CofferError(.tokenUnknown, "the token's scope is unreadable") }
+            patterns.append(pp)
+        }
+        return TokenGrant(accessor: t.accessor, roles: t.roles, paths: patterns, expiresAt: t.expiresAt, boundUID: t.boundUID)
+    }
+}

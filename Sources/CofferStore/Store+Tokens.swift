@@ -1,0 +1,135 @@
+import CofferCore
+import Foundation
+import GRDB
+
+/// A token as stored: only the keyed hash of the token, never the token.
+public struct TokenRecord: Sendable, Equatable {
+    public var accessor: String
+    public var hash: Data
+    public var parent: String?
+    public var roles: [String]
+    public var paths: [String]
+    public var name: String?
+    public var createdAt: Int64
+    public var expiresAt: Int64
+    public var usesLeft: Int?
+    public var uses: Int
+    public var boundUID: UInt32?
+    public var createdUID: UInt32
+    public var createdUser: String?
+    public var revokedAt: Int64?
+
+    public init(accessor: String, hash: Data, parent: String?, roles: [String], paths: [String], name: String?,
+                createdAt: Int64, expiresAt: Int64, usesLeft: Int?, uses: Int, boundUID: UInt32?,
+                createdUID: UInt32, createdUser: String?, revokedAt: Int64?) {
+        self.accessor = accessor
+        self.hash = hash
+        self.parent = parent
+        self.roles = roles
+        self.paths = paths
+        self.name = name
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.usesLeft = usesLeft
+        self.uses = uses
+        self.boundUID = boundUID
+        self.createdUID = createdUID
+        self.createdUser = createdUser
+        self.revokedAt = revokedAt
+    }
+}
+
+extension Store {
+    static func registerTokenMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v2-tokens") { db in
+            try db.execute(sql: """
+                CREATE TABLE token (
+                    accessor TEXT PRIMARY KEY NOT NULL,
+                    hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+                    parent TEXT REFERENCES token(accessor),
+                    roles TEXT NOT NULL,
+                    paths TEXT NOT NULL,
+                    name TEXT,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    uses_left INTEGER CHECK (uses_left IS NULL OR uses_left >= 0),
+                    uses INTEGER NOT NULL DEFAULT 0,
+                    bound_uid INTEGER,
+                    created_uid INTEGER NOT NULL,
+                    created_user TEXT,
+                    revoked_at INTEGER
+                ) STRICT;
+                CREATE INDEX token_parent ON token(parent);
+                """)
+        }
+    }
+
+    static func tokenRecord(_ r: Row) -> TokenRecord {
+        let roles: String = r["roles"]
+        let paths: String = r["paths"]
+        return TokenRecord(
+            accessor: r["accessor"], hash: r["hash"], parent: r["parent"],
+            roles: roles.split(separator: "\n").map(String.init), paths: paths.split(separator: "\n").map(String.init),
+            name: r["name"], createdAt: r["created_at"], expiresAt: r["expires_at"], usesLeft: r["uses_left"],
+            uses: r["uses"], boundUID: (r["bound_uid"] as Int64?).map { UInt32(truncatingIfNeeded: $0) },
+            createdUID: UInt32(truncatingIfNeeded: r["created_uid"] as Int64), createdUser: r["created_user"],
+            revokedAt: r["revoked_at"])
+    }
+
+    public func insertToken(_ t: TokenRecord) async throws {
+        try await pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO token (accessor, hash, parent, roles, paths, name, created_at, expires_at, uses_left, uses,
+                                   bound_uid, created_uid, created_user, revoked_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)
+                """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
+                                 t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
+                                 Int64(t.createdUID), t.createdUser])
+        }
+    }
+
+    public func token(hash: Data) throws -> TokenRecord? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM token WHERE hash = ?", arguments: [hash]).map(Store.tokenRecord) }
+    }
+
+    public func token(accessor: String) throws -> TokenRecord? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [accessor]).map(Store.tokenRecord) }
+    }
+
+    /// Live and recently ended tokens, newest first (bounded).
+    public func tokens(limit: Int) throws -> [TokenRecord] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM token ORDER BY created_at DESC, accessor LIMIT ?", arguments: [limit]).map(Store.tokenRecord)
+        }
+    }
+
+    /// Takes one use of a limited token atomically: true if a use was left. Exact
+    /// under concurrency (one writer; the decrement is conditional).
+    public func consumeTokenUse(accessor: String) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "UPDATE token SET uses_left = uses_left - 1, uses = uses + 1 WHERE accessor = ? AND uses_left > 0",
+                           arguments: [accessor])
+            return db.changesCount == 1
+        }
+    }
+
+    /// Revokes a token and every token created from it (recursively). Returns the
+    /// accessors newly revoked.
+    public func revokeToken(accessor: String, now: Int64) async throws -> [String] {
+        try await pool.write { db in
+            let tree = try String.fetchAll(db, sql: """
+                WITH RECURSIVE tree(a) AS (
+                    SELECT accessor FROM token WHERE accessor = ?
+                    UNION SELECT t.accessor FROM token t JOIN tree ON t.parent = tree.a
+                )
+                SELECT a FROM tree
+                """, arguments: [accessor])
+            var revoked: [String] = []
+            for a in tree {
+                try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
+                if db.changesCount == 1 { revoked.append(a) }
+            }
+            return revoked
+        }
+    }
+}

@@ -1,0 +1,163 @@
+import CofferCore
+import Testing
+
+func principal(_ uid: UInt32, _ user: String?, groups: [String] = [], token: TokenGrant? = nil) -> Principal {
+    Principal(pid: 1, uid: uid, gid: uid, userName: user, groups: [uid], groupNames: groups, token: token)
+}
+
+@Suite struct PathPatternTests {
+    @Test(arguments: [
+        ("ci/app/db", "ci/app/db", true), ("ci/app/db", "ci/app/dbx", false), ("ci/app/db", "ci/app", false),
+        ("ci/*/db", "ci/app/db", true), ("ci/*/db", "ci/app/x/db", false), ("ci/*/db", "ci/db", false),
+        ("ci/**", "ci/app/db", true), ("ci/**", "ci", true), ("ci/**", "cix/a", false), ("ci/**", "", false),
+        ("**", "", true), ("**", "a/b/c", true), ("**/db", "a/b/db", true), ("**/db", "db", true), ("**/db", "a/dbx", false),
+        ("ci/**/key", "ci/key", true), ("ci/**/key", "ci/a/b/key", true), ("ci/**/key", "ci/a/b/keys", false),
+        ("ci/app-*", "ci/app-web", true), ("ci/app-*", "ci/app-", true), ("ci/app-*", "ci/ap", false),
+        ("ci/*-prod/*", "ci/web-prod/db", true), ("ci/*-prod/*", "ci/web-dev/db", false),
+        ("a*b*c", "abc", true), ("a*b*c", "axxbyyc", true), ("a*b*c", "acb", false), ("*", "x", true), ("*", "x/y", false),
+    ] as [(String, String, Bool)])
+    func matching(_ pattern: String, _ path: String, _ expected: Bool) throws {
+        #expect(try PathPattern(pattern).matches(path) == expected, "\(pattern) ~ \(path)")
+    }
+
+    @Test(arguments: ["", "/a", "a/", "a//b", "a/**b", "a/b**", "a/../b", ".", "a b", "a/%"])
+    func invalid(_ p: String) {
+        #expect(throws: CofferError.self) { try PathPattern(p) }
+    }
+
+    @Test(arguments: [
+        ("ci/app/db", "ci/**", true), ("ci/app/**", "ci/**", true), ("ci/**", "ci/app/**", false),
+        ("ci/*/db", "ci/**", true), ("ci/*/db", "ci/*/*", true), ("ci/*/*", "ci/*/db", false),
+        ("**", "ci/**", false), ("ci/**", "**", true), ("ci/app-*/x", "ci/*/x", true), ("ci/*/x", "ci/app-*/x", false),
+        ("ci/app/db", "ci/app/db", true), ("ci/app/db", "ci/app/key", false), ("ci/web", "ci/app-*", false),
+    ] as [(String, String, Bool)])
+    func coverage(_ narrow: String, _ wide: String, _ expected: Bool) throws {
+        #expect(try PathPattern(narrow).isCovered(by: PathPattern(wide)) == expected, "\(narrow) ⊆ \(wide)")
+    }
+
+    @Test func durations() {
+        #expect(DurationText.seconds("90s") == 90)
+        #expect(DurationText.seconds("30m") == 1800)
+        #expect(DurationText.seconds("2h30m") == 9000)
+        #expect(DurationText.seconds("7d") == 604_800)
+        for bad in ["", "10", "m", "1x", "-1m", "1.5h", "0s", "9999999999s"] { #expect(DurationText.seconds(bad) == nil, "\(bad)") }
+        #expect(DurationText.format(9000) == "2h30m")
+    }
+}
+
+let ciPolicy = """
+    [role.admin]
+    [[role.admin.rule]]
+    path = "**"
+    capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+
+    [role.ci-build]
+    max_ttl = "1h"
+    [[role.ci-build.rule]]
+    path = "ci/**"
+    capabilities = ["read", "list"]
+    [[role.ci-build.rule]]
+    path = "ci/*/prod/**"
+    capabilities = ["read"]
+    effect = "deny"
+
+    [role.deployer]
+    max_ttl = "15m"
+    [[role.deployer.rule]]
+    path = "ci/*/prod/**"
+    capabilities = ["read", "write"]
+
+    [[bind]]
+    subjects = ["uid:0", "group:coffer-admin"]
+    roles = ["admin"]
+
+    [[bind]]
+    subjects = ["user:jenkins", "group:ci"]
+    roles = ["ci-build"]
+
+    [[bind]]
+    subjects = ["uid:1500"]
+    roles = ["deployer", "ci-build"]
+    """
+
+@Suite struct PolicyTests {
+    static let policy = try! Policy.parse(ciPolicy, file: "policy.toml")  // a constant under test
+
+    @Test(arguments: [
+        // who, action, path, allowed, deciding rule (prefix)
+        (principal(0, "root"), Action.destroy, "anything/at/all", true, "role admin rule 1 (policy.toml:3"),
+        (principal(1000, "alice", groups: ["users", "coffer-admin"]), .write, "x", true, "role admin rule 1"),
+        (principal(1001, "jenkins"), .read, "ci/app/db", true, "role ci-build rule 1 (policy.toml:9"),
+        (principal(1001, "jenkins"), .list, "ci", true, "role ci-build rule 1"),
+        (principal(1001, "jenkins"), .readMetadata, "ci/app/db", true, "role ci-build rule 1"),
+        (principal(1001, "jenkins"), .write, "ci/app/db", false, "no rule matched (roles: ci-build)"),
+        (principal(1001, "jenkins"), .read, "ci/app/prod/db", false, "role ci-build rule 2 (policy.toml:12: deny read"),
+        (principal(1001, "jenkins"), .read, "other/db", false, "no rule matched"),
+        (principal(1001, "jenkins"), .list, "", false, "no rule matched"),
+        (principal(1002, "bob", groups: ["ci"]), .read, "ci/web/tls", true, "role ci-build rule 1"),  // supplementary group
+        (principal(1003, "eve", groups: ["users"]), .read, "ci/web/tls", false, "no rule matched (no role is bound to this caller)"),
+        (principal(1500, "deploy"), .read, "ci/app/prod/db", false, "role ci-build rule 2"),  // deny beats another role's allow
+        (principal(1500, "deploy"), .write, "ci/app/prod/db", true, "role deployer rule 1"),
+        (principal(1001, "jenkins"), .status, "", true, "status: holds role ci-build"),
+        (principal(1003, "eve"), .status, "", false, "no rule matched"),
+        (principal(1001, "jenkins"), .admin, "", false, "no rule matched"),
+        (principal(0, "root"), .admin, "", true, "role admin rule 1"),
+    ] as [(Principal, Action, String, Bool, String)])
+    func decisions(_ p: Principal, _ action: Action, _ path: String, _ allowed: Bool, _ rule: String) throws {
+        let d = PolicyEvaluator.decide(Self.policy, p, action, path.isEmpty ? nil : try SecretPath(path))
+        #expect(d.allowed == allowed, "\(d.rule)")
+        #expect(d.rule.hasPrefix(rule), "\(d.rule)")
+    }
+
+    @Test func tokensReplaceThePeersRolesAndNarrowPaths() throws {
+        let grant = TokenGrant(accessor: "acc_1", roles: ["ci-build"], paths: [try PathPattern("ci/app/**")], expiresAt: 0, boundUID: nil)
+        let rootWithToken = principal(0, "root", token: grant)
+        #expect(PolicyEvaluator.decide(Self.policy, rootWithToken, .read, try SecretPath("ci/app/db")).allowed)
+        let outside = PolicyEvaluator.decide(Self.policy, rootWithToken, .read, try SecretPath("ci/web/db"))
+        #expect(!outside.allowed && outside.rule.contains("outside the token's paths"))
+        #expect(!PolicyEvaluator.decide(Self.policy, rootWithToken, .write, try SecretPath("ci/app/db")).allowed)
+        #expect(!PolicyEvaluator.decide(Self.policy, rootWithToken, .destroy, try SecretPath("x")).allowed)
+    }
+
+    @Test func rolesMaxTTL() {
+        #expect(Self.policy.maxTTL(roles: ["ci-build"]) == 3600)
+        #expect(Self.policy.maxTTL(roles: ["ci-build", "deployer"]) == 900)
+        #expect(Self.policy.maxTTL(roles: ["admin"]) == nil)
+        #expect(Self.policy.roleNames(for: principal(1500, "x")) == ["ci-build", "deployer"])
+    }
+
+    @Test(arguments: [
+        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"reed\"]", "p.toml:4: unknown capability"),
+        ("[role.a]\n[[role.a.rule]]\npath = \"x//y\"\ncapabilities = [\"read\"]", "p.toml:3:"),
+        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"read\"]\npaht = \"y\"", "p.toml:5: unknown key 'paht'"),
+        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"read\"]\neffect = \"maybe\"", "p.toml:5:"),
+        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"admin\"]", "p.toml:4: admin and audit are global"),
+        ("[role.a]\nmax_ttl = \"forever\"", "p.toml:2:"),
+        ("[role.a]\ncolour = 1", "p.toml:2: unknown key 'colour'"),
+        ("[[bind]]\nsubjects = [\"user:x\"]\nroles = [\"ghost\"]", "p.toml:3: unknown role 'ghost'"),
+        ("[role.a]\n[[bind]]\nsubjects = [\"person:x\"]\nroles = [\"a\"]", "p.toml:3:"),
+        ("[role.a]\n[[bind]]\nsubjects = [\"uid:abc\"]\nroles = [\"a\"]", "p.toml:3:"),
+        ("[role.a]\n[[bind]]\nroles = [\"a\"]", "p.toml:2:"),
+        ("[roles.a]", "p.toml:1: unknown key 'roles'"),
+        ("[role.a]\n[[role.a.rule]]\ncapabilities = [\"read\"]", "p.toml:2: a rule needs path"),
+        ("[role.a\n", "p.toml:1:"),
+    ] as [(String, String)])
+    func strictParsing(_ text: String, _ prefix: String) {
+        do {
+            _ = try Policy.parse(text, file: "p.toml")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.code == .invalidPolicy)
+            #expect(error.message.hasPrefix(prefix), "\(error.message)")
+        }
+    }
+
+    @Test func builtInAdminOnly() throws {
+        let p = Policy.adminOnly(uids: [1000], group: "wheel")
+        #expect(PolicyEvaluator.decide(p, principal(0, "root"), .destroy, try SecretPath("a")).allowed)
+        #expect(PolicyEvaluator.decide(p, principal(1000, "a"), .read, try SecretPath("a")).allowed)
+        #expect(PolicyEvaluator.decide(p, principal(1001, "b", groups: ["wheel"]), .read, try SecretPath("a")).allowed)
+        #expect(!PolicyEvaluator.decide(p, principal(1002, "c"), .read, try SecretPath("a")).allowed)
+        #expect(!PolicyEvaluator.decide(p, principal(1002, "c"), .status, nil).allowed)
+    }
+}
