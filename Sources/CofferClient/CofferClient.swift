@@ -15,8 +15,9 @@ public struct APIError: Error, Sendable, CustomStringConvertible {
 public final class CofferClient {
     public let http: UnixHTTPClient
 
-    public init(socketPath: String) {
+    public init(socketPath: String, token: String? = nil) {
         http = UnixHTTPClient(socketPath: socketPath)
+        http.token = token
     }
 
     static func dataPath(_ kind: String, _ path: String) -> String {
@@ -89,5 +90,39 @@ public final class CofferClient {
         let body = try JSONEncoder().encode(VersionsRequest(versions: versions))
         let r = try http.request("POST", Self.dataPath(change.rawValue, path), headers: [("Content-Type", "application/json")], body: [UInt8](body))
         return try decode(r, as: SecretMetadataResponse.self)
+    }
+}
+
+extension CofferClient {
+    public func createToken(_ req: CreateTokenRequest) throws -> CreateTokenResponse {
+        let body = try JSONEncoder().encode(req)
+        return try decode(http.request("POST", "/v1/tokens", headers: [("Content-Type", "application/json")], body: [UInt8](body)),
+                          as: CreateTokenResponse.self)
+    }
+
+    public func listTokens() throws -> TokenListResponse {
+        try decode(http.request("GET", "/v1/tokens"), as: TokenListResponse.self)
+    }
+
+    public func lookupSelf() throws -> SelfResponse {
+        try decode(http.request("GET", "/v1/tokens/self"), as: SelfResponse.self)
+    }
+
+    public func lookupToken(_ accessor: String) throws -> TokenInfo {
+        try decode(http.request("GET", "/v1/tokens/" + PercentDecoding.encodePath(accessor)), as: TokenInfo.self)
+    }
+
+    public func revokeToken(_ accessor: String) throws -> RevokeResponse {
+        try decode(http.request("POST", "/v1/tokens/" + PercentDecoding.encodePath(accessor) + "/revoke"), as: RevokeResponse.self)
+    }
+
+    public func reloadPolicy() throws -> PolicyReloadResponse {
+        try decode(http.request("POST", "/v1/sys/policy/reload"), as: PolicyReloadResponse.self)
+    }
+
+    public func explain(_ req: ExplainRequest) throws -> ExplainResponse {
+        let body = try JSONEncoder().encode(req)
+        return try decode(http.request("POST", "/v1/sys/policy/explain", headers: [("Content-Type", "application/json")], body: [UInt8](body)),
+                          as: ExplainResponse.self)
     }
 }

@@ -34,6 +34,8 @@ public final class UnixHTTPClient {
     let socketPath: String
     var fd: Int32 = -1
     public var timeoutSeconds: Int = 30
+    /// Sent as X-Coffer-Token on every request (never on the command line).
+    public var token: String?
 
     public init(socketPath: String) {
         self.socketPath = socketPath
@@ -77,6 +79,7 @@ public final class UnixHTTPClient {
         try connectIfNeeded()
         var head = "\(method) \(target) HTTP/1.1\r\nHost: coffer\r\nUser-Agent: coffer/\(CofferClientInfo.version)\r\n"
         for (k, v) in headers { head += "\(k): \(v)\r\n" }
+        if let token { head += "X-Coffer-Token: \(token)\r\n" }
         if let body {
             head += "Content-Length: \(body.count)\r\n"
         } else if method == "PUT" || method == "POST" {

@@ -72,7 +72,8 @@ public final class SecretEngine: Sendable {
                 "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
                 "secret.path": "\(path?.rawValue ?? "-")", "rule": "\(d.rule)",
             ])
-            throw CofferError(.permissionDenied, "permission denied", hint: "\(action.rawValue) is not allowed for \(p.displayName)")
+            // The rule that decided depends on policy and identity only, never on what exists.
+            throw CofferError(.permissionDenied, "permission denied", hint: "\(action.rawValue) for \(p.displayName): \(d.rule)")
         }
     }
 

@@ -27,7 +27,7 @@ struct Coffer: ParsableCommand {
             Secret values are read from stdin or --file, never from the command line.
             """,
         version: CofferClientInfo.version,
-        subcommands: [SecretCommand.self, StatusCommand.self]
+        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, StatusCommand.self]
     )
 
     /// Global options may come before the subcommand (`coffer --format json secret get x`):
@@ -37,7 +37,7 @@ struct Coffer: ParsableCommand {
     }
 
     static func hoistGlobalOptions(_ args: [String]) -> [String] {
-        let globals = ["--socket", "--format"]
+        let globals = ["--socket", "--format", "--token-file"]
         var moved: [String] = []
         var rest: [String] = []
         var i = 0
@@ -69,6 +69,9 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Output format: text or json.")
     var format: OutputFormat = .text
 
+    @Option(name: .long, help: "Read a token from this file (env COFFER_TOKEN_FILE; or COFFER_TOKEN).")
+    var tokenFile: String?
+
     var socketPath: String {
         if let socket { return socket }
         if let env = ProcessInfo.processInfo.environment["COFFER_SOCKET"], !env.isEmpty { return env }
@@ -77,7 +80,22 @@ struct GlobalOptions: ParsableArguments {
         return "/run/coffer/coffer.sock"
     }
 
-    func client() -> CofferClient { CofferClient(socketPath: socketPath) }
+    func client() throws -> CofferClient { CofferClient(socketPath: socketPath, token: try token()) }
+
+    /// The token, never from argv: --token-file, COFFER_TOKEN_FILE, then COFFER_TOKEN.
+    func token() throws -> String? {
+        let env = ProcessInfo.processInfo.environment
+        if let file = tokenFile ?? env["COFFER_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
+                throw CofferError(.invalidParameter, "cannot read the token file \(file)")
+            }
+            let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !t.isEmpty else { throw CofferError(.invalidParameter, "the token file \(file) is empty") }
+            return t
+        }
+        if let t = env["COFFER_TOKEN"], !t.isEmpty { return t.trimmingCharacters(in: .whitespacesAndNewlines) }
+        return nil
+    }
 }
 
 /// Runs a command body and turns every failure into `coffer: error:` + hint + exit code.
@@ -143,7 +161,7 @@ struct StatusCommand: ParsableCommand {
 
     func run() throws {
         try runReporting {
-            let client = global.client()
+            let client = try global.client()
             let s = try client.status()
             if global.format == .json { return try printJSON(s) }
             try printLine("""

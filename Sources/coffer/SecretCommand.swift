@@ -103,7 +103,7 @@ extension SecretCommand {
             try runReporting {
                 _ = try SecretPath(path)
                 if let version, version < 1 { throw CofferError(.invalidVersion, "--version must be 1 or more") }
-                let client = global.client()
+                let client = try global.client()
                 if global.format == .json { return try printJSON(client.get(path, version: version)) }
                 var r = try client.getRaw(path, version: version)
                 defer { Wipe.bytes(&r.value) }
@@ -123,7 +123,7 @@ extension SecretCommand {
         func run() throws {
             try runReporting {
                 _ = try SecretPrefix(prefix)
-                let client = global.client()
+                let client = try global.client()
                 var keys: [String] = []
                 var cursor = after
                 var next: String?

@@ -81,7 +81,7 @@ import Testing
         r = try d.coffer(["status"])
         #expect(r.status == 0)
         #expect(r.out.contains("unlocked:      true"))
-        #expect(r.out.contains("access:        admin: uid 0"))
+        #expect(r.out.contains("access:        status: holds role admin"))
         r = try d.coffer(["status", "--format", "json"])
         #expect(json(r.out)["unlocked"] as? Bool == true)
         #expect(json(r.out)["secrets"] as? Int == 3)

@@ -101,9 +101,14 @@ struct TestUser {
 
     static let nonAdmin: TestUser = ensure("coffer-test")
 
-    static func ensure(_ name: String) -> TestUser {
+    static func ensure(_ name: String, supplementary group: String? = nil) -> TestUser {
+        if let group, getgrnam(group) == nil {
+            _ = try? run("/usr/sbin/groupadd", ["--system", group])
+        }
         if getpwnam(name) == nil {
-            _ = try? run("/usr/sbin/useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            var args = ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"]
+            if let group { args += ["--groups", group] }
+            _ = try? run("/usr/sbin/useradd", args + [name])
         }
         guard let pw = getpwnam(name) else {
             Issue.record("cannot create the test user \(name): run the tests as root (CI does)")
@@ -126,9 +131,10 @@ final class Daemon {
     let logPath: String
     let dbPath: String
     let keyPath: String
+    let policyPath: String
     private(set) var process: Process?
 
-    init(config extra: String = "", socketMode: String = "0666", initialise: Bool = true) throws {
+    init(config extra: String = "", socketMode: String = "0666", initialise: Bool = true, policy: String? = nil) throws {
         var template = Array("/tmp/cf.XXXXXX".utf8CString)
         guard let d = mkdtemp(&template) else { throw TestError.failed("mkdtemp failed") }
         dir = String(cString: d)
@@ -138,6 +144,8 @@ final class Daemon {
         logPath = dir + "/cofferd.log"
         dbPath = dir + "/state/coffer.db"
         keyPath = dir + "/keys/root.key"
+        policyPath = dir + "/policy.toml"
+        if let policy { try policy.write(toFile: policyPath, atomically: true, encoding: .utf8) }
         let config = """
             [server]
             socket = "\(socket)"
@@ -148,6 +156,7 @@ final class Daemon {
             key_file = "\(keyPath)"
             [access]
             admin_group = ""
+            policy_file = "\(policyPath)"
             \(extra)
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)

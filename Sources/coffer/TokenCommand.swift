@@ -1,0 +1,191 @@
+import ArgumentParser
+import CofferAPI
+import CofferClient
+import CofferCore
+import Foundation
+
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token",
+        abstract: "Mint, inspect and revoke scoped tokens for build jobs.",
+        subcommands: [Create.self, List.self, Lookup.self, Revoke.self]
+    )
+}
+
+func describe(_ t: TokenInfo) -> String {
+    var lines = [
+        "accessor:   \(t.accessor)\(t.name.map { " (\($0))" } ?? "")",
+        "state:      \(t.state)",
+        "roles:      \(t.roles.joined(separator: ", "))",
+        "paths:      \(t.paths.isEmpty ? "(all the roles allow)" : t.paths.joined(separator: ", "))",
+        "expires:    \(t.expiresAt) (in \(DurationText.format(t.ttlRemainingSeconds)))",
+        "uses:       \(t.uses)\(t.usesLeft.map { ", \($0) left" } ?? "")",
+    ]
+    if let b = t.boundUID { lines.append("bound uid:  \(b)") }
+    if let p = t.parent { lines.append("parent:     \(p)") }
+    lines.append("created by: uid \(t.createdBy.uid)\(t.createdBy.user.map { " (\($0))" } ?? "") at \(t.createdAt)")
+    return lines.joined(separator: "\n")
+}
+
+extension TokenCommand {
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a token (printed once, to stdout or a 0600 --output file).",
+            discussion: "A token can only narrow: its roles must be yours, its TTL within the roles' max_ttl.")
+
+        @OptionGroup var global: GlobalOptions
+        @Option(name: .customLong("role"), help: "A role for the token (repeatable).") var roles: [String] = []
+        @Option(help: "Lifetime, e.g. 30m, 1h (default: 1h or the roles' max_ttl).") var ttl: String?
+        @Option(help: "Number of requests the token may make.") var uses: Int?
+        @Option(help: "Only this peer uid may use the token.") var bindUid: UInt32?
+        @Option(parsing: .upToNextOption, help: "Path patterns the token is limited to.") var paths: [String] = []
+        @Option(help: "A label shown in token list.") var name: String?
+        @Option(help: "Write the token to this new file (mode 0600) instead of stdout.") var output: String?
+
+        func validate() throws {
+            guard !roles.isEmpty else { throw ValidationError("give at least one --role") }
+        }
+
+        func run() throws {
+            try runReporting {
+                if let ttl, DurationText.seconds(ttl) == nil {
+                    throw CofferError(.invalidParameter, "--ttl must be a duration like 30m or 1h")
+                }
+                let r = try global.client().createToken(CreateTokenRequest(
+                    roles: roles, ttl: ttl, uses: uses, bindUID: bindUid, paths: paths.isEmpty ? nil : paths, name: name))
+                if let output {
+                    let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                    guard fd >= 0 else {
+                        throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))",
+                                          hint: "the file must not exist yet (the token was created: revoke \(r.info.accessor))")
+                    }
+                    let bytes = Array((r.token + "\n").utf8)
+                    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    close(fd)
+                    guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                    if global.format == .json { return try printJSON(r.info) }
+                    return try printLine("token written to \(output)\n" + describe(r.info))
+                }
+                if global.format == .json { return try printJSON(r) }
+                try printLine(r.token)
+                writeStderr(describe(r.info) + "\n")
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List tokens (needs admin).")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            try runReporting {
+                let r = try global.client().listTokens()
+                if global.format == .json { return try printJSON(r) }
+                var lines = ["ACCESSOR                      STATE      ROLES                EXPIRES                   NAME"]
+                for t in r.tokens {
+                    lines.append(pad(t.accessor, 30) + pad(t.state, 11) + pad(t.roles.joined(separator: ","), 21) + pad(t.expiresAt, 26) + (t.name ?? ""))
+                }
+                try printLine(lines.joined(separator: "\n"))
+            }
+        }
+    }
+
+    struct Lookup: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show what you may do with your token (or identity); with an accessor, that token.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "A token accessor (default: yourself).") var accessor: String?
+        func run() throws {
+            try runReporting {
+                let client = try global.client()
+                if let accessor {
+                    let t = try client.lookupToken(accessor)
+                    if global.format == .json { return try printJSON(t) }
+                    return try printLine(describe(t))
+                }
+                let s = try client.lookupSelf()
+                if global.format == .json { return try printJSON(s) }
+                var lines = ["you:        uid \(s.uid)\(s.user.map { " (\($0))" } ?? "")\(s.groups.isEmpty ? "" : ", groups \(s.groups.joined(separator: ","))")"]
+                if let t = s.token { lines.append(describe(t)) } else { lines.append("token:      none (access from your uid and groups)") }
+                if s.roles.isEmpty { lines.append("roles:      none: every request is denied") }
+                for r in s.roles {
+                    lines.append("role \(r.name)\(r.maxTTL.map { " (max ttl \($0))" } ?? ""):")
+                    lines += r.rules.map { "  \($0)" }
+                }
+                try printLine(lines.joined(separator: "\n"))
+            }
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a token and every token created from it.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The token's accessor.") var accessor: String?
+        @Flag(name: .customLong("self"), help: "Revoke the token you are using.") var revokeSelf = false
+        func validate() throws {
+            guard (accessor == nil) == revokeSelf else { throw ValidationError("give an accessor or --self") }
+        }
+        func run() throws {
+            try runReporting {
+                let r = try global.client().revokeToken(accessor ?? "self")
+                if global.format == .json { return try printJSON(r) }
+                try printLine("revoked \(r.revoked.count) token(s): \(r.revoked.joined(separator: ", "))")
+            }
+        }
+    }
+}
+
+struct PolicyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policy",
+        abstract: "Check, reload and explain the access policy.",
+        subcommands: [Check.self, Reload.self, Explain.self]
+    )
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate a policy file offline (no daemon needed).")
+        @Argument(help: "The policy file.") var file: String
+        func run() throws {
+            try runReporting {
+                guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
+                    throw CofferError(.invalidParameter, "cannot read \(file)")
+                }
+                let p = try Policy.parse(text, file: file)
+                let rules = p.roles.values.reduce(0) { $0 + $1.rules.count }
+                try printLine("\(file): OK (\(p.roles.count) roles, \(rules) rules, \(p.bindings.count) bindings)")
+            }
+        }
+    }
+
+    struct Reload: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make cofferd re-read its policy file (needs admin).")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            try runReporting {
+                let r = try global.client().reloadPolicy()
+                if global.format == .json { return try printJSON(r) }
+                try printLine("policy reloaded from \(r.source): roles \(r.roles.joined(separator: ", ")); \(r.bindings) bindings")
+            }
+        }
+    }
+
+    struct Explain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the decision and the deciding rule for a subject, touching no secret (needs admin).",
+            discussion: "Example: coffer policy explain --as user:alice read ci/app/db")
+        @OptionGroup var global: GlobalOptions
+        @Option(name: .customLong("as"), help: "user:NAME, uid:N or group:NAME.") var subject: String
+        @Argument(help: "Capability: read, list, write, delete, destroy, admin, audit.") var capability: String
+        @Argument(help: "Secret path (or prefix for list).") var path: String = ""
+        func run() throws {
+            try runReporting {
+                let r = try global.client().explain(ExplainRequest(subject: subject, capability: capability, path: path))
+                if global.format == .json { return try printJSON(r) }
+                try printLine("""
+                    \(r.allowed ? "ALLOW" : "DENY") \(capability) \(path.isEmpty ? "(root)" : path) as \(r.subject)\(r.uid.map { " (uid \($0))" } ?? "")
+                    roles: \(r.roles.isEmpty ? "none" : r.roles.joined(separator: ", "))
+                    decided by: \(r.rule)
+                    """)
+            }
+        }
+    }
+}
