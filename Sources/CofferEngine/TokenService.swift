@@ -51,9 +51,11 @@ public struct TokenService: Sendable {
         let policy = policies.policy
         guard !req.roles.isEmpty, req.roles.count <= 16 else { throw CofferError(.invalidParameter, "give 1 to 16 roles") }
         let held = creator.token?.roles ?? policy.roleNames(for: creator)
+        // Holding `admin` (which can rewrite the policy anyway) counts as holding every role.
+        let isAdmin = policy.decide(roles: held, capability: .admin, path: "").allowed
         for r in req.roles {
             guard policy.roles[r] != nil else { throw CofferError(.invalidParameter, "unknown role '\(r.prefix(64))'") }
-            guard held.contains(r) else {
+            guard isAdmin || held.contains(r) else {
                 throw CofferError(.permissionDenied, "you do not hold role '\(r)', so a token cannot carry it",
                                   hint: "a token can only narrow its creator's access")
             }
@@ -72,6 +74,9 @@ public struct TokenService: Sendable {
             }
         }
         var ttl = req.ttlSeconds ?? min(TokenService.defaultTTL, policy.maxTTL(roles: req.roles) ?? TokenService.defaultTTL)
+        if req.ttlSeconds == nil, let parent = creator.token {
+            ttl = min(ttl, Int((parent.expiresAt - now) / 1000))  // a default never outlives the parent
+        }
         guard ttl >= 1 else { throw CofferError(.invalidParameter, "ttl must be at least 1s") }
         guard ttl <= TokenService.maxTTL else { throw CofferError(.invalidParameter, "ttl must be at most 30d") }
         if let cap = policy.maxTTL(roles: req.roles), ttl > cap {

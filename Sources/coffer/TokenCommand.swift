@@ -51,18 +51,31 @@ extension TokenCommand {
                 if let ttl, DurationText.seconds(ttl) == nil {
                     throw CofferError(.invalidParameter, "--ttl must be a duration like 30m or 1h")
                 }
-                let r = try global.client().createToken(CreateTokenRequest(
-                    roles: roles, ttl: ttl, uses: uses, bindUID: bindUid, paths: paths.isEmpty ? nil : paths, name: name))
+                // Claim the output file first (new, 0600), so no token is minted that cannot be written.
+                var fd: Int32 = -1
                 if let output {
-                    let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                    fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
                     guard fd >= 0 else {
                         throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))",
-                                          hint: "the file must not exist yet (the token was created: revoke \(r.info.accessor))")
+                                          hint: "the file must not exist yet")
                     }
+                }
+                defer { if fd >= 0 { close(fd) } }
+                let r: CreateTokenResponse
+                do {
+                    r = try global.client().createToken(CreateTokenRequest(
+                        roles: roles, ttl: ttl, uses: uses, bindUID: bindUid, paths: paths.isEmpty ? nil : paths, name: name))
+                } catch {
+                    if let output { unlink(output) }
+                    throw error
+                }
+                if let output {
                     let bytes = Array((r.token + "\n").utf8)
                     let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                    close(fd)
-                    guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                    guard n == bytes.count, fsync(fd) == 0 else {
+                        unlink(output)
+                        throw CofferError(.invalidParameter, "cannot write \(output)", hint: "revoke the token: coffer token revoke \(r.info.accessor)")
+                    }
                     if global.format == .json { return try printJSON(r.info) }
                     return try printLine("token written to \(output)\n" + describe(r.info))
                 }
