@@ -176,4 +176,28 @@ import Testing
         let accessor = list.first?["accessor"] as? String ?? "?"
         #expect(contains(fileBytes(d.dbPath) + fileBytes(d.dbPath + "-wal"), Array(accessor.utf8)))
     }
+
+    /// contrib/ci/coffer-job, as a CI runner would use it: the job runs as another
+    /// user with a token for its project only, revoked when the job ends.
+    @Test func ciJobWrapper() throws {
+        let d = try AccessFixture.daemon()
+        _ = try d.coffer(["secret", "put", "ci/proj/db-password"], stdin: Array("pw".utf8))
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("contrib/ci/coffer-job").path
+        let binDir = (Bins.sharedCoffer as NSString).deletingLastPathComponent
+        let env = ["COFFER_SOCKET": d.socket, "PATH": binDir + ":/usr/sbin:/usr/bin:/sbin:/bin", "CI_JOB_ID": "42"]
+        let carol = AccessFixture.carol
+        var r = try run("/bin/bash", [script, "proj", carol.name, "--", "sh", "-c",
+                                      "id -u; coffer secret get ci/proj/db-password; echo; coffer secret get ci/app/db; echo \"other=$?\""], env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.out == "\(carol.uid)\npw\nother=5\n", "\(r.out) \(r.stderr)")
+        // the job's token was revoked afterwards
+        let list = json(try d.coffer(["--format", "json", "token", "list"]).out)["tokens"] as? [[String: Any]] ?? []
+        let job = list.first { ($0["name"] as? String) == "job:proj:42" }
+        #expect(job?["state"] as? String == "revoked")
+        #expect(job?["bound_uid"] as? Int == Int(carol.uid))
+        #expect(job?["paths"] as? [String] == ["ci/proj/**"])
+        r = try run("/bin/bash", [script, "proj", carol.name, "--", "false"], env: env)
+        #expect(r.status != 0)
+    }
 }
