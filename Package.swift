@@ -29,15 +29,16 @@ let package = Package(
         // Libraries, dependencies pointing down only.
         .target(name: "CofferCrypto", dependencies: ["CSodium"], swiftSettings: swiftSettings),
         .target(name: "CofferCore", swiftSettings: swiftSettings),
+        .target(name: "CofferAudit", dependencies: ["CofferCore", "CofferCrypto"], swiftSettings: swiftSettings),
         .target(
             name: "CofferStore",
-            dependencies: ["CofferCore", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["CofferCore", "CofferAudit", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "CofferEngine",
             dependencies: [
-                "CofferCore", "CofferCrypto", "CofferStore", "CCofferLinux",
+                "CofferCore", "CofferCrypto", "CofferStore", "CofferAudit", "CCofferLinux",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -72,7 +73,7 @@ let package = Package(
         .executableTarget(
             name: "coffer",
             dependencies: [
-                "CofferClient", "CofferAPI", "CofferCore",
+                "CofferClient", "CofferAPI", "CofferCore", "CofferAudit", "CofferStore", "CofferCrypto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -81,6 +82,7 @@ let package = Package(
         // Tests: one per module, plus end to end against the built binaries.
         .testTarget(name: "CofferCryptoTests", dependencies: ["CofferCrypto"], swiftSettings: swiftSettings),
         .testTarget(name: "CofferCoreTests", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "CofferAuditTests", dependencies: ["CofferAudit", "CofferCrypto", "CofferCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "CofferEngineTests",
             dependencies: ["CofferEngine", "CofferStore", "CofferCrypto", "CofferCore",

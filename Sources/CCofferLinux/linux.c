@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 int coffer_harden_process(void) {
@@ -62,4 +63,10 @@ int coffer_user_groups(const char *user, unsigned int gid, unsigned int *groups,
     int n = max;
     if (getgrouplist(user, (gid_t)gid, (gid_t *)groups, &n) < 0) return -1;
     return n;
+}
+
+void coffer_syslog(int priority, const char *message) {
+    static int opened = 0;
+    if (!opened) { openlog("cofferd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV); opened = 1; }
+    syslog(priority, "%s", message);
 }

@@ -29,6 +29,7 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case sealed = "sealed"
         case integrity = "integrity_error"
         case storage = "storage_error"
+        case auditUnavailable = "audit_unavailable"
         case `internal` = "internal_error"
         // configuration and start-up
         case config = "config_error"

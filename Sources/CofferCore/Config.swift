@@ -29,6 +29,15 @@ public struct CofferConfig: Sendable, Equatable {
     public var maxValueBytes: Int = 64 * 1024
     public var maxVersions: Int = 10
     public var maxListPage: Int = 1000
+    // [audit]
+    /// Off only for benchmarking the cost of audit; status and health say so.
+    public var auditEnabled: Bool = true
+    public var auditCheckpointEvents: Int = 1000
+    public var auditCheckpointSeconds: Int = 10
+    /// "" (off), "file:/path" (one JSON line per event) or "syslog".
+    public var auditMirror: String = ""
+    /// Largest group-commit batch.
+    public var auditMaxBatch: Int = 256
     // [log]
     public var logLevel: String = "info"
     /// Set by `cofferd dev`; reported by status.
@@ -69,7 +78,7 @@ public struct CofferConfig: Sendable, Equatable {
         }
         var c = CofferConfig()
         var r = TableReader(table: root, file: file, name: "")
-        try r.allowOnly(["server", "storage", "keys", "access", "limits", "log"])
+        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "log"])
         if var t = try r.table("server") {
             try t.allowOnly(["socket", "socket_mode", "socket_group"])
             if let v = try t.string("socket") { c.socketPath = v }
@@ -111,6 +120,22 @@ public struct CofferConfig: Sendable, Equatable {
             if let v = try t.integer("max_value_bytes", in: 1...Int64(maxValueBytesCeiling)) { c.maxValueBytes = Int(v) }
             if let v = try t.integer("max_versions", in: 1...1000) { c.maxVersions = Int(v) }
             if let v = try t.integer("max_list_page", in: 1...10000) { c.maxListPage = Int(v) }
+        }
+        if var t = try r.table("audit") {
+            try t.allowOnly(["enabled", "checkpoint_events", "checkpoint_seconds", "mirror", "max_batch"])
+            if let e = t.table["enabled"] {
+                guard case .bool(let b) = e.value else { throw t.error("enabled", "'audit.enabled' must be true or false") }
+                c.auditEnabled = b
+            }
+            if let v = try t.integer("checkpoint_events", in: 1...1_000_000) { c.auditCheckpointEvents = Int(v) }
+            if let v = try t.integer("checkpoint_seconds", in: 1...86400) { c.auditCheckpointSeconds = Int(v) }
+            if let v = try t.integer("max_batch", in: 1...10000) { c.auditMaxBatch = Int(v) }
+            if let v = try t.string("mirror") {
+                guard v.isEmpty || v == "syslog" || (v.hasPrefix("file:/") && v.count > 6) else {
+                    throw t.error("mirror", "mirror must be \"\", \"syslog\" or \"file:/absolute/path\"")
+                }
+                c.auditMirror = v
+            }
         }
         if var t = try r.table("log") {
             try t.allowOnly(["level"])

@@ -17,6 +17,7 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
         case .delete, .undelete: self = .delete
         case .destroy: self = .destroy
         case .admin: self = .admin
+        case .audit: self = .audit
         case .status: return nil
         }
     }

@@ -54,6 +54,8 @@ public enum Action: String, Sendable, CaseIterable, Codable {
     case status
     /// Policy reload and explain, other callers' tokens.
     case admin
+    /// Reading the audit trail.
+    case audit
 }
 
 /// An authorization decision names what decided it, so a denial can be explained

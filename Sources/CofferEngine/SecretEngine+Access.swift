@@ -1,3 +1,4 @@
+import CofferAudit
 public import CofferCore
 public import CofferStore
 import Foundation
@@ -8,8 +9,10 @@ extension SecretEngine {
     /// one is presented (its roles then replace the peer's).
     public func principal(pid: Int32, uid: UInt32, gid: UInt32, token: String?) async throws(CofferError) -> Principal {
         var p = principals.principal(pid: pid, uid: uid, gid: gid)
+        AuditScope.current?.update { $0.peerUser = p.userName }
         if let token {
             p.token = try await tokens.authenticate(token, peerUID: uid, now: SecretEngine.nowMillis())
+            AuditScope.current?.update { $0.tokenAccessor = p.token?.accessor }
         }
         return p
     }
@@ -38,7 +41,7 @@ extension SecretEngine {
         guard try storeCall({ try store.token(accessor: accessor) }) != nil else {
             throw CofferError(.notFound, "no token with accessor \(accessor.prefix(64))")
         }
-        let revoked = try await storeCall { try await store.revokeToken(accessor: accessor, now: SecretEngine.nowMillis()) }
+        let revoked = try await storeCall { try await store.revokeToken(accessor: accessor, now: SecretEngine.nowMillis(), audit: auditScopeForWrite()) }
         logger.info("token revoked", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(p.uid)", "token.cascade": "\(revoked.count)"])
         return revoked
     }

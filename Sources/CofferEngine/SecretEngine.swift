@@ -1,3 +1,4 @@
+public import CofferAudit
 public import CofferCore
 public import CofferCrypto
 public import CofferStore
@@ -24,21 +25,25 @@ public final class SecretEngine: Sendable {
     public let policies: PolicyStore
     public let tokens: TokenService
     public let principals = PrincipalResolver()
+    public let audit: AuditLog
     public let limits: Limits
     public let logger: Logger
     public let startedAt = Date()
 
-    public init(store: Store, keyring: Keyring, policies: PolicyStore, limits: Limits, logger: Logger) {
+    public init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, logger: Logger) {
         self.store = store
+        self.audit = audit
         self.keyring = keyring
         self.policies = policies
-        self.tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, logger: logger)
+        let mapper = StoreErrorMapper(audit: audit, logger: logger)
+        self.tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, audit: audit, logger: logger,
+                                   mapError: { mapper.map($0) })
         self.limits = limits
         self.logger = logger
     }
 
     /// Opens the database, checks the key against it, enrolls the key on first use.
-    public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger) throws(CofferError) -> SecretEngine {
+    public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger) async throws(CofferError) -> SecretEngine {
         let dbPath = config.resolvedDatabasePath
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
@@ -55,8 +60,15 @@ public final class SecretEngine: Sendable {
         } catch {
             throw CofferError(.storage, "cannot open the database \(dbPath): \(error)")
         }
+        let audit = try await AuditLog.open(
+            store: store, keyring: keyring,
+            publicKeyFile: (dbPath as NSString).deletingLastPathComponent + "/audit.pub",
+            settings: .init(enabled: config.auditEnabled, checkpointEvents: config.auditCheckpointEvents,
+                            checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
+            logger: logger)
+        try await audit.recoverTail()
         return SecretEngine(
-            store: store, keyring: keyring, policies: policies,
+            store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
             logger: logger)
     }
@@ -67,6 +79,7 @@ public final class SecretEngine: Sendable {
     /// so a denial is no oracle for what exists.
     public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?) throws(CofferError) {
         let d = policies.authorize(p, action, path)
+        AuditScope.current?.decided(d)
         guard d.allowed else {
             logger.info("denied", metadata: [
                 "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
@@ -90,7 +103,8 @@ public final class SecretEngine: Sendable {
         if let cas, cas < 0 { throw CofferError(.invalidVersion, "cas must be 0 or a version number") }
         let keyring = self.keyring
         let record = try await storeCall {
-            try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName), now: SecretEngine.nowMillis()) { version in
+            try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
+                                now: SecretEngine.nowMillis(), audit: auditScopeForWrite()) { version in
                 do { return try keyring.seal(value, path: path, version: version) } catch {
                     throw CofferError(.internal, "sealing failed")
                 }
@@ -172,7 +186,7 @@ public final class SecretEngine: Sendable {
         guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
         if try storeCall({ try store.secret(path) }) == nil { throw CofferError(.notFound, "no secret at \(path)") }
         let now = SecretEngine.nowMillis()
-        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now) }
+        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, audit: auditScopeForWrite()) }
         logger.info("secret versions changed", metadata: [
             "peer.uid": "\(p.uid)", "secret.path": "\(path)", "change": "\(action.rawValue)", "versions": "\(versions)",
         ])
@@ -199,18 +213,47 @@ public final class SecretEngine: Sendable {
 
     static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
+    /// The request's audit scope when audit is on: state changes commit its event
+    /// in their own transaction.
+    func auditScopeForWrite() -> AuditScope? { audit.settings.enabled ? AuditScope.current : nil }
+
     /// Store errors become CofferError; database details go to the log, not the caller.
     func storeCall<T>(_ body: () throws -> T) throws(CofferError) -> T {
         do { return try body() } catch let e as CofferError { throw e } catch {
-            logger.error("database error", metadata: ["error": "\(error)"])
-            throw CofferError(.storage, "the database could not complete the request")
+            throw mapStoreError(error)
         }
     }
 
     func storeCall<T>(_ body: () async throws -> T) async throws(CofferError) -> T {
-        do { return try await body() } catch let e as CofferError { throw e } catch {
-            logger.error("database error", metadata: ["error": "\(error)"])
-            throw CofferError(.storage, "the database could not complete the request")
+        let result: T
+        do { result = try await body() } catch let e as CofferError { throw e } catch {
+            throw mapStoreError(error)
         }
+        if let e = AuditScope.current?.committed { audit.committedInTransaction(e) }
+        return result
+    }
+
+    /// A write the disk refuses is a write the audit trail cannot record: fail closed
+    /// with 503 audit_unavailable and mark the log degraded.
+    func mapStoreError(_ error: any Error) -> CofferError {
+        StoreErrorMapper(audit: audit, logger: logger).map(error)
+    }
+}
+
+struct StoreErrorMapper: Sendable {
+    let audit: AuditLog
+    let logger: Logger
+
+    func map(_ error: any Error) -> CofferError {
+        if let e = error as? CofferError { return e }
+        if let db = error as? DatabaseError, [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY].contains(db.resultCode) {
+            let reason = AuditLog.describe(error)
+            audit.writeFailed(reason)
+            logger.error("database write failed", metadata: ["error": "\(reason)"])
+            return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
+                               hint: "see cofferd's health and log; it recovers by itself when the database can be written again")
+        }
+        logger.error("database error", metadata: ["error": "\(error)"])
+        return CofferError(.storage, "the database could not complete the request")
     }
 }

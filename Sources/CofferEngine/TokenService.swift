@@ -1,6 +1,7 @@
 public import CofferCore
 public import CofferCrypto
 public import CofferStore
+import CofferAudit
 import Foundation
 import Logging
 
@@ -15,7 +16,9 @@ public struct TokenService: Sendable {
     let store: Store
     let hashKey: SecretBytes
     let policies: PolicyStore
+    let audit: AuditLog
     let logger: Logger
+    let mapError: @Sendable (any Error) -> CofferError
 
     public struct Created: Sendable {
         /// The token itself: returned once, never stored.
@@ -112,10 +115,10 @@ public struct TokenService: Sendable {
             accessor: accessor, hash: hash(token), parent: creator.token?.accessor, roles: req.roles.sorted(),
             paths: patterns.map(\.rawValue), name: req.name, createdAt: now, expiresAt: expires, usesLeft: req.uses, uses: 0,
             boundUID: bound, createdUID: creator.uid, createdUser: creator.userName, revokedAt: nil)
-        do { try await store.insertToken(record) } catch {
-            logger.error("database error", metadata: ["error": "\(error)"])
-            throw CofferError(.storage, "the database could not complete the request")
+        do { try await store.insertToken(record, audit: audit.settings.enabled ? AuditScope.current : nil) } catch {
+            throw mapError(error)
         }
+        if let e = AuditScope.current?.committed { audit.committedInTransaction(e) }
         logger.info("token created", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(creator.uid)", "token.roles": "\(req.roles)"])
         return Created(token: token, record: record)
     }

@@ -1,4 +1,5 @@
 import CofferAPI
+import CofferAudit
 public import CofferCore
 import CofferCrypto
 public import CofferEngine
@@ -33,16 +34,58 @@ public struct APIResponder: HTTPResponder {
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
-        do {
-            return try await route(request, context)
-        } catch {
-            // route() throws only CofferError (typed throws): every failure is a JSON answer.
-            if ErrorMapping.status(error.code).code >= 500 {
-                context.logger.error("request failed", metadata: ["error.code": "\(error.code.rawValue)"])
+        let requestID = Hex.encode(Hashing_random8())
+        let (route, routeError) = Self.catchRoute { () throws(CofferError) in try parseRoute(request.uri.path) }
+        // health and status are not audited: they must answer while the audit trail cannot.
+        if let route, route.isUnaudited {
+            return await answer(request, context, route: route, requestID: requestID).response
+        }
+        let scope = AuditScope(AuditEvent(
+            seq: 0, time: Self.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
+            peerUser: nil, tokenAccessor: nil, method: request.method.rawValue, action: route?.actionName ?? "unknown_route",
+            path: route?.auditPath, decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil))
+        let outcome: (response: Response, error: CofferError?) = await AuditScope.$current.withValue(scope) {
+            guard let route else {
+                let e = routeError ?? CofferError(.routeNotFound, "no such API route")
+                return (Self.errorResponse(e, context), e)
             }
-            return ErrorMapping.response(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
+            return await answer(request, context, route: route, requestID: requestID)
+        }
+        var response = outcome.response
+        let error = outcome.error
+        if scope.committed == nil {
+            do throws(CofferError) {
+                try await engine.audit.append(scope.finished(status: Int(response.status.code), errorCode: error?.code.rawValue))
+            } catch {
+                // Fail closed: whatever was going to be answered (a value included) is dropped.
+                response = Self.errorResponse(error, context)
+            }
+        }
+        response.headers[Self.requestIDHeader] = requestID
+        return response
+    }
+
+    func answer(_ request: Request, _ context: Context, route: Route, requestID: String) async -> (response: Response, error: CofferError?) {
+        do {
+            return (try await handle(request, context, route), nil)
+        } catch {
+            // handle() throws only CofferError (typed throws): every failure is a JSON answer.
+            return (Self.errorResponse(error, context), error)
         }
     }
+
+    static func errorResponse(_ error: CofferError, _ context: Context) -> Response {
+        if ErrorMapping.status(error.code).code >= 500 {
+            context.logger.error("request failed", metadata: ["error.code": "\(error.code.rawValue)"])
+        }
+        return ErrorMapping.response(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
+    }
+
+    static func catchRoute(_ body: () throws(CofferError) -> Route) -> (Route?, CofferError?) {
+        do { return (try body(), nil) } catch { return (nil, error) }
+    }
+
+    static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
     enum Route {
         case health, status
@@ -50,6 +93,48 @@ public struct APIResponder: HTTPResponder {
         case delete(String), undelete(String), destroy(String)
         case tokens, token(String), tokenRevoke(String)
         case policyReload, policyExplain
+        case auditEvents, auditVerify, auditExport, auditPrune, auditPublicKey
+
+        var isUnaudited: Bool {
+            switch self {
+            case .health, .status: true
+            default: false
+            }
+        }
+
+        /// The action an audit event records before the request is even parsed.
+        var actionName: String {
+            switch self {
+            case .health: "health"
+            case .status: "status"
+            case .data: "secret_data"
+            case .metadata: "read_metadata"
+            case .list: "list"
+            case .delete: "delete"
+            case .undelete: "undelete"
+            case .destroy: "destroy"
+            case .tokens: "token"
+            case .token: "token_lookup"
+            case .tokenRevoke: "token_revoke"
+            case .policyReload: "policy_reload"
+            case .policyExplain: "policy_explain"
+            case .auditEvents: "audit_read"
+            case .auditVerify: "audit_verify"
+            case .auditExport: "audit_export"
+            case .auditPrune: "audit_prune"
+            case .auditPublicKey: "audit_pubkey"
+            }
+        }
+
+        /// The path as requested (bounded; it is caller input and may be invalid).
+        var auditPath: String? {
+            switch self {
+            case .data(let p), .metadata(let p), .list(let p), .delete(let p), .undelete(let p), .destroy(let p):
+                String(p.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : Character($0) }.prefix(256))
+            case .token(let a), .tokenRevoke(let a): a
+            default: nil
+            }
+        }
     }
 
     func parseRoute(_ rawPath: String) throws(CofferError) -> Route {
@@ -61,6 +146,11 @@ public struct APIResponder: HTTPResponder {
         case "/v1/tokens": return .tokens
         case "/v1/sys/policy/reload": return .policyReload
         case "/v1/sys/policy/explain": return .policyExplain
+        case "/v1/audit/events": return .auditEvents
+        case "/v1/audit/verify": return .auditVerify
+        case "/v1/audit/export": return .auditExport
+        case "/v1/audit/prune": return .auditPrune
+        case "/v1/audit/pubkey": return .auditPublicKey
         default: break
         }
         if p.hasPrefix("/v1/tokens/") {
@@ -84,8 +174,7 @@ public struct APIResponder: HTTPResponder {
         throw CofferError(.routeNotFound, "no such API route", hint: "routes live under /v1/sys and /v1/secrets; see contrib/openapi.yaml or the README")
     }
 
-    func route(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
-        let route = try parseRoute(request.uri.path)
+    func handle(_ request: Request, _ context: Context, _ route: Route) async throws(CofferError) -> Response {
         let method = request.method
         // Health answers anyone, before any identity work.
         if case .health = route { return try health(request) }
@@ -109,8 +198,10 @@ public struct APIResponder: HTTPResponder {
             let path = try SecretPath(raw)
             switch method {
             case .get:
+                AuditScope.current?.update { $0.action = "read" }
                 return try read(request, principal, path)
             case .put, .post:
+                AuditScope.current?.update { $0.action = "write" }
                 try noQuery(request, allowed: [])
                 try engine.authorize(principal, .write, path)
                 guard let body: PutSecretRequest = try await decodeBody(request, context, required: true) else {
@@ -120,6 +211,7 @@ public struct APIResponder: HTTPResponder {
                 let rec = try await engine.put(principal, path, value: value, cas: body.cas)
                 return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
             case .delete:
+                AuditScope.current?.update { $0.action = "delete" }
                 try noQuery(request, allowed: [])
                 let rec = try await engine.change(principal, .delete, path, versions: [])
                 return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
@@ -163,9 +255,11 @@ public struct APIResponder: HTTPResponder {
             try noQuery(request, allowed: [])
             switch method {
             case .get:
+                AuditScope.current?.update { $0.action = "token_list" }
                 let list = try engine.listTokens(principal)
                 return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
             case .post:
+                AuditScope.current?.update { $0.action = "token_create" }
                 guard let body: CreateTokenRequest = try await decodeBody(request, context, required: true) else {
                     throw CofferError(.invalidJSON, "a JSON body is required")
                 }
@@ -205,6 +299,8 @@ public struct APIResponder: HTTPResponder {
             try noQuery(request, allowed: [])
             let p = try engine.reloadPolicy(principal)
             return ErrorMapping.json(PolicyReloadResponse(source: p.source, roles: p.roles.keys.sorted(), bindings: p.bindings.count))
+        case .auditEvents, .auditVerify, .auditExport, .auditPrune, .auditPublicKey:
+            return try await auditRoute(route, request, context, principal)
         case .policyExplain:
             try allow(method, [.post], "POST")
             try noQuery(request, allowed: [])
@@ -223,6 +319,89 @@ public struct APIResponder: HTTPResponder {
     }
 
     func selfInfo(_ p: Principal) -> SelfResponse {
+        selfInfoBody(p)
+    }
+
+    func auditRoute(_ route: Route, _ request: Request, _ context: Context, _ principal: Principal) async throws(CofferError) -> Response {
+        let method = request.method
+        switch route {
+        case .auditEvents:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
+            let q = request.uri.queryParameters
+            var f = AuditFilter()
+            f.limit = 1000
+            if let v = q["after"] { guard let n = Int64(v), n >= 0 else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
+            if let v = q["limit"] { guard let n = Int(v), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
+            if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
+            if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
+            if let v = q["user"] { f.user = String(v.prefix(256)) }
+            if let v = q["uid"] { guard let n = UInt32(v) else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
+            if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
+            if let v = q["action"] { f.action = String(v.prefix(64)) }
+            if let v = q["decision"] {
+                guard ["allow", "deny", "none"].contains(v) else { throw CofferError(.invalidParameter, "decision must be allow, deny or none") }
+                f.decision = String(v)
+            }
+            let events = try engine.auditEvents(principal, f)
+            return ErrorMapping.json(AuditEventsResponse(events: events.map(Self.wire), nextAfter: events.count == f.limit ? events.last?.seq : nil))
+        case .auditVerify:
+            try allow(method, [.get, .post], "GET")
+            try noQuery(request, allowed: [])
+            switch try await engine.auditVerify(principal) {
+            case .ok(let count, let head, let hash, let cps):
+                return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
+            case .bad(let seq, let problem):
+                return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
+            }
+        case .auditExport:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let chain = try engine.auditExport(principal)
+            var text = ""
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            for ev in chain.events {
+                if let d = try? e.encode(["event": Self.wire(ev)]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+            }
+            for cp in chain.checkpoints {
+                let o: [String: String] = ["seq": String(cp.seq), "hash": Hex.encode(cp.hash), "time": Timestamp.string(millis: cp.time), "signature": Hex.encode(cp.signature)]
+                if let d = try? e.encode(["checkpoint": o]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+            }
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        case .auditPrune:
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            guard let body: AuditPruneRequest = try await decodeBody(request, context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq)))
+        default:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let key = try engine.auditPublicKey(principal)
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: AuditKeyFile.encode(key))))
+        }
+    }
+
+    static func parseTime(_ s: String, _ name: String) throws(CofferError) -> Int64 {
+        if let n = Int64(s) { return n * 1000 }  // unix seconds
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
+        throw CofferError(.invalidParameter, "\(name) must be unix seconds or an RFC 3339 time like 2026-11-29T10:00:00Z")
+    }
+
+    static func wire(_ e: AuditEvent) -> AuditEventWire {
+        AuditEventWire(seq: e.seq, time: Timestamp.string(millis: e.time), requestID: e.requestID,
+                       peer: .init(pid: e.peerPID, uid: e.peerUID, user: e.peerUser), tokenAccessor: e.tokenAccessor,
+                       method: e.method, action: e.action, path: e.path, decision: e.decision, rule: e.rule, outcome: e.outcome,
+                       status: e.status, errorCode: e.errorCode, prevHash: Hex.encode(e.prevHash), hash: Hex.encode(e.hash))
+    }
+
+    func selfInfoBody(_ p: Principal) -> SelfResponse {
         let policy = engine.policies.policy
         let names = p.token?.roles ?? policy.roleNames(for: p)
         let roles = names.compactMap { policy.roles[$0] }.map { r in
@@ -246,7 +425,11 @@ public struct APIResponder: HTTPResponder {
     func health(_ request: Request) throws(CofferError) -> Response {
         try allow(request.method, [.get, .head], "GET")
         try noQuery(request, allowed: [])
-        return ErrorMapping.json(HealthResponse(status: "ok", unlocked: true, version: CofferVersion.string))
+        let degraded = engine.audit.degradedReason
+        let audit = !engine.audit.settings.enabled ? "disabled" : degraded.map { "unavailable: \($0)" } ?? "ok"
+        let mirror = engine.audit.settings.mirror.isEmpty ? "off" : engine.audit.mirrorError.map { "failing: \($0)" } ?? "ok"
+        return ErrorMapping.json(HealthResponse(status: degraded == nil ? "ok" : "degraded", unlocked: true, version: CofferVersion.string,
+                                                audit: audit, auditMirror: mirror))
     }
 
     // MARK: read
@@ -281,6 +464,7 @@ public struct APIResponder: HTTPResponder {
     // MARK: helpers
 
     static let tokenHeader = HTTPField.Name("X-Coffer-Token")!  // constants, valid tokens
+    static let requestIDHeader = HTTPField.Name("Coffer-Request-Id")!
     static let versionHeader = HTTPField.Name("Coffer-Version")!
     static let currentVersionHeader = HTTPField.Name("Coffer-Current-Version")!
 
@@ -397,3 +581,6 @@ public struct APIResponder: HTTPResponder {
                                versions: r.versions.map(meta))
     }
 }
+
+/// 8 random bytes for a request id (not secret; unique enough to correlate logs).
+func Hashing_random8() -> [UInt8] { Hashing.randomBytes(8) }

@@ -37,10 +37,11 @@ public enum CofferServer {
             },
             logger: logger
         )
-        // One ServiceGroup: the HTTP server and the SIGHUP policy reloader; SIGTERM
-        // and SIGINT shut both down gracefully.
+        // One ServiceGroup: the audit writer, the SIGHUP policy reloader and the HTTP
+        // server; SIGTERM and SIGINT shut them down gracefully.
         let group = ServiceGroup(configuration: .init(
-            services: [app, PolicyReloader(policies: engine.policies, logger: logger)],
+            // shut down in reverse order: the server stops first, the audit writer last
+            services: [AuditService(log: engine.audit), PolicyReloader(policies: engine.policies, logger: logger), app],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
@@ -65,5 +66,15 @@ struct PolicyReloader: Service {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             _ = try? policies.reload()  // PolicyStore logs success and refusal
         }
+    }
+}
+
+/// Runs the audit trail's group-commit loop and checkpoint timer; signs a final
+/// checkpoint on shutdown.
+struct AuditService: Service {
+    let log: AuditLog
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { await log.run() }
     }
 }

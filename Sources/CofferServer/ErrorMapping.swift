@@ -18,7 +18,7 @@ public enum ErrorMapping {
         case .invalidPolicy: .unprocessableContent
         case .permissionDenied: .forbidden
         case .casMismatch: .conflict
-        case .sealed, .storage: .serviceUnavailable
+        case .sealed, .storage, .auditUnavailable: .serviceUnavailable
         case .integrity, .internal, .config, .keyFile: .internalServerError
         }
     }

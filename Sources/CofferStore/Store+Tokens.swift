@@ -1,3 +1,4 @@
+import CofferAudit
 import CofferCore
 import Foundation
 import GRDB
@@ -76,8 +77,8 @@ extension Store {
             revokedAt: r["revoked_at"])
     }
 
-    public func insertToken(_ t: TokenRecord) async throws {
-        try await pool.write { db in
+    public func insertToken(_ t: TokenRecord, audit: AuditScope? = nil) async throws {
+        let event = try await pool.write { db -> AuditEvent? in
             try db.execute(sql: """
                 INSERT INTO token (accessor, hash, parent, roles, paths, name, created_at, expires_at, uses_left, uses,
                                    bound_uid, created_uid, created_user, revoked_at)
@@ -85,7 +86,9 @@ extension Store {
                 """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
                                  t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
                                  Int64(t.createdUID), t.createdUser])
+            return try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
         }
+        if let event { audit?.markCommitted(event) }
     }
 
     public func token(hash: Data) throws -> TokenRecord? {
@@ -115,8 +118,8 @@ extension Store {
 
     /// Revokes a token and every token created from it (recursively). Returns the
     /// accessors newly revoked.
-    public func revokeToken(accessor: String, now: Int64) async throws -> [String] {
-        try await pool.write { db in
+    public func revokeToken(accessor: String, now: Int64, audit: AuditScope? = nil) async throws -> [String] {
+        let (revoked, event) = try await pool.write { db -> ([String], AuditEvent?) in
             let tree = try String.fetchAll(db, sql: """
                 WITH RECURSIVE tree(a) AS (
                     SELECT accessor FROM token WHERE accessor = ?
@@ -129,7 +132,9 @@ extension Store {
                 try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
                 if db.changesCount == 1 { revoked.append(a) }
             }
-            return revoked
+            return (revoked, try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] })
         }
+        if let event { audit?.markCommitted(event) }
+        return revoked
     }
 }

@@ -1,3 +1,4 @@
+import CofferAudit
 import CofferCore
 import Foundation
 public import GRDB
@@ -80,6 +81,7 @@ public final class Store: Sendable {
                 """)
         }
         registerTokenMigration(&m)
+        registerAuditMigration(&m)
         return m
     }
 
@@ -187,10 +189,10 @@ public final class Store: Sendable {
     /// transaction, so the version number the ciphertext is bound to is the one
     /// stored), insert, and prune versions beyond `maxVersions`.
     public func put(
-        _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64,
+        _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64, audit: AuditScope? = nil,
         seal: @escaping @Sendable (Int) throws -> SealedVersion
     ) async throws -> VersionRecord {
-        try await pool.write { db in
+        let (record, event) = try await pool.write { db -> (VersionRecord, AuditEvent?) in
             let existing = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
             let current: Int = existing?["current_version"] ?? 0
             if let cas, cas != current {
@@ -214,17 +216,21 @@ public final class Store: Sendable {
             try db.execute(sql: "UPDATE secret SET current_version = ?, updated_at = ? WHERE id = ?", arguments: [next, now, id])
             // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
             try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
-            return VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
-                                 size: sealed.size, state: .active, deletedAt: nil, keyID: sealed.keyID)
+            // Invariant 4: the event commits in the same transaction as the change.
+            let event = try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            return (VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
+                                  size: sealed.size, state: .active, deletedAt: nil, keyID: sealed.keyID), event)
         }
+        if let event { audit?.markCommitted(event) }
+        return record
     }
 
     public enum VersionChange: Sendable { case delete, undelete, destroy }
 
     /// Changes the state of the given versions (the latest when empty). Unknown
     /// versions are an error and nothing changes. Returns the secret afterwards.
-    public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64) async throws -> SecretRecord {
-        try await pool.write { db in
+    public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64, audit: AuditScope? = nil) async throws -> SecretRecord {
+        let (record, event) = try await pool.write { db -> (SecretRecord, AuditEvent?) in
             guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
             else { throw CofferError(.notFound, "no secret at \(path)") }
             let id: Int64 = s["id"]
@@ -241,8 +247,11 @@ public final class Store: Sendable {
             }
             try db.execute(sql: "UPDATE secret SET updated_at = ? WHERE id = ?", arguments: [now, id])
             guard let rec = try Store.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
-            return rec
+            let event = try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            return (rec, event)
         }
+        if let event { audit?.markCommitted(event) }
+        return record
     }
 
     static func apply(_ change: VersionChange, _ db: Database, _ id: Int64, _ v: Int, _ now: Int64) throws {

@@ -62,7 +62,7 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
 }
 
 func serve(_ config: CofferConfig, logger: Logger, onReady: @escaping @Sendable () -> Void) async throws {
-    let engine = try SecretEngine.open(
+    let engine = try await SecretEngine.open(
         config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
         policies: policies(for: config, logger: logger), logger: logger)
     try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
@@ -144,7 +144,7 @@ struct Init: AsyncParsableCommand {
                 throw CofferError(.config, "the database \(c.resolvedDatabasePath) already exists; refusing to initialise again")
             }
             try KeyFile.create(at: c.keyFile)
-            _ = try SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile),
+            _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile),
                                       policies: policies(for: c, logger: logger), logger: logger)
             print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
             print("cofferd: back up the key file offline: without it no secret can be read")

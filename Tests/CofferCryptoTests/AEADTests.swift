@@ -133,3 +133,32 @@ enum DraftVector {
         #expect(try SecretBytes.random(count: 32).copyToArray() != SecretBytes.random(count: 32).copyToArray())
     }
 }
+
+@Suite struct SigningTests {
+    // RFC 8032, section 7.1, TEST 2 (one-byte message 0x72).
+    @Test func rfc8032Vector() throws {
+        let seed = hex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+        let pk = hex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+        // libsodium's 64-byte secret key is seed || public key
+        let sk = try SecretBytes.copying(seed + pk)
+        #expect(try Signing.publicKey(of: sk) == pk)
+        let sig = try Signing.sign([0x72], secretKey: sk)
+        #expect(toHex(sig) == "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+        #expect(Signing.verify(sig, message: [0x72], publicKey: pk))
+    }
+
+    @Test func tamperingFailsVerification() throws {
+        let (pk, sk) = try Signing.keyPair()
+        let msg = Array("checkpoint 42".utf8)
+        let sig = try Signing.sign(msg, secretKey: sk)
+        #expect(Signing.verify(sig, message: msg, publicKey: pk))
+        for i in sig.indices {
+            var bad = sig
+            bad[i] ^= 1
+            #expect(!Signing.verify(bad, message: msg, publicKey: pk))
+        }
+        #expect(!Signing.verify(sig, message: msg + [0], publicKey: pk))
+        let (other, _) = try Signing.keyPair()
+        #expect(!Signing.verify(sig, message: msg, publicKey: other))
+    }
+}

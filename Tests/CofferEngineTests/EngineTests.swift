@@ -26,8 +26,8 @@ final class Fixture {
 
     deinit { try? FileManager.default.removeItem(atPath: dir) }
 
-    func engine(keyFile: String? = nil) throws(CofferError) -> SecretEngine {
-        try SecretEngine.open(
+    func engine(keyFile: String? = nil) async throws(CofferError) -> SecretEngine {
+        try await SecretEngine.open(
             config: config, unlocker: KeyFileUnlocker(path: keyFile ?? config.keyFile),
             policies: PolicyStore(path: nil, fallback: Policy.adminOnly(uids: [1000], group: nil), logger: Logger(label: "test")),
             logger: Logger(label: "test"))
@@ -51,7 +51,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 @Suite struct EngineTests {
     @Test func putGetVersionsAndMetadata() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("ci/app/db")
         #expect(try await e.put(admin, p, value: bytes("one"), cas: nil).version == 1)
         #expect(try await e.put(admin, p, value: bytes("two"), cas: nil).version == 2)
@@ -69,7 +69,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func binaryAndEmptyValues() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("bin")
         let all = (0...255).map { UInt8($0) }
         _ = try await e.put(admin, p, value: SecretBytes.copying(all), cas: nil)
@@ -80,7 +80,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func checkAndSet() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("cas/x")
         #expect(try await e.put(admin, p, value: bytes("a"), cas: 0).version == 1)
         await expectCode(.casMismatch) { _ = try await e.put(admin, p, value: bytes("b"), cas: 0) }
@@ -92,7 +92,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func concurrentCheckAndSetHasOneWinner() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("cas/race")
         _ = try await e.put(admin, p, value: bytes("0"), cas: 0)
         let wins = await withTaskGroup(of: Bool.self) { g in
@@ -107,7 +107,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func maxVersionsPrunesOldest() async throws {
         let f = try Fixture(maxVersions: 3)
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("rot")
         for i in 1...5 { _ = try await e.put(admin, p, value: bytes("v\(i)"), cas: nil) }
         let m = try e.metadata(admin, p)
@@ -119,7 +119,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func deleteUndeleteDestroy() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("life")
         for i in 1...3 { _ = try await e.put(admin, p, value: bytes("v\(i)"), cas: nil) }
         var m = try await e.change(admin, .delete, p, versions: [])
@@ -152,7 +152,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func listsImmediateChildrenWithPaging() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         for p in ["a", "a-b", "a/x", "a/y/z", "b/c", "b0", "ci/app/db", "ci/app/key", "ci/web/tls"] {
             _ = try await e.put(admin, try SecretPath(p), value: bytes("v"), cas: nil)
         }
@@ -177,7 +177,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func valueLimit() async throws {
         let f = try Fixture(maxValueBytes: 16)
-        let e = try f.engine()
+        let e = try await f.engine()
         _ = try await e.put(admin, try SecretPath("ok"), value: SecretBytes.random(count: 16), cas: nil)
         await expectCode(.valueTooLarge) { _ = try await e.put(admin, try SecretPath("big"), value: try SecretBytes.random(count: 17), cas: nil) }
         #expect(try e.metadata(admin, try SecretPath("ok")).currentVersion == 1)
@@ -186,7 +186,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func outsidersAreDeniedEverythingAndChangeNothing() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("guarded")
         _ = try await e.put(admin, p, value: bytes("v"), cas: nil)
         let before = try e.metadata(admin, p)
@@ -211,7 +211,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
     @Test func wrongOrMissingKeyRefusesAndLeavesTheDatabaseUntouched() async throws {
         let f = try Fixture()
         do {
-            let e = try f.engine()
+            let e = try await f.engine()
             _ = try await e.put(admin, try SecretPath("x"), value: bytes("v"), cas: nil)
             try e.store.checkpoint()
         }
@@ -219,20 +219,20 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let before = try sha(db)
         let other = f.dir + "/other.key"
         try KeyFile.create(at: other)
-        await expectCode(.keyFile) { _ = try f.engine(keyFile: other) }
-        await expectCode(.keyFile) { _ = try f.engine(keyFile: f.dir + "/missing.key") }
+        await expectCode(.keyFile) { _ = try await f.engine(keyFile: other) }
+        await expectCode(.keyFile) { _ = try await f.engine(keyFile: f.dir + "/missing.key") }
         // a key file readable by others is refused before it is used
         let loose = f.dir + "/loose.key"
         try KeyFile.create(at: loose)
         chmod(loose, 0o644)
-        await expectCode(.keyFile) { _ = try f.engine(keyFile: loose) }
+        await expectCode(.keyFile) { _ = try await f.engine(keyFile: loose) }
         // garbage
         let junk = f.dir + "/junk.key"
         FileManager.default.createFile(atPath: junk, contents: Data("coffer-root-key-v1:zz".utf8), attributes: [.posixPermissions: 0o400])
-        await expectCode(.keyFile) { _ = try f.engine(keyFile: junk) }
+        await expectCode(.keyFile) { _ = try await f.engine(keyFile: junk) }
         #expect(try sha(db) == before)
         // and the right key still opens it
-        #expect(text(try f.engine().get(admin, try SecretPath("x"), version: nil).value) == "v")
+        #expect(text(try await f.engine().get(admin, try SecretPath("x"), version: nil).value) == "v")
     }
 
     @Test func keyFileIsCreatedOnceWithMode0400() throws {
@@ -249,7 +249,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
 
     @Test func everyTamperedByteOfWrappedKeyOrCiphertextIsAnIntegrityError() async throws {
         let f = try Fixture()
-        let e = try f.engine()
+        let e = try await f.engine()
         let p = try SecretPath("tamper/me")
         _ = try await e.put(admin, p, value: bytes("secret-value"), cas: nil)
         let (wrapped, ct) = try await e.store.pool.read { db -> (Data, Data) in

@@ -34,4 +34,7 @@ int coffer_lock_file(const char *path);
 /// Supplementary groups of a user (getgrouplist). Returns count or -1.
 int coffer_user_groups(const char *user, unsigned int gid, unsigned int *groups, int max);
 
+/// One message to syslog (facility AUTHPRIV, identity "cofferd"), as "%s".
+void coffer_syslog(int priority, const char *message);
+
 #endif

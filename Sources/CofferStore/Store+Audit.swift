@@ -1,0 +1,211 @@
+public import CofferAudit
+import CofferCore
+import Foundation
+public import GRDB
+
+/// Audit filters for search (all optional, combined with AND).
+public struct AuditFilter: Sendable {
+    public var afterSeq: Int64 = 0
+    public var since: Int64?
+    public var until: Int64?
+    public var user: String?
+    public var uid: UInt32?
+    public var pathPrefix: String?
+    public var action: String?
+    public var decision: String?
+    public var limit: Int = 1000
+    public init() {}
+}
+
+extension Store {
+    static func registerAuditMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v3-audit") { db in
+            try db.execute(sql: """
+                CREATE TABLE audit_event (
+                    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+                    time INTEGER NOT NULL,
+                    request_id TEXT NOT NULL,
+                    peer_pid INTEGER NOT NULL,
+                    peer_uid INTEGER NOT NULL,
+                    peer_user TEXT,
+                    token_accessor TEXT,
+                    method TEXT NOT NULL,
+                    action TEXT NOT NULL,
+                    path TEXT,
+                    decision TEXT NOT NULL,
+                    rule TEXT,
+                    outcome TEXT NOT NULL,
+                    status INTEGER NOT NULL,
+                    error_code TEXT,
+                    prev_hash BLOB NOT NULL,
+                    hash BLOB NOT NULL
+                ) STRICT;
+                CREATE INDEX audit_event_time ON audit_event(time);
+                CREATE TABLE audit_checkpoint (
+                    seq INTEGER PRIMARY KEY,
+                    hash BLOB NOT NULL,
+                    time INTEGER NOT NULL,
+                    signature BLOB NOT NULL
+                ) STRICT;
+                CREATE TABLE audit_key (
+                    key_id TEXT PRIMARY KEY NOT NULL,
+                    public_key BLOB NOT NULL,
+                    sealed_secret BLOB NOT NULL,
+                    created_at INTEGER NOT NULL
+                ) STRICT;
+                """)
+        }
+    }
+
+    /// Appends events inside the caller's write transaction: numbers them after the
+    /// current head and chains their hashes. The head comes from the database, so a
+    /// rolled-back transaction leaves nothing behind to go stale.
+    public static func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
+        var (seq, prev) = try auditHead(db)
+        var out: [AuditEvent] = []
+        out.reserveCapacity(drafts.count)
+        let stmt = try db.cachedStatement(sql: """
+            INSERT INTO audit_event (seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path,
+                                     decision, rule, outcome, status, error_code, prev_hash, hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for var e in drafts {
+            seq += 1
+            e.seq = seq
+            e.prevHash = prev
+            e.hash = e.computedHash()
+            prev = e.hash
+            try stmt.execute(arguments: [
+                e.seq, e.time, e.requestID, Int64(e.peerPID), Int64(e.peerUID), e.peerUser, e.tokenAccessor, e.method, e.action,
+                e.path, e.decision, e.rule, e.outcome, e.status, e.errorCode, Data(e.prevHash), Data(e.hash),
+            ])
+            out.append(e)
+        }
+        return out
+    }
+
+    static func auditHead(_ db: Database) throws -> (Int64, [UInt8]) {
+        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1") {
+            return (row["seq"], [UInt8](row["hash"] as Data))
+        }
+        // after a prune the newest checkpoint may be all that remains of the head
+        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1") {
+            return (row["seq"], [UInt8](row["hash"] as Data))
+        }
+        return (0, AuditEvent.genesis)
+    }
+
+    /// Group commit: one transaction for a batch of events.
+    public func appendAudit(_ drafts: [AuditEvent]) async throws -> [AuditEvent] {
+        try await pool.write { db in try Store.appendAudit(db, drafts) }
+    }
+
+    public func auditHead() throws -> (seq: Int64, hash: [UInt8], lastCheckpoint: Int64) {
+        try pool.read { db in
+            let (s, h) = try Store.auditHead(db)
+            let cp = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
+            return (s, h, cp)
+        }
+    }
+
+    /// Signs the current head if it moved since the last checkpoint. The head is read
+    /// and the checkpoint written in one transaction, so it always matches the chain.
+    public func checkpointAudit(now: Int64, sign: @escaping @Sendable (Int64, [UInt8], Int64) throws -> AuditCheckpoint) async throws -> AuditCheckpoint? {
+        try await pool.write { db in
+            let (seq, hash) = try Store.auditHead(db)
+            let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
+            guard seq > last else { return nil }
+            let cp = try sign(seq, hash, now)
+            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
+                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
+            return cp
+        }
+    }
+
+    static func event(_ r: Row) -> AuditEvent {
+        AuditEvent(
+            seq: r["seq"], time: r["time"], requestID: r["request_id"], peerPID: Int32(truncatingIfNeeded: r["peer_pid"] as Int64),
+            peerUID: UInt32(truncatingIfNeeded: r["peer_uid"] as Int64), peerUser: r["peer_user"], tokenAccessor: r["token_accessor"],
+            method: r["method"], action: r["action"], path: r["path"], decision: r["decision"], rule: r["rule"],
+            outcome: r["outcome"], status: r["status"], errorCode: r["error_code"],
+            prevHash: [UInt8](r["prev_hash"] as Data), hash: [UInt8](r["hash"] as Data))
+    }
+
+    public func auditEvents(_ f: AuditFilter) throws -> [AuditEvent] {
+        var sql = "SELECT * FROM audit_event WHERE seq > ?"
+        var args: [any DatabaseValueConvertible] = [f.afterSeq]
+        if let v = f.since { sql += " AND time >= ?"; args.append(v) }
+        if let v = f.until { sql += " AND time < ?"; args.append(v) }
+        if let v = f.user { sql += " AND peer_user = ?"; args.append(v) }
+        if let v = f.uid { sql += " AND peer_uid = ?"; args.append(Int64(v)) }
+        if let v = f.pathPrefix { sql += " AND (path = ? OR substr(path, 1, ?) = ?)"; args += [v, v.utf8.count + 1, v + "/"] }
+        if let v = f.action { sql += " AND action = ?"; args.append(v) }
+        if let v = f.decision { sql += " AND decision = ?"; args.append(v) }
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(f.limit)
+        return try pool.read { db in try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.event) }
+    }
+
+    /// Everything needed to verify: all events and checkpoints, in order.
+    public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
+        try pool.read { db in
+            let events = try Row.fetchAll(db, sql: "SELECT * FROM audit_event ORDER BY seq").map(Store.event)
+            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map {
+                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
+            }
+            return (events, cps)
+        }
+    }
+
+    /// Reads the chain from a database file without the daemon (read-only).
+    public static func readAuditChain(path: String) throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
+        var config = Configuration()
+        config.readonly = true
+        let queue = try DatabaseQueue(path: path, configuration: config)
+        defer { try? queue.close() }
+        return try queue.read { db in
+            let events = try Row.fetchAll(db, sql: "SELECT * FROM audit_event ORDER BY seq").map(Store.event)
+            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map {
+                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
+            }
+            return (events, cps)
+        }
+    }
+
+    /// Deletes events up to a checkpoint, which stays as the anchor the rest of the
+    /// chain verifies from. Returns the number of events removed.
+    public func pruneAudit(throughCheckpoint seq: Int64) async throws -> Int {
+        try await pool.write { db in
+            guard try Int64.fetchOne(db, sql: "SELECT seq FROM audit_checkpoint WHERE seq = ?", arguments: [seq]) != nil else {
+                throw CofferError(.invalidParameter, "there is no checkpoint at seq \(seq)", hint: "prune through a checkpoint: see coffer audit verify")
+            }
+            try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
+            let n = db.changesCount
+            try db.execute(sql: "DELETE FROM audit_checkpoint WHERE seq < ?", arguments: [seq])
+            return n
+        }
+    }
+
+    public func auditCheckpoint(seq: Int64) throws -> AuditCheckpoint? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [seq]).map {
+                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
+            }
+        }
+    }
+
+    public func auditSigningKey() throws -> (keyID: String, publicKey: Data, sealed: Data)? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT key_id, public_key, sealed_secret FROM audit_key ORDER BY created_at LIMIT 1").map {
+                ($0["key_id"], $0["public_key"], $0["sealed_secret"])
+            }
+        }
+    }
+
+    public func storeAuditSigningKey(keyID: String, publicKey: Data, sealed: Data, now: Int64) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "INSERT INTO audit_key (key_id, public_key, sealed_secret, created_at) VALUES (?, ?, ?, ?)",
+                           arguments: [keyID, publicKey, sealed, now])
+        }
+    }
+}
