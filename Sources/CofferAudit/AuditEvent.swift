@@ -1,5 +1,6 @@
 public import CofferCore
 import CofferCrypto
+import Foundation
 
 /// One audit event: who asked for what, what was decided and why, what happened.
 /// Never a secret value or a token (invariant 4). `prevHash` chains it to the
@@ -158,3 +159,15 @@ public enum AuditVerifier {
         return .ok(count: events.count, headSeq: lastSeq, headHash: running, checkpoints: cps.count)
     }
 }
+
+/// The audit public key file: `coffer-audit-pubkey-v1:<64 hex digits>`.
+public enum AuditKeyFile {
+    public static func encode(_ pub: [UInt8]) -> String { "coffer-audit-pubkey-v1:" + Hex.encode(pub) + "\n" }
+
+    public static func decode(_ text: String) -> [UInt8]? {
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard t.hasPrefix("coffer-audit-pubkey-v1:"), let k = Hex.decode(String(t.dropFirst(23))), k.count == 32 else { return nil }
+        return k
+    }
+}
+

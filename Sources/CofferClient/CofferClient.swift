@@ -126,3 +126,43 @@ extension CofferClient {
                           as: ExplainResponse.self)
     }
 }
+
+extension CofferClient {
+    public func auditEvents(query: [(String, String)]) throws -> AuditEventsResponse {
+        var target = "/v1/audit/events"
+        if !query.isEmpty {
+            target += "?" + query.map { "\($0.0)=\(Self.queryEscape($0.1))" }.joined(separator: "&")
+        }
+        return try decode(http.request("GET", target), as: AuditEventsResponse.self)
+    }
+
+    public func auditVerify() throws -> AuditVerifyResponse {
+        try decode(http.request("GET", "/v1/audit/verify"), as: AuditVerifyResponse.self)
+    }
+
+    public func auditExport() throws -> [UInt8] {
+        let r = try http.request("GET", "/v1/audit/export")
+        guard r.status == 200 else { throw Self.apiError(r) }
+        return r.body
+    }
+
+    public func auditPrune(through seq: Int64) throws -> AuditPruneResponse {
+        let body = try JSONEncoder().encode(AuditPruneRequest(throughSeq: seq))
+        return try decode(http.request("POST", "/v1/audit/prune", headers: [("Content-Type", "application/json")], body: [UInt8](body)),
+                          as: AuditPruneResponse.self)
+    }
+
+    static func queryEscape(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "/"), UInt8(ascii: ":"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                out += "%" + String(format: "%02X", b)
+            }
+        }
+        return out
+    }
+}

@@ -136,7 +136,23 @@ public final class AuditLog: Sendable {
             group.addTask { await self.checkpointTimer() }
             await group.waitForAll()
         }
-        _ = try? await checkpointNow()
+        finalCheckpoint()
+    }
+
+    /// At shutdown the task is cancelled (async database calls would refuse), so the
+    /// last checkpoint is written with a blocking call.
+    func finalCheckpoint() {
+        guard settings.enabled else { return }
+        let key = signingKey
+        do {
+            if let cp = try store.checkpointAuditNow(now: SecretEngine.nowMillis(), sign: { seq, hash, time in
+                try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
+            }) {
+                logger.info("audit head signed at shutdown", metadata: ["audit.seq": "\(cp.seq)"])
+            }
+        } catch {
+            logger.error("cannot sign the audit head at shutdown", metadata: ["error": "\(AuditLog.describe(error))"])
+        }
     }
 
     func commitLoop() async {
@@ -281,17 +297,6 @@ public final class AuditLog: Sendable {
         let bytes = Array(lines.utf8)
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         state.withLock { $0.mirrorError = n == bytes.count ? nil : "write failed: \(String(cString: strerror(errno)))" }
-    }
-}
-
-/// The audit public key file: `coffer-audit-pubkey-v1:<64 hex digits>`.
-public enum AuditKeyFile {
-    public static func encode(_ pub: [UInt8]) -> String { "coffer-audit-pubkey-v1:" + Hex.encode(pub) + "\n" }
-
-    public static func decode(_ text: String) -> [UInt8]? {
-        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard t.hasPrefix("coffer-audit-pubkey-v1:"), let k = Hex.decode(String(t.dropFirst(23))), k.count == 32 else { return nil }
-        return k
     }
 }
 

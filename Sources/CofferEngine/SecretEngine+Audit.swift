@@ -18,8 +18,10 @@ extension SecretEngine {
         return AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey)
     }
 
-    public func auditExport(_ p: Principal) throws(CofferError) -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
+    /// Signs the current head first, so that an archive ends with a checkpoint.
+    public func auditExport(_ p: Principal) async throws(CofferError) -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
         try authorize(p, .audit, nil)
+        try await audit.checkpointNow()
         return try storeCall { try store.auditChain() }
     }
 

@@ -357,7 +357,7 @@ public struct APIResponder: HTTPResponder {
         case .auditExport:
             try allow(method, [.get], "GET")
             try noQuery(request, allowed: [])
-            let chain = try engine.auditExport(principal)
+            let chain = try await engine.auditExport(principal)
             var text = ""
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

@@ -122,6 +122,19 @@ extension Store {
         }
     }
 
+    /// The same, blocking: for shutdown, when the calling task is already cancelled.
+    public func checkpointAuditNow(now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
+        try pool.write { db in
+            let (seq, hash) = try Store.auditHead(db)
+            let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
+            guard seq > last else { return nil }
+            let cp = try sign(seq, hash, now)
+            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
+                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
+            return cp
+        }
+    }
+
     static func event(_ r: Row) -> AuditEvent {
         AuditEvent(
             seq: r["seq"], time: r["time"], requestID: r["request_id"], peerPID: Int32(truncatingIfNeeded: r["peer_pid"] as Int64),

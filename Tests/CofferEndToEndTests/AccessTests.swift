@@ -14,7 +14,7 @@ enum AccessFixture {
         [role.admin]
         [[role.admin.rule]]
         path = "**"
-        capabilities = ["read", "list", "write", "delete", "destroy", "admin"]
+        capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
 
         [role.ci-build]
         max_ttl = "1h"
@@ -206,6 +206,7 @@ final class Atomic<T>: @unchecked Sendable {
     init(_ v: T) { value = v }
     func load() -> T { lock.withLock { value } }
     func store(_ v: T) { lock.withLock { value = v } }
+    func update(_ body: (inout T) -> Void) { lock.withLock { body(&value) } }
 }
 
 extension Atomic where T == Int {

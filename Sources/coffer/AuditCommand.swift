@@ -1,0 +1,173 @@
+import ArgumentParser
+import CofferAPI
+import CofferAudit
+import CofferClient
+import CofferCore
+import CofferStore
+import Foundation
+
+struct AuditCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Verify, read, export and prune the tamper-evident audit trail (needs the audit capability).",
+        subcommands: [Verify.self, Tail.self, Search.self, Export.self, Prune.self]
+    )
+}
+
+func eventLine(_ e: AuditEventWire) -> String {
+    let who = e.peer.user.map { "\($0)(\(e.peer.uid))" } ?? "uid:\(e.peer.uid)"
+    var s = "\(e.seq)  \(e.time)  \(who)  \(e.method) \(e.action)"
+    if let p = e.path { s += " \(p)" }
+    s += "  \(e.decision) \(e.outcome) \(e.status)"
+    if let c = e.errorCode { s += " \(c)" }
+    if let t = e.tokenAccessor { s += "  token \(t)" }
+    if let r = e.rule { s += "  [\(r)]" }
+    return s
+}
+
+func printEvents(_ events: [AuditEventWire], _ format: OutputFormat) throws {
+    if events.isEmpty { return }
+    if format == .json {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var out: [UInt8] = []
+        for ev in events { out += Array(try e.encode(ev)) + [0x0A] }  // JSON lines
+        return try writeStdout(out)
+    }
+    try printLine(events.map(eventLine).joined(separator: "\n"))
+}
+
+extension AuditCommand {
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Walk the hash chain and checkpoint signatures: OK with count and head, or the first bad sequence number.",
+            discussion: "Through the daemon (it signs its current head first), or offline: --db FILE --pubkey FILE. Exit 0 when OK, 9 when the trail is broken.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Verify this database file offline (read-only).") var db: String?
+        @Option(help: "The audit public key file (audit.pub beside the database).") var pubkey: String?
+
+        func run() throws {
+            try runReporting {
+                let r: AuditVerifyResponse
+                if let db {
+                    guard let pubkey else { throw CofferError(.invalidParameter, "offline verification needs --pubkey FILE", hint: "audit.pub beside the database") }
+                    guard let text = try? String(contentsOfFile: pubkey, encoding: .utf8), let key = AuditKeyFile.decode(text) else {
+                        throw CofferError(.invalidParameter, "\(pubkey) is not a Coffer audit public key")
+                    }
+                    let chain: (events: [AuditEvent], checkpoints: [AuditCheckpoint])
+                    do { chain = try Store.readAuditChain(path: db) } catch {
+                        throw CofferError(.invalidParameter, "cannot read the audit trail in \(db): \(error)")
+                    }
+                    switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key) {
+                    case .ok(let count, let head, let hash, let cps):
+                        r = AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil)
+                    case .bad(let seq, let problem):
+                        r = AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem)
+                    }
+                } else {
+                    r = try global.client().auditVerify()
+                }
+                if global.format == .json { try printJSON(r) } else if r.ok {
+                    try printLine("OK: \(r.count ?? 0) events, head seq \(r.headSeq ?? 0) \(r.headHash ?? ""), \(r.checkpoints ?? 0) signed checkpoints")
+                } else {
+                    try printLine("BAD at seq \(r.badSeq ?? 0): \(r.problem ?? "")")
+                }
+                if !r.ok { throw ExitCode(9) }
+            }
+        }
+    }
+
+    struct Tail: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the latest events; -f follows new ones.")
+        @OptionGroup var global: GlobalOptions
+        @Option(name: .short, help: "How many of the latest events to show first.") var n: Int = 20
+        @Flag(name: .short, help: "Follow: keep printing new events (Ctrl-C stops).") var follow = false
+
+        func run() throws {
+            try runReporting {
+                let client = try global.client()
+                // find the head by paging (events are numbered 1...)
+                var after: Int64 = 0
+                var last: [AuditEventWire] = []
+                while true {
+                    let page = try client.auditEvents(query: [("after", String(after)), ("limit", "10000")])
+                    if page.events.isEmpty { break }
+                    last = Array((last + page.events).suffix(max(n, 0)))
+                    after = page.events.last!.seq
+                    if page.nextAfter == nil { break }
+                }
+                try printEvents(last, global.format)
+                guard follow else { return }
+                while true {
+                    usleep(500_000)
+                    let page = try client.auditEvents(query: [("after", String(after)), ("limit", "1000")])
+                    // our own polling is audited too: leave those reads out of the stream
+                    let shown = page.events.filter { !($0.action == "audit_read" && $0.peer.pid == getpid()) }
+                    try printEvents(shown, global.format)
+                    if let l = page.events.last { after = l.seq }
+                }
+            }
+        }
+    }
+
+    struct Search: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Find events by time, user, path, action and decision.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "From this time (RFC 3339 or unix seconds).") var since: String?
+        @Option(help: "Before this time.") var until: String?
+        @Option(help: "User name of the caller.") var user: String?
+        @Option(help: "Path, or a folder and everything under it.") var path: String?
+        @Option(help: "Action: read, write, delete, list, token_create, …") var action: String?
+        @Option(help: "allow, deny or none.") var decision: String?
+        @Option(help: "At most this many events.") var limit: Int = 1000
+
+        func run() throws {
+            try runReporting {
+                var q: [(String, String)] = [("limit", String(min(max(limit, 1), 10000)))]
+                if let since { q.append(("since", since)) }
+                if let until { q.append(("until", until)) }
+                if let user { q.append(("user", user)) }
+                if let path { q.append(("path", path)) }
+                if let action { q.append(("action", action)) }
+                if let decision { q.append(("decision", decision)) }
+                try printEvents(try global.client().auditEvents(query: q).events, global.format)
+            }
+        }
+    }
+
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write every event and checkpoint as JSON lines, for archiving.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Write to this new file instead of stdout.") var output: String?
+        func run() throws {
+            try runReporting {
+                let body = try global.client().auditExport()
+                if let output {
+                    guard FileManager.default.createFile(atPath: output, contents: nil, attributes: [.posixPermissions: 0o600]),
+                          let h = FileHandle(forWritingAtPath: output) else {
+                        throw CofferError(.invalidParameter, "cannot create \(output)")
+                    }
+                    h.write(Data(body))
+                    try h.close()
+                    return
+                }
+                try writeStdout(body)
+            }
+        }
+    }
+
+    struct Prune: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete events up to a signed checkpoint; the rest still verifies from it (needs audit and admin).",
+            discussion: "Export first: coffer audit export --output archive.jsonl")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The sequence number of a checkpoint.") var through: Int64
+        func run() throws {
+            try runReporting {
+                let r = try global.client().auditPrune(through: through)
+                if global.format == .json { return try printJSON(r) }
+                try printLine("pruned \(r.removed) events through seq \(through)")
+            }
+        }
+    }
+}
