@@ -1,3 +1,4 @@
+import Foundation
 import CofferCore
 import Testing
 
@@ -126,5 +127,27 @@ import Testing
         #expect(c.adminUIDs == [1000])
         #expect(c.devMode)
         #expect(c.maxBodyBytes > c.maxValueBytes * 4 / 3)
+    }
+}
+
+/// The examples in contrib/ are what users copy: they must parse.
+@Suite struct ContribExamplesTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test func exampleConfigParsesToTheDefaults() throws {
+        let path = Self.root.appendingPathComponent("contrib/cofferd.toml").path
+        let c = try CofferConfig.parse(try String(contentsOfFile: path, encoding: .utf8), file: path)
+        var expected = CofferConfig()
+        expected.adminUIDs = []
+        #expect(c == expected)
+    }
+
+    @Test func examplePolicyParses() throws {
+        let path = Self.root.appendingPathComponent("contrib/policy.toml").path
+        let p = try Policy.parse(try String(contentsOfFile: path, encoding: .utf8), file: path)
+        #expect(p.roles.keys.sorted() == ["admin", "ci-build", "release"])
+        let runner = Principal(pid: 1, uid: 1200, gid: 1200, userName: "ci-runner", groups: [1200], groupNames: ["ci-runner"])
+        #expect(PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/db")).allowed)
+        #expect(!PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/prod/db")).allowed)
     }
 }
