@@ -13,6 +13,14 @@ public struct CofferConfig: Sendable, Equatable {
     public var socketPath: String = "/run/coffer/coffer.sock"
     public var socketMode: UInt32 = 0o660
     public var socketGroup: String? = nil
+    /// Open connections at once; more wait in the listen backlog.
+    public var maxConnections: Int = 512
+    /// Seconds a connection may sit without a complete request part (cuts slow headers).
+    public var idleTimeoutSeconds: Int = 60
+    /// Seconds from a request's head to its end (cuts slow bodies).
+    public var requestTimeoutSeconds: Int = 30
+    /// Bytes of request line and headers.
+    public var maxHeaderBytes: Int = 16 * 1024
     // [storage]
     public var stateDir: String = "/var/lib/coffer"
     public var databasePath: String? = nil
@@ -80,7 +88,11 @@ public struct CofferConfig: Sendable, Equatable {
         var r = TableReader(table: root, file: file, name: "")
         try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "log"])
         if var t = try r.table("server") {
-            try t.allowOnly(["socket", "socket_mode", "socket_group"])
+            try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "idle_timeout", "request_timeout", "max_header_bytes"])
+            if let v = try t.integer("max_connections", in: 1...100_000) { c.maxConnections = Int(v) }
+            if let v = try t.integer("idle_timeout", in: 1...86400) { c.idleTimeoutSeconds = Int(v) }
+            if let v = try t.integer("request_timeout", in: 1...3600) { c.requestTimeoutSeconds = Int(v) }
+            if let v = try t.integer("max_header_bytes", in: 1024...1_048_576) { c.maxHeaderBytes = Int(v) }
             if let v = try t.string("socket") { c.socketPath = v }
             if let v = try t.string("socket_mode") {
                 guard let m = UInt32(v, radix: 8), m <= 0o777 else {

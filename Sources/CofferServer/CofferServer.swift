@@ -20,9 +20,17 @@ public enum CofferServer {
         let app = Application(
             responder: responder,
             server: HTTPServerBuilder { responder in
-                PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(60))))
+                // Invariant 6: bounded headers, idle connections and slow requests.
+                let limits = HTTP1Channel.Configuration.DecoderConfiguration(
+                    maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
+                return PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
+                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)))],
+                    idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
+                    httpDecoderConfiguration: limits)))
             },
-            configuration: .init(address: .unixDomainSocket(path: config.socketPath), serverName: nil),
+            configuration: .init(
+                address: .unixDomainSocket(path: config.socketPath), serverName: nil,
+                availableConnectionsDelegate: MaximumAvailableConnections(config.maxConnections)),
             onServerRunning: { channel in
                 do {
                     try guardian.applyMode(config.socketMode, group: socketGID)

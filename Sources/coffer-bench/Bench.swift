@@ -1,0 +1,142 @@
+import ArgumentParser
+import CofferClient
+import Foundation
+import Glibc
+
+/// coffer-bench: measures a release cofferd against baselines measured in the same
+/// run (ratios, not absolute times: the machine is shared and noisy). It builds
+/// nothing: build first with `swift build -c release`.
+@main
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coffer-bench",
+        abstract: "Benchmark cofferd against its no-op route, itself without audit, and Redis GET.")
+
+    @Option(help: "Folder with the cofferd and coffer binaries to measure.")
+    var bin: String = ".build/release"
+    @Option(help: "Folder for results.json, results.md and results.png.")
+    var out: String = "bench-results"
+    @Option(help: "Seconds per measurement.")
+    var duration: Double = 5
+    @Option(help: "Concurrent connections, comma-separated.")
+    var connections: String = "1,8,32,64"
+    @Option(help: "Secret counts for the scale scenario, comma-separated (empty: skip).")
+    var scale: String = "1000,100000,1000000"
+    @Option(help: "storage.durability of the measured daemon.")
+    var durability: String = "full"
+    @Flag(help: "A few seconds in all: 1 and 8 connections, 1 s each, no scale, few CLI runs (CI).")
+    var smoke = false
+
+    mutating func run() throws {
+        if smoke {
+            duration = 1
+            connections = "1,8"
+            scale = ""
+        }
+        let conns = connections.split(separator: ",").compactMap { Int($0) }
+        let bin = URL(fileURLWithPath: self.bin).standardizedFileURL.path
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var report = Report(machine: Report.machine(), duration: duration, durability: durability, smoke: smoke)
+
+        let audited = try Daemon(bin: bin, name: "audited", extra: "[storage]\ndurability = \"\(durability)\"\n")
+        defer { audited.stop() }
+        let unaudited = try Daemon(bin: bin, name: "noaudit", extra: "[storage]\ndurability = \"\(durability)\"\n[audit]\nenabled = false\n")
+        defer { unaudited.stop() }
+        let redis = Redis.start()
+        defer { redis?.stop() }
+        report.rssIdleKiB = processMemoryKiB(audited.pid, "VmRSS")
+
+        for d in [audited, unaudited] {
+            try d.put("bench/s64", String(repeating: "a", count: 64))
+            try d.put("bench/s4k", String(repeating: "b", count: 4096))
+            try d.put("ci/app/db", "x")
+            for i in 0..<100 { try d.put("bench/list/k\(i)", "v") }
+        }
+        try redis?.set("bench:s64", String(repeating: "a", count: 64))
+        let token = try audited.token(role: "admin")
+
+        let read64 = HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200)
+        let scenarios: [(String, any Workload, Daemon?)] = [
+            ("noop (health)", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), audited),
+            ("read 64 B", read64, audited),
+            ("read 64 B, audit off", read64, unaudited),
+            ("read 4 KiB", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s4k", nil) }, token: nil, expect: 200), audited),
+            ("read 64 B, token", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s64", nil) }, token: token, expect: 200), audited),
+            ("write 64 B", HTTPWorkload(make: { i in ("PUT", "/v1/secrets/data/bench/w/\(i % 1000)", Array(#"{"value":"\#(String(repeating: "w", count: 64))"}"#.utf8)) }, token: nil, expect: 200), audited),
+            ("list 100", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/list/bench/list", nil) }, token: nil, expect: 200), audited),
+            ("mix 90/10", HTTPWorkload(make: { i in i % 10 == 0
+                ? ("PUT", "/v1/secrets/data/bench/m/\(i % 1000)", Array(#"{"value":"m"}"#.utf8))
+                : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), audited),
+            ("denied read", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/other/x", nil) }, token: try audited.token(role: "narrow"), expect: 403), audited),
+        ]
+        for (name, w, d) in scenarios {
+            for c in conns {
+                let r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)
+                report.add(name, c, r)
+                print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
+            }
+        }
+        if let redis {
+            for c in conns {
+                let r = runLoad(RedisWorkload(key: "bench:s64"), socket: redis.socket, connections: c, seconds: duration, serverPID: redis.pid)
+                report.add("redis GET 64 B", c, r)
+                print(padded("redis GET 64 B", 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
+            }
+        }
+        report.rssPeakKiB = processMemoryKiB(audited.pid, "VmHWM")
+        report.rssAfterKiB = processMemoryKiB(audited.pid, "VmRSS")
+
+        // whole-process CLI latency against redis-cli
+        let runs = smoke ? 10 : 100
+        report.cliMeanMs = try timeCommand(audited.bin + "/coffer", ["secret", "get", "bench/s64"], env: ["COFFER_SOCKET": audited.socket], runs: runs)
+        if let redis, let cli = Redis.which("redis-cli") {
+            report.redisCliMeanMs = try timeCommand(cli, ["-s", redis.socket, "GET", "bench:s64"], env: [:], runs: runs)
+        }
+        print(String(format: "coffer secret get: %.2f ms per process; redis-cli GET: %@", report.cliMeanMs ?? 0,
+                     report.redisCliMeanMs.map { String(format: "%.2f ms", $0) } ?? "n/a"))
+
+        // scale: the same read with many secrets stored
+        for n in scale.split(separator: ",").compactMap({ Int($0) }) {
+            let d = try Daemon(bin: bin, name: "scale\(n)", extra: "[storage]\ndurability = \"normal\"\n")
+            try d.seed(n)
+            try d.put("bench/s64", String(repeating: "a", count: 64))
+            let r = runLoad(read64, socket: d.socket, connections: 32, seconds: duration, serverPID: d.pid)
+            report.add("read 64 B with \(n) secrets", 32, r)
+            print(String(format: "read with %8d secrets: %9.0f req/s  p50 %7.0f µs", n, r.rps, r.p50us))
+            d.stop()
+        }
+
+        report.evaluateTargets()
+        for line in report.targets { print(line) }
+        try report.write(to: out)
+        print("results: \(out)/results.json, results.md\(report.chartWritten ? ", results.png" : "")")
+    }
+}
+
+/// Mean wall time of a whole process (posix_spawn + wait, no Foundation overhead).
+func timeCommand(_ exe: String, _ args: [String], env: [String: String], runs: Int) throws -> Double {
+    var environment = ProcessInfo.processInfo.environment
+    for (k, v) in env { environment[k] = v }
+    let envStrings = environment.map { "\($0.key)=\($0.value)" }
+    var total: UInt64 = 0
+    for _ in 0..<runs {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        let argv = ([exe] + args).map { strdup($0) } + [nil]
+        let envp = envStrings.map { strdup($0) } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        let t0 = monotonicNanos()
+        guard posix_spawn(&pid, exe, &actions, nil, argv, envp) == 0 else { throw BenchError("cannot run \(exe)") }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        total += monotonicNanos() - t0
+        guard status == 0 else { throw BenchError("\(exe) \(args) failed") }
+    }
+    return Double(total) / Double(runs) / 1e6
+}
+
+func padded(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }

@@ -1,0 +1,141 @@
+import Foundation
+import Glibc
+
+/// Everything one run measured, and the targets judged against baselines of the same run.
+struct Report: Codable {
+    struct Row: Codable {
+        var scenario: String
+        var connections: Int
+        var result: LoadResult
+    }
+
+    var machine: String
+    var duration: Double
+    var durability: String
+    var smoke: Bool
+    var rows: [Row] = []
+    var rssIdleKiB: Int?
+    var rssPeakKiB: Int?
+    var rssAfterKiB: Int?
+    var cliMeanMs: Double?
+    var redisCliMeanMs: Double?
+    var targets: [String] = []
+    var chartWritten = false
+
+    init(machine: String, duration: Double, durability: String, smoke: Bool) {
+        self.machine = machine
+        self.duration = duration
+        self.durability = durability
+        self.smoke = smoke
+    }
+
+    static func machine() -> String {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return "\(ProcessInfo.processInfo.activeProcessorCount) cores, Linux \(release)"
+    }
+
+    mutating func add(_ scenario: String, _ c: Int, _ r: LoadResult) { rows.append(Row(scenario: scenario, connections: c, result: r)) }
+
+    func find(_ scenario: String, _ c: Int) -> LoadResult? {
+        rows.first { $0.scenario == scenario && $0.connections == c }?.result
+    }
+
+    mutating func evaluateTargets() {
+        let c = rows.contains { $0.connections == 32 } ? 32 : (rows.map(\.connections).max() ?? 1)
+        func line(_ ok: Bool, _ text: String) { targets.append("\(ok ? "PASS" : "FAIL")  \(text)") }
+        if let r = find("read 64 B", c), let noop = find("noop (health)", c) {
+            let x = r.rps / noop.rps
+            line(x >= 0.6, String(format: "audited 64 B reads at %d conn = %.2f × the no-op route (target ≥ 0.6)", c, x))
+        }
+        if let r = find("read 64 B", c), let off = find("read 64 B, audit off", c) {
+            targets.append(String(format: "INFO  audited 64 B reads at %d conn = %.2f × the same daemon with audit off", c, r.rps / off.rps))
+        }
+        if let r = find("read 64 B", c), let redis = find("redis GET 64 B", c) {
+            let x = r.rps / redis.rps
+            line(x >= 0.5, String(format: "audited 64 B reads at %d conn = %.2f × Redis GET (target ≥ 0.5)", c, x))
+        }
+        if let r = find("read 64 B", c) {
+            line(r.p99us <= 2000, String(format: "p99 of audited reads at %d conn = %.0f µs (target ≤ 2000 µs)", c, r.p99us))
+        }
+        let scaled = rows.filter { $0.scenario.hasPrefix("read 64 B with ") }
+        if let small = scaled.first, let large = scaled.last, scaled.count > 1 {
+            let x = large.result.p50us / small.result.p50us
+            line(x <= 1.5, String(format: "p50 with the most secrets = %.2f × p50 with the fewest (target ≤ 1.5)", x))
+        }
+        if let cli = cliMeanMs, let redis = redisCliMeanMs {
+            line(cli <= 2 * redis, String(format: "coffer secret get, whole process = %.2f × redis-cli GET (target ≤ 2)", cli / redis))
+        }
+        if let idle = rssIdleKiB {
+            line(idle <= 32 * 1024, String(format: "daemon RSS idle = %.1f MiB (target ≤ 32 MiB)", Double(idle) / 1024))
+        }
+        if let idle = rssIdleKiB, let after = rssAfterKiB {
+            let total = rows.filter { !$0.scenario.hasPrefix("redis") && !$0.scenario.contains("audit off") }.reduce(0) { $0 + $1.result.requests }
+            targets.append(String(format: "INFO  daemon RSS after %d requests = %.1f MiB (%.0f%% over idle; peak %.1f MiB)", total,
+                                  Double(after) / 1024, (Double(after) / Double(idle) - 1) * 100, Double(rssPeakKiB ?? 0) / 1024))
+        }
+    }
+
+    func markdown() -> String {
+        var s = "Machine: \(machine); \(duration) s per cell; durability \(durability)\(smoke ? "; smoke run" : "").\n\n"
+        s += "| scenario | conn | req/s | p50 µs | p99 µs | p99.9 µs | errors | daemon CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        for r in rows {
+            let x = r.result
+            s += String(format: "| %@ | %d | %.0f | %.0f | %.0f | %.0f | %d | %@ |\n", r.scenario as NSString, r.connections, x.rps, x.p50us, x.p99us,
+                        x.p999us, x.errors, x.cpuUsPerRequest.map { String(format: "%.1f", $0) } ?? "–")
+        }
+        if let cli = cliMeanMs { s += String(format: "\n`coffer secret get` whole process: %.2f ms", cli) }
+        if let r = redisCliMeanMs { s += String(format: "; `redis-cli GET`: %.2f ms", r) }
+        s += "\n\n" + targets.map { "    " + $0 }.joined(separator: "\n") + "\n"
+        return s
+    }
+
+    mutating func write(to dir: String) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try e.encode(self).write(to: URL(fileURLWithPath: dir + "/results.json"))
+        try markdown().write(toFile: dir + "/results.md", atomically: true, encoding: .utf8)
+        chartWritten = writeChart(dir)
+    }
+
+    /// Throughput and p99 by concurrency, Coffer against its baselines (gnuplot, if installed).
+    func writeChart(_ dir: String) -> Bool {
+        guard let gnuplot = ["/usr/bin/gnuplot"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            print("gnuplot not found (apt-get install gnuplot-nox): no chart")
+            return false
+        }
+        let series = ["noop (health)", "read 64 B", "read 64 B, audit off", "redis GET 64 B"].filter { s in rows.contains { $0.scenario == s } }
+        var data = ""
+        for s in series {
+            data += "# \(s)\n"
+            for r in rows where r.scenario == s { data += "\(r.connections) \(r.result.rps) \(r.result.p99us)\n" }
+            data += "\n\n"
+        }
+        let dat = dir + "/results.dat"
+        try? data.write(toFile: dat, atomically: true, encoding: .utf8)
+        var script = """
+            set terminal png size 1100,450
+            set output '\(dir)/results.png'
+            set multiplot layout 1,2
+            set logscale x 2
+            set xlabel 'connections'
+            set key left top
+            set title 'throughput (req/s)'
+            plot
+            """
+        script += series.enumerated().map { " '\(dat)' index \($0.offset) using 1:2 with linespoints title '\($0.element)'" }.joined(separator: ",") + "\n"
+        script += "set title 'p99 latency (µs)'\nplot"
+        script += series.enumerated().map { " '\(dat)' index \($0.offset) using 1:3 with linespoints title '\($0.element)'" }.joined(separator: ",") + "\n"
+        script += "unset multiplot\n"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: gnuplot)
+        let pipe = Pipe()
+        p.standardInput = pipe
+        try? p.run()
+        pipe.fileHandleForWriting.write(Data(script.utf8))
+        try? pipe.fileHandleForWriting.close()
+        p.waitUntilExit()
+        return p.terminationStatus == 0
+    }
+}
