@@ -1,7 +1,7 @@
 import CCofferLinux
 public import CofferAudit
 public import CofferCore
-public import CofferCrypto
+import CofferCrypto
 public import CofferStore
 import Foundation
 import GRDB
@@ -10,9 +10,9 @@ import Synchronization
 
 /// The audit trail's writer (invariant 4).
 ///
-/// - Group commit: requests hand their event to `append` and wait; one loop commits
-///   whatever is pending in one transaction (bounded by `maxBatch`), so the batch
-///   grows with load and adds no delay when idle. Each request waits for its batch.
+/// - Group commit: requests hand their event to `append` and wait; one writer thread
+///   commits whatever is pending in one transaction (bounded by `maxBatch`), so the
+///   batch grows with load and adds no delay when idle. Each request waits for its batch.
 /// - Fail closed, never wedge: a failed commit fails every request in that batch
 ///   with 503 audit_unavailable and marks the log degraded; the next commit that
 ///   succeeds clears it. Nothing blocks health or status.
@@ -45,6 +45,7 @@ public final class AuditLog: Sendable {
         var mirrorError: String?
         var sinceCheckpoint = 0
         var mirrorFD: Int32 = -1
+        var writerDone = false
     }
 
     let store: Store
@@ -53,8 +54,9 @@ public final class AuditLog: Sendable {
     public let settings: Settings
     let logger: Logger
     private let state = Mutex(State())
-    private let wake: AsyncStream<Void>.Continuation
-    private let wakeups: AsyncStream<Void>
+    /// Wakes the writer thread (its predicate is `pending` in `state`).
+    private let wake = NSCondition()
+    private let stopping = Mutex(false)
 
     init(store: Store, signingKey: SecretBytes, publicKey: [UInt8], settings: Settings, logger: Logger) {
         self.store = store
@@ -62,7 +64,6 @@ public final class AuditLog: Sendable {
         self.publicKey = publicKey
         self.settings = settings
         self.logger = logger
-        (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     /// Loads the signing key (sealed under the root key) or creates it on first start,
@@ -108,7 +109,7 @@ public final class AuditLog: Sendable {
         do {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 state.withLock { $0.pending.append(Waiter(event: event, continuation: c)) }
-                wake.yield()
+                signalWriter()
             }
         } catch {
             throw CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
@@ -120,7 +121,7 @@ public final class AuditLog: Sendable {
     public func committedInTransaction(_ e: AuditEvent) {
         state.withLock { $0.degraded = nil; $0.sinceCheckpoint += 1 }
         mirror([e])
-        if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { wake.yield() }
+        if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { signalWriter() }
     }
 
     /// A state-changing transaction could not be written: the log is degraded.
@@ -128,15 +129,23 @@ public final class AuditLog: Sendable {
         state.withLock { $0.degraded = reason }
     }
 
-    /// The group-commit loop; runs until cancelled (graceful shutdown), then signs
-    /// a final checkpoint.
+    /// Runs until cancelled (graceful shutdown): the writer thread commits batches,
+    /// a timer signs the head; at the end a final checkpoint is signed.
     public func run() async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.commitLoop() }
-            group.addTask { await self.checkpointTimer() }
-            await group.waitForAll()
-        }
+        let writer = Thread { [self] in self.writerLoop() }
+        writer.name = "coffer-audit"
+        writer.start()
+        await checkpointTimer()
+        stopping.withLock { $0 = true }
+        signalWriter(all: true)
+        while !state.withLock({ $0.writerDone }) { try? await Task.sleep(for: .milliseconds(5)) }
         finalCheckpoint()
+    }
+
+    func signalWriter(all: Bool = false) {
+        wake.lock()
+        if all { wake.broadcast() } else { wake.signal() }
+        wake.unlock()
     }
 
     /// At shutdown the task is cancelled (async database calls would refuse), so the
@@ -155,42 +164,64 @@ public final class AuditLog: Sendable {
         }
     }
 
-    func commitLoop() async {
-        for await _ in wakeups {
-            while true {
-                let batch: [Waiter] = state.withLock { s in
-                    let n = min(s.pending.count, settings.maxBatch)
-                    let b = Array(s.pending.prefix(n))
-                    s.pending.removeFirst(n)
-                    return b
-                }
-                if batch.isEmpty { break }
-                do {
-                    let committed = try await store.appendAudit(batch.map(\.event))
-                    let due: Bool = state.withLock { s in
-                        s.degraded = nil
-                        s.sinceCheckpoint += committed.count
-                        return s.sinceCheckpoint >= settings.checkpointEvents
-                    }
-                    for w in batch { w.continuation.resume() }
-                    mirror(committed)
-                    if due { _ = try? await checkpointNow() }
-                } catch {
-                    let reason = AuditLog.describe(error)
-                    let wasHealthy = state.withLock { s in
-                        defer { s.degraded = reason }
-                        return s.degraded == nil
-                    }
-                    if wasHealthy { logger.critical("audit trail unavailable; refusing requests until it recovers", metadata: ["error": "\(reason)"]) }
-                    for w in batch { w.continuation.resume(throwing: error) }
-                }
+    /// Signs the head from the writer thread (blocking).
+    func checkpointBlocking() {
+        let key = signingKey
+        do {
+            _ = try store.checkpointAuditNow(now: SecretEngine.nowMillis()) { seq, hash, time in
+                try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
             }
-            if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { _ = try? await checkpointNow() }
+            state.withLock { $0.sinceCheckpoint = 0; $0.degraded = nil }
+        } catch {
+            state.withLock { $0.degraded = AuditLog.describe(error) }
         }
-        // the stream ended: fail whatever still waits
+    }
+
+    /// The group-commit loop on its own thread: it blocks in SQLite, not a task of
+    /// the cooperative pool, and needs no thread hop to reach the writer connection.
+    func writerLoop() {
+        while true {
+            wake.lock()
+            while state.withLock({ $0.pending.isEmpty && $0.sinceCheckpoint < settings.checkpointEvents }) && !stopping.withLock({ $0 }) {
+                wake.wait()
+            }
+            wake.unlock()
+            let batch: [Waiter] = state.withLock { s in
+                let n = min(s.pending.count, settings.maxBatch)
+                let b = Array(s.pending.prefix(n))
+                s.pending.removeFirst(n)
+                return b
+            }
+            if batch.isEmpty {
+                if stopping.withLock({ $0 }) { break }
+                if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { checkpointBlocking() }
+                continue
+            }
+            do {
+                let committed = try store.appendAuditBlocking(batch.map(\.event))
+                let due: Bool = state.withLock { s in
+                    s.degraded = nil
+                    s.sinceCheckpoint += committed.count
+                    return s.sinceCheckpoint >= settings.checkpointEvents
+                }
+                for w in batch { w.continuation.resume() }
+                mirror(committed)
+                if due { checkpointBlocking() }
+            } catch {
+                let reason = AuditLog.describe(error)
+                let wasHealthy = state.withLock { s in
+                    defer { s.degraded = reason }
+                    return s.degraded == nil
+                }
+                if wasHealthy { logger.critical("audit trail unavailable; refusing requests until it recovers", metadata: ["error": "\(reason)"]) }
+                for w in batch { w.continuation.resume(throwing: error) }
+            }
+        }
+        // stopped: fail whatever still waits
         for w in state.withLock({ s in defer { s.pending = [] }; return s.pending }) {
             w.continuation.resume(throwing: CofferError(.auditUnavailable, "shutting down"))
         }
+        state.withLock { $0.writerDone = true }
     }
 
     func checkpointTimer() async {
@@ -199,7 +230,6 @@ public final class AuditLog: Sendable {
             if Task.isCancelled { break }
             _ = try? await checkpointNow()
         }
-        wake.finish()
     }
 
     /// Signs the current head if it moved. Also the way a degraded log notices that

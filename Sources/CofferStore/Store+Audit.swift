@@ -85,7 +85,7 @@ extension Store {
     }
 
     static func auditHead(_ db: Database) throws -> (Int64, [UInt8]) {
-        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1") {
+        if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")) {
             return (row["seq"], [UInt8](row["hash"] as Data))
         }
         // after a prune the newest checkpoint may be all that remains of the head
@@ -98,6 +98,12 @@ extension Store {
     /// Group commit: one transaction for a batch of events.
     public func appendAudit(_ drafts: [AuditEvent]) async throws -> [AuditEvent] {
         try await pool.write { db in try Store.appendAudit(db, drafts) }
+    }
+
+    /// The same, blocking the calling thread (the audit writer's own loop), which
+    /// saves a thread hop per batch.
+    public func appendAuditBlocking(_ drafts: [AuditEvent]) throws -> [AuditEvent] {
+        try pool.write { db in try Store.appendAudit(db, drafts) }
     }
 
     public func auditHead() throws -> (seq: Int64, hash: [UInt8], lastCheckpoint: Int64) {

@@ -92,7 +92,9 @@ extension Store {
     }
 
     public func token(hash: Data) throws -> TokenRecord? {
-        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM token WHERE hash = ?", arguments: [hash]).map(Store.tokenRecord) }
+        try pool.read { db in
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM token WHERE hash = ?"), arguments: [hash]).map(Store.tokenRecord)
+        }
     }
 
     public func token(accessor: String) throws -> TokenRecord? {

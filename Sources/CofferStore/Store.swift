@@ -130,14 +130,16 @@ public final class Store: Sendable {
     /// is nil when that version does not exist (never written, or pruned).
     public func version(_ path: SecretPath, _ version: Int?) throws -> (current: Int, stored: StoredVersion?)? {
         try pool.read { db in
-            guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
-            else { return nil }
-            let current: Int = s["current_version"]
-            guard let row = try Row.fetchOne(db, sql: """
-                SELECT version, created_at, created_uid, created_user, size, state, deleted_at, key_id, wrapped_key, ciphertext
-                FROM secret_version WHERE secret_id = ? AND version = ?
-                """, arguments: [s["id"] as Int64, version ?? current])
-            else { return (current, nil) }
+            // One cached statement: the hot read path prepares nothing.
+            let stmt = try db.cachedStatement(sql: """
+                SELECT s.current_version AS current, v.version, v.created_at, v.created_uid, v.created_user, v.size, v.state,
+                       v.deleted_at, v.key_id, v.wrapped_key, v.ciphertext
+                FROM secret s LEFT JOIN secret_version v ON v.secret_id = s.id AND v.version = coalesce(?, s.current_version)
+                WHERE s.path = ?
+                """)
+            guard let row = try Row.fetchOne(stmt, arguments: [version, path.rawValue]) else { return nil }
+            let current: Int = row["current"]
+            guard (row["version"] as Int?) != nil else { return (current, nil) }
             return (current, StoredVersion(meta: Store.versionRecord(row), wrappedKey: row["wrapped_key"], ciphertext: row["ciphertext"]))
         }
     }

@@ -24,6 +24,8 @@ struct Bench: ParsableCommand {
     var scale: String = "1000,100000,1000000"
     @Option(help: "storage.durability of the measured daemon.")
     var durability: String = "full"
+    @Option(help: "Run only the scenarios with these names (comma-separated), e.g. \"read 64 B\".")
+    var only: String?
     @Flag(help: "A few seconds in all: 1 and 8 connections, 1 s each, no scale, few CLI runs (CI).")
     var smoke = false
 
@@ -69,14 +71,15 @@ struct Bench: ParsableCommand {
                 : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), audited),
             ("denied read", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/other/x", nil) }, token: try audited.token(role: "narrow"), expect: 403), audited),
         ]
-        for (name, w, d) in scenarios {
+        let selected = only.map { Set($0.split(separator: ",").map { String($0) }) }
+        for (name, w, d) in scenarios where selected?.contains(name) ?? true {
             for c in conns {
                 let r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)
                 report.add(name, c, r)
                 print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
             }
         }
-        if let redis {
+        if let redis, selected?.contains("redis GET 64 B") ?? true {
             for c in conns {
                 let r = runLoad(RedisWorkload(key: "bench:s64"), socket: redis.socket, connections: c, seconds: duration, serverPID: redis.pid)
                 report.add("redis GET 64 B", c, r)

@@ -146,18 +146,39 @@ final class Daemon {
         keyPath = dir + "/keys/root.key"
         policyPath = dir + "/policy.toml"
         if let policy { try policy.write(toFile: policyPath, atomically: true, encoding: .utf8) }
+        // Keys from `extra` for the tables written here are merged into them (TOML
+        // allows a table only once); other tables are appended.
+        var merged: [String: [String]] = [:]
+        var others: [String] = []
+        var current: String?
+        for line in extra.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+            if line.hasPrefix("[") && !line.hasPrefix("[[") {
+                let name = line.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
+                current = ["server", "storage", "keys", "access"].contains(name) ? name : nil
+                if current == nil { others.append(line) }
+            } else if let c = current {
+                merged[c, default: []].append(line)
+            } else {
+                others.append(line)
+            }
+        }
+        func more(_ t: String) -> String { (merged[t] ?? []).joined(separator: "\n") }
         let config = """
             [server]
             socket = "\(socket)"
             socket_mode = "\(socketMode)"
+            \(more("server"))
             [storage]
             state_dir = "\(dir)/state"
+            \(more("storage"))
             [keys]
             key_file = "\(keyPath)"
+            \(more("keys"))
             [access]
             admin_group = ""
             policy_file = "\(policyPath)"
-            \(extra)
+            \(more("access"))
+            \(others.joined(separator: "\n"))
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         FileManager.default.createFile(atPath: logPath, contents: nil)
