@@ -36,6 +36,14 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { rawValue }
 
+    private init(rawValue: String, segments: [Segment]) {
+        self.rawValue = rawValue
+        self.segments = segments
+    }
+
+    /// `**`: every path.
+    public static let everything = PathPattern(rawValue: "**", segments: [.any])
+
     /// Does the pattern match this path ("" is the root, for listing)?
     public func matches(_ path: String) -> Bool {
         let parts = path.isEmpty ? [] : path.split(separator: "/", omittingEmptySubsequences: false)

@@ -106,7 +106,7 @@ public struct Policy: Sendable, Equatable {
     /// Built-in policy when no policy file is configured: the listed uids, uid 0 and
     /// the admin group hold role `admin` (every capability on every path).
     public static func adminOnly(uids: [UInt32], group: String?) -> Policy {
-        let rule = Rule(role: "admin", index: 1, pattern: try! PathPattern("**"),  // constant, valid
+        let rule = Rule(role: "admin", index: 1, pattern: .everything,
                         capabilities: Set(Capability.allCases), effect: .allow, location: "built-in")
         var subjects: [Subject] = [.uid(0)] + uids.map { .uid($0) }
         if let group { subjects.append(.group(group)) }
