@@ -139,7 +139,7 @@ public final class AuditLog: Sendable {
         stopping.withLock { $0 = true }
         signalWriter(all: true)
         while !state.withLock({ $0.writerDone }) { try? await Task.sleep(for: .milliseconds(5)) }
-        finalCheckpoint()
+        if let cp = checkpointBlocking() { logger.info("audit head signed at shutdown", metadata: ["audit.seq": "\(cp.seq)"]) }
     }
 
     func signalWriter(all: Bool = false) {
@@ -148,32 +148,23 @@ public final class AuditLog: Sendable {
         wake.unlock()
     }
 
-    /// At shutdown the task is cancelled (async database calls would refuse), so the
-    /// last checkpoint is written with a blocking call.
-    func finalCheckpoint() {
-        guard settings.enabled else { return }
+    /// Signs the head with a blocking call: from the writer thread, and at shutdown,
+    /// when the task is cancelled and async database calls would refuse.
+    @discardableResult
+    func checkpointBlocking() -> AuditCheckpoint? {
+        guard settings.enabled else { return nil }
         let key = signingKey
         do {
-            if let cp = try store.checkpointAuditNow(now: SecretEngine.nowMillis(), sign: { seq, hash, time in
-                try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
-            }) {
-                logger.info("audit head signed at shutdown", metadata: ["audit.seq": "\(cp.seq)"])
-            }
-        } catch {
-            logger.error("cannot sign the audit head at shutdown", metadata: ["error": "\(AuditLog.describe(error))"])
-        }
-    }
-
-    /// Signs the head from the writer thread (blocking).
-    func checkpointBlocking() {
-        let key = signingKey
-        do {
-            _ = try store.checkpointAuditNow(now: SecretEngine.nowMillis()) { seq, hash, time in
+            let cp = try store.checkpointAuditNow(now: SecretEngine.nowMillis()) { seq, hash, time in
                 try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
             }
             state.withLock { $0.sinceCheckpoint = 0; $0.degraded = nil }
+            return cp
         } catch {
-            state.withLock { $0.degraded = AuditLog.describe(error) }
+            let reason = AuditLog.describe(error)
+            state.withLock { $0.degraded = reason }
+            logger.error("cannot sign the audit head", metadata: ["error": "\(reason)"])
+            return nil
         }
     }
 

@@ -117,28 +117,23 @@ extension Store {
     /// Signs the current head if it moved since the last checkpoint. The head is read
     /// and the checkpoint written in one transaction, so it always matches the chain.
     public func checkpointAudit(now: Int64, sign: @escaping @Sendable (Int64, [UInt8], Int64) throws -> AuditCheckpoint) async throws -> AuditCheckpoint? {
-        try await pool.write { db in
-            let (seq, hash) = try Store.auditHead(db)
-            let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
-            guard seq > last else { return nil }
-            let cp = try sign(seq, hash, now)
-            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
-                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
-            return cp
-        }
+        try await pool.write { db in try Store.checkpointIfMoved(db, now: now, sign: sign) }
     }
 
-    /// The same, blocking: for shutdown, when the calling task is already cancelled.
+    /// The same, blocking: for the audit writer thread and for shutdown, when the
+    /// calling task is already cancelled.
     public func checkpointAuditNow(now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
-        try pool.write { db in
-            let (seq, hash) = try Store.auditHead(db)
-            let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
-            guard seq > last else { return nil }
-            let cp = try sign(seq, hash, now)
-            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
-                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
-            return cp
-        }
+        try pool.write { db in try Store.checkpointIfMoved(db, now: now, sign: sign) }
+    }
+
+    static func checkpointIfMoved(_ db: Database, now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
+        let (seq, hash) = try auditHead(db)
+        let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
+        guard seq > last else { return nil }
+        let cp = try sign(seq, hash, now)
+        try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
+                       arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
+        return cp
     }
 
     static func event(_ r: Row) -> AuditEvent {
