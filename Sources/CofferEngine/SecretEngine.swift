@@ -26,6 +26,7 @@ public final class SecretEngine: Sendable {
     public let tokens: TokenService
     public let principals = PrincipalResolver()
     public let audit: AuditLog
+    let cache = CiphertextCache(limit: 10_000)
     public let limits: Limits
     public let logger: Logger
     public let startedAt = Date()
@@ -96,6 +97,7 @@ public final class SecretEngine: Sendable {
     /// is wiped by SecretBytes' deinit.
     public func put(_ p: Principal, _ path: SecretPath, value: SecretBytes, cas: Int?) async throws(CofferError) -> VersionRecord {
         try authorize(p, .write, path)
+        defer { cache.invalidate(path) }  // after the commit (or a failure): no stale row stays cached
         guard value.count <= limits.maxValueBytes else {
             throw CofferError(.valueTooLarge, "the value is \(value.count) bytes; the limit is \(limits.maxValueBytes)",
                               hint: "raise limits.max_value_bytes (at most 1 MiB)")
@@ -124,10 +126,19 @@ public final class SecretEngine: Sendable {
     public func get(_ p: Principal, _ path: SecretPath, version: Int?) throws(CofferError) -> ReadResult {
         try authorize(p, .read, path)
         if let version, version < 1 { throw CofferError(.invalidVersion, "version must be 1 or more") }
-        guard let (current, stored) = try storeCall({ try store.version(path, version) }) else {
-            throw CofferError(.notFound, "no secret at \(path)")
+        let generation = cache.generation
+        let cached = cache.lookup(path, version)
+        let found: (current: Int, stored: StoredVersion?)
+        if let cached {
+            found = (cached.current, cached.stored)
+        } else {
+            guard let row = try storeCall({ try store.version(path, version) }) else {
+                throw CofferError(.notFound, "no secret at \(path)")
+            }
+            found = row
         }
-        guard let stored else {
+        let current = found.current
+        guard let stored = found.stored else {
             throw CofferError(.notFound, "\(path) has no version \(version ?? current)", hint: "see coffer secret versions \(path)")
         }
         switch stored.meta.state {
@@ -144,6 +155,7 @@ public final class SecretEngine: Sendable {
         }
         do {
             let value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
+            if cached == nil { cache.insert(path, current: current, stored, ifGeneration: generation) }
             return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
         } catch {
             logger.error("integrity check failed", metadata: ["secret.path": "\(path)", "secret.version": "\(stored.meta.version)"])
@@ -186,6 +198,7 @@ public final class SecretEngine: Sendable {
         guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
         if try storeCall({ try store.secret(path) }) == nil { throw CofferError(.notFound, "no secret at \(path)") }
         let now = SecretEngine.nowMillis()
+        defer { cache.invalidate(path) }  // also when the change failed halfway
         let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, audit: auditScopeForWrite()) }
         logger.info("secret versions changed", metadata: [
             "peer.uid": "\(p.uid)", "secret.path": "\(path)", "change": "\(action.rawValue)", "versions": "\(versions)",

@@ -184,6 +184,46 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         await expectCode(.notFound) { _ = try e.metadata(admin, try SecretPath("big")) }
     }
 
+    /// Reads served from the ciphertext cache never go stale: a reader racing 100
+    /// writes only ever sees versions move forward, and after each state change the
+    /// next read reflects it.
+    @Test func cachedReadsFollowEveryWrite() async throws {
+        let f = try Fixture(maxVersions: 1000)
+        let e = try await f.engine()
+        let p = try SecretPath("hot/key")
+        _ = try await e.put(admin, p, value: bytes("v1"), cas: nil)
+        let stale = try await withThrowingTaskGroup(of: Int.self) { g in
+            g.addTask {
+                for i in 2...100 {
+                    _ = try await e.put(admin, p, value: try bytes("v\(i)"), cas: nil)
+                    // read-your-write, through the cache
+                    guard text(try e.get(admin, p, version: nil).value) == "v\(i)" else { return 1 }
+                }
+                return 0
+            }
+            for _ in 0..<3 {
+                g.addTask {
+                    var last = 0
+                    var backwards = 0
+                    for _ in 0..<400 {
+                        let v = try e.get(admin, p, version: nil).meta.version
+                        if v < last { backwards += 1 }
+                        last = v
+                    }
+                    return backwards
+                }
+            }
+            return try await g.reduce(0, +)
+        }
+        #expect(stale == 0)
+        #expect(text(try e.get(admin, p, version: nil).value) == "v100")
+        #expect(text(try e.get(admin, p, version: 7).value) == "v7")
+        _ = try await e.change(admin, .delete, p, versions: [])
+        await expectCode(.notFound) { _ = try e.get(admin, p, version: nil) }
+        _ = try await e.change(admin, .destroy, p, versions: [7])
+        await expectCode(.notFound) { _ = try e.get(admin, p, version: 7) }
+    }
+
     @Test func outsidersAreDeniedEverythingAndChangeNothing() async throws {
         let f = try Fixture()
         let e = try await f.engine()
