@@ -1,0 +1,92 @@
+import CofferAPI
+import CofferAudit
+import CofferCore
+import CofferEngine
+import CofferStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// /v1/audit: reading, verifying, exporting and pruning the trail.
+extension APIResponder {
+    func auditRoute(_ route: Route, _ request: Request, _ context: Context, _ principal: Principal) async throws(CofferError) -> Response {
+        let method = request.method
+        switch route {
+        case .auditEvents:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
+            let q = request.uri.queryParameters
+            var f = AuditFilter()
+            f.limit = 1000
+            if let v = q["after"] { guard let n = Int64(v), n >= 0 else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
+            if let v = q["limit"] { guard let n = Int(v), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
+            if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
+            if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
+            if let v = q["user"] { f.user = String(v.prefix(256)) }
+            if let v = q["uid"] { guard let n = UInt32(v) else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
+            if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
+            if let v = q["action"] { f.action = String(v.prefix(64)) }
+            if let v = q["decision"] {
+                guard ["allow", "deny", "none"].contains(v) else { throw CofferError(.invalidParameter, "decision must be allow, deny or none") }
+                f.decision = String(v)
+            }
+            let events = try engine.auditEvents(principal, f)
+            return ErrorMapping.json(AuditEventsResponse(events: events.map(Self.wire), nextAfter: events.count == f.limit ? events.last?.seq : nil))
+        case .auditVerify:
+            try allow(method, [.get, .post], "GET")
+            try noQuery(request, allowed: [])
+            switch try await engine.auditVerify(principal) {
+            case .ok(let count, let head, let hash, let cps):
+                return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
+            case .bad(let seq, let problem):
+                return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
+            }
+        case .auditExport:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let chain = try await engine.auditExport(principal)
+            var text = ""
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            for ev in chain.events {
+                if let d = try? e.encode(["event": Self.wire(ev)]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+            }
+            for cp in chain.checkpoints {
+                let o: [String: String] = ["seq": String(cp.seq), "hash": Hex.encode(cp.hash), "time": Timestamp.string(millis: cp.time), "signature": Hex.encode(cp.signature)]
+                if let d = try? e.encode(["checkpoint": o]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+            }
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        case .auditPrune:
+            try allow(method, [.post], "POST")
+            try noQuery(request, allowed: [])
+            guard let body: AuditPruneRequest = try await decodeBody(request, context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq)))
+        default:
+            try allow(method, [.get], "GET")
+            try noQuery(request, allowed: [])
+            let key = try engine.auditPublicKey(principal)
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: AuditKeyFile.encode(key))))
+        }
+    }
+
+    static func parseTime(_ s: String, _ name: String) throws(CofferError) -> Int64 {
+        if let n = Int64(s) { return n * 1000 }  // unix seconds
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
+        throw CofferError(.invalidParameter, "\(name) must be unix seconds or an RFC 3339 time like 2026-11-29T10:00:00Z")
+    }
+
+    static func wire(_ e: AuditEvent) -> AuditEventWire {
+        AuditEventWire(seq: e.seq, time: Timestamp.string(millis: e.time), requestID: e.requestID,
+                       peer: .init(pid: e.peerPID, uid: e.peerUID, user: e.peerUser), tokenAccessor: e.tokenAccessor,
+                       method: e.method, action: e.action, path: e.path, decision: e.decision, rule: e.rule, outcome: e.outcome,
+                       status: e.status, errorCode: e.errorCode, prevHash: Hex.encode(e.prevHash), hash: Hex.encode(e.hash))
+    }
+
+}
