@@ -19,6 +19,7 @@ public struct TokenService: Sendable {
     let audit: AuditLog
     let logger: Logger
     let mapError: @Sendable (any Error) -> CofferError
+    let cache = TokenCache()
 
     public struct Created: Sendable {
         /// The token itself: returned once, never stored.
@@ -130,9 +131,13 @@ public struct TokenService: Sendable {
             throw CofferError(.tokenUnknown, "the token is not valid", hint: "tokens start with \(TokenService.prefix); check COFFER_TOKEN / the token file")
         }
         let h = hash(token)
-        let found: TokenRecord?
-        do { found = try store.token(hash: h) } catch {
-            throw CofferError(.storage, "the database could not complete the request")
+        let generation = cache.generation
+        var found = cache.lookup(h)
+        if found == nil {
+            do { found = try store.token(hash: h) } catch {
+                throw CofferError(.storage, "the database could not complete the request")
+            }
+            if let t = found { cache.insert(t, ifGeneration: generation) }
         }
         guard let t = found, Hashing.constantTimeEquals([UInt8](t.hash), [UInt8](h)) else {
             throw CofferError(.tokenUnknown, "the token is not valid")
