@@ -13,6 +13,9 @@ public final class Store: Sendable {
     public init(path: String, durability: CofferConfig.Durability) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
+        // Reads run on the few threads of the cooperative pool: more readers than
+        // cores only add page caches (memory) without adding throughput.
+        config.maximumReaderCount = max(2, ProcessInfo.processInfo.activeProcessorCount)
         config.prepareDatabase { db in
             // Deleted rows (destroyed versions) are overwritten with zeros in the file.
             try db.execute(sql: "PRAGMA secure_delete = ON")
