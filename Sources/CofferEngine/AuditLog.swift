@@ -139,7 +139,7 @@ public final class AuditLog: Sendable {
         stopping.withLock { $0 = true }
         signalWriter(all: true)
         while !state.withLock({ $0.writerDone }) { try? await Task.sleep(for: .milliseconds(5)) }
-        if let cp = checkpointBlocking() { logger.info("audit head signed at shutdown", metadata: ["audit.seq": "\(cp.seq)"]) }
+        if let cp = try? checkpointNow() { logger.info("audit head signed at shutdown", metadata: ["audit.seq": "\(cp.seq)"]) }
     }
 
     func signalWriter(all: Bool = false) {
@@ -148,10 +148,13 @@ public final class AuditLog: Sendable {
         wake.unlock()
     }
 
-    /// Signs the head with a blocking call: from the writer thread, and at shutdown,
-    /// when the task is cancelled and async database calls would refuse.
+    /// Signs the head if it moved, with a blocking call: from the writer thread, the
+    /// timer, verify/export, and at shutdown (when the task is cancelled and async
+    /// database calls would refuse). A failure marks the log degraded; a success
+    /// clears it, which is how a degraded log notices the disk is writable again when
+    /// no request comes.
     @discardableResult
-    func checkpointBlocking() -> AuditCheckpoint? {
+    public func checkpointNow() throws(CofferError) -> AuditCheckpoint? {
         guard settings.enabled else { return nil }
         let key = signingKey
         do {
@@ -164,7 +167,7 @@ public final class AuditLog: Sendable {
             let reason = AuditLog.describe(error)
             state.withLock { $0.degraded = reason }
             logger.error("cannot sign the audit head", metadata: ["error": "\(reason)"])
-            return nil
+            throw CofferError(.auditUnavailable, "cannot write an audit checkpoint: \(reason)")
         }
     }
 
@@ -185,7 +188,7 @@ public final class AuditLog: Sendable {
             }
             if batch.isEmpty {
                 if stopping.withLock({ $0 }) { break }
-                if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { checkpointBlocking() }
+                if state.withLock({ $0.sinceCheckpoint }) >= settings.checkpointEvents { _ = try? checkpointNow() }
                 continue
             }
             do {
@@ -197,7 +200,7 @@ public final class AuditLog: Sendable {
                 }
                 for w in batch { w.continuation.resume() }
                 mirror(committed)
-                if due { checkpointBlocking() }
+                if due { _ = try? checkpointNow() }
             } catch {
                 let reason = AuditLog.describe(error)
                 let wasHealthy = state.withLock { s in
@@ -219,26 +222,7 @@ public final class AuditLog: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(settings.checkpointSeconds))
             if Task.isCancelled { break }
-            _ = try? await checkpointNow()
-        }
-    }
-
-    /// Signs the current head if it moved. Also the way a degraded log notices that
-    /// the disk is writable again when no request comes.
-    @discardableResult
-    public func checkpointNow() async throws(CofferError) -> AuditCheckpoint? {
-        guard settings.enabled else { return nil }
-        let key = signingKey
-        do {
-            let cp = try await store.checkpointAudit(now: SecretEngine.nowMillis()) { seq, hash, time in
-                try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
-            }
-            state.withLock { $0.sinceCheckpoint = 0; $0.degraded = nil }
-            return cp
-        } catch {
-            let reason = AuditLog.describe(error)
-            state.withLock { $0.degraded = reason }
-            throw CofferError(.auditUnavailable, "cannot write an audit checkpoint: \(reason)")
+            _ = try? checkpointNow()
         }
     }
 
@@ -265,7 +249,7 @@ public final class AuditLog: Sendable {
                 running = e.hash
                 expected += 1
             }
-            try await checkpointNow()
+            try checkpointNow()
             logger.notice("signed audit events written since the last checkpoint", metadata: ["audit.events": "\(tail.count)"])
         } catch let e as CofferError {
             throw e

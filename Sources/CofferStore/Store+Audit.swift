@@ -116,12 +116,7 @@ extension Store {
 
     /// Signs the current head if it moved since the last checkpoint. The head is read
     /// and the checkpoint written in one transaction, so it always matches the chain.
-    public func checkpointAudit(now: Int64, sign: @escaping @Sendable (Int64, [UInt8], Int64) throws -> AuditCheckpoint) async throws -> AuditCheckpoint? {
-        try await pool.write { db in try Store.checkpointIfMoved(db, now: now, sign: sign) }
-    }
-
-    /// The same, blocking: for the audit writer thread and for shutdown, when the
-    /// calling task is already cancelled.
+    /// Blocking: the audit writer thread and shutdown (a cancelled task) call it too.
     public func checkpointAuditNow(now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
         try pool.write { db in try Store.checkpointIfMoved(db, now: now, sign: sign) }
     }
