@@ -27,6 +27,7 @@ let package = Package(
     targets: [
         // C shims
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CCofferLinux"),
 
         // Libraries, dependencies pointing down only.
@@ -78,7 +79,7 @@ let package = Package(
         .executableTarget(
             name: "coffer",
             dependencies: [
-                "CofferClient", "CofferAPI", "CofferCore", "CofferAudit", "CofferStore", "CofferCrypto",
+                "CofferClient", "CofferAPI", "CofferCore", "CofferAudit", "CofferCrypto", "CSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -166,21 +166,6 @@ extension Store {
         }
     }
 
-    /// Reads the chain from a database file without the daemon (read-only).
-    public static func readAuditChain(path: String) throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
-        var config = Configuration()
-        config.readonly = true
-        let queue = try DatabaseQueue(path: path, configuration: config)
-        defer { try? queue.close() }
-        return try queue.read { db in
-            let events = try Row.fetchAll(db, sql: "SELECT * FROM audit_event ORDER BY seq").map(Store.event)
-            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map {
-                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
-            }
-            return (events, cps)
-        }
-    }
-
     /// Deletes events up to a checkpoint, which stays as the anchor the rest of the
     /// chain verifies from. Returns the number of events removed.
     public func pruneAudit(throughCheckpoint seq: Int64) async throws -> Int {

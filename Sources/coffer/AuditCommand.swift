@@ -3,7 +3,6 @@ import CofferAPI
 import CofferAudit
 import CofferClient
 import CofferCore
-import CofferStore
 import Foundation
 
 struct AuditCommand: ParsableCommand {
@@ -55,7 +54,7 @@ extension AuditCommand {
                         throw CofferError(.invalidParameter, "\(pubkey) is not a Coffer audit public key")
                     }
                     let chain: (events: [AuditEvent], checkpoints: [AuditCheckpoint])
-                    do { chain = try Store.readAuditChain(path: db) } catch {
+                    do { chain = try AuditDatabase.readChain(path: db) } catch {
                         throw CofferError(.invalidParameter, "cannot read the audit trail in \(db): \(error)")
                     }
                     switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key) {
