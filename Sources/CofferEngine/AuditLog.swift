@@ -291,15 +291,13 @@ public final class AuditLog: Sendable {
     /// is reported in health.
     func mirror(_ events: [AuditEvent]) {
         guard !settings.mirror.isEmpty, !events.isEmpty else { return }
-        var lines = ""
-        for e in events { lines += AuditJSON.line(e) + "\n" }
         if settings.mirror == "syslog" {
             for e in events { coffer_syslog(LOG_INFO, AuditJSON.line(e)) }
             return
         }
         let fd = state.withLock { $0.mirrorFD }
         guard fd >= 0 else { return }
-        let bytes = Array(lines.utf8)
+        let bytes = Array(events.map { AuditJSON.line($0) + "\n" }.joined().utf8)
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         state.withLock { $0.mirrorError = n == bytes.count ? nil : "write failed: \(String(cString: strerror(errno)))" }
     }

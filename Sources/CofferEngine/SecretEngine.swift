@@ -196,7 +196,6 @@ public final class SecretEngine: Sendable {
         try authorize(p, action, path)
         guard versions.allSatisfy({ $0 >= 1 }) else { throw CofferError(.invalidVersion, "versions must be 1 or more") }
         guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
-        if try storeCall({ try store.secret(path) }) == nil { throw CofferError(.notFound, "no secret at \(path)") }
         let now = SecretEngine.nowMillis()
         defer { cache.invalidate(path) }  // also when the change failed halfway
         let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, audit: auditScopeForWrite()) }
