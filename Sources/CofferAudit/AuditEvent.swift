@@ -23,10 +23,13 @@ public struct AuditEvent: Sendable, Equatable {
     public var errorCode: String?
     public var prevHash: [UInt8]
     public var hash: [UInt8]
+    /// The daemon's MAC over `hash` (AuditMAC); nil for events written before MACs.
+    /// Not part of the hash: the chain stays verifiable without the daemon's key.
+    public var mac: [UInt8]?
 
     public init(seq: Int64, time: Int64, requestID: String, peerPID: Int32, peerUID: UInt32, peerUser: String?,
                 tokenAccessor: String?, method: String, action: String, path: String?, decision: String, rule: String?,
-                outcome: String, status: Int, errorCode: String?, prevHash: [UInt8] = [], hash: [UInt8] = []) {
+                outcome: String, status: Int, errorCode: String?, prevHash: [UInt8] = [], hash: [UInt8] = [], mac: [UInt8]? = nil) {
         self.seq = seq
         self.time = time
         self.requestID = requestID
@@ -44,6 +47,7 @@ public struct AuditEvent: Sendable, Equatable {
         self.errorCode = errorCode
         self.prevHash = prevHash
         self.hash = hash
+        self.mac = mac
     }
 
     public static let genesis = [UInt8](repeating: 0, count: 32)
@@ -112,11 +116,44 @@ public enum AuditVerifier {
     /// sequence number: a gap, a reordering, an edited event, a checkpoint that does
     /// not match or is not validly signed, a truncated tail, or unsigned events after
     /// the last checkpoint.
-    public static func verify(events: [AuditEvent], checkpoints: [AuditCheckpoint], publicKey: [UInt8]) -> AuditVerdict {
+    ///
+    /// With an `anchor` (the signed head anchor kept beside the database) it also
+    /// reports a trail truncated back before the anchored checkpoint, events deleted
+    /// without prune, and emptied tables. With `mac` (only the daemon holds the key)
+    /// every event after the anchor's `legacyThrough` must carry a valid MAC, so a
+    /// rewritten or forged event is named even where the chain was recomputed.
+    public static func verify(events: [AuditEvent], checkpoints: [AuditCheckpoint], publicKey: [UInt8],
+                              anchor: AuditAnchor? = nil, mac: AuditMAC? = nil) -> AuditVerdict {
         let cps = checkpoints.sorted { $0.seq < $1.seq }
         for cp in cps where !cp.isValid(publicKey: publicKey) {
             return .bad(seq: cp.seq, problem: "the checkpoint at seq \(cp.seq) has a bad signature")
         }
+        if let anchor {
+            guard anchor.isValid(publicKey: publicKey) else {
+                return .bad(seq: anchor.seq, problem: "the head anchor has a bad signature")
+            }
+            if anchor.seq > 0 {
+                guard let cp = cps.first(where: { $0.seq == anchor.seq }) else {
+                    return .bad(seq: anchor.seq, problem: "truncated: the head anchor names the checkpoint at seq \(anchor.seq), which is missing")
+                }
+                guard cp.hash == anchor.hash else {
+                    return .bad(seq: anchor.seq, problem: "the checkpoint at seq \(anchor.seq) differs from the head anchor (the log was rewritten)")
+                }
+            }
+            if let first = events.first, first.seq - 1 > anchor.prunedThrough {
+                return .bad(seq: anchor.prunedThrough + 1, problem: "events \(anchor.prunedThrough + 1)...\(first.seq - 1) were deleted without prune")
+            }
+        }
+        if let mac {
+            let legacy = anchor?.legacyThrough ?? 0
+            for e in events where e.seq > legacy && !mac.isValid(e) {
+                return .bad(seq: e.seq, problem: "event \(e.seq) was not written by this cofferd (its MAC does not match)")
+            }
+        }
+        return verifyChain(events, cps)
+    }
+
+    static func verifyChain(_ events: [AuditEvent], _ cps: [AuditCheckpoint]) -> AuditVerdict {
         var expected: Int64 = 1
         var running = AuditEvent.genesis
         var lastSigned: Int64 = 0

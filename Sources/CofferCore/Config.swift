@@ -15,6 +15,9 @@ public struct CofferConfig: Sendable, Equatable {
     public var socketGroup: String? = nil
     /// Open connections at once; more wait in the listen backlog.
     public var maxConnections: Int = 512
+    /// Open connections of one peer uid at once (the rest are closed at accept), so
+    /// that one local user cannot take every connection.
+    public var maxConnectionsPerUID: Int = 64
     /// Seconds a connection may sit without a complete request part (cuts slow headers).
     public var idleTimeoutSeconds: Int = 60
     /// Seconds from a request's head to its end (cuts slow bodies).
@@ -88,8 +91,10 @@ public struct CofferConfig: Sendable, Equatable {
         var r = TableReader(table: root, file: file, name: "")
         try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "log"])
         if var t = try r.table("server") {
-            try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "idle_timeout", "request_timeout", "max_header_bytes"])
+            try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "max_connections_per_uid", "idle_timeout",
+                             "request_timeout", "max_header_bytes"])
             if let v = try t.integer("max_connections", in: 1...100_000) { c.maxConnections = Int(v) }
+            if let v = try t.integer("max_connections_per_uid", in: 1...100_000) { c.maxConnectionsPerUID = Int(v) }
             if let v = try t.integer("idle_timeout", in: 1...86400) { c.idleTimeoutSeconds = Int(v) }
             if let v = try t.integer("request_timeout", in: 1...3600) { c.requestTimeoutSeconds = Int(v) }
             if let v = try t.integer("max_header_bytes", in: 1024...1_048_576) { c.maxHeaderBytes = Int(v) }

@@ -11,23 +11,49 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
     public let rawValue: String
     let segments: [Segment]
 
+    /// Bounds that keep matching cheap and patterns reviewable (invariant 6). Matching
+    /// is linear in path × pattern whatever the pattern (an NFA walk, no backtracking);
+    /// these bounds also keep the constant small and are checked at parse time, for
+    /// policy files and token paths alike.
+    public static let maxSegments = SecretPath.maxDepth
+    public static let maxDoubleStars = 4
+    public static let maxStarsPerSegment = 8
+
     public init(_ raw: String) throws(CofferError) {
         guard !raw.isEmpty, raw.utf8.count <= SecretPath.maxLength else {
             throw CofferError(.invalidParameter, "a path pattern must be 1...\(SecretPath.maxLength) bytes")
         }
         var segs: [Segment] = []
+        var doubleStars = 0
         for part in raw.split(separator: "/", omittingEmptySubsequences: false) {
             if part.isEmpty { throw CofferError(.invalidParameter, "pattern '\(raw)' has an empty segment") }
-            if part == "**" { segs.append(.any); continue }
+            if part == "**" {
+                doubleStars += 1
+                guard doubleStars <= Self.maxDoubleStars else {
+                    throw CofferError(.invalidParameter, "pattern '\(raw.prefix(64))' is too complex: at most \(Self.maxDoubleStars) '**' segments")
+                }
+                if case .any? = segs.last {
+                    throw CofferError(.invalidParameter, "pattern '\(raw.prefix(64))' has two '**' segments in a row", hint: "one '**' already matches any number of segments")
+                }
+                segs.append(.any)
+                continue
+            }
             if part.contains("**") { throw CofferError(.invalidParameter, "pattern '\(raw)': '**' must be a whole segment") }
             if part == "." || part == ".." { throw CofferError(.invalidParameter, "pattern '\(raw)' has a '.' or '..' segment") }
             for b in part.utf8 where !(SecretPath.isAllowed(b) || b == UInt8(ascii: "*")) {
                 throw CofferError(.invalidParameter, "pattern '\(raw)' has a character outside [A-Za-z0-9._-*/]")
             }
             if part.contains("*") {
-                segs.append(.glob(part.split(separator: "*", omittingEmptySubsequences: false)))
+                let pieces = part.split(separator: "*", omittingEmptySubsequences: false)
+                guard pieces.count - 1 <= Self.maxStarsPerSegment else {
+                    throw CofferError(.invalidParameter, "pattern '\(raw.prefix(64))' is too complex: at most \(Self.maxStarsPerSegment) '*' in one segment")
+                }
+                segs.append(.glob(pieces))
             } else {
                 segs.append(.literal(String(part)))
+            }
+            guard segs.count <= Self.maxSegments else {
+                throw CofferError(.invalidParameter, "pattern '\(raw.prefix(64))' has more than \(Self.maxSegments) segments")
             }
         }
         rawValue = raw
@@ -44,29 +70,39 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
     /// `**`: every path.
     public static let everything = PathPattern(rawValue: "**", segments: [.any])
 
-    /// Does the pattern match this path ("" is the root, for listing)?
+    /// Does the pattern match this path ("" is the root, for listing)? An NFA walk:
+    /// the set of pattern positions reachable after each path segment, so the cost is
+    /// at most (path segments) × (pattern segments) segment tests, never exponential.
     public func matches(_ path: String) -> Bool {
-        let parts = path.isEmpty ? [] : path.split(separator: "/", omittingEmptySubsequences: false)
-        return Self.match(segments[...], parts[...])
+        let m = segments.count
+        var states = [Bool](repeating: false, count: m + 1)
+        var next = states
+        states[0] = true
+        Self.closeOverDoubleStars(&states, segments)
+        if !path.isEmpty {
+            for part in path.split(separator: "/", omittingEmptySubsequences: false) {
+                for i in 0...m { next[i] = false }
+                var any = false
+                for i in 0..<m where states[i] {
+                    switch segments[i] {
+                    case .any: next[i] = true; any = true  // ** consumes this segment and may take more
+                    case .literal(let l) where part == l: next[i + 1] = true; any = true
+                    case .glob(let pieces) where Self.globMatch(pieces, part): next[i + 1] = true; any = true
+                    default: break
+                    }
+                }
+                guard any else { return false }
+                Self.closeOverDoubleStars(&next, segments)
+                swap(&states, &next)
+            }
+        }
+        return states[m]
     }
 
-    static func match(_ p: ArraySlice<Segment>, _ s: ArraySlice<Substring>) -> Bool {
-        guard let first = p.first else { return s.isEmpty }
-        switch first {
-        case .any:
-            // ** takes zero or more segments
-            var rest = s
-            while true {
-                if match(p.dropFirst(), rest) { return true }
-                guard !rest.isEmpty else { return false }
-                rest = rest.dropFirst()
-            }
-        case .literal(let l):
-            guard let head = s.first, head == l else { return false }
-            return match(p.dropFirst(), s.dropFirst())
-        case .glob(let parts):
-            guard let head = s.first, globMatch(parts, head) else { return false }
-            return match(p.dropFirst(), s.dropFirst())
+    /// A `**` may also take no segment: reaching it means reaching what follows it.
+    static func closeOverDoubleStars(_ states: inout [Bool], _ segments: [Segment]) {
+        for i in 0..<segments.count where states[i] {
+            if case .any = segments[i] { states[i + 1] = true }
         }
     }
 
@@ -85,48 +121,60 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
 
     /// Conservative containment: true only if every path this pattern matches is
     /// also matched by `other` (used so that a token can only narrow its creator's).
+    /// Memoised over (position in self, position in other): polynomial, never
+    /// exponential, however many `**` either side has.
     public func isCovered(by other: PathPattern) -> Bool {
-        Self.covered(segments[...], other.segments[...])
+        var memo: [Int: Bool] = [:]
+        return Self.covered(segments, 0, other.segments, 0, &memo)
     }
 
-    static func covered(_ a: ArraySlice<Segment>, _ b: ArraySlice<Segment>) -> Bool {
-        guard let bf = b.first else { return a.isEmpty }
-        if case .any = bf {
+    static func covered(_ a: [Segment], _ i: Int, _ b: [Segment], _ j: Int, _ memo: inout [Int: Bool]) -> Bool {
+        let key = i * (b.count + 1) + j
+        if let known = memo[key] { return known }
+        let result: Bool
+        if j == b.count {
+            result = i == a.count
+        } else if case .any = b[j] {
             // b's ** absorbs zero or more of a's segments (any kind)
-            var rest = a
-            while true {
-                if covered(rest, b.dropFirst()) { return true }
-                guard !rest.isEmpty else { return false }
-                rest = rest.dropFirst()
+            result = (i...a.count).contains { covered(a, $0, b, j + 1, &memo) }
+        } else if i == a.count {
+            result = false
+        } else {
+            switch (a[i], b[j]) {
+            case (.literal(let x), .literal(let y)):
+                result = x == y && covered(a, i + 1, b, j + 1, &memo)
+            case (.literal(let x), .glob(let parts)):
+                result = globMatch(parts, x[...]) && covered(a, i + 1, b, j + 1, &memo)
+            case (.glob(let ap), .glob(let bp)):
+                // a glob is covered by b's glob only when b is the bare '*' or they are equal
+                result = (bp == ["", ""] || ap == bp) && covered(a, i + 1, b, j + 1, &memo)
+            default:
+                result = false  // a's ** under a non-** segment of b, or a glob under a literal
             }
         }
-        guard let af = a.first else { return false }
-        switch (af, bf) {
-        case (.literal(let x), .literal(let y)):
-            return x == y && covered(a.dropFirst(), b.dropFirst())
-        case (.literal(let x), .glob(let parts)):
-            return globMatch(parts, x[...]) && covered(a.dropFirst(), b.dropFirst())
-        case (.glob(let ap), .glob(let bp)):
-            // a glob is covered by b's glob only when b is the bare '*' or they are equal
-            return (bp == ["", ""] || ap == bp) && covered(a.dropFirst(), b.dropFirst())
-        default:
-            return false  // a's ** under a non-** segment of b, or a glob under a literal
-        }
+        memo[key] = result
+        return result
     }
 }
 
 /// Durations in policy and tokens: "90s", "30m", "1h", "2h30m", "7d".
 public enum DurationText {
+    /// The longest duration accepted anywhere (ten years): every caller's bound is
+    /// below it, and nothing computed from it can overflow.
+    public static let maxSeconds = 10 * 365 * 86400
+
+    /// Parses with checked arithmetic: nil for anything malformed, zero, or longer
+    /// than `maxSeconds` (never a trap, whatever the digits).
     public static func seconds(_ s: String) -> Int? {
-        guard !s.isEmpty else { return nil }
+        guard !s.isEmpty, s.utf8.count <= 32 else { return nil }
         var total = 0
         var number = 0
         var digits = 0
         for c in s {
             if let d = c.wholeNumberValue, c.isASCII {
-                number = number &* 10 &+ d
                 digits += 1
                 guard digits <= 9 else { return nil }
+                number = number * 10 + d  // at most 9 digits: cannot overflow
                 continue
             }
             guard digits > 0 else { return nil }
@@ -138,7 +186,10 @@ public enum DurationText {
             case "d": unit = 86400
             default: return nil
             }
-            total += number * unit
+            let (part, o1) = number.multipliedReportingOverflow(by: unit)
+            let (sum, o2) = total.addingReportingOverflow(part)
+            guard !o1, !o2, sum <= maxSeconds else { return nil }
+            total = sum
             number = 0
             digits = 0
         }

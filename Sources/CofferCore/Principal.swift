@@ -29,22 +29,67 @@ public struct Principal: Sendable, Equatable {
     }
 }
 
-/// What a token carries: the only roles (and, optionally, paths) it grants.
+/// What a token carries: the only roles (and, optionally, paths) it grants, and the
+/// authority it narrows. A token can only ever narrow: a request made with it is
+/// allowed only if its own roles and paths allow it, every ancestor token's roles
+/// and paths allow it, and the policy as it applies to the uid that minted the
+/// first token of the chain allows it (deny rules included, evaluated live).
 public struct TokenGrant: Sendable, Equatable {
+    /// Roles and paths of one token of the chain.
+    public struct Layer: Sendable, Equatable {
+        public var accessor: String
+        public var roles: [String]
+        /// Empty: no restriction beyond the roles.
+        public var paths: [PathPattern]
+        public init(accessor: String, roles: [String], paths: [PathPattern]) {
+            self.accessor = accessor
+            self.roles = roles
+            self.paths = paths
+        }
+    }
+
+    /// Who minted the chain's first token, as the host's user database says now.
+    public struct Origin: Sendable, Equatable {
+        public var uid: UInt32
+        public var userName: String?
+        public var groupNames: [String]
+        public init(uid: UInt32, userName: String?, groupNames: [String]) {
+            self.uid = uid
+            self.userName = userName
+            self.groupNames = groupNames
+        }
+    }
+
     public var accessor: String
     public var roles: [String]
     /// Empty: no restriction beyond the roles.
     public var paths: [PathPattern]
     public var expiresAt: Int64
     public var boundUID: UInt32?
+    /// Parent first, then its parent, up to the chain's first token.
+    public var ancestors: [Layer]
+    /// nil only for grants made in tests without a creator.
+    public var origin: Origin?
+    /// The daemon's revocation epoch when the chain was checked: a read re-checks the
+    /// chain before its value leaves if any revocation happened since.
+    public var epoch: UInt64 = 0
 
-    public init(accessor: String, roles: [String], paths: [PathPattern], expiresAt: Int64, boundUID: UInt32?) {
+    public init(accessor: String, roles: [String], paths: [PathPattern], expiresAt: Int64, boundUID: UInt32?,
+                ancestors: [Layer] = [], origin: Origin? = nil) {
         self.accessor = accessor
         self.roles = roles
         self.paths = paths
         self.expiresAt = expiresAt
         self.boundUID = boundUID
+        self.ancestors = ancestors
+        self.origin = origin
     }
+
+    /// This token and its ancestors, self first.
+    public var layers: [Layer] { [Layer(accessor: accessor, roles: roles, paths: paths)] + ancestors }
+
+    /// Accessors of the whole chain (checked again inside every write transaction).
+    public var chain: [String] { [accessor] + ancestors.map(\.accessor) }
 }
 
 /// What a request wants to do.
@@ -75,19 +120,50 @@ public protocol Authorizer: Sendable {
 }
 
 /// Evaluates a policy for a principal: a token's roles replace the peer's, and a
-/// token's paths (if any) further restrict; then default deny, deny wins.
+/// token's paths (if any) further restrict; then default deny, deny wins. With a
+/// token, every layer of its chain and its origin must allow (see TokenGrant).
 public struct PolicyEvaluator {
     public static func decide(_ policy: Policy, _ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
-        let roles = p.token?.roles ?? policy.roleNames(for: p)
-        guard let capability = Capability(action: action) else {
-            // status: any caller holding at least one role (or a valid token)
-            return roles.isEmpty ? .deny("no rule matched (no role is bound to this caller)") : .allow("status: holds role \(roles[0])")
+        guard let token = p.token else {
+            let roles = policy.roleNames(for: p)
+            guard let capability = Capability(action: action) else { return statusDecision(roles) }
+            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
         }
+        guard let capability = Capability(action: action) else { return statusDecision(token.roles) }
         let target = path?.rawValue ?? ""
-        if let token = p.token, !token.paths.isEmpty, !capability.isGlobal,
-           !token.paths.contains(where: { $0.matches(target) }) {
-            return .deny("token \(token.accessor): \(target.isEmpty ? "the root" : target) is outside the token's paths")
+        var decided: Decision?
+        for layer in token.layers {
+            let d = decide(policy, layer, capability, target)
+            guard d.allowed else {
+                return layer.accessor == token.accessor ? d : .deny("token \(token.accessor) was made from token \(layer.accessor): \(d.rule)")
+            }
+            if decided == nil { decided = d }
         }
-        return policy.decide(roles: roles, capability: capability, path: target)
+        if let origin = token.origin {
+            let who = Principal(pid: 0, uid: origin.uid, gid: UInt32.max, userName: origin.userName, groups: [], groupNames: origin.groupNames)
+            let d = policy.decide(roles: policy.roleNames(for: who), capability: capability, path: target)
+            guard d.allowed else { return .deny("token \(token.accessor) was made by \(who.displayName), whom the policy denies: \(d.rule)") }
+        }
+        return decided ?? .deny("default deny")
+    }
+
+    /// One token's own grant: its paths (if any), then its roles.
+    static func decide(_ policy: Policy, _ layer: TokenGrant.Layer, _ capability: Capability, _ target: String) -> Decision {
+        if !layer.paths.isEmpty {
+            if capability.isGlobal {
+                // admin and audit reach every path: a path-limited token never carries them
+                guard layer.paths.contains(where: { $0.rawValue == "**" }) else {
+                    return .deny("token \(layer.accessor): \(capability.rawValue) is global and the token is limited to paths")
+                }
+            } else if !layer.paths.contains(where: { $0.matches(target) }) {
+                return .deny("token \(layer.accessor): \(target.isEmpty ? "the root" : target) is outside the token's paths")
+            }
+        }
+        return policy.decide(roles: layer.roles, capability: capability, path: target)
+    }
+
+    /// status: any caller holding at least one role (or a valid token).
+    static func statusDecision(_ roles: [String]) -> Decision {
+        roles.isEmpty ? .deny("no rule matched (no role is bound to this caller)") : .allow("status: holds role \(roles[0])")
     }
 }

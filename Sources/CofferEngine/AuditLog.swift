@@ -36,7 +36,8 @@ public final class AuditLog: Sendable {
 
     struct Waiter {
         var event: AuditEvent
-        var continuation: CheckedContinuation<Void, any Error>
+        /// nil for events nobody waits for (a connection the HTTP layer refused).
+        var continuation: CheckedContinuation<Void, any Error>?
     }
 
     struct State {
@@ -46,6 +47,11 @@ public final class AuditLog: Sendable {
         var sinceCheckpoint = 0
         var mirrorFD: Int32 = -1
         var writerDone = false
+        /// The signed head anchor as last written beside the database.
+        var anchor: AuditAnchor
+        /// Sticky: the trail fails verification (edited outside cofferd); nothing more
+        /// is signed until an operator restores it.
+        var tampered: String?
     }
 
     let store: Store
@@ -53,25 +59,33 @@ public final class AuditLog: Sendable {
     public let publicKey: [UInt8]
     public let settings: Settings
     let logger: Logger
-    private let state = Mutex(State())
+    let anchorFile: String
+    public let mac: AuditMAC
+    private let state: Mutex<State>
     /// Wakes the writer thread (its predicate is `pending` in `state`).
     private let wake = NSCondition()
     private let stopping = Mutex(false)
 
-    init(store: Store, signingKey: SecretBytes, publicKey: [UInt8], settings: Settings, logger: Logger) {
+    init(store: Store, signingKey: SecretBytes, publicKey: [UInt8], settings: Settings, logger: Logger,
+         anchorFile: String, anchor: AuditAnchor, mac: AuditMAC) {
         self.store = store
         self.signingKey = signingKey
         self.publicKey = publicKey
         self.settings = settings
         self.logger = logger
+        self.anchorFile = anchorFile
+        self.mac = mac
+        self.state = Mutex(State(anchor: anchor))
     }
 
     /// Loads the signing key (sealed under the root key) or creates it on first start,
     /// and writes the public key file beside the database.
-    static func open(store: Store, keyring: Keyring, publicKeyFile: String, settings: Settings, logger: Logger) async throws(CofferError) -> AuditLog {
+    static func open(store: Store, keyring: Keyring, publicKeyFile: String, anchorFile: String, reanchor: Bool,
+                     settings: Settings, logger: Logger) async throws(CofferError) -> AuditLog {
         let ad = Array("coffer/v1/audit-signing-key".utf8) + Array(keyring.keyID.utf8)
         var secret: SecretBytes
         var pub: [UInt8]
+        var createdKey = false
         do {
             if let k = try store.auditSigningKey() {
                 secret = try AEAD.open([UInt8](k.sealed), key: keyring.root, associatedData: ad)
@@ -79,6 +93,7 @@ public final class AuditLog: Sendable {
                 guard try Signing.publicKey(of: secret) == pub else { throw CofferError(.integrity, "the audit signing key does not match its public key") }
             } else {
                 (pub, secret) = try Signing.keyPair()
+                createdKey = true
                 let sealed = try AEAD.seal(secret, key: keyring.root, associatedData: ad)
                 try await store.storeAuditSigningKey(keyID: Hex.encode(pub.prefix(8)), publicKey: Data(pub), sealed: Data(sealed), now: SecretEngine.nowMillis())
             }
@@ -96,9 +111,105 @@ public final class AuditLog: Sendable {
             }
             chmod(publicKeyFile, 0o644)
         }
-        let log = AuditLog(store: store, signingKey: secret, publicKey: pub, settings: settings, logger: logger)
+        let anchor = try loadAnchor(store: store, file: anchorFile, fresh: createdKey, reanchor: reanchor, publicKey: pub, key: secret, logger: logger)
+        let log = AuditLog(store: store, signingKey: secret, publicKey: pub, settings: settings, logger: logger,
+                           anchorFile: anchorFile, anchor: anchor, mac: AuditMAC(key: keyring.auditMACKey))
+        if reanchor { try log.writeAnchor(anchor) }
         log.openMirror()
         return log
+    }
+
+    /// The head anchor beside the database. A fresh trail gets the genesis anchor; a
+    /// trail upgraded to MACs (or re-anchored by an operator) is anchored where it
+    /// stands, its events so far marked legacy. A missing or forged anchor of an
+    /// existing trail refuses the start: truncation could not be detected otherwise.
+    static func loadAnchor(store: Store, file: String, fresh: Bool, reanchor: Bool, publicKey: [UInt8], key: SecretBytes,
+                           logger: Logger) throws(CofferError) -> AuditAnchor {
+        let existing = try AuditAnchor.load(beside: store.path)
+        if let existing, !reanchor {
+            guard existing.isValid(publicKey: publicKey) else {
+                throw CofferError(.integrity, "the audit head anchor \(file) is not signed by this trail's key",
+                                  hint: "restore it (and the database) from a backup")
+            }
+            return existing
+        }
+        guard fresh || reanchor || store.upgradedToAuditMAC else {
+            throw CofferError(.integrity, "the audit head anchor \(file) is missing, so a truncated trail could not be detected",
+                              hint: "restore it from a backup; or, having checked the trail, start once with --reanchor-audit")
+        }
+        do {
+            let head = try store.auditHead()
+            let base = try store.auditCheckpoint(seq: head.lastCheckpoint)
+            let first = try store.firstAuditSeq()
+            let legacy = fresh ? 0 : head.seq
+            let a = try AuditAnchor(seq: base?.seq ?? 0, hash: base?.hash ?? AuditEvent.genesis,
+                                    prunedThrough: max(0, (first ?? head.seq + 1) - 1), legacyThrough: legacy,
+                                    time: SecretEngine.nowMillis()).signed(with: key)
+            if reanchor {
+                logger.warning("the audit trail was re-anchored by the operator", metadata: ["audit.seq": "\(head.seq)"])
+            } else {
+                try writeAnchorFile(a, to: file)
+            }
+            return a
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "cannot anchor the audit trail: \(error)")
+        }
+    }
+
+    /// Writes the anchor atomically (temporary file, fsync, rename).
+    static func writeAnchorFile(_ a: AuditAnchor, to file: String) throws(CofferError) {
+        let tmp = file + ".tmp"
+        unlink(tmp)
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw CofferError(.storage, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = Array(a.text.utf8)
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard n == bytes.count, synced, rename(tmp, file) == 0 else {
+            unlink(tmp)
+            throw CofferError(.storage, "cannot write the audit head anchor \(file)")
+        }
+    }
+
+    func writeAnchor(_ a: AuditAnchor) throws(CofferError) {
+        try AuditLog.writeAnchorFile(a, to: anchorFile)
+        state.withLock { $0.anchor = a }
+    }
+
+    public var anchor: AuditAnchor { state.withLock { $0.anchor } }
+
+    /// Checks what is about to be signed: the anchored checkpoint is still there and
+    /// unchanged, the newest checkpoint is validly signed, and every event after it
+    /// chains from it and carries this daemon's MAC (events before the anchor's
+    /// `legacyThrough` predate MACs). Never signs a head it cannot prove it wrote.
+    func verifyBasis(_ b: Store.CheckpointBasis) throws(CofferError) {
+        let anchor = self.anchor
+        func bad(_ seq: Int64, _ problem: String) -> CofferError {
+            CofferError(.integrity, "the audit trail fails verification at seq \(seq): \(problem)",
+                        hint: "it was changed outside cofferd; nothing more is signed until it is restored from a backup")
+        }
+        if anchor.seq > 0 {
+            guard let a = b.anchored else { throw bad(anchor.seq, "the anchored checkpoint is missing (truncated)") }
+            guard a.hash == anchor.hash else { throw bad(anchor.seq, "the anchored checkpoint was rewritten") }
+        }
+        if let base = b.base {
+            guard base.seq >= anchor.seq else { throw bad(base.seq, "the trail ends before its anchored checkpoint (truncated)") }
+            guard base.isValid(publicKey: publicKey) else { throw bad(base.seq, "a checkpoint has a bad signature") }
+        } else if anchor.seq > 0 {
+            throw bad(anchor.seq, "the checkpoints were removed")
+        }
+        var running = b.base?.hash ?? AuditEvent.genesis
+        var expected = (b.base?.seq ?? 0) + 1
+        for e in b.tail {
+            guard e.seq == expected else { throw bad(expected, "event \(expected) is missing") }
+            guard e.prevHash == running, e.computedHash() == e.hash else { throw bad(e.seq, "the chain does not hold") }
+            guard e.seq <= anchor.legacyThrough || mac.isValid(e) else { throw bad(e.seq, "the event was not written by this cofferd") }
+            running = e.hash
+            expected += 1
+        }
     }
 
     // MARK: appending
@@ -115,6 +226,15 @@ public final class AuditLog: Sendable {
             throw CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
                               hint: "see cofferd's health and log; it recovers by itself when the database can be written again")
         }
+    }
+
+    /// Queues an event for the next batch without waiting for it: for refusals made
+    /// below the request layer (an unparseable request), where nothing is answered
+    /// that depends on the event.
+    public func enqueue(_ event: AuditEvent) {
+        guard settings.enabled else { return }
+        state.withLock { $0.pending.append(Waiter(event: event, continuation: nil)) }
+        signalWriter()
     }
 
     /// Events committed inside a state-changing transaction: mirrored and counted here.
@@ -156,13 +276,28 @@ public final class AuditLog: Sendable {
     @discardableResult
     public func checkpointNow() throws(CofferError) -> AuditCheckpoint? {
         guard settings.enabled else { return nil }
+        if let t = state.withLock({ $0.tampered }) { throw CofferError(.auditUnavailable, t) }
         let key = signingKey
+        let anchorSeq = anchor.seq
         do {
-            let cp = try store.checkpointAuditNow(now: SecretEngine.nowMillis()) { seq, hash, time in
-                try AuditCheckpoint.sign(seq: seq, hash: hash, time: time, key: key)
+            let cp = try store.checkpointAuditNow(anchorSeq: anchorSeq) { basis in
+                try self.verifyBasis(basis)
+                guard let head = basis.tail.last else { throw CofferError(.internal, "no head to sign") }
+                return try AuditCheckpoint.sign(seq: head.seq, hash: head.hash, time: SecretEngine.nowMillis(), key: key)
             }
-            state.withLock { $0.sinceCheckpoint = 0; $0.degraded = nil }
+            // Only a real write proves the trail writable again: a timer with nothing to
+            // sign must not clear "degraded" while requests still fail.
+            if let cp {
+                state.withLock { $0.sinceCheckpoint = 0; $0.degraded = nil }
+                var a = anchor
+                (a.seq, a.hash, a.time) = (cp.seq, cp.hash, cp.time)
+                try writeAnchor(try a.signed(with: key))
+            }
             return cp
+        } catch let e as CofferError where e.code == .integrity {
+            state.withLock { $0.tampered = e.message }
+            logger.critical("refusing to sign the audit trail", metadata: ["error": "\(e.message)"])
+            throw CofferError(.auditUnavailable, e.message, hint: e.hint)
         } catch {
             let reason = AuditLog.describe(error)
             state.withLock { $0.degraded = reason }
@@ -198,7 +333,7 @@ public final class AuditLog: Sendable {
                     s.sinceCheckpoint += committed.count
                     return s.sinceCheckpoint >= settings.checkpointEvents
                 }
-                for w in batch { w.continuation.resume() }
+                for w in batch { w.continuation?.resume() }
                 mirror(committed)
                 if due { _ = try? checkpointNow() }
             } catch {
@@ -208,12 +343,12 @@ public final class AuditLog: Sendable {
                     return s.degraded == nil
                 }
                 if wasHealthy { logger.critical("audit trail unavailable; refusing requests until it recovers", metadata: ["error": "\(reason)"]) }
-                for w in batch { w.continuation.resume(throwing: error) }
+                for w in batch { w.continuation?.resume(throwing: error) }
             }
         }
         // stopped: fail whatever still waits
         for w in state.withLock({ s in defer { s.pending = [] }; return s.pending }) {
-            w.continuation.resume(throwing: CofferError(.auditUnavailable, "shutting down"))
+            w.continuation?.resume(throwing: CofferError(.auditUnavailable, "shutting down"))
         }
         state.withLock { $0.writerDone = true }
     }
@@ -226,31 +361,22 @@ public final class AuditLog: Sendable {
         }
     }
 
-    /// After a crash, events committed since the last checkpoint are unsigned. Sign
-    /// them at start only if they still chain correctly from that checkpoint; a broken
-    /// tail is left unsigned for `audit verify` to report.
+    /// At start: the trail must match its head anchor, and events committed since the
+    /// last checkpoint (after a crash) are signed only if they verify (chain and MAC).
+    /// A trail that fails refuses the start: the daemon never signs what it cannot
+    /// prove it wrote.
     func recoverTail() async throws(CofferError) {
         guard settings.enabled else { return }
         do {
-            let head = try store.auditHead()
-            guard head.seq > head.lastCheckpoint else { return }
-            var f = AuditFilter()
-            f.afterSeq = head.lastCheckpoint
-            f.limit = Int.max
-            let tail = try store.auditEvents(f)
-            let anchor = try store.auditCheckpoint(seq: head.lastCheckpoint)?.hash ?? AuditEvent.genesis
-            var running = anchor
-            var expected = head.lastCheckpoint + 1
-            for e in tail {
-                guard e.seq == expected, e.prevHash == running, e.computedHash() == e.hash else {
-                    logger.critical("the audit chain is broken after the last checkpoint; not signing it", metadata: ["audit.seq": "\(e.seq)"])
-                    return
-                }
-                running = e.hash
-                expected += 1
+            let basis = try store.checkpointBasis(anchorSeq: anchor.seq)
+            if let first = try store.firstAuditSeq(), first - 1 > anchor.prunedThrough {
+                throw CofferError(.integrity, "the audit trail fails verification: events \(anchor.prunedThrough + 1)...\(first - 1) were deleted without prune",
+                                  hint: "restore the database from a backup")
             }
+            try verifyBasis(basis)
+            guard !basis.tail.isEmpty else { return }
             try checkpointNow()
-            logger.notice("signed audit events written since the last checkpoint", metadata: ["audit.events": "\(tail.count)"])
+            logger.notice("signed audit events written since the last checkpoint", metadata: ["audit.events": "\(basis.tail.count)"])
         } catch let e as CofferError {
             throw e
         } catch {
@@ -258,8 +384,16 @@ public final class AuditLog: Sendable {
         }
     }
 
+    /// Before a prune deletes anything: the anchor records how far events were pruned.
+    func recordPrune(through seq: Int64) throws(CofferError) {
+        var a = anchor
+        a.prunedThrough = max(a.prunedThrough, seq)
+        a.time = SecretEngine.nowMillis()
+        try writeAnchor(try Checked.crypto { () throws(CryptoError) in try a.signed(with: signingKey) })
+    }
+
     /// nil when healthy; otherwise why the audit trail cannot be written.
-    public var degradedReason: String? { state.withLock { $0.degraded } }
+    public var degradedReason: String? { state.withLock { $0.tampered ?? $0.degraded } }
     public var mirrorError: String? { state.withLock { $0.mirrorError } }
 
     static func describe(_ error: any Error) -> String {

@@ -15,6 +15,9 @@ public final class Keyring: Sendable {
     let root: SecretBytes
     /// Key of the keyed BLAKE2b under which tokens are stored (derived, never stored).
     public let tokenHashKey: SecretBytes
+    /// Key of the audit events' MACs (derived, never stored): only the daemon can make
+    /// an event the daemon will later sign.
+    public let auditMACKey: SecretBytes
 
     static let checkPlaintext = Array("coffer-keycheck-v1".utf8)
 
@@ -24,6 +27,8 @@ public final class Keyring: Sendable {
         self.keyID = Hex.encode(Hashing.blake2b(Array("coffer key id v1".utf8), key: root, outputLength: 16).prefix(8))
         var derived = Hashing.blake2b(Array("coffer token hash key v1".utf8), key: root, outputLength: 32)
         self.tokenHashKey = try SecretBytes(consuming: &derived)
+        var macKey = Hashing.blake2b(Array("coffer audit mac key v1".utf8), key: root, outputLength: 32)
+        self.auditMACKey = try SecretBytes(consuming: &macKey)
     }
 
     /// Unlocks against a database: the key must be the one the database was created

@@ -25,6 +25,9 @@ public final class PolicyStore: Authorizer, Sendable {
     public var policy: Policy { current.withLock { $0 } }
 
     public static func load(_ path: String) throws(CofferError) -> Policy {
+        do { try FileTrust.check(path, "policy file") } catch {
+            throw CofferError(.invalidPolicy, error.message, hint: error.hint)
+        }
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw CofferError(.invalidPolicy, "cannot read the policy file \(path)")

@@ -14,18 +14,53 @@ public final class PrincipalResolver: Sendable {
         var expires: ContinuousClock.Instant
     }
 
+    struct Freshness {
+        var checked: ContinuousClock.Instant
+        var stamp: [Int]
+    }
+
     private let cache = Mutex<[UInt32: Entry]>([:])
+    private let freshness = Mutex(Freshness(checked: .now, stamp: PrincipalResolver.databaseStamp()))
     private let ttl: Duration
 
     public init(ttl: Duration = .seconds(30)) { self.ttl = ttl }
 
+    /// Modification times of the user and group databases: a change to either (a user
+    /// removed from the admin group) empties the cache, checked at most every 250 ms,
+    /// so a revoked membership bites within a quarter second, not after the TTL.
+    static func databaseStamp() -> [Int] {
+        ["/etc/group", "/etc/passwd"].map { path in
+            var st = stat()
+            guard stat(path, &st) == 0 else { return -1 }
+            return st.st_mtim.tv_sec * 1_000_000_000 + st.st_mtim.tv_nsec ^ Int(st.st_ino) << 1
+        }
+    }
+
+    func invalidateIfDatabasesChanged(_ now: ContinuousClock.Instant) {
+        let due = freshness.withLock { f -> Bool in
+            guard now - f.checked >= .milliseconds(250) else { return false }
+            f.checked = now
+            return true
+        }
+        guard due else { return }
+        let stamp = PrincipalResolver.databaseStamp()
+        let changed = freshness.withLock { f -> Bool in
+            defer { f.stamp = stamp }
+            return f.stamp != stamp
+        }
+        if changed { cache.withLock { $0.removeAll() } }
+    }
+
     public func principal(pid: Int32, uid: UInt32, gid: UInt32) -> Principal {
         let now = ContinuousClock.now
-        if let e = cache.withLock({ $0[uid] }), e.expires > now, e.groups.contains(gid) {
+        invalidateIfDatabasesChanged(now)
+        if let e = cache.withLock({ $0[uid] }), e.expires > now, gid == UInt32.max || e.groups.contains(gid) {
             return Principal(pid: pid, uid: uid, gid: gid, userName: e.name, groups: e.groups, groupNames: e.groupNames)
         }
         let (name, primary) = PrincipalResolver.lookupUser(uid)
-        var groups: [UInt32] = [gid]
+        // gid UInt32.max: not from the kernel (a token's origin); the primary group then
+        // comes from the user database
+        var groups: [UInt32] = gid == UInt32.max ? primary.map { [$0] } ?? [] : [gid]
         if let name {
             groups += PrincipalResolver.groupList(name, primary ?? gid)
         }

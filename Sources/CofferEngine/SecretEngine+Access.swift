@@ -42,7 +42,7 @@ extension SecretEngine {
             throw CofferError(.notFound, "no token with accessor \(accessor.prefix(64))")
         }
         defer { tokens.cache.clear() }  // a revoked token must stop working at once
-        let revoked = try await storeCall { try await store.revokeToken(accessor: accessor, now: SecretEngine.nowMillis(), audit: auditScopeForWrite()) }
+        let revoked = try await storeCall { try await store.revokeToken(accessor: accessor, now: SecretEngine.nowMillis(), guard: tokenGuard(p), audit: auditScopeForWrite()) }
         logger.info("token revoked", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(p.uid)", "token.cascade": "\(revoked.count)"])
         return revoked
     }

@@ -24,7 +24,7 @@ public final class SecretEngine: Sendable {
     public let keyring: Keyring
     public let policies: PolicyStore
     public let tokens: TokenService
-    public let principals = PrincipalResolver()
+    public let principals: PrincipalResolver
     public let audit: AuditLog
     let cache = CiphertextCache(limit: 10_000)
     public let limits: Limits
@@ -37,14 +37,17 @@ public final class SecretEngine: Sendable {
         self.keyring = keyring
         self.policies = policies
         let mapper = StoreErrorMapper(audit: audit, logger: logger)
+        let principals = PrincipalResolver()
+        self.principals = principals
         self.tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, audit: audit, logger: logger,
-                                   mapError: { mapper.map($0) })
+                                   mapError: { mapper.map($0) }, principals: principals)
         self.limits = limits
         self.logger = logger
     }
 
     /// Opens the database, checks the key against it, enrolls the key on first use.
-    public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger) async throws(CofferError) -> SecretEngine {
+    public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger,
+                            reanchorAudit: Bool = false) async throws(CofferError) -> SecretEngine {
         let dbPath = config.resolvedDatabasePath
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
@@ -54,7 +57,7 @@ public final class SecretEngine: Sendable {
             try FileManager.default.createDirectory(
                 atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
-            store = try Store(path: dbPath, durability: config.durability)
+            store = try Store(path: dbPath, durability: config.durability, auditMAC: AuditMAC(key: keyring.auditMACKey))
             try keyring.enroll(in: store, now: nowMillis())
         } catch let e as CofferError {
             throw e
@@ -64,6 +67,7 @@ public final class SecretEngine: Sendable {
         let audit = try await AuditLog.open(
             store: store, keyring: keyring,
             publicKeyFile: (dbPath as NSString).deletingLastPathComponent + "/audit.pub",
+            anchorFile: (dbPath as NSString).deletingLastPathComponent + "/" + AuditAnchor.fileName, reanchor: reanchorAudit,
             settings: .init(enabled: config.auditEnabled, checkpointEvents: config.auditCheckpointEvents,
                             checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
             logger: logger)
@@ -102,11 +106,17 @@ public final class SecretEngine: Sendable {
             throw CofferError(.valueTooLarge, "the value is \(value.count) bytes; the limit is \(limits.maxValueBytes)",
                               hint: "raise limits.max_value_bytes (at most 1 MiB)")
         }
-        if let cas, cas < 0 { throw CofferError(.invalidVersion, "cas must be 0 or a version number") }
+        if let cas {
+            guard cas >= 0 else { throw CofferError(.invalidVersion, "cas must be 0 or a version number") }
+            // A check-and-set answer tells whether the secret exists and its version:
+            // only for callers who may read its metadata (no oracle for write-only callers).
+            try authorize(p, .readMetadata, path)
+            AuditScope.current?.update { $0.action = "write" }
+        }
         let keyring = self.keyring
         let record = try await storeCall {
             try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
-                                now: SecretEngine.nowMillis(), audit: auditScopeForWrite()) { version in
+                                now: SecretEngine.nowMillis(), guard: tokenGuard(p), audit: auditScopeForWrite()) { version in
                 do { return try keyring.seal(value, path: path, version: version) } catch {
                     throw CofferError(.internal, "sealing failed")
                 }
@@ -153,15 +163,17 @@ public final class SecretEngine: Sendable {
         guard let wrapped = stored.wrappedKey, let ct = stored.ciphertext else {
             throw CofferError(.integrity, "version \(stored.meta.version) of \(path) has no ciphertext")
         }
+        let value: SecretBytes
         do {
-            let value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
-            if cached == nil { cache.insert(path, current: current, stored, ifGeneration: generation) }
-            return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
+            value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
         } catch {
             logger.error("integrity check failed", metadata: ["secret.path": "\(path)", "secret.version": "\(stored.meta.version)"])
             throw CofferError(.integrity, "version \(stored.meta.version) of \(path) failed its integrity check",
                               hint: "the stored ciphertext was altered or moved; restore the database from a backup")
         }
+        if cached == nil { cache.insert(path, current: current, stored, ifGeneration: generation) }
+        try recheckToken(p)  // the token is checked at the moment of reading
+        return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
     }
 
     public func metadata(_ p: Principal, _ path: SecretPath) throws(CofferError) -> SecretRecord {
@@ -184,7 +196,17 @@ public final class SecretEngine: Sendable {
             guard !bare.contains("/") else { throw CofferError(.invalidParameter, "after must be one key from a previous page") }
             _ = try SecretPath(bare)
         }
-        return try storeCall { try store.list(prefix, after: after, limit: n) }
+        // Names are shown only where the caller may list (folders) or list, read or
+        // write (secrets): a listing is no oracle for what lies elsewhere.
+        let policy = policies.policy
+        let base = prefix.childPrefix
+        let visible = { (key: String) -> Bool in
+            let isFolder = key.hasSuffix("/")
+            guard let child = try? SecretPath(base + (isFolder ? String(key.dropLast()) : key)) else { return false }
+            let actions: [Action] = isFolder ? [.list] : [.list, .read, .write]
+            return actions.contains { PolicyEvaluator.decide(policy, p, $0, child).allowed }
+        }
+        return try storeCall { try store.list(prefix, after: after, limit: n, visible: visible) }
     }
 
     public func change(_ p: Principal, _ change: Store.VersionChange, _ path: SecretPath, versions: [Int]) async throws(CofferError) -> SecretRecord {
@@ -198,7 +220,7 @@ public final class SecretEngine: Sendable {
         guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
         let now = SecretEngine.nowMillis()
         defer { cache.invalidate(path) }  // also when the change failed halfway
-        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, audit: auditScopeForWrite()) }
+        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, guard: tokenGuard(p), audit: auditScopeForWrite()) }
         logger.info("secret versions changed", metadata: [
             "peer.uid": "\(p.uid)", "secret.path": "\(path)", "change": "\(action.rawValue)", "versions": "\(versions)",
         ])
@@ -222,6 +244,22 @@ public final class SecretEngine: Sendable {
     }
 
     // MARK: helpers
+
+    /// The caller's token chain, to be checked again inside the write transaction.
+    func tokenGuard(_ p: Principal) -> Store.TokenGuard? { Store.TokenGuard(p.token?.chain, now: SecretEngine.nowMillis()) }
+
+    /// Reads check the token at the moment of reading: if any token was revoked since
+    /// this one was authenticated (the revocation generation moved), the chain is
+    /// looked up again before the value leaves.
+    func recheckToken(_ p: Principal) throws(CofferError) {
+        guard let t = p.token, tokens.cache.generation != t.epoch else { return }
+        let now = SecretEngine.nowMillis()
+        for a in t.chain {
+            guard let r = try storeCall({ try store.token(accessor: a) }) else { throw CofferError(.tokenUnknown, "the token is not valid") }
+            if r.revokedAt != nil { throw CofferError(.tokenRevoked, "the token was revoked") }
+            if now >= r.expiresAt { throw CofferError(.tokenExpired, "the token expired") }
+        }
+    }
 
     static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 

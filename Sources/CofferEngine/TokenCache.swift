@@ -9,7 +9,8 @@ import Synchronization
 /// (generation counter); expiry is checked on every use from the record itself.
 final class TokenCache: Sendable {
     struct State {
-        var records: [Data: TokenRecord] = [:]
+        /// A token's record, then its ancestors' (parent first).
+        var records: [Data: [TokenRecord]] = [:]
         var generation: UInt64 = 0
     }
     private let state = Mutex(State())
@@ -19,14 +20,14 @@ final class TokenCache: Sendable {
 
     var generation: UInt64 { state.withLock { $0.generation } }
 
-    func lookup(_ hash: Data) -> TokenRecord? { state.withLock { $0.records[hash] } }
+    func lookup(_ hash: Data) -> [TokenRecord]? { state.withLock { $0.records[hash] } }
 
-    func insert(_ t: TokenRecord, ifGeneration g: UInt64) {
-        guard t.usesLeft == nil, t.revokedAt == nil else { return }
+    func insert(_ chain: [TokenRecord], ifGeneration g: UInt64) {
+        guard let t = chain.first, t.usesLeft == nil, chain.allSatisfy({ $0.revokedAt == nil }) else { return }
         state.withLock { s in
             guard s.generation == g else { return }
             if s.records.count >= limit { s.records.removeAll(keepingCapacity: true) }
-            s.records[t.hash] = t
+            s.records[t.hash] = chain
         }
     }
 

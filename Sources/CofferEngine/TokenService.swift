@@ -19,6 +19,7 @@ public struct TokenService: Sendable {
     let audit: AuditLog
     let logger: Logger
     let mapError: @Sendable (any Error) -> CofferError
+    let principals: PrincipalResolver
     let cache = TokenCache()
 
     public struct Created: Sendable {
@@ -55,8 +56,13 @@ public struct TokenService: Sendable {
         let policy = policies.policy
         guard !req.roles.isEmpty, req.roles.count <= 16 else { throw CofferError(.invalidParameter, "give 1 to 16 roles") }
         let held = creator.token?.roles ?? policy.roleNames(for: creator)
-        // Holding `admin` (which can rewrite the policy anyway) counts as holding every role.
-        let isAdmin = policy.decide(roles: held, capability: .admin, path: "").allowed
+        // Holding `admin` (which can rewrite the policy anyway) counts as holding every
+        // role; the decision is the full one (a path-limited token is no admin). The
+        // new token still only narrows: every decision intersects its whole chain.
+        let isAdmin = PolicyEvaluator.decide(policy, creator, .admin, nil).allowed
+        if let parent = creator.token, parent.ancestors.count + 1 >= TokenService.maxDepth {
+            throw CofferError(.permissionDenied, "tokens can be made from tokens at most \(TokenService.maxDepth) deep")
+        }
         for r in req.roles {
             guard policy.roles[r] != nil else { throw CofferError(.invalidParameter, "unknown role '\(r.prefix(64))'") }
             guard isAdmin || held.contains(r) else {
@@ -112,11 +118,16 @@ public struct TokenService: Sendable {
         let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
         ttl = Int((expires - now) / 1000)
         expires = now + Int64(ttl) * 1000
-        let record = TokenRecord(
+        var record = TokenRecord(
             accessor: accessor, hash: hash(token), parent: creator.token?.accessor, roles: req.roles.sorted(),
             paths: patterns.map(\.rawValue), name: req.name, createdAt: now, expiresAt: expires, usesLeft: req.uses, uses: 0,
             boundUID: bound, createdUID: creator.uid, createdUser: creator.userName, revokedAt: nil)
-        do { try await store.insertToken(record, audit: audit.settings.enabled ? AuditScope.current : nil) } catch {
+        do {
+            // In one transaction: the creator's chain is still live, and a child of a
+            // limited token gets no more uses than its parent has left.
+            record.usesLeft = try await store.insertToken(record, guard: Store.TokenGuard(creator.token?.chain, now: now),
+                                                          audit: audit.settings.enabled ? AuditScope.current : nil)
+        } catch {
             throw mapError(error)
         }
         if let e = AuditScope.current?.committed { audit.committedInTransaction(e) }
@@ -124,8 +135,13 @@ public struct TokenService: Sendable {
         return Created(token: token, record: record)
     }
 
+    /// Longest chain of tokens made from tokens.
+    public static let maxDepth = 8
+
     /// Turns a presented token into a grant, or a 401 with a distinct code. A use is
-    /// consumed only after every other check passed.
+    /// consumed only after every other check passed. The whole chain of ancestors is
+    /// checked too (none revoked or expired), and carried in the grant so that every
+    /// decision intersects it (TokenGrant).
     public func authenticate(_ token: String, peerUID: UInt32, now: Int64) async throws(CofferError) -> TokenGrant {
         guard token.hasPrefix(TokenService.prefix), token.utf8.count == TokenService.prefix.utf8.count + 43 else {
             throw CofferError(.tokenUnknown, "the token is not valid", hint: "tokens start with \(TokenService.prefix); check COFFER_TOKEN / the token file")
@@ -134,19 +150,30 @@ public struct TokenService: Sendable {
         let generation = cache.generation
         var found = cache.lookup(h)
         if found == nil {
-            do { found = try store.token(hash: h) } catch {
-                throw CofferError(.storage, "the database could not complete the request")
-            }
-            if let t = found { cache.insert(t, ifGeneration: generation) }
+            found = try loadChain(hash: h)
+            if let chain = found { cache.insert(chain, ifGeneration: generation) }
         }
-        guard let t = found, Hashing.constantTimeEquals([UInt8](t.hash), [UInt8](h)) else {
+        guard let chain = found, let t = chain.first, Hashing.constantTimeEquals([UInt8](t.hash), [UInt8](h)) else {
             throw CofferError(.tokenUnknown, "the token is not valid")
         }
-        if t.revokedAt != nil { throw CofferError(.tokenRevoked, "the token was revoked") }
-        if now >= t.expiresAt { throw CofferError(.tokenExpired, "the token expired at \(t.expiresAt / 1000) (unix time)") }
+        for link in chain {
+            if link.revokedAt != nil {
+                throw CofferError(.tokenRevoked, link.accessor == t.accessor ? "the token was revoked" : "the token that made this token was revoked")
+            }
+            if now >= link.expiresAt { throw CofferError(.tokenExpired, "the token expired at \(link.expiresAt / 1000) (unix time)") }
+        }
         if let b = t.boundUID, b != peerUID {
             logger.warning("token presented by another uid", metadata: ["token.accessor": "\(t.accessor)", "peer.uid": "\(peerUID)"])
             throw CofferError(.tokenWrongUID, "the token is bound to another uid")
+        }
+        let layers = try chain.map { (r: TokenRecord) throws(CofferError) -> TokenGrant.Layer in
+            var patterns: [PathPattern] = []
+            for p in r.paths {
+                // Fail closed: an unreadable scope must never widen into no scope.
+                guard let pp = try? PathPattern(p) else { throw CofferError(.tokenUnknown, "the token's scope is unreadable") }
+                patterns.append(pp)
+            }
+            return TokenGrant.Layer(accessor: r.accessor, roles: r.roles, paths: patterns)
         }
         if t.usesLeft != nil {
             let ok: Bool
@@ -155,12 +182,35 @@ public struct TokenService: Sendable {
             }
             guard ok else { throw CofferError(.tokenExhausted, "the token has no uses left") }
         }
-        var patterns: [PathPattern] = []
-        for p in t.paths {
-            // Fail closed: an unreadable scope must never widen into no scope.
-            guard let pp = try? PathPattern(p) else { throw CofferError(.tokenUnknown, "the token's scope is unreadable") }
-            patterns.append(pp)
+        let root = chain[chain.count - 1]
+        let origin = principals.principal(pid: 0, uid: root.createdUID, gid: UInt32.max)
+        var grant = TokenGrant(accessor: t.accessor, roles: t.roles, paths: layers[0].paths, expiresAt: t.expiresAt, boundUID: t.boundUID,
+                               ancestors: Array(layers.dropFirst()),
+                               origin: .init(uid: root.createdUID, userName: origin.userName, groupNames: origin.groupNames))
+        grant.epoch = generation
+        return grant
+    }
+
+    /// The token and its ancestors, parent first. Fails closed on a chain that is
+    /// longer than tokens can be made, or that loops.
+    func loadChain(hash h: Data) throws(CofferError) -> [TokenRecord]? {
+        do {
+            guard let t = try store.token(hash: h) else { return nil }
+            var chain = [t]
+            var next = t.parent
+            while let a = next {
+                guard chain.count <= TokenService.maxDepth, !chain.contains(where: { $0.accessor == a }),
+                      let parent = try store.token(accessor: a) else {
+                    throw CofferError(.tokenUnknown, "the token's chain of parents is unreadable")
+                }
+                chain.append(parent)
+                next = parent.parent
+            }
+            return chain
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "the database could not complete the request")
         }
-        return TokenGrant(accessor: t.accessor, roles: t.roles, paths: patterns, expiresAt: t.expiresAt, boundUID: t.boundUID)
     }
 }

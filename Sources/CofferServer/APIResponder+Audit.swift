@@ -16,6 +16,8 @@ extension APIResponder {
         case .auditEvents:
             try allow(method, [.get], "GET")
             try noQuery(request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
+            // Nothing of the query is parsed for a caller who may not read the trail.
+            try engine.authorize(principal, .audit, nil)
             let q = request.uri.queryParameters
             var f = AuditFilter()
             f.limit = 1000
@@ -72,14 +74,26 @@ extension APIResponder {
         }
     }
 
+    /// Latest time accepted (9999-12-31T23:59:59Z): nothing outside 0...this can
+    /// overflow a millisecond count or a date.
+    static let maxUnixSeconds: Int64 = 253_402_300_799
+
     static func parseTime(_ s: String, _ name: String) throws(CofferError) -> Int64 {
-        if let n = Int64(s) { return n * 1000 }  // unix seconds
+        let bad = CofferError(.invalidParameter, "\(name) must be unix seconds (0...\(maxUnixSeconds)) or an RFC 3339 time like 2026-11-29T10:00:00Z")
+        guard s.utf8.count <= 64 else { throw bad }
+        if s.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+            guard let n = Int64(s), n <= maxUnixSeconds else { throw bad }
+            return n * 1000  // unix seconds; bounded above, cannot overflow
+        }
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
-        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
-        throw CofferError(.invalidParameter, "\(name) must be unix seconds or an RFC 3339 time like 2026-11-29T10:00:00Z")
+        var date = f.date(from: s)
+        if date == nil {
+            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            date = f.date(from: s)
+        }
+        guard let t = date?.timeIntervalSince1970, t >= 0, t <= Double(maxUnixSeconds) else { throw bad }
+        return Int64(t * 1000)
     }
 
     static func wire(_ e: AuditEvent) -> AuditEventWire {

@@ -36,7 +36,8 @@ public struct APIResponder: HTTPResponder {
     public func respond(to request: Request, context: Context) async throws -> Response {
         let requestID = Hex.encode(Hashing.randomBytes(8))  // correlates logs; not secret
         let (route, routeError) = Self.catchRoute { () throws(CofferError) in try parseRoute(request.uri.path) }
-        // health and status are not audited: they must answer while the audit trail cannot.
+        // health is not audited: it must answer while the audit trail cannot. status is
+        // (a token can be probed there, and a use spent there must leave an event).
         if let route, route.isUnaudited {
             return await answer(request, context, route: route, requestID: requestID).response
         }
@@ -97,7 +98,7 @@ public struct APIResponder: HTTPResponder {
 
         var isUnaudited: Bool {
             switch self {
-            case .health, .status: true
+            case .health: true
             default: false
             }
         }
@@ -260,6 +261,8 @@ public struct APIResponder: HTTPResponder {
                 return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
             case .post:
                 AuditScope.current?.update { $0.action = "token_create" }
+                // Only a caller holding some role may mint; nothing of the body is parsed before.
+                try engine.authorize(principal, .status, nil)
                 guard let body: CreateTokenRequest = try await decodeBody(request, context, required: true) else {
                     throw CofferError(.invalidJSON, "a JSON body is required")
                 }
@@ -364,10 +367,11 @@ public struct APIResponder: HTTPResponder {
         if let t = request.headers[Self.tokenHeader] {
             token = t
         } else if let auth = request.headers[.authorization] {
-            guard auth.hasPrefix("Bearer ") else {
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            guard auth.utf8.count > 7, auth.prefix(7).lowercased() == "bearer " else {
                 throw CofferError(.tokenUnknown, "the Authorization header must be 'Bearer TOKEN'")
             }
-            token = String(auth.dropFirst("Bearer ".count))
+            token = String(auth.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         }
         return try await engine.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid, token: token)
     }
@@ -410,6 +414,9 @@ public struct APIResponder: HTTPResponder {
             return nil
         }
         let data = Data(buffer.readableBytesView)
+        if let key = JSONDuplicateKeys.first(in: buffer.readableBytesView) {
+            throw CofferError(.invalidJSON, "the request body has the key '\(key)' twice", hint: "give each field once")
+        }
         do {
             return try JSONDecoder().decode(T.self, from: data)
         } catch let e as StrictKeys.UnknownField {

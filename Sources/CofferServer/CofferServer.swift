@@ -17,6 +17,7 @@ public enum CofferServer {
         defer { guardian.release() }
         let socketGID = try socketGroupID(config)
         let responder = APIResponder(engine: engine, settings: .init(config: config))
+        let limiter = ConnectionLimiter(perUID: config.maxConnectionsPerUID)
         let app = Application(
             responder: responder,
             server: HTTPServerBuilder { responder in
@@ -24,9 +25,9 @@ public enum CofferServer {
                 let limits = HTTP1Channel.Configuration.DecoderConfiguration(
                     maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
                 return PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
-                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)))],
+                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), audit: engine.audit)],
                     idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
-                    httpDecoderConfiguration: limits)))
+                    httpDecoderConfiguration: limits)), limiter: limiter)
             },
             configuration: .init(
                 address: .unixDomainSocket(path: config.socketPath), serverName: nil,

@@ -1,5 +1,6 @@
 import CCofferLinux
 import Glibc
+import Synchronization
 public import HummingbirdCore
 public import Logging
 public import NIOCore
@@ -25,8 +26,12 @@ public struct PeerCredChannel: ServerChildChannel {
     }
 
     let inner: HTTP1Channel
+    let limiter: ConnectionLimiter?
 
-    public init(inner: HTTP1Channel) { self.inner = inner }
+    public init(inner: HTTP1Channel, limiter: ConnectionLimiter? = nil) {
+        self.inner = inner
+        self.limiter = limiter
+    }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         guard let provider = channel as? any SocketOptionProvider else {
@@ -37,6 +42,15 @@ public struct PeerCredChannel: ServerChildChannel {
             // uid (uid_t)-1 means "no credentials": never trust it.
             guard cred.uid != UInt32.max else { return channel.eventLoop.makeFailedFuture(PeerCredError.unavailable) }
             let peer = PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+            if let limiter {
+                // One uid cannot take every connection (invariant 6): past its share the
+                // connection is closed before any byte is read.
+                guard limiter.acquire(cred.uid) else {
+                    logger.warning("connection refused: too many from one uid", metadata: ["peer.uid": "\(cred.uid)", "peer.pid": "\(cred.pid)"])
+                    return channel.eventLoop.makeFailedFuture(PeerCredError.tooManyConnections)
+                }
+                channel.closeFuture.whenComplete { _ in limiter.release(cred.uid) }
+            }
             return inner.setup(channel: channel, logger: logger).map { Value(inner: $0, peer: peer) }
         }
     }
@@ -48,6 +62,30 @@ public struct PeerCredChannel: ServerChildChannel {
     }
 }
 
-enum PeerCredError: Error { case unavailable }
+enum PeerCredError: Error { case unavailable, tooManyConnections }
+
+/// Open connections per peer uid, bounded.
+public final class ConnectionLimiter: Sendable {
+    let perUID: Int
+    private let counts = Mutex<[UInt32: Int]>([:])
+
+    public init(perUID: Int) { self.perUID = perUID }
+
+    func acquire(_ uid: UInt32) -> Bool {
+        counts.withLock { c in
+            let n = c[uid, default: 0]
+            guard n < perUID else { return false }
+            c[uid] = n + 1
+            return true
+        }
+    }
+
+    func release(_ uid: UInt32) {
+        counts.withLock { c in
+            let n = c[uid, default: 1] - 1
+            c[uid] = n > 0 ? n : nil
+        }
+    }
+}
 
 extension coffer_ucred: @unchecked @retroactive Sendable {}

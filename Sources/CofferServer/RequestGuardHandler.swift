@@ -1,5 +1,10 @@
+import CCofferLinux
 import CofferAPI
+import CofferAudit
 import CofferCore
+import CofferCrypto
+import CofferEngine
+import Glibc
 import Foundation
 import HTTPTypes
 import NIOCore
@@ -20,6 +25,9 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPResponsePart
 
     let requestTimeout: TimeAmount
+    /// Where a refused unparseable request is recorded (invariant 4: HTTP-level
+    /// refusals leave an event too).
+    let audit: AuditLog?
     var deadline: Scheduled<Void>?
     var rewritingParseError = false
 
@@ -29,7 +37,10 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return ByteBuffer(bytes: data)
     }()
 
-    init(requestTimeout: TimeAmount) { self.requestTimeout = requestTimeout }
+    init(requestTimeout: TimeAmount, audit: AuditLog? = nil) {
+        self.requestTimeout = requestTimeout
+        self.audit = audit
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -52,6 +63,7 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             && head.headerFields[.connection] == "close":
             // Only the HTTP layer's parse-error answer has this shape; ours carry a body.
             rewritingParseError = true
+            recordParseError(context.channel)
             head.headerFields[.contentLength] = String(Self.parseErrorBody.readableBytes)
             head.headerFields[.contentType] = "application/json"
             context.write(wrapOutboundOut(.head(head)), promise: promise)
@@ -61,6 +73,21 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.end(trailers)), promise: promise)
         default:
             context.write(data, promise: promise)
+        }
+    }
+
+    /// One event per refused request, with the peer the kernel names (read again here:
+    /// this is the error path, and the handler is built before the peer is known).
+    func recordParseError(_ channel: any Channel) {
+        guard let audit, let provider = channel as? any SocketOptionProvider else { return }
+        let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        future.whenComplete { result in
+            let cred = try? result.get()
+            audit.enqueue(AuditEvent(
+                seq: 0, time: Int64((Date().timeIntervalSince1970 * 1000).rounded()), requestID: Hex.encode(Hashing.randomBytes(8)),
+                peerPID: cred?.pid ?? 0, peerUID: cred?.uid ?? UInt32.max, peerUser: nil, tokenAccessor: nil, method: "-",
+                action: "malformed_request", path: nil, decision: "none", rule: nil, outcome: "error", status: 400,
+                errorCode: CofferError.Code.malformedRequest.rawValue))
         }
     }
 

@@ -55,29 +55,33 @@ extension Store {
                 ) STRICT;
                 """)
         }
+        m.registerMigration("v4-audit-mac") { db in
+            try db.execute(sql: "ALTER TABLE audit_event ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = 32)")
+        }
     }
 
     /// Appends events inside the caller's write transaction: numbers them after the
     /// current head and chains their hashes. The head comes from the database, so a
     /// rolled-back transaction leaves nothing behind to go stale.
-    public static func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
-        var (seq, prev) = try auditHead(db)
+    public func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
+        var (seq, prev) = try Store.auditHead(db)
         var out: [AuditEvent] = []
         out.reserveCapacity(drafts.count)
         let stmt = try db.cachedStatement(sql: """
             INSERT INTO audit_event (seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path,
-                                     decision, rule, outcome, status, error_code, prev_hash, hash)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                     decision, rule, outcome, status, error_code, prev_hash, hash, mac)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         for var e in drafts {
             seq += 1
             e.seq = seq
             e.prevHash = prev
             e.hash = e.computedHash()
+            e.mac = auditMAC?.mac(e.hash)
             prev = e.hash
             try stmt.execute(arguments: [
                 e.seq, e.time, e.requestID, Int64(e.peerPID), Int64(e.peerUID), e.peerUser, e.tokenAccessor, e.method, e.action,
-                e.path, e.decision, e.rule, e.outcome, e.status, e.errorCode, Data(e.prevHash), Data(e.hash),
+                e.path, e.decision, e.rule, e.outcome, e.status, e.errorCode, Data(e.prevHash), Data(e.hash), e.mac.map { Data($0) },
             ])
             out.append(e)
         }
@@ -97,13 +101,13 @@ extension Store {
 
     /// Group commit: one transaction for a batch of events.
     public func appendAudit(_ drafts: [AuditEvent]) async throws -> [AuditEvent] {
-        try await pool.write { db in try Store.appendAudit(db, drafts) }
+        try await pool.write { db in try self.appendAudit(db, drafts) }
     }
 
     /// The same, blocking the calling thread (the audit writer's own loop), which
     /// saves a thread hop per batch.
     public func appendAuditBlocking(_ drafts: [AuditEvent]) throws -> [AuditEvent] {
-        try pool.write { db in try Store.appendAudit(db, drafts) }
+        try pool.write { db in try self.appendAudit(db, drafts) }
     }
 
     public func auditHead() throws -> (seq: Int64, hash: [UInt8], lastCheckpoint: Int64) {
@@ -114,21 +118,50 @@ extension Store {
         }
     }
 
-    /// Signs the current head if it moved since the last checkpoint. The head is read
-    /// and the checkpoint written in one transaction, so it always matches the chain.
-    /// Blocking: the audit writer thread and shutdown (a cancelled task) call it too.
-    public func checkpointAuditNow(now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
-        try pool.write { db in try Store.checkpointIfMoved(db, now: now, sign: sign) }
+    /// What the signer sees before it signs a new head: the newest checkpoint, the
+    /// checkpoint the head anchor names (if still there), and every event after the
+    /// newest checkpoint, in order.
+    public struct CheckpointBasis: Sendable {
+        public var base: AuditCheckpoint?
+        public var anchored: AuditCheckpoint?
+        public var tail: [AuditEvent]
     }
 
-    static func checkpointIfMoved(_ db: Database, now: Int64, sign: (Int64, [UInt8], Int64) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
-        let (seq, hash) = try auditHead(db)
-        let last = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
-        guard seq > last else { return nil }
-        let cp = try sign(seq, hash, now)
-        try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
-                       arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
-        return cp
+    /// Signs the current head if it moved since the last checkpoint. The head is read
+    /// and the checkpoint written in one transaction, so it always matches the chain;
+    /// `sign` verifies the basis (and throws to refuse) before it signs.
+    /// Blocking: the audit writer thread and shutdown (a cancelled task) call it too.
+    public func checkpointAuditNow(anchorSeq: Int64, sign: (CheckpointBasis) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
+        try pool.write { db in
+            let (seq, _) = try Store.auditHead(db)
+            let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
+            guard seq > base?.seq ?? 0 else { return nil }
+            let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
+            let tail = try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
+            let cp = try sign(CheckpointBasis(base: base, anchored: anchored, tail: tail))
+            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
+                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
+            return cp
+        }
+    }
+
+    /// The same basis without signing (the check at start when the head has not moved).
+    public func checkpointBasis(anchorSeq: Int64) throws -> CheckpointBasis {
+        try pool.read { db in
+            let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
+            let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
+            let tail = try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
+            return CheckpointBasis(base: base, anchored: anchored, tail: tail)
+        }
+    }
+
+    /// The lowest event seq still stored (nil: none).
+    public func firstAuditSeq() throws -> Int64? {
+        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT min(seq) FROM audit_event") }
+    }
+
+    static func checkpoint(_ r: Row) -> AuditCheckpoint {
+        AuditCheckpoint(seq: r["seq"], hash: [UInt8](r["hash"] as Data), time: r["time"], signature: [UInt8](r["signature"] as Data))
     }
 
     static func event(_ r: Row) -> AuditEvent {
@@ -137,7 +170,7 @@ extension Store {
             peerUID: UInt32(truncatingIfNeeded: r["peer_uid"] as Int64), peerUser: r["peer_user"], tokenAccessor: r["token_accessor"],
             method: r["method"], action: r["action"], path: r["path"], decision: r["decision"], rule: r["rule"],
             outcome: r["outcome"], status: r["status"], errorCode: r["error_code"],
-            prevHash: [UInt8](r["prev_hash"] as Data), hash: [UInt8](r["hash"] as Data))
+            prevHash: [UInt8](r["prev_hash"] as Data), hash: [UInt8](r["hash"] as Data), mac: (r["mac"] as Data?).map { [UInt8]($0) })
     }
 
     public func auditEvents(_ f: AuditFilter) throws -> [AuditEvent] {
@@ -159,20 +192,23 @@ extension Store {
     public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
         try pool.read { db in
             let events = try Row.fetchAll(db, sql: "SELECT * FROM audit_event ORDER BY seq").map(Store.event)
-            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map {
-                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
-            }
+            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map(Store.checkpoint)
             return (events, cps)
         }
     }
 
     /// Deletes events up to a checkpoint, which stays as the anchor the rest of the
     /// chain verifies from. Returns the number of events removed.
-    public func pruneAudit(throughCheckpoint seq: Int64) async throws -> Int {
+    /// `willPrune` runs inside the transaction, before anything is deleted (the head
+    /// anchor records the prune first, so a prune is never mistaken for tampering).
+    public func pruneAudit(throughCheckpoint seq: Int64, guard tokenGuard: TokenGuard? = nil,
+                           willPrune: @escaping @Sendable (Int64) throws -> Void = { _ in }) async throws -> Int {
         try await pool.write { db in
+            try tokenGuard?.check(db)
             guard try Int64.fetchOne(db, sql: "SELECT seq FROM audit_checkpoint WHERE seq = ?", arguments: [seq]) != nil else {
                 throw CofferError(.invalidParameter, "there is no checkpoint at seq \(seq)", hint: "prune through a checkpoint: see coffer audit verify")
             }
+            try willPrune(seq)
             try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
             let n = db.changesCount
             try db.execute(sql: "DELETE FROM audit_checkpoint WHERE seq < ?", arguments: [seq])

@@ -41,6 +41,33 @@ public struct TokenRecord: Sendable, Equatable {
 }
 
 extension Store {
+    /// The chain of tokens a request was authorized with, checked again inside the
+    /// write transaction that acts on it: a token (or an ancestor) revoked or expired
+    /// after the request's head arrived cannot authorize its body (check and action
+    /// are atomic, SQLite having one writer).
+    public struct TokenGuard: Sendable {
+        public var chain: [String]
+        public var now: Int64
+
+        /// nil when the request carried no token.
+        public init?(_ chain: [String]?, now: Int64) {
+            guard let chain, !chain.isEmpty else { return nil }
+            self.chain = chain
+            self.now = now
+        }
+
+        func check(_ db: Database) throws {
+            let marks = Array(repeating: "?", count: chain.count).joined(separator: ",")
+            var args: [any DatabaseValueConvertible] = chain
+            args.append(now)
+            let live = try Int.fetchOne(db, sql: "SELECT count(*) FROM token WHERE accessor IN (\(marks)) AND revoked_at IS NULL AND expires_at > ?",
+                                        arguments: StatementArguments(args)) ?? 0
+            guard live == chain.count else {
+                throw CofferError(.tokenRevoked, "the token was revoked or expired before the request completed")
+            }
+        }
+    }
+
     static func registerTokenMigration(_ m: inout DatabaseMigrator) {
         m.registerMigration("v2-tokens") { db in
             try db.execute(sql: """
@@ -77,8 +104,20 @@ extension Store {
             revokedAt: r["revoked_at"])
     }
 
-    public func insertToken(_ t: TokenRecord, audit: AuditScope? = nil) async throws {
-        let event = try await pool.write { db -> AuditEvent? in
+    /// Inserts a token; returns its use limit as stored. A child of a limited token
+    /// may not have more uses than its parent has left (it gets those by default).
+    @discardableResult
+    public func insertToken(_ t: TokenRecord, guard tokenGuard: TokenGuard? = nil, audit: AuditScope? = nil) async throws -> Int? {
+        let (event, uses) = try await pool.write { db -> (AuditEvent?, Int?) in
+            var t = t
+            try tokenGuard?.check(db)
+            if let parent = t.parent, let left = try Int.fetchOne(db, sql: "SELECT uses_left FROM token WHERE accessor = ?", arguments: [parent]) {
+                if let asked = t.usesLeft, asked > left {
+                    throw CofferError(.permissionDenied, "your token has \(left) uses left; a token made from it cannot have more",
+                                      hint: "ask for --uses \(left) or fewer")
+                }
+                t.usesLeft = t.usesLeft ?? left
+            }
             try db.execute(sql: """
                 INSERT INTO token (accessor, hash, parent, roles, paths, name, created_at, expires_at, uses_left, uses,
                                    bound_uid, created_uid, created_user, revoked_at)
@@ -86,9 +125,10 @@ extension Store {
                 """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
                                  t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
                                  Int64(t.createdUID), t.createdUser])
-            return try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            return (try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }, t.usesLeft)
         }
         if let event { audit?.markCommitted(event) }
+        return uses
     }
 
     public func token(hash: Data) throws -> TokenRecord? {
@@ -120,8 +160,9 @@ extension Store {
 
     /// Revokes a token and every token created from it (recursively). Returns the
     /// accessors newly revoked.
-    public func revokeToken(accessor: String, now: Int64, audit: AuditScope? = nil) async throws -> [String] {
+    public func revokeToken(accessor: String, now: Int64, guard tokenGuard: TokenGuard? = nil, audit: AuditScope? = nil) async throws -> [String] {
         let (revoked, event) = try await pool.write { db -> ([String], AuditEvent?) in
+            try tokenGuard?.check(db)
             let tree = try String.fetchAll(db, sql: """
                 WITH RECURSIVE tree(a) AS (
                     SELECT accessor FROM token WHERE accessor = ?
@@ -134,7 +175,7 @@ extension Store {
                 try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
                 if db.changesCount == 1 { revoked.append(a) }
             }
-            return (revoked, try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] })
+            return (revoked, try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] })
         }
         if let event { audit?.markCommitted(event) }
         return revoked

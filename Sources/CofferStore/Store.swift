@@ -8,9 +8,14 @@ public import GRDB
 public final class Store: Sendable {
     public let pool: DatabasePool
     public let path: String
+    /// MACs new audit events (nil: events get none; only tests of the store alone).
+    public let auditMAC: AuditMAC?
+    /// True when this open added MACs to an existing audit trail (an upgrade): the
+    /// events before have none.
+    public let upgradedToAuditMAC: Bool
 
     /// Opens (creating if needed) and migrates the database.
-    public init(path: String, durability: CofferConfig.Durability) throws {
+    public init(path: String, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
         // Reads run on the few threads of the cooperative pool: more readers than
@@ -27,9 +32,12 @@ public final class Store: Sendable {
         try pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(level)")
         }
+        let before = try pool.read { try Store.migrator.appliedIdentifiers($0) }
         try Store.migrator.migrate(pool)
         self.pool = pool
         self.path = path
+        self.auditMAC = auditMAC
+        self.upgradedToAuditMAC = before.contains("v3-audit") && !before.contains("v4-audit-mac")
     }
 
     /// Reads whether a database file exists and what key check it holds, without
@@ -148,7 +156,10 @@ public final class Store: Sendable {
     }
 
     /// Immediate children of `prefix`, in byte order, after `after`, at most `limit`.
-    public func list(_ prefix: SecretPrefix, after: String?, limit: Int) throws -> ListPage {
+    /// One page of the children under `prefix`; `visible` decides, per child ("key" or
+    /// "folder/"), whether the caller may see its name at all (hidden ones neither
+    /// count toward the page nor become its cursor).
+    public func list(_ prefix: SecretPrefix, after: String?, limit: Int, visible: (String) -> Bool = { _ in true }) throws -> ListPage {
         let base = prefix.childPrefix
         // Paths use only [A-Za-z0-9._-/]; '0' (0x30) follows '/' (0x2F), and '~' (0x7E) follows them all.
         let upper = base + "~"
@@ -164,6 +175,7 @@ public final class Store: Sendable {
         }
         return try pool.read { db in
             var keys: [String] = []
+            var hidden: String?
             var more = false
             let cursor = try String.fetchCursor(
                 db, sql: "SELECT path FROM secret WHERE path \(inclusive ? ">=" : ">") ? AND path < ? ORDER BY path",
@@ -176,7 +188,8 @@ public final class Store: Sendable {
                 } else {
                     key = String(rest)
                 }
-                if keys.last == key { continue }
+                if keys.last == key || hidden == key { continue }
+                guard visible(key) else { hidden = key; continue }
                 if keys.count == limit { more = true; break }
                 keys.append(key)
             }
@@ -194,10 +207,11 @@ public final class Store: Sendable {
     /// transaction, so the version number the ciphertext is bound to is the one
     /// stored), insert, and prune versions beyond `maxVersions`.
     public func put(
-        _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64, audit: AuditScope? = nil,
-        seal: @escaping @Sendable (Int) throws -> SealedVersion
+        _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64, guard tokenGuard: TokenGuard? = nil,
+        audit: AuditScope? = nil, seal: @escaping @Sendable (Int) throws -> SealedVersion
     ) async throws -> VersionRecord {
         let (record, event) = try await pool.write { db -> (VersionRecord, AuditEvent?) in
+            try tokenGuard?.check(db)
             let existing = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
             let current: Int = existing?["current_version"] ?? 0
             if let cas, cas != current {
@@ -222,7 +236,7 @@ public final class Store: Sendable {
             // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
             try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
             // Invariant 4: the event commits in the same transaction as the change.
-            let event = try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            let event = try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
             return (VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
                                   size: sealed.size, state: .active, deletedAt: nil, keyID: sealed.keyID), event)
         }
@@ -234,8 +248,10 @@ public final class Store: Sendable {
 
     /// Changes the state of the given versions (the latest when empty). Unknown
     /// versions are an error and nothing changes. Returns the secret afterwards.
-    public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64, audit: AuditScope? = nil) async throws -> SecretRecord {
+    public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64, guard tokenGuard: TokenGuard? = nil,
+                       audit: AuditScope? = nil) async throws -> SecretRecord {
         let (record, event) = try await pool.write { db -> (SecretRecord, AuditEvent?) in
+            try tokenGuard?.check(db)
             guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
             else { throw CofferError(.notFound, "no secret at \(path)") }
             let id: Int64 = s["id"]
@@ -252,7 +268,7 @@ public final class Store: Sendable {
             }
             try db.execute(sql: "UPDATE secret SET updated_at = ? WHERE id = ?", arguments: [now, id])
             guard let rec = try Store.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
-            let event = try audit.map { try Store.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            let event = try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
             return (rec, event)
         }
         if let event { audit?.markCommitted(event) }

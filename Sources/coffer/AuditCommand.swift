@@ -40,10 +40,15 @@ extension AuditCommand {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Walk the hash chain and checkpoint signatures: OK with count and head, or the first bad sequence number.",
-            discussion: "Through the daemon (it signs its current head first), or offline: --db FILE --pubkey FILE. Exit 0 when OK, 9 when the trail is broken.")
+            discussion: """
+                Through the daemon (it signs its current head first), or offline: --db FILE --pubkey FILE, checked against \
+                the signed head anchor (audit.anchor beside the database, or --anchor FILE) so that a trail truncated or \
+                emptied together with its checkpoints is reported. Exit 0 when OK, 9 when the trail is broken.
+                """)
         @OptionGroup var global: GlobalOptions
         @Option(help: "Verify this database file offline (read-only).") var db: String?
         @Option(help: "The audit public key file (audit.pub beside the database).") var pubkey: String?
+        @Option(help: "The head anchor file (default: audit.anchor beside the database).") var anchor: String?
 
         func run() throws {
             try runReporting {
@@ -57,7 +62,15 @@ extension AuditCommand {
                     do { chain = try AuditDatabase.readChain(path: db) } catch {
                         throw CofferError(.invalidParameter, "cannot read the audit trail in \(db): \(error)")
                     }
-                    switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key) {
+                    let anchorPath = anchor ?? ((db as NSString).deletingLastPathComponent + "/" + AuditAnchor.fileName)
+                    guard let anchorText = try? String(contentsOfFile: anchorPath, encoding: .utf8) else {
+                        throw CofferError(.invalidParameter, "cannot read the head anchor \(anchorPath): without it a truncated trail cannot be told from a whole one",
+                                          hint: "pass --anchor FILE (a copy of audit.anchor from the state directory)")
+                    }
+                    guard let headAnchor = AuditAnchor(text: anchorText) else {
+                        throw CofferError(.invalidParameter, "\(anchorPath) is not a Coffer audit head anchor")
+                    }
+                    switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key, anchor: headAnchor) {
                     case .ok(let count, let head, let hash, let cps):
                         r = AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil)
                     case .bad(let seq, let problem):

@@ -72,20 +72,54 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Read a token from this file (env COFFER_TOKEN_FILE; or COFFER_TOKEN).")
     var tokenFile: String?
 
-    var socketPath: String {
+    /// --socket, COFFER_SOCKET, a dev daemon's socket in ./.coffer, or the installed
+    /// one. A discovered ./.coffer socket is used only when it and its directory
+    /// belong to the caller (or root) and the directory is not group/world-writable:
+    /// anyone could plant a socket in a shared directory and collect what is sent.
+    func socketPath() throws -> String {
         if let socket { return socket }
         if let env = ProcessInfo.processInfo.environment["COFFER_SOCKET"], !env.isEmpty { return env }
-        let local = FileManager.default.currentDirectoryPath + "/.coffer/coffer.sock"
-        if FileManager.default.fileExists(atPath: local) { return local }
-        return "/run/coffer/coffer.sock"
+        let dir = FileManager.default.currentDirectoryPath + "/.coffer"
+        let local = dir + "/coffer.sock"
+        var st = stat()
+        guard lstat(local, &st) == 0 else { return "/run/coffer/coffer.sock" }
+        let me = getuid()
+        var dirStat = stat()
+        let problem: String?
+        if (st.st_mode & S_IFMT) != S_IFSOCK {
+            problem = "it is not a socket"
+        } else if st.st_uid != me && st.st_uid != 0 {
+            problem = "it belongs to uid \(st.st_uid), not to you or root"
+        } else if lstat(dir, &dirStat) != 0 || (dirStat.st_mode & S_IFMT) != S_IFDIR {
+            problem = "\(dir) is not a directory"
+        } else if dirStat.st_uid != me && dirStat.st_uid != 0 {
+            problem = "\(dir) belongs to uid \(dirStat.st_uid), not to you or root"
+        } else if dirStat.st_mode & 0o022 != 0 {
+            problem = "\(dir) is writable by others (mode \(String(dirStat.st_mode & 0o7777, radix: 8)))"
+        } else {
+            problem = nil
+        }
+        if let problem {
+            throw CofferError(.invalidParameter, "refusing to use the socket \(local): \(problem)",
+                              hint: "a socket someone else planted would receive your secrets and token; pass --socket or COFFER_SOCKET explicitly")
+        }
+        return local
     }
 
-    func client() throws -> CofferClient { CofferClient(socketPath: socketPath, token: try token()) }
+    func client() throws -> CofferClient { CofferClient(socketPath: try socketPath(), token: try token()) }
 
     /// The token, never from argv: --token-file, COFFER_TOKEN_FILE, then COFFER_TOKEN.
     func token() throws -> String? {
         let env = ProcessInfo.processInfo.environment
         if let file = tokenFile ?? env["COFFER_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            // As ssh does for private keys: a token everyone can read (or others can
+            // change) is refused. Group bits may show an ACL's mask (coffer-job grants
+            // the job user read access with setfacl), so group-read alone passes.
+            var st = stat()
+            if stat(file, &st) == 0, st.st_mode & 0o026 != 0 {
+                throw CofferError(.invalidParameter, "the token file \(file) is readable by others (mode \(String(st.st_mode & 0o7777, radix: 8)))",
+                                  hint: "chmod 600 \(file)")
+            }
             guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
                 throw CofferError(.invalidParameter, "cannot read the token file \(file)")
             }

@@ -61,10 +61,12 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
     return try CofferConfig.parse(text, file: path)
 }
 
-func serve(_ config: CofferConfig, logger: Logger, onReady: @escaping @Sendable () -> Void) async throws {
+func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, onReady: @escaping @Sendable () -> Void) async throws {
+    let lock = try StateLock(stateDir: config.stateDir)
+    defer { withExtendedLifetime(lock) {} }
     let engine = try await SecretEngine.open(
         config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
-        policies: policies(for: config, logger: logger), logger: logger)
+        policies: policies(for: config, logger: logger), logger: logger, reanchorAudit: reanchorAudit)
     try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
 }
 
@@ -140,6 +142,8 @@ struct Init: AsyncParsableCommand {
             let logger = makeLogger(c.logLevel)
             try makeDirectory(c.stateDir)
             try makeDirectory((c.keyFile as NSString).deletingLastPathComponent)
+            let lock = try StateLock(stateDir: c.stateDir)
+            defer { withExtendedLifetime(lock) {} }
             if FileManager.default.fileExists(atPath: c.resolvedDatabasePath) {
                 throw CofferError(.config, "the database \(c.resolvedDatabasePath) already exists; refusing to initialise again")
             }
@@ -160,13 +164,16 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Config file.")
     var config: String = CofferConfig.defaultPath
 
+    @Flag(help: "Accept the audit trail as it stands when its head anchor (audit.anchor) is missing, and anchor it anew (logged).")
+    var reanchorAudit = false
+
     func run() async throws {
         do {
             try hardenProcess()
             let c = try loadConfig(config)
             let logger = makeLogger(c.logLevel)
-            try makeDirectory(c.stateDir)
-            try await serve(c, logger: logger) {}
+            try StateChecks.installed(configFile: config, c)
+            try await serve(c, logger: logger, reanchorAudit: reanchorAudit) {}
         } catch let e as CofferError {
             throw fail(e)
         }

@@ -24,7 +24,7 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
         let head = Int(try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;")) ?? 0
         #expect(head == 18)
         func verify(_ db: String) throws -> RunResult {
-            try run(Bins.coffer, ["audit", "verify", "--db", db, "--pubkey", pub])
+            try run(Bins.coffer, ["audit", "verify", "--db", db, "--pubkey", pub, "--anchor", d.dir + "/state/audit.anchor"])
         }
         var r = try verify(d.dbPath)
         #expect(r.status == 0 && r.out.hasPrefix("OK: 18 events, head seq 18"), "\(r.out) \(r.stderr)")
@@ -46,7 +46,7 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
             ("truncate the tail", "DELETE FROM audit_event WHERE seq > 15;", 16, "truncated"),
             ("replace a checkpoint signature",
              "UPDATE audit_checkpoint SET signature = (SELECT signature FROM audit_checkpoint WHERE seq = 5) WHERE seq = 10;", 10, "bad signature"),
-            ("drop the last checkpoints", "DELETE FROM audit_checkpoint WHERE seq > 10;", 11, "not signed"),
+            ("drop the last checkpoints", "DELETE FROM audit_checkpoint WHERE seq > 10;", 18, "the head anchor names the checkpoint at seq 18, which is missing"),
         ]
         for (name, sql, seq, problem) in cases {
             let copy = d.dir + "/copy.db"
@@ -113,7 +113,7 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
     /// The database on a small tmpfs that fills up: requests that need audit get 503
     /// with no value, health says why, the daemon stays up, and it recovers by itself.
     @Test func failsClosedOnAFullDiskAndRecovers() throws {
-        let d = try Daemon(config: "[audit]\nmirror = \"file:MIRROR\"", initialise: false)
+        let d = try Daemon(config: "[audit]\nmirror = \"file:MIRROR\"\ncheckpoint_seconds = 1", initialise: false)
         let mirror = d.dir + "/mirror.jsonl"
         var text = try String(contentsOfFile: d.configPath, encoding: .utf8)
         text = text.replacingOccurrences(of: "file:MIRROR", with: "file:\(mirror)")
@@ -146,8 +146,14 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
         #expect(code == 200)
         #expect(json(body)["status"] as? String == "degraded")
         #expect((json(body)["audit"] as? String)?.contains("the disk is full") == true, "\(body)")
-        #expect(try d.curl("GET", "/v1/sys/status").0 == 200)
+        // status is audited (a token can be probed there), so it fails closed too
+        #expect(try d.curl("GET", "/v1/sys/status").0 == 503)
         #expect(d.process?.isRunning == true)
+        // a checkpoint timer with nothing to sign must not call the trail healthy again
+        Thread.sleep(forTimeInterval: 2.5)
+        (code, body) = try d.curl("GET", "/v1/sys/health")
+        #expect(json(body)["status"] as? String == "degraded", "health says ok while requests still fail: \(body)")
+        #expect(try d.curl("GET", "/v1/sys/status").0 == 503)
 
         // free the space: the next request succeeds, no restart
         try FileManager.default.removeItem(atPath: state + "/filler")

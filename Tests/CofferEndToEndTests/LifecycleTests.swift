@@ -49,7 +49,8 @@ import Testing
         second.waitUntilExit()
         #expect(second.terminationStatus != 0)
         let msg = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
-        #expect(msg.contains("cofferd: error: another cofferd is already serving \(d.socket)"), "\(msg)")
+        // the state directory's lock is taken first (one daemon per state directory)
+        #expect(msg.contains("cofferd: error: another cofferd is already using the state directory"), "\(msg)")
         #expect(try d.coffer(["secret", "get", "live/x"]).stdout == Array("v".utf8))
     }
 

@@ -1,0 +1,27 @@
+public import CofferCore
+import Foundation
+import Glibc
+
+/// Files the daemon takes security-relevant state from (config, policy, key, state
+/// directory, database) must belong to root or to the daemon's own user and be
+/// writable by no one else, as sshd's StrictModes requires: otherwise a local user
+/// could swap them under the daemon.
+public enum FileTrust {
+    /// Refuses a path owned by someone else or writable by group or others.
+    public static func check(_ path: String, _ what: String) throws(CofferError) {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw CofferError(.config, "cannot check the \(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        let me = geteuid()
+        guard st.st_uid == 0 || st.st_uid == me else {
+            throw CofferError(.config, "the \(what) \(path) is owned by uid \(st.st_uid), not by root or cofferd's user (uid \(me))",
+                              hint: "chown it to root (or cofferd's user) before starting cofferd")
+        }
+        guard st.st_mode & 0o022 == 0 else {
+            throw CofferError(.config, "the \(what) \(path) is writable by \(st.st_mode & 0o002 != 0 ? "everyone" : "its group") (mode \(String(st.st_mode & 0o7777, radix: 8)))",
+                              hint: "chmod go-w \(path)")
+        }
+    }
+
+}
