@@ -104,7 +104,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferEndToEndTests",
-            dependencies: ["CofferClient", "CofferAPI", "CofferCore"],
+            dependencies: ["CofferClient", "CofferAPI", "CofferCore", "CofferAudit"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -112,6 +112,9 @@ extension Store {
             var t = t
             try tokenGuard?.check(db)
             if let parent = t.parent, let left = try Int.fetchOne(db, sql: "SELECT uses_left FROM token WHERE accessor = ?", arguments: [parent]) {
+                guard left > 0 else {
+                    throw CofferError(.permissionDenied, "your token has no uses left to give to a token made from it")
+                }
                 if let asked = t.usesLeft, asked > left {
                     throw CofferError(.permissionDenied, "your token has \(left) uses left; a token made from it cannot have more",
                                       hint: "ask for --uses \(left) or fewer")
