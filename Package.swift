@@ -105,6 +105,7 @@ let package = Package(
         .testTarget(
             name: "CofferEndToEndTests",
             dependencies: ["CofferClient", "CofferAPI", "CofferCore", "CofferAudit"],
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
     ]

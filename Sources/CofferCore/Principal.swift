@@ -147,6 +147,17 @@ public struct PolicyEvaluator {
         return decided ?? .deny("default deny")
     }
 
+    /// A decision function for many decisions about one principal under one policy
+    /// (a listing): the role names it resolves are computed once.
+    public static func decider(_ policy: Policy, _ p: Principal) -> (Action, SecretPath?) -> Decision {
+        guard p.token == nil else { return { decide(policy, p, $0, $1) } }
+        let roles = policy.roleNames(for: p)
+        return { action, path in
+            guard let capability = Capability(action: action) else { return statusDecision(roles) }
+            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
+        }
+    }
+
     /// One token's own grant: its paths (if any), then its roles.
     static func decide(_ policy: Policy, _ layer: TokenGrant.Layer, _ capability: Capability, _ target: String) -> Decision {
         if !layer.paths.isEmpty {

@@ -198,13 +198,13 @@ public final class SecretEngine: Sendable {
         }
         // Names are shown only where the caller may list (folders) or list, read or
         // write (secrets): a listing is no oracle for what lies elsewhere.
-        let policy = policies.policy
+        let decide = PolicyEvaluator.decider(policies.policy, p)
         let base = prefix.childPrefix
         let visible = { (key: String) -> Bool in
             let isFolder = key.hasSuffix("/")
             guard let child = try? SecretPath(base + (isFolder ? String(key.dropLast()) : key)) else { return false }
-            let actions: [Action] = isFolder ? [.list] : [.list, .read, .write]
-            return actions.contains { PolicyEvaluator.decide(policy, p, $0, child).allowed }
+            if decide(.list, child).allowed { return true }
+            return !isFolder && (decide(.read, child).allowed || decide(.write, child).allowed)
         }
         return try storeCall { try store.list(prefix, after: after, limit: n, visible: visible) }
     }

@@ -415,7 +415,7 @@ public struct APIResponder: HTTPResponder {
         }
         let data = Data(buffer.readableBytesView)
         if let key = JSONDuplicateKeys.first(in: buffer.readableBytesView) {
-            throw CofferError(.invalidJSON, "the request body has the key '\(key)' twice", hint: "give each field once")
+            throw CofferError(.invalidJSON, "the request body has a duplicate key '\(key)'", hint: "give each field once")
         }
         do {
             return try JSONDecoder().decode(T.self, from: data)

@@ -47,6 +47,7 @@ public struct PeerCredChannel: ServerChildChannel {
                 // connection is closed before any byte is read.
                 guard limiter.acquire(cred.uid) else {
                     logger.warning("connection refused: too many from one uid", metadata: ["peer.uid": "\(cred.uid)", "peer.pid": "\(cred.pid)"])
+                    channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(PeerCredError.tooManyConnections)
                 }
                 channel.closeFuture.whenComplete { _ in limiter.release(cred.uid) }

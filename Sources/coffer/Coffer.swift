@@ -112,11 +112,10 @@ struct GlobalOptions: ParsableArguments {
     func token() throws -> String? {
         let env = ProcessInfo.processInfo.environment
         if let file = tokenFile ?? env["COFFER_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
-            // As ssh does for private keys: a token everyone can read (or others can
-            // change) is refused. Group bits may show an ACL's mask (coffer-job grants
-            // the job user read access with setfacl), so group-read alone passes.
+            // As ssh does for private keys: a token file anyone but its owner can read
+            // or change is refused.
             var st = stat()
-            if stat(file, &st) == 0, st.st_mode & 0o026 != 0 {
+            if stat(file, &st) == 0, st.st_mode & 0o077 != 0 {
                 throw CofferError(.invalidParameter, "the token file \(file) is readable by others (mode \(String(st.st_mode & 0o7777, radix: 8)))",
                                   hint: "chmod 600 \(file)")
             }

@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+
+/// A database written by the previous release (Fixtures/main-0.1) opens, reads
+/// everything, keeps its tokens valid, and its audit trail still verifies after the
+/// upgrade added MACs and the head anchor.
+@Suite(.serialized) struct UpgradeTests {
+    static let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/main-0.1").path
+
+    @Test func aDatabaseOfTheLastReleaseUpgrades() throws {
+        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5", initialise: false)
+        let state = d.dir + "/state"
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for f in ["coffer.db", "audit.pub"] {
+            try FileManager.default.copyItem(atPath: Self.fixture + "/" + f, toPath: state + "/" + f)
+        }
+        chmod(state + "/coffer.db", 0o600)
+        try FileManager.default.createDirectory(atPath: (d.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        try? FileManager.default.removeItem(atPath: d.keyPath)
+        try FileManager.default.copyItem(atPath: Self.fixture + "/root.key", toPath: d.keyPath)
+        chmod(d.keyPath, 0o400)
+        try? FileManager.default.removeItem(atPath: d.policyPath)
+        try FileManager.default.copyItem(atPath: Self.fixture + "/policy.toml", toPath: d.policyPath)
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "ci/app/db"]).out == "v2-app")
+        #expect(try d.coffer(["secret", "get", "ci/app/db", "--version", "1"]).out == "v1-app")
+        #expect(try d.coffer(["secret", "get", "other/x"]).out == "other")
+        #expect(try d.coffer(["secret", "get", "other/deleted"]).status != 0)
+        // tokens minted before the upgrade still map to their records (the token-hash key is unchanged)
+        let token = try String(contentsOfFile: Self.fixture + "/ci.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let (code, body) = try d.curl("GET", "/v1/secrets/data/ci/app/db", headers: ["X-Coffer-Token: \(token)"])
+        let expires = try #require(ISO8601DateFormatter().date(from: "2026-12-29T12:23:00Z"))
+        if Date() < expires {
+            #expect(code == 200 && body.contains("v2-app"), "\(code) \(body)")
+        } else {
+            #expect(errorCode(body) == "token_expired", "\(body)")
+        }
+        // the old trail (9 events, no MACs) verifies, and so does what follows it
+        var v = try d.coffer(["audit", "verify"])
+        #expect(v.status == 0, "\(v.out)")
+        for i in 0..<7 { _ = try d.coffer(["secret", "put", "new/s\(i)"], stdin: Array("n\(i)".utf8)) }
+        v = try d.coffer(["audit", "verify"])
+        #expect(v.status == 0, "\(v.out)")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_event WHERE seq <= 9 AND mac IS NULL;") == "9")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_event WHERE seq > 9 AND mac IS NULL;") == "0")
+        d.stop()
+        let offline = try run(Bins.coffer, ["audit", "verify", "--db", d.dbPath, "--pubkey", state + "/audit.pub"])
+        #expect(offline.status == 0, "\(offline.out) \(offline.stderr)")
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "new/s3"]).out == "n3")
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
+    }
+}
