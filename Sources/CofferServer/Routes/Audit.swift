@@ -1,0 +1,123 @@
+import CofferAPI
+import CofferAudit
+import CofferCore
+import CofferEngine
+import CofferStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// /v1/audit: reading, verifying, exporting and pruning the trail.
+extension APIResponder {
+    static let auditEndpoints: [Endpoint] = [
+        Endpoint("audit_read", .exact("/v1/audit/events"), [.init(.get, "audit_read") { r, i throws(CofferError) in try r.auditEvents(i) }]),
+        Endpoint("audit_verify", .exact("/v1/audit/verify"), [
+            .init(.get, "audit_verify") { r, i throws(CofferError) in try await r.auditVerify(i) },
+            .init(.post, "audit_verify") { r, i throws(CofferError) in try await r.auditVerify(i) },
+        ]),
+        Endpoint("audit_export", .exact("/v1/audit/export"), [.init(.get, "audit_export") { r, i throws(CofferError) in try await r.auditExport(i) }]),
+        Endpoint("audit_prune", .exact("/v1/audit/prune"), [.init(.post, "audit_prune") { r, i throws(CofferError) in try await r.auditPrune(i) }]),
+        Endpoint("audit_pubkey", .exact("/v1/audit/pubkey"), [.init(.get, "audit_pubkey") { r, i throws(CofferError) in try r.auditPublicKey(i) }]),
+    ]
+
+    func auditEvents(_ i: RouteInput) throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
+        // Nothing of the query is parsed for a caller who may not read the trail.
+        try engine.authorize(principal, .audit, nil)
+        let q = i.request.uri.queryParameters
+        var f = AuditFilter()
+        f.limit = 1000
+        if let v = q["after"] { guard let n = Int64(v), n >= 0 else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
+        if let v = q["limit"] { guard let n = Int(v), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
+        if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
+        if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
+        if let v = q["user"] { f.user = String(v.prefix(256)) }
+        if let v = q["uid"] { guard let n = UInt32(v) else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
+        if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
+        if let v = q["action"] { f.action = String(v.prefix(64)) }
+        if let v = q["decision"] {
+            guard ["allow", "deny", "none"].contains(v) else { throw CofferError(.invalidParameter, "decision must be allow, deny or none") }
+            f.decision = String(v)
+        }
+        let events = try engine.auditEvents(principal, f)
+        return ErrorMapping.json(AuditEventsResponse(events: events.map(Self.wire), nextAfter: events.count == f.limit ? events.last?.seq : nil))
+    }
+
+    func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        switch try await engine.auditVerify(principal) {
+        case .ok(let count, let head, let hash, let cps):
+            return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
+        case .bad(let seq, let problem):
+            return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
+        }
+    }
+
+    func auditExport(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let chain = try await engine.auditExport(principal)
+        var text = ""
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for ev in chain.events {
+            if let d = try? e.encode(["event": Self.wire(ev)]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+        }
+        for cp in chain.checkpoints {
+            let o: [String: String] = ["seq": String(cp.seq), "hash": Hex.encode(cp.hash), "time": Timestamp.string(millis: cp.time), "signature": Hex.encode(cp.signature)]
+            if let d = try? e.encode(["checkpoint": o]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    func auditPrune(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        try engine.authorize(principal, .audit, nil)
+        try engine.authorize(principal, .admin, nil)
+        guard let body: AuditPruneRequest = try await decodeBody(i.request, i.context, required: true) else {
+            throw CofferError(.invalidJSON, "a JSON body is required")
+        }
+        return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq)))
+    }
+
+    func auditPublicKey(_ i: RouteInput) throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let key = try engine.auditPublicKey(principal)
+        return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: AuditKeyFile.encode(key))))
+    }
+
+    /// Latest time accepted (9999-12-31T23:59:59Z): nothing outside 0...this can
+    /// overflow a millisecond count or a date.
+    static let maxUnixSeconds: Int64 = 253_402_300_799
+
+    static func parseTime(_ s: String, _ name: String) throws(CofferError) -> Int64 {
+        let bad = CofferError(.invalidParameter, "\(name) must be unix seconds (0...\(maxUnixSeconds)) or an RFC 3339 time like 2026-11-29T10:00:00Z")
+        guard s.utf8.count <= 64 else { throw bad }
+        if s.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+            guard let n = Int64(s), n <= maxUnixSeconds else { throw bad }
+            return n * 1000  // unix seconds; bounded above, cannot overflow
+        }
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        var date = f.date(from: s)
+        if date == nil {
+            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            date = f.date(from: s)
+        }
+        guard let t = date?.timeIntervalSince1970, t >= 0, t <= Double(maxUnixSeconds) else { throw bad }
+        return Int64(t * 1000)
+    }
+
+    static func wire(_ e: AuditEvent) -> AuditEventWire {
+        AuditEventWire(seq: e.seq, time: Timestamp.string(millis: e.time), requestID: e.requestID,
+                       peer: .init(pid: e.peerPID, uid: e.peerUID, user: e.peerUser), tokenAccessor: e.tokenAccessor,
+                       method: e.method, action: e.action, path: e.path, decision: e.decision, rule: e.rule, outcome: e.outcome,
+                       status: e.status, errorCode: e.errorCode, prevHash: Hex.encode(e.prevHash), hash: Hex.encode(e.hash))
+    }
+
+}

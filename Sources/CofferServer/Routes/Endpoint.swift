@@ -1,0 +1,131 @@
+import CofferCore
+import HTTPTypes
+import Hummingbird
+
+/// One entry of an endpoint table: how the raw request path matches, and per
+/// method the action name (for policy logs and the audit event), whether it is
+/// audited, and the handler. A feature is one route file (`Routes/*.swift`) listing
+/// its endpoints, plus the engine functions they call.
+struct Endpoint: Sendable {
+    enum Match: Sendable {
+        /// The whole raw path.
+        case exact(String)
+        /// A raw-path prefix (and optional suffix); what lies between is the
+        /// parameter, decoded by `param` — never normalised (Hummingbird's own router
+        /// would collapse `//`, which is why paths are matched raw here).
+        case prefix(String, suffix: String, param: Param)
+    }
+
+    /// How the parameter between prefix and suffix is read.
+    enum Param: Sendable {
+        /// Percent-decoded; validated as a secret path or prefix by the handler.
+        case percentDecoded
+        /// A token accessor (or "self"): `[A-Za-z0-9_]`, no slash.
+        case accessor
+    }
+
+    struct Method: Sendable {
+        let method: HTTPRequest.Method
+        let action: String
+        let audited: Bool
+        /// false: answers before any identity work (health).
+        let needsPrincipal: Bool
+        let handler: Handler
+
+        init(_ method: HTTPRequest.Method, _ action: String, audited: Bool = true, needsPrincipal: Bool = true, _ handler: @escaping Handler) {
+            self.method = method
+            self.action = action
+            self.audited = audited
+            self.needsPrincipal = needsPrincipal
+            self.handler = handler
+        }
+    }
+
+    typealias Handler = @Sendable (APIResponder, RouteInput) async throws(CofferError) -> Response
+
+    /// Names the endpoint in an audit event when no method of it matched.
+    let name: String
+    let match: Match
+    let methods: [Method]
+    /// Whether the decoded parameter is recorded as the event's path.
+    var paramIsAuditPath = true
+
+    init(_ name: String, _ match: Match, _ methods: [Method]) {
+        self.name = name
+        self.match = match
+        self.methods = methods
+    }
+
+    var allowHeader: String { methods.map(\.method.rawValue).joined(separator: ", ") }
+}
+
+/// What a handler receives: the request, its context, the route parameter (already
+/// decoded, not yet validated) and the caller (nil only for endpoints that need none).
+struct RouteInput: Sendable {
+    let request: Request
+    let context: CofferRequestContext
+    let param: String
+    let principal: Principal?
+
+    /// The caller; endpoints that need one always have it.
+    var caller: Principal {
+        get throws(CofferError) {
+            guard let principal else { throw CofferError(.unauthenticated, "the caller is unknown") }
+            return principal
+        }
+    }
+}
+
+/// The union of the endpoint tables, resolved against raw paths: exact matches
+/// first, then prefixes (longest first). An unknown path is 404 and a known path
+/// with an unknown method 405 with `Allow`, both decided here.
+struct Router: Sendable {
+    let exact: [String: Endpoint]
+    let prefixed: [Endpoint]
+
+    init(_ tables: [[Endpoint]]) {
+        var exact: [String: Endpoint] = [:]
+        var prefixed: [Endpoint] = []
+        for e in tables.joined() {
+            switch e.match {
+            case .exact(let p):
+                precondition(exact[p] == nil, "two endpoints for \(p)")  // a programming error in the tables, at start
+                exact[p] = e
+            case .prefix:
+                prefixed.append(e)
+            }
+        }
+        self.exact = exact
+        self.prefixed = prefixed.sorted { a, b in
+            guard case .prefix(let pa, let sa, _) = a.match, case .prefix(let pb, let sb, _) = b.match else { return false }
+            return pa.count + sa.count > pb.count + sb.count
+        }
+    }
+
+    enum Resolution {
+        case found(Endpoint, param: String)
+        case badParam(Endpoint, CofferError)
+        case notFound
+    }
+
+    func resolve(_ rawPath: String) -> Resolution {
+        if let e = exact[rawPath] { return .found(e, param: "") }
+        let path = rawPath[...]
+        for e in prefixed {
+            guard case .prefix(let prefix, let suffix, let param) = e.match, path.hasPrefix(prefix),
+                  path.count >= prefix.count + suffix.count, path.hasSuffix(suffix) else { continue }
+            let raw = path.dropFirst(prefix.count).dropLast(suffix.count)
+            switch param {
+            case .percentDecoded:
+                do { return .found(e, param: try PercentDecoding.decode(raw)) } catch { return .badParam(e, error) }
+            case .accessor:
+                if raw.contains("/") { continue }  // another endpoint may match (…/revoke)
+                guard !raw.isEmpty, raw.utf8.count <= 64, raw.utf8.allSatisfy(SecretPathChars.isToken) else {
+                    return .badParam(e, CofferError(.invalidParameter, "a token accessor looks like acc_0123…", hint: "see coffer token list"))
+                }
+                return .found(e, param: String(raw))
+            }
+        }
+        return .notFound
+    }
+}

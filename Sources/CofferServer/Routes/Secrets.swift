@@ -1,0 +1,121 @@
+import CofferAPI
+import CofferCore
+import CofferEngine
+import CofferStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// /v1/secrets: versioned secrets (read, write, metadata, list, delete, undelete, destroy).
+extension APIResponder {
+    static let secretEndpoints: [Endpoint] = [
+        Endpoint("secret_data", .prefix("/v1/secrets/data/", suffix: "", param: .percentDecoded), [
+            .init(.get, "read") { r, i throws(CofferError) in try r.read(i) },
+            .init(.put, "write") { r, i throws(CofferError) in try await r.write(i) },
+            .init(.post, "write") { r, i throws(CofferError) in try await r.write(i) },
+            .init(.delete, "delete") { r, i throws(CofferError) in try await r.change(i, .delete) },
+        ]),
+        Endpoint("read_metadata", .prefix("/v1/secrets/metadata/", suffix: "", param: .percentDecoded), [
+            .init(.get, "read_metadata") { r, i throws(CofferError) in try r.metadata(i) },
+        ]),
+        Endpoint("list", .exact("/v1/secrets/list"), [.init(.get, "list") { r, i throws(CofferError) in try r.list(i) }]),
+        Endpoint("list", .exact("/v1/secrets/list/"), [.init(.get, "list") { r, i throws(CofferError) in try r.list(i) }]),
+        Endpoint("list", .prefix("/v1/secrets/list/", suffix: "", param: .percentDecoded), [
+            .init(.get, "list") { r, i throws(CofferError) in try r.list(i) },
+        ]),
+        Endpoint("delete", .prefix("/v1/secrets/delete/", suffix: "", param: .percentDecoded), [
+            .init(.post, "delete") { r, i throws(CofferError) in try await r.change(i, .delete, body: true) },
+        ]),
+        Endpoint("undelete", .prefix("/v1/secrets/undelete/", suffix: "", param: .percentDecoded), [
+            .init(.post, "undelete") { r, i throws(CofferError) in try await r.change(i, .undelete, body: true) },
+        ]),
+        Endpoint("destroy", .prefix("/v1/secrets/destroy/", suffix: "", param: .percentDecoded), [
+            .init(.post, "destroy") { r, i throws(CofferError) in try await r.change(i, .destroy, body: true) },
+        ]),
+    ]
+
+    func read(_ i: RouteInput) throws(CofferError) -> Response {
+        let path = try SecretPath(i.param)
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["version"])
+        var version: Int?
+        if let v = i.request.uri.queryParameters["version"] {
+            guard let n = Int(v), n >= 1, n <= Int(Int32.max) else {
+                throw CofferError(.invalidVersion, "version must be a positive integer", hint: "omit it for the latest version")
+            }
+            version = n
+        }
+        let r = try engine.get(principal, path, version: version)
+        if i.request.headers[.accept] == "application/octet-stream" {
+            // Raw bytes, metadata in headers: nothing to decode for a shell pipeline.
+            var buffer = ByteBuffer()
+            _ = r.value.withUnsafeBytes { buffer.writeBytes($0) }
+            var headers: HTTPFields = [.contentType: "application/octet-stream"]
+            headers[Self.versionHeader] = String(r.meta.version)
+            headers[Self.currentVersionHeader] = String(r.currentVersion)
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: buffer))
+        }
+        let bytes = r.value.copyToArray()
+        let text = String(validating: bytes, as: UTF8.self)
+        return ErrorMapping.json(SecretResponse(
+            path: path.rawValue, value: text, valueBase64: Data(bytes).base64EncodedString(),
+            currentVersion: r.currentVersion, metadata: Self.meta(r.meta)))
+    }
+
+    func write(_ i: RouteInput) async throws(CofferError) -> Response {
+        let path = try SecretPath(i.param)
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        try engine.authorize(principal, .write, path)
+        guard let body: PutSecretRequest = try await decodeBody(i.request, i.context, required: true) else {
+            throw CofferError(.invalidJSON, "a JSON body is required")
+        }
+        let value = try valueBytes(body)
+        let rec = try await engine.put(principal, path, value: value, cas: body.cas)
+        return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
+    }
+
+    func metadata(_ i: RouteInput) throws(CofferError) -> Response {
+        let path = try SecretPath(i.param)
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let rec = try engine.metadata(principal, path)
+        return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+    }
+
+    func list(_ i: RouteInput) throws(CofferError) -> Response {
+        let prefix = try SecretPrefix(i.param)
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["after", "limit"])
+        let q = i.request.uri.queryParameters
+        var limit: Int?
+        if let l = q["limit"] {
+            guard let n = Int(l), n >= 1 else { throw CofferError(.invalidParameter, "limit must be a positive integer") }
+            limit = n
+        }
+        let page = try engine.list(principal, prefix, after: q["after"].map(String.init), limit: limit)
+        return ErrorMapping.json(ListResponse(prefix: prefix.rawValue, keys: page.keys, nextAfter: page.nextAfter))
+    }
+
+    /// delete (also DELETE on data), undelete, destroy: the latest version, or the
+    /// versions named in the body.
+    func change(_ i: RouteInput, _ change: Store.VersionChange, body: Bool = false) async throws(CofferError) -> Response {
+        let path = try SecretPath(i.param)
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        var versions: [Int] = []
+        if body {
+            let action: Action = switch change {
+            case .delete: .delete
+            case .undelete: .undelete
+            case .destroy: .destroy
+            }
+            try engine.authorize(principal, action, path)  // nothing of the body is parsed before
+            let b: VersionsRequest? = try await decodeBody(i.request, i.context, required: false)
+            versions = b?.versions ?? []
+        }
+        let rec = try await engine.change(principal, change, path, versions: versions)
+        return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
+    }
+}

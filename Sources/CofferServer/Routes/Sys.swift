@@ -1,0 +1,72 @@
+import CofferAPI
+import CofferCore
+import CofferEngine
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// /v1/sys: health, status, policy reload and explain.
+extension APIResponder {
+    static let sysEndpoints: [Endpoint] = [
+        // Health answers anyone, before any identity work, and is not audited: it must
+        // answer while the audit trail cannot.
+        Endpoint("health", .exact("/v1/sys/health"), [
+            .init(.get, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
+            .init(.head, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
+        ]),
+        Endpoint("status", .exact("/v1/sys/status"), [.init(.get, "status") { r, i throws(CofferError) in try r.status(i) }]),
+        Endpoint("policy_reload", .exact("/v1/sys/policy/reload"), [
+            .init(.post, "policy_reload") { r, i throws(CofferError) in try r.reloadPolicy(i) },
+        ]),
+        Endpoint("policy_explain", .exact("/v1/sys/policy/explain"), [
+            .init(.post, "policy_explain") { r, i throws(CofferError) in try await r.explain(i) },
+        ]),
+    ]
+
+    func status(_ i: RouteInput) throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let s = try engine.status(principal)
+        let d = engine.decide(principal, .status, nil)
+        return ErrorMapping.json(StatusResponse(
+            version: CofferVersion.string, unlocked: true, devMode: settings.config.devMode,
+            uptimeSeconds: Int(s.uptimeSeconds), secrets: s.secrets, keyID: s.keyID,
+            durability: settings.config.durability.rawValue, maxValueBytes: engine.limits.maxValueBytes,
+            maxVersions: engine.limits.maxVersions,
+            caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
+            decision: d.rule))
+    }
+
+    func reloadPolicy(_ i: RouteInput) throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let p = try engine.reloadPolicy(principal)
+        return ErrorMapping.json(PolicyReloadResponse(source: p.source, roles: p.roles.keys.sorted(), bindings: p.bindings.count))
+    }
+
+    func explain(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        try engine.authorize(principal, .admin, nil)  // nothing of the body is parsed before
+        guard let body: ExplainRequest = try await decodeBody(i.request, i.context, required: true) else {
+            throw CofferError(.invalidJSON, "a JSON body is required")
+        }
+        let subject = try Subject(body.subject)
+        guard let cap = Capability(rawValue: body.capability) else {
+            throw CofferError(.invalidParameter, "unknown capability '\(body.capability.prefix(32))'",
+                              hint: Capability.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        let e = try engine.explain(principal, as: subject, capability: cap, path: body.path)
+        return ErrorMapping.json(ExplainResponse(subject: subject.description, uid: e.subject.uid == UInt32.max - 1 ? nil : e.subject.uid,
+                                                 roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule))
+    }
+
+    func health(_ i: RouteInput) throws(CofferError) -> Response {
+        try noQuery(i.request, allowed: [])
+        let degraded = engine.audit.degradedReason
+        let audit = !engine.audit.settings.enabled ? "disabled" : degraded.map { "unavailable: \($0)" } ?? "ok"
+        let mirror = engine.audit.settings.mirror.isEmpty ? "off" : engine.audit.mirrorError.map { "failing: \($0)" } ?? "ok"
+        return ErrorMapping.json(HealthResponse(status: degraded == nil ? "ok" : "degraded", unlocked: true, version: CofferVersion.string,
+                                                audit: audit, auditMirror: mirror))
+    }
+}

@@ -1,0 +1,96 @@
+import CofferAPI
+import CofferCore
+import CofferEngine
+import CofferStore
+import Foundation
+import Hummingbird
+
+/// /v1/tokens: mint, list, look up and revoke scoped tokens.
+extension APIResponder {
+    static let tokenEndpoints: [Endpoint] = {
+        var one = Endpoint("token_lookup", .prefix("/v1/tokens/", suffix: "", param: .accessor), [
+            .init(.get, "token_lookup") { r, i throws(CofferError) in try r.lookupToken(i) },
+        ])
+        var revoke = Endpoint("token_revoke", .prefix("/v1/tokens/", suffix: "/revoke", param: .accessor), [
+            .init(.post, "token_revoke") { r, i throws(CofferError) in try await r.revokeToken(i) },
+        ])
+        one.paramIsAuditPath = true
+        revoke.paramIsAuditPath = true
+        return [
+            Endpoint("token", .exact("/v1/tokens"), [
+                .init(.get, "token_list") { r, i throws(CofferError) in try r.listTokens(i) },
+                .init(.post, "token_create") { r, i throws(CofferError) in try await r.createToken(i) },
+            ]),
+            one, revoke,
+        ]
+    }()
+
+    func listTokens(_ i: RouteInput) throws(CofferError) -> Response {
+        try noQuery(i.request, allowed: [])
+        let list = try engine.listTokens(try i.caller)
+        return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
+    }
+
+    func createToken(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        // Only a caller holding some role may mint; nothing of the body is parsed before.
+        try engine.authorize(principal, .status, nil)
+        guard let body: CreateTokenRequest = try await decodeBody(i.request, i.context, required: true) else {
+            throw CofferError(.invalidJSON, "a JSON body is required")
+        }
+        var ttl: Int?
+        if let t = body.ttl {
+            guard let secs = DurationText.seconds(t) else {
+                throw CofferError(.invalidParameter, "ttl must be a duration like \"30m\" or \"1h\"")
+            }
+            ttl = secs
+        }
+        let created = try await engine.createToken(principal, .init(
+            roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name))
+        return ErrorMapping.json(CreateTokenResponse(token: created.token, info: Self.tokenInfo(created.record)))
+    }
+
+    func lookupToken(_ i: RouteInput) throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        if i.param == "self" { return ErrorMapping.json(selfInfo(principal)) }
+        return ErrorMapping.json(Self.tokenInfo(try engine.lookupToken(principal, accessor: i.param)))
+    }
+
+    func revokeToken(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        var target = i.param
+        if target == "self" {
+            guard let own = principal.token?.accessor else {
+                throw CofferError(.invalidParameter, "no token was presented", hint: "set COFFER_TOKEN or --token-file")
+            }
+            target = own
+        }
+        return ErrorMapping.json(RevokeResponse(revoked: try await engine.revokeToken(principal, accessor: target)))
+    }
+
+    /// What a caller learns about itself: uid, groups, its token, its roles' rules.
+    func selfInfo(_ p: Principal) -> SelfResponse {
+        let policy = engine.policies.policy
+        let names = p.token?.roles ?? policy.roleNames(for: p)
+        let roles = names.compactMap { policy.roles[$0] }.map { r in
+            SelfResponse.RoleInfo(name: r.name, maxTTL: r.maxTTL.map(DurationText.format), rules: r.rules.map(\.name))
+        }
+        var token: TokenInfo?
+        if let t = p.token, let rec = try? engine.store.token(accessor: t.accessor) { token = Self.tokenInfo(rec) }
+        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: token, roles: roles)
+    }
+
+    static func tokenInfo(_ t: TokenRecord) -> TokenInfo {
+        let now = Int64((Date().timeIntervalSince1970 * 1000).rounded())
+        let state = t.revokedAt != nil ? "revoked" : now >= t.expiresAt ? "expired" : t.usesLeft == 0 ? "exhausted" : "active"
+        return TokenInfo(
+            accessor: t.accessor, name: t.name, roles: t.roles, paths: t.paths, parent: t.parent,
+            createdAt: Timestamp.string(millis: t.createdAt), createdBy: CreatedBy(uid: t.createdUID, user: t.createdUser),
+            expiresAt: Timestamp.string(millis: t.expiresAt), ttlRemainingSeconds: max(0, Int((t.expiresAt - now) / 1000)),
+            usesLeft: t.usesLeft, uses: t.uses, boundUID: t.boundUID, state: state)
+    }
+
+}
