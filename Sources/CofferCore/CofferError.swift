@@ -25,6 +25,8 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case tokenRevoked = "token_revoked"
         case tokenExhausted = "token_exhausted"
         case tokenWrongUID = "token_uid_mismatch"
+        case approvalRequired = "approval_required"
+        case freshLoginRequired = "fresh_login_required"
         // daemon's state
         case sealed = "sealed"
         case integrity = "integrity_error"
@@ -49,5 +51,24 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         if let hint { return "\(message) (hint: \(hint))" }
         return message
+    }
+}
+
+extension CofferError.Code {
+    /// The HTTP status of each code: the one map (the server's ErrorMapping and the
+    /// gate's own events use it).
+    public var httpStatus: Int {
+        switch self {
+        case .malformedRequest, .invalidJSON: 400
+        case .unknownField, .invalidPath, .invalidVersion, .invalidValue, .invalidParameter, .invalidPolicy: 422
+        case .valueTooLarge, .bodyTooLarge: 413
+        case .notFound, .routeNotFound: 404
+        case .methodNotAllowed: 405
+        case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired: 401
+        case .permissionDenied, .approvalRequired: 403
+        case .casMismatch: 409
+        case .sealed, .storage, .auditUnavailable: 503
+        case .integrity, .internal, .config, .keyFile: 500
+        }
     }
 }

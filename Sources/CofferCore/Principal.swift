@@ -11,6 +11,9 @@ public struct Principal: Sendable, Equatable {
     public var groupNames: [String]
     /// Set when the request presented a valid token: its roles replace the peer's.
     public var token: TokenGrant?
+    /// Set only for the daemon's own background jobs (`system:NAME`), never from a
+    /// request: the gate decides for them, not the policy.
+    public private(set) var systemJob: String?
 
     public init(pid: Int32, uid: UInt32, gid: UInt32, userName: String?, groups: [UInt32], groupNames: [String] = [], token: TokenGrant? = nil) {
         self.pid = pid
@@ -20,6 +23,13 @@ public struct Principal: Sendable, Equatable {
         self.groups = groups
         self.groupNames = groupNames
         self.token = token
+    }
+
+    /// A background job of the daemon, e.g. `system:reaper`.
+    public static func system(_ job: String) -> Principal {
+        var p = Principal(pid: 0, uid: 0, gid: 0, userName: "system:" + job, groups: [])
+        p.systemJob = job
+        return p
     }
 
     /// For logs and audit: `uid:1000(alice)`.
@@ -104,14 +114,41 @@ public enum Action: String, Sendable, CaseIterable, Codable {
 }
 
 /// An authorization decision names what decided it, so a denial can be explained
-/// without being an oracle for which paths exist.
+/// without being an oracle for which paths exist. More than yes and no: a rule may
+/// grant only after approvals or only to a fresh sign-in (time-boxed elevation).
 public struct Decision: Sendable, Equatable {
-    public var allowed: Bool
+    public enum Verdict: Sendable, Equatable {
+        case allow
+        case deny
+        /// Allowed once `approvals` distinct approvers agreed.
+        case needsApproval(approvals: Int)
+        /// Allowed to a caller who signed in within `withinSeconds`.
+        case needsFreshLogin(withinSeconds: Int)
+    }
+
+    public var verdict: Verdict
     /// The rule or reason that decided, e.g. "admin: uid 0" or "default deny".
     public var rule: String
 
-    public static func allow(_ rule: String) -> Decision { Decision(allowed: true, rule: rule) }
-    public static func deny(_ rule: String) -> Decision { Decision(allowed: false, rule: rule) }
+    public init(_ verdict: Verdict, rule: String) {
+        self.verdict = verdict
+        self.rule = rule
+    }
+
+    public var allowed: Bool { verdict == .allow }
+
+    public static func allow(_ rule: String) -> Decision { Decision(.allow, rule: rule) }
+    public static func deny(_ rule: String) -> Decision { Decision(.deny, rule: rule) }
+
+    /// How the audit trail records it.
+    public var auditName: String {
+        switch verdict {
+        case .allow: "allow"
+        case .deny: "deny"
+        case .needsApproval: "needs_approval"
+        case .needsFreshLogin: "needs_fresh_login"
+        }
+    }
 }
 
 /// The one authorization call (issue 3 slots its policy engine in here).

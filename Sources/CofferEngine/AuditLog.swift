@@ -61,13 +61,14 @@ public final class AuditLog: Sendable {
     let logger: Logger
     let anchorFile: String
     public let mac: AuditMAC
+    let clock: any WallClock
     private let state: Mutex<State>
     /// Wakes the writer thread (its predicate is `pending` in `state`).
     private let wake = NSCondition()
     private let stopping = Mutex(false)
 
     init(store: Store, signingKey: SecretBytes, publicKey: [UInt8], settings: Settings, logger: Logger,
-         anchorFile: String, anchor: AuditAnchor, mac: AuditMAC) {
+         anchorFile: String, anchor: AuditAnchor, mac: AuditMAC, clock: any WallClock) {
         self.store = store
         self.signingKey = signingKey
         self.publicKey = publicKey
@@ -75,13 +76,14 @@ public final class AuditLog: Sendable {
         self.logger = logger
         self.anchorFile = anchorFile
         self.mac = mac
+        self.clock = clock
         self.state = Mutex(State(anchor: anchor))
     }
 
     /// Loads the signing key (sealed under the root key) or creates it on first start,
     /// and writes the public key file beside the database.
     static func open(store: Store, keyring: Keyring, publicKeyFile: String, anchorFile: String, reanchor: Bool,
-                     settings: Settings, logger: Logger) async throws(CofferError) -> AuditLog {
+                     settings: Settings, clock: any WallClock, logger: Logger) async throws(CofferError) -> AuditLog {
         let ad = Array("coffer/v1/audit-signing-key".utf8) + Array(keyring.keyID.utf8)
         var secret: SecretBytes
         var pub: [UInt8]
@@ -95,7 +97,7 @@ public final class AuditLog: Sendable {
                 (pub, secret) = try Signing.keyPair()
                 createdKey = true
                 let sealed = try AEAD.seal(secret, key: keyring.root, associatedData: ad)
-                try await store.storeAuditSigningKey(keyID: Hex.encode(pub.prefix(8)), publicKey: Data(pub), sealed: Data(sealed), now: SecretEngine.nowMillis())
+                try await store.storeAuditSigningKey(keyID: Hex.encode(pub.prefix(8)), publicKey: Data(pub), sealed: Data(sealed), now: clock.nowMillis())
             }
         } catch let e as CofferError {
             throw e
@@ -111,9 +113,10 @@ public final class AuditLog: Sendable {
             }
             chmod(publicKeyFile, 0o644)
         }
-        let anchor = try loadAnchor(store: store, file: anchorFile, fresh: createdKey, reanchor: reanchor, publicKey: pub, key: secret, logger: logger)
+        let anchor = try loadAnchor(store: store, file: anchorFile, fresh: createdKey, reanchor: reanchor, publicKey: pub, key: secret,
+                                    now: clock.nowMillis(), logger: logger)
         let log = AuditLog(store: store, signingKey: secret, publicKey: pub, settings: settings, logger: logger,
-                           anchorFile: anchorFile, anchor: anchor, mac: AuditMAC(key: keyring.auditMACKey))
+                           anchorFile: anchorFile, anchor: anchor, mac: AuditMAC(key: keyring.auditMACKey), clock: clock)
         if reanchor { try log.writeAnchor(anchor) }
         log.openMirror()
         return log
@@ -124,7 +127,7 @@ public final class AuditLog: Sendable {
     /// stands, its events so far marked legacy. A missing or forged anchor of an
     /// existing trail refuses the start: truncation could not be detected otherwise.
     static func loadAnchor(store: Store, file: String, fresh: Bool, reanchor: Bool, publicKey: [UInt8], key: SecretBytes,
-                           logger: Logger) throws(CofferError) -> AuditAnchor {
+                           now: Int64, logger: Logger) throws(CofferError) -> AuditAnchor {
         let existing = try AuditAnchor.load(beside: store.path)
         if let existing, !reanchor {
             guard existing.isValid(publicKey: publicKey) else {
@@ -144,7 +147,7 @@ public final class AuditLog: Sendable {
             let legacy = fresh ? 0 : head.seq
             let a = try AuditAnchor(seq: base?.seq ?? 0, hash: base?.hash ?? AuditEvent.genesis,
                                     prunedThrough: max(0, (first ?? head.seq + 1) - 1), legacyThrough: legacy,
-                                    time: SecretEngine.nowMillis()).signed(with: key)
+                                    time: now).signed(with: key)
             if reanchor {
                 logger.warning("the audit trail was re-anchored by the operator", metadata: ["audit.seq": "\(head.seq)"])
             } else {
@@ -283,7 +286,7 @@ public final class AuditLog: Sendable {
             let cp = try store.checkpointAuditNow(anchorSeq: anchorSeq) { basis in
                 try self.verifyBasis(basis)
                 guard let head = basis.tail.last else { throw CofferError(.internal, "no head to sign") }
-                return try AuditCheckpoint.sign(seq: head.seq, hash: head.hash, time: SecretEngine.nowMillis(), key: key)
+                return try AuditCheckpoint.sign(seq: head.seq, hash: head.hash, time: clock.nowMillis(), key: key)
             }
             // Only a real write proves the trail writable again: a timer with nothing to
             // sign must not clear "degraded" while requests still fail.
@@ -388,7 +391,7 @@ public final class AuditLog: Sendable {
     func recordPrune(through seq: Int64) throws(CofferError) {
         var a = anchor
         a.prunedThrough = max(a.prunedThrough, seq)
-        a.time = SecretEngine.nowMillis()
+        a.time = clock.nowMillis()
         try writeAnchor(try Checked.crypto { () throws(CryptoError) in try a.signed(with: signingKey) })
     }
 

@@ -6,8 +6,11 @@ import Foundation
 import GRDB
 public import Logging
 
-/// Where a request becomes work: authorize → touch the store → open ciphertext.
-/// Plaintext exists only here and only inside SecretBytes (invariant 1).
+/// The engine: the gate, then one service per feature behind it (secrets, tokens,
+/// the audit trail). Every public function here is one gate call around one service
+/// call; the server never reaches into the store, and no service runs without a
+/// grant. Calls made with a ticket leave their event to the ticket's opener (the
+/// server's group commit); calls made without one (jobs, tests) have the gate commit it.
 public final class SecretEngine: Sendable {
     public struct Limits: Sendable {
         public var maxValueBytes: Int
@@ -20,34 +23,46 @@ public final class SecretEngine: Sendable {
         }
     }
 
-    public let store: Store
-    public let keyring: Keyring
-    public let policies: PolicyStore
+    public let gate: Gate
+    public let secrets: SecretsService
     public let tokens: TokenService
-    public let principals: PrincipalResolver
-    public let audit: AuditLog
-    let cache = CiphertextCache(limit: 10_000)
+    public let trail: AuditTrail
+    let store: Store
+    let keyring: Keyring
+    let policies: PolicyStore
+    let principals: PrincipalResolver
+    let audit: AuditLog
+    let clock: any WallClock
     public let limits: Limits
     public let logger: Logger
-    public let startedAt = Date()
+    let startedAt: Int64
 
-    public init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, logger: Logger) {
+    init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, clock: any WallClock, logger: Logger) {
         self.store = store
         self.audit = audit
         self.keyring = keyring
         self.policies = policies
-        let mapper = StoreErrorMapper(audit: audit, logger: logger)
+        self.clock = clock
+        let errors = StoreErrorMapper(audit: audit, logger: logger)
         let principals = PrincipalResolver()
         self.principals = principals
-        self.tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, audit: audit, logger: logger,
-                                   mapError: { mapper.map($0) }, principals: principals)
+        let gate = Gate(policies: policies, audit: audit, clock: clock, logger: logger)
+        self.gate = gate
+        let tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, errors: errors,
+                                  principals: principals, clock: clock, logger: logger)
+        self.tokens = tokens
+        self.secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
+                                      clock: clock, logger: logger)
+        self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.limits = limits
         self.logger = logger
+        self.startedAt = clock.nowMillis()
     }
 
     /// Opens the database, checks the key against it, enrolls the key on first use.
+    /// Creates a database only when `create` (init, dev mode); `serve` never does.
     public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger,
-                            reanchorAudit: Bool = false) async throws(CofferError) -> SecretEngine {
+                            reanchorAudit: Bool = false, clock: any WallClock = SystemWallClock()) async throws(CofferError) -> SecretEngine {
         let dbPath = config.resolvedDatabasePath
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
@@ -58,7 +73,7 @@ public final class SecretEngine: Sendable {
                 atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
             store = try Store(path: dbPath, durability: config.durability, auditMAC: AuditMAC(key: keyring.auditMACKey))
-            try keyring.enroll(in: store, now: nowMillis())
+            try keyring.enroll(in: store, now: clock.nowMillis())
         } catch let e as CofferError {
             throw e
         } catch {
@@ -70,161 +85,69 @@ public final class SecretEngine: Sendable {
             anchorFile: (dbPath as NSString).deletingLastPathComponent + "/" + AuditAnchor.fileName, reanchor: reanchorAudit,
             settings: .init(enabled: config.auditEnabled, checkpointEvents: config.auditCheckpointEvents,
                             checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
-            logger: logger)
+            clock: clock, logger: logger)
         try await audit.recoverTail()
         return SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
-            logger: logger)
+            clock: clock, logger: logger)
     }
 
-    // MARK: authorization
+    // MARK: who is calling
 
-    /// The one authorization call; a denial is 403 whether or not the path exists,
-    /// so a denial is no oracle for what exists.
-    public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?) throws(CofferError) {
-        let d = policies.authorize(p, action, path)
-        AuditScope.current?.decided(d)
-        guard d.allowed else {
-            logger.info("denied", metadata: [
-                "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
-                "secret.path": "\(path?.rawValue ?? "-")", "rule": "\(d.rule)",
-            ])
-            // The rule that decided depends on policy and identity only, never on what exists.
-            throw CofferError(.permissionDenied, "permission denied", hint: "\(action.rawValue) for \(p.displayName): \(d.rule)")
+    /// Resolves the caller: the kernel's peer credentials, plus a token's grant when
+    /// one is presented (its roles then replace the peer's).
+    public func principal(pid: Int32, uid: UInt32, gid: UInt32, token: String?, ticket: AuditTicket) async throws(CofferError) -> Principal {
+        var p = principals.principal(pid: pid, uid: uid, gid: gid)
+        ticket.update { $0.peerUser = p.userName }
+        if let token {
+            p.token = try await tokens.authenticate(token, peerUID: uid, ticket: ticket)
+            ticket.update { $0.tokenAccessor = p.token?.accessor }
         }
+        return p
     }
 
-    // MARK: use cases
-
-    /// Writes a new version. `value` is consumed into a ciphertext; the caller's copy
-    /// is wiped by SecretBytes' deinit.
-    public func put(_ p: Principal, _ path: SecretPath, value: SecretBytes, cas: Int?) async throws(CofferError) -> VersionRecord {
-        try authorize(p, .write, path)
-        defer { cache.invalidate(path) }  // after the commit (or a failure): no stale row stays cached
-        guard value.count <= limits.maxValueBytes else {
-            throw CofferError(.valueTooLarge, "the value is \(value.count) bytes; the limit is \(limits.maxValueBytes)",
-                              hint: "raise limits.max_value_bytes (at most 1 MiB)")
-        }
-        if let cas {
-            guard cas >= 0 else { throw CofferError(.invalidVersion, "cas must be 0 or a version number") }
-            // A check-and-set answer tells whether the secret exists and its version:
-            // only for callers who may read its metadata (no oracle for write-only callers).
-            try authorize(p, .readMetadata, path)
-            AuditScope.current?.update { $0.action = "write" }
-        }
-        let keyring = self.keyring
-        let record = try await storeCall {
-            try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
-                                now: SecretEngine.nowMillis(), guard: tokenGuard(p), audit: auditScopeForWrite()) { version in
-                do { return try keyring.seal(value, path: path, version: version) } catch {
-                    throw CofferError(.internal, "sealing failed")
-                }
-            }
-        }
-        logger.info("secret written", metadata: ["peer.uid": "\(p.uid)", "secret.path": "\(path)", "secret.version": "\(record.version)"])
-        return record
+    /// A decision recorded on the ticket, nothing done (before a body is parsed).
+    public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?, ticket: AuditTicket) throws(CofferError) {
+        _ = try gate.check(ticket, p, action, path)
     }
 
-    public struct ReadResult: Sendable {
-        public var path: SecretPath
-        public var currentVersion: Int
-        public var meta: VersionRecord
-        public var value: SecretBytes
+    /// What the live policy says, recording nothing (for answers like status).
+    public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision { gate.decide(p, action, path) }
+
+    // MARK: secrets
+
+    public func put(_ p: Principal, _ path: SecretPath, value: SecretBytes, cas: Int?, ticket: AuditTicket? = nil) async throws(CofferError) -> VersionRecord {
+        try await gate.perform(ticket, p, .write, path) { g async throws(CofferError) in try await secrets.put(g, path, value: value, cas: cas) }
     }
 
-    public func get(_ p: Principal, _ path: SecretPath, version: Int?) throws(CofferError) -> ReadResult {
-        try authorize(p, .read, path)
-        if let version, version < 1 { throw CofferError(.invalidVersion, "version must be 1 or more") }
-        let generation = cache.generation
-        let cached = cache.lookup(path, version)
-        let found: (current: Int, stored: StoredVersion?)
-        if let cached {
-            found = (cached.current, cached.stored)
-        } else {
-            guard let row = try storeCall({ try store.version(path, version) }) else {
-                throw CofferError(.notFound, "no secret at \(path)")
-            }
-            found = row
-        }
-        let current = found.current
-        guard let stored = found.stored else {
-            throw CofferError(.notFound, "\(path) has no version \(version ?? current)", hint: "see coffer secret versions \(path)")
-        }
-        switch stored.meta.state {
-        case .deleted:
-            throw CofferError(.notFound, "version \(stored.meta.version) of \(path) is deleted",
-                              hint: "coffer secret undelete \(path) --versions \(stored.meta.version)")
-        case .destroyed:
-            throw CofferError(.notFound, "version \(stored.meta.version) of \(path) is destroyed")
-        case .active:
-            break
-        }
-        guard let wrapped = stored.wrappedKey, let ct = stored.ciphertext else {
-            throw CofferError(.integrity, "version \(stored.meta.version) of \(path) has no ciphertext")
-        }
-        let value: SecretBytes
-        do {
-            value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
-        } catch {
-            logger.error("integrity check failed", metadata: ["secret.path": "\(path)", "secret.version": "\(stored.meta.version)"])
-            throw CofferError(.integrity, "version \(stored.meta.version) of \(path) failed its integrity check",
-                              hint: "the stored ciphertext was altered or moved; restore the database from a backup")
-        }
-        if cached == nil { cache.insert(path, current: current, stored, ifGeneration: generation) }
-        try recheckToken(p)  // the token is checked at the moment of reading
-        return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
+    public func get(_ p: Principal, _ path: SecretPath, version: Int?, ticket: AuditTicket) throws(CofferError) -> SecretsService.ReadResult {
+        try gate.performNow(ticket, p, .read, path) { g throws(CofferError) in try secrets.get(g, path, version: version) }
     }
 
-    public func metadata(_ p: Principal, _ path: SecretPath) throws(CofferError) -> SecretRecord {
-        try authorize(p, .readMetadata, path)
-        guard let rec = try storeCall({ try store.secret(path) }) else {
-            throw CofferError(.notFound, "no secret at \(path)")
-        }
-        return rec
+    public func get(_ p: Principal, _ path: SecretPath, version: Int?) async throws(CofferError) -> SecretsService.ReadResult {
+        try await gate.perform(nil, p, .read, path) { g async throws(CofferError) in try secrets.get(g, path, version: version) }
     }
 
-    public func list(_ p: Principal, _ prefix: SecretPrefix, after: String?, limit: Int?) throws(CofferError) -> ListPage {
+    public func metadata(_ p: Principal, _ path: SecretPath, ticket: AuditTicket? = nil) async throws(CofferError) -> SecretRecord {
+        try await gate.perform(ticket, p, .readMetadata, path) { g async throws(CofferError) in try secrets.metadata(g, path) }
+    }
+
+    public func list(_ p: Principal, _ prefix: SecretPrefix, after: String?, limit: Int?, ticket: AuditTicket? = nil) async throws(CofferError) -> ListPage {
         let asPath = prefix.rawValue.isEmpty ? nil : try SecretPath(prefix.rawValue)
-        try authorize(p, .list, asPath)
-        let n = limit ?? limits.maxListPage
-        guard (1...limits.maxListPage).contains(n) else {
-            throw CofferError(.invalidParameter, "limit must be 1...\(limits.maxListPage)")
-        }
-        if let after, !after.isEmpty {
-            let bare = after.hasSuffix("/") ? String(after.dropLast()) : after
-            guard !bare.contains("/") else { throw CofferError(.invalidParameter, "after must be one key from a previous page") }
-            _ = try SecretPath(bare)
-        }
-        // Names are shown only where the caller may list (folders) or list, read or
-        // write (secrets): a listing is no oracle for what lies elsewhere.
-        let decide = PolicyEvaluator.decider(policies.policy, p)
-        let base = prefix.childPrefix
-        let visible = { (key: String) -> Bool in
-            let isFolder = key.hasSuffix("/")
-            guard let child = try? SecretPath(base + (isFolder ? String(key.dropLast()) : key)) else { return false }
-            if decide(.list, child).allowed { return true }
-            return !isFolder && (decide(.read, child).allowed || decide(.write, child).allowed)
-        }
-        return try storeCall { try store.list(prefix, after: after, limit: n, visible: visible) }
+        return try await gate.perform(ticket, p, .list, asPath) { g async throws(CofferError) in try secrets.list(g, prefix, after: after, limit: limit) }
     }
 
-    public func change(_ p: Principal, _ change: Store.VersionChange, _ path: SecretPath, versions: [Int]) async throws(CofferError) -> SecretRecord {
+    public func change(_ p: Principal, _ change: Store.VersionChange, _ path: SecretPath, versions: [Int],
+                       ticket: AuditTicket? = nil) async throws(CofferError) -> SecretRecord {
         let action: Action = switch change {
         case .delete: .delete
         case .undelete: .undelete
         case .destroy: .destroy
         }
-        try authorize(p, action, path)
-        guard versions.allSatisfy({ $0 >= 1 }) else { throw CofferError(.invalidVersion, "versions must be 1 or more") }
-        guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
-        let now = SecretEngine.nowMillis()
-        defer { cache.invalidate(path) }  // also when the change failed halfway
-        let rec = try await storeCall { try await store.change(change, path, versions: versions, now: now, guard: tokenGuard(p), audit: auditScopeForWrite()) }
-        logger.info("secret versions changed", metadata: [
-            "peer.uid": "\(p.uid)", "secret.path": "\(path)", "change": "\(action.rawValue)", "versions": "\(versions)",
-        ])
-        return rec
+        return try await gate.perform(ticket, p, action, path) { g async throws(CofferError) in
+            try await secrets.change(g, change, path, versions: versions)
+        }
     }
 
     public struct StatusInfo: Sendable {
@@ -233,77 +156,141 @@ public final class SecretEngine: Sendable {
         public var uptimeSeconds: Double
     }
 
-    public func status(_ p: Principal) throws(CofferError) -> StatusInfo {
-        try authorize(p, .status, nil)
-        let n = try storeCall { try store.secretCount() }
-        return StatusInfo(secrets: n, keyID: keyring.keyID, uptimeSeconds: Date().timeIntervalSince(startedAt))
-    }
-
-    public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
-        policies.authorize(p, action, path)
-    }
-
-    // MARK: helpers
-
-    /// The caller's token chain, to be checked again inside the write transaction.
-    func tokenGuard(_ p: Principal) -> Store.TokenGuard? { Store.TokenGuard(p.token?.chain, now: SecretEngine.nowMillis()) }
-
-    /// Reads check the token at the moment of reading: if any token was revoked since
-    /// this one was authenticated (the revocation generation moved), the chain is
-    /// looked up again before the value leaves.
-    func recheckToken(_ p: Principal) throws(CofferError) {
-        guard let t = p.token, tokens.cache.generation != t.epoch else { return }
-        let now = SecretEngine.nowMillis()
-        for a in t.chain {
-            guard let r = try storeCall({ try store.token(accessor: a) }) else { throw CofferError(.tokenUnknown, "the token is not valid") }
-            if r.revokedAt != nil { throw CofferError(.tokenRevoked, "the token was revoked") }
-            if now >= r.expiresAt { throw CofferError(.tokenExpired, "the token expired") }
+    public func status(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> StatusInfo {
+        try await gate.perform(ticket, p, .status, nil) { g async throws(CofferError) in
+            StatusInfo(secrets: try secrets.count(g), keyID: keyring.keyID, uptimeSeconds: Double(clock.nowMillis() - startedAt) / 1000)
         }
     }
 
-    static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+    // MARK: tokens
 
-    /// The request's audit scope when audit is on: state changes commit its event
-    /// in their own transaction.
-    func auditScopeForWrite() -> AuditScope? { audit.settings.enabled ? AuditScope.current : nil }
+    public func createToken(_ p: Principal, _ req: TokenService.Request, ticket: AuditTicket? = nil) async throws(CofferError) -> TokenService.Created {
+        // Minting needs some role (or a valid token); what the token may carry is the
+        // token service's narrowing rules.
+        try await gate.perform(ticket, p, .status, nil, named: "token_create") { g async throws(CofferError) in try await tokens.create(g, req) }
+    }
 
-    /// Store errors become CofferError; database details go to the log, not the caller.
-    func storeCall<T>(_ body: () throws -> T) throws(CofferError) -> T {
-        do { return try body() } catch let e as CofferError { throw e } catch {
-            throw mapStoreError(error)
+    /// One's own token needs nothing more; anyone else's needs admin.
+    public func lookupToken(_ p: Principal, accessor: String, ticket: AuditTicket? = nil) async throws(CofferError) -> TokenRecord {
+        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .status : .admin, nil, named: "token_lookup") { g async throws(CofferError) in
+            try tokens.lookup(g, accessor: accessor)
         }
     }
 
-    func storeCall<T>(_ body: () async throws -> T) async throws(CofferError) -> T {
-        let result: T
-        do { result = try await body() } catch let e as CofferError { throw e } catch {
-            throw mapStoreError(error)
+    public func listTokens(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> [TokenRecord] {
+        try await gate.perform(ticket, p, .admin, nil, named: "token_list") { g async throws(CofferError) in try tokens.list(g) }
+    }
+
+    /// One's own token (and its descendants), or any with admin.
+    public func revokeToken(_ p: Principal, accessor: String, ticket: AuditTicket? = nil) async throws(CofferError) -> [String] {
+        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .status : .admin, nil, named: "token_revoke") { g async throws(CofferError) in
+            try await tokens.revoke(g, accessor: accessor)
         }
-        if let e = AuditScope.current?.committed { audit.committedInTransaction(e) }
-        return result
     }
 
-    /// A write the disk refuses is a write the audit trail cannot record: fail closed
-    /// with 503 audit_unavailable and mark the log degraded.
-    func mapStoreError(_ error: any Error) -> CofferError {
-        StoreErrorMapper(audit: audit, logger: logger).map(error)
-    }
-}
-
-struct StoreErrorMapper: Sendable {
-    let audit: AuditLog
-    let logger: Logger
-
-    func map(_ error: any Error) -> CofferError {
-        if let e = error as? CofferError { return e }
-        if let db = error as? DatabaseError, [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY].contains(db.resultCode) {
-            let reason = AuditLog.describe(error)
-            audit.writeFailed(reason)
-            logger.error("database write failed", metadata: ["error": "\(reason)"])
-            return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
-                               hint: "see cofferd's health and log; it recovers by itself when the database can be written again")
+    /// A background job: tokens that ended more than `retainSeconds` ago are deleted,
+    /// as `system:reaper` (one event when there was something to delete).
+    @discardableResult
+    public func reapTokens(retainSeconds: Int64) async throws(CofferError) -> Int {
+        let due = try StoreErrorMapper(audit: audit, logger: logger).call { try store.reapableTokens(before: clock.nowMillis() - retainSeconds * 1000) }
+        guard due > 0 else { return 0 }
+        return try await gate.runAsSystem("reaper", action: .admin, named: "token_reap") { g async throws(CofferError) in
+            try await tokens.reap(g, olderThan: retainSeconds)
         }
-        logger.error("database error", metadata: ["error": "\(error)"])
-        return CofferError(.storage, "the database could not complete the request")
     }
+
+    /// What a caller learns about itself: its roles (as the policy names them) and
+    /// its token's record.
+    public func selfInfo(_ p: Principal) -> (roles: [Policy.Role], token: TokenRecord?) {
+        let policy = policies.policy
+        let names = p.token?.roles ?? policy.roleNames(for: p)
+        let token = p.token.flatMap { try? store.token(accessor: $0.accessor) }
+        return (names.compactMap { policy.roles[$0] }, token)
+    }
+
+    // MARK: policy
+
+    public func reloadPolicy(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> Policy {
+        try await gate.perform(ticket, p, .admin, nil, named: "policy_reload") { _ async throws(CofferError) in try policies.reload() }
+    }
+
+    public struct Explanation: Sendable {
+        public var subject: Principal
+        public var roles: [String]
+        public var decision: Decision
+    }
+
+    /// The decision the live policy would make for a subject, touching no secret.
+    public func explain(_ p: Principal, as subject: Subject, capability: Capability, path: String,
+                        ticket: AuditTicket? = nil) async throws(CofferError) -> Explanation {
+        try await gate.perform(ticket, p, .admin, nil, named: "policy_explain") { _ async throws(CofferError) in
+            guard let who = principals.principal(as: subject) else {
+                throw CofferError(.notFound, "no such \(subject)")
+            }
+            let target: String
+            if path.isEmpty || path == "/" { target = "" } else { target = try SecretPath(path).rawValue }
+            let policy = policies.policy
+            let roles = policy.roleNames(for: who)
+            return Explanation(subject: who, roles: roles, decision: policy.decide(roles: roles, capability: capability, path: target))
+        }
+    }
+
+    // MARK: audit trail
+
+    public func auditEvents(_ p: Principal, _ filter: AuditFilter, ticket: AuditTicket? = nil) async throws(CofferError) -> [AuditEvent] {
+        try await gate.perform(ticket, p, .audit, nil, named: "audit_read") { g async throws(CofferError) in try trail.events(g, filter) }
+    }
+
+    public func auditVerify(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> AuditVerdict {
+        try await gate.perform(ticket, p, .audit, nil, named: "audit_verify") { g async throws(CofferError) in try await trail.verify(g) }
+    }
+
+    public func auditExport(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
+        try await gate.perform(ticket, p, .audit, nil, named: "audit_export") { g async throws(CofferError) in try await trail.export(g) }
+    }
+
+    /// Needs audit and admin.
+    public func auditPrune(_ p: Principal, through seq: Int64, ticket: AuditTicket? = nil) async throws(CofferError) -> Int {
+        try await gate.perform(ticket, p, .audit, nil, named: "audit_prune") { g async throws(CofferError) in
+            _ = try gate.check(g.ticket, p, .admin, nil)
+            return try await trail.prune(g, through: seq)
+        }
+    }
+
+    public func auditPublicKey(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> [UInt8] {
+        try await gate.perform(ticket, p, .audit, nil, named: "audit_pubkey") { _ async throws(CofferError) in trail.publicKey }
+    }
+
+    // MARK: the server's side of audit
+
+    /// A new request's ticket (enabled unless audit is switched off).
+    public func ticket(_ draft: AuditEvent) -> AuditTicket { AuditTicket(draft, enabled: audit.settings.enabled) }
+
+    /// A ticket for a call made outside a request (tools, tests).
+    public func ticket(for p: Principal) -> AuditTicket { gate.ticket(for: p, action: "call") }
+
+    /// Commits a request's outcome event (group commit) unless its write already did;
+    /// throws 503 audit_unavailable when it cannot be made durable (fail closed).
+    public func settle(_ ticket: AuditTicket, status: Int, error: CofferError?) async throws(CofferError) {
+        try await gate.settle(ticket, status: status, error: error)
+    }
+
+    /// A refusal below the request layer (an unparseable request): recorded, not waited for.
+    public func recordRefusal(_ event: AuditEvent) { audit.enqueue(event) }
+
+    public struct Health: Sendable {
+        public var degraded: String?
+        public var auditEnabled: Bool
+        public var mirror: String  // off, ok, failing: …
+    }
+
+    public var health: Health {
+        Health(degraded: audit.degradedReason, auditEnabled: audit.settings.enabled,
+               mirror: audit.settings.mirror.isEmpty ? "off" : audit.mirrorError.map { "failing: \($0)" } ?? "ok")
+    }
+
+    /// The audit writer's service (run by the daemon's ServiceGroup).
+    public func runAuditWriter() async { await audit.run() }
+
+    public var policyStore: PolicyStore { policies }
 }

@@ -8,7 +8,7 @@ import Logging
 /// Scoped tokens for build jobs (invariant 5): 256 random bits shown once, stored
 /// only as keyed BLAKE2b hashes, compared in constant time, revocable by accessor
 /// with their descendants, only ever narrower than their creator.
-public struct TokenService: Sendable {
+public final class TokenService: Sendable {
     public static let prefix = "cfr_"
     public static let defaultTTL = 3600
     public static let maxTTL = 30 * 86400
@@ -16,11 +16,22 @@ public struct TokenService: Sendable {
     let store: Store
     let hashKey: SecretBytes
     let policies: PolicyStore
-    let audit: AuditLog
-    let logger: Logger
-    let mapError: @Sendable (any Error) -> CofferError
+    let errors: StoreErrorMapper
     let principals: PrincipalResolver
+    let clock: any WallClock
+    let logger: Logger
     let cache = TokenCache()
+
+    init(store: Store, hashKey: SecretBytes, policies: PolicyStore, errors: StoreErrorMapper, principals: PrincipalResolver,
+         clock: any WallClock, logger: Logger) {
+        self.store = store
+        self.hashKey = hashKey
+        self.policies = policies
+        self.errors = errors
+        self.principals = principals
+        self.clock = clock
+        self.logger = logger
+    }
 
     public struct Created: Sendable {
         /// The token itself: returned once, never stored.
@@ -52,7 +63,9 @@ public struct TokenService: Sendable {
     /// Mints a token no wider than its creator: roles the creator holds, paths inside
     /// the creator token's paths, TTL within every role's max_ttl (and the creator
     /// token's remaining life), the creator token's uid binding kept.
-    public func create(by creator: Principal, _ req: Request, now: Int64) async throws(CofferError) -> Created {
+    public func create(_ g: Grant, _ req: Request) async throws(CofferError) -> Created {
+        let creator = g.principal
+        let now = clock.nowMillis()
         let policy = policies.policy
         guard !req.roles.isEmpty, req.roles.count <= 16 else { throw CofferError(.invalidParameter, "give 1 to 16 roles") }
         let held = creator.token?.roles ?? policy.roleNames(for: creator)
@@ -122,15 +135,12 @@ public struct TokenService: Sendable {
             accessor: accessor, hash: hash(token), parent: creator.token?.accessor, roles: req.roles.sorted(),
             paths: patterns.map(\.rawValue), name: req.name, createdAt: now, expiresAt: expires, usesLeft: req.uses, uses: 0,
             boundUID: bound, createdUID: creator.uid, createdUser: creator.userName, revokedAt: nil)
-        do {
-            // In one transaction: the creator's chain is still live, and a child of a
-            // limited token gets no more uses than its parent has left.
-            record.usesLeft = try await store.insertToken(record, guard: Store.TokenGuard(creator.token?.chain, now: now),
-                                                          audit: audit.settings.enabled ? AuditScope.current : nil)
-        } catch {
-            throw mapError(error)
+        // In one transaction: the creator's chain is still live, and a child of a
+        // limited token gets no more uses than its parent has left.
+        let candidate = record
+        record.usesLeft = try await errors.call(g.ticket) {
+            try await store.insertToken(candidate, guard: Store.TokenGuard(creator.token?.chain, now: now), ticket: g.ticket)
         }
-        if let e = AuditScope.current?.committed { audit.committedInTransaction(e) }
         logger.info("token created", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(creator.uid)", "token.roles": "\(req.roles)"])
         return Created(token: token, record: record)
     }
@@ -142,7 +152,8 @@ public struct TokenService: Sendable {
     /// consumed only after every other check passed. The whole chain of ancestors is
     /// checked too (none revoked or expired), and carried in the grant so that every
     /// decision intersects it (TokenGrant).
-    public func authenticate(_ token: String, peerUID: UInt32, now: Int64) async throws(CofferError) -> TokenGrant {
+    public func authenticate(_ token: String, peerUID: UInt32, ticket: AuditTicket) async throws(CofferError) -> TokenGrant {
+        let now = clock.nowMillis()
         guard token.hasPrefix(TokenService.prefix), token.utf8.count == TokenService.prefix.utf8.count + 43 else {
             throw CofferError(.tokenUnknown, "the token is not valid", hint: "tokens start with \(TokenService.prefix); check COFFER_TOKEN / the token file")
         }
@@ -177,7 +188,7 @@ public struct TokenService: Sendable {
         }
         if t.usesLeft != nil {
             let ok: Bool
-            do { ok = try await store.consumeTokenUse(accessor: t.accessor) } catch {
+            do { ok = try await store.consumeTokenUse(accessor: t.accessor, ticket: ticket) } catch {
                 throw CofferError(.storage, "the database could not complete the request")
             }
             guard ok else { throw CofferError(.tokenExhausted, "the token has no uses left") }
@@ -211,6 +222,59 @@ public struct TokenService: Sendable {
             throw e
         } catch {
             throw CofferError(.storage, "the database could not complete the request")
+        }
+    }
+
+    // MARK: the rest of /v1/tokens, behind the gate
+
+    /// Self needs nothing more than a valid token; anyone else's needs admin (the
+    /// facade asks the gate for the right action).
+    public func lookup(_ g: Grant, accessor: String) throws(CofferError) -> TokenRecord {
+        guard let t = try errors.call({ try store.token(accessor: accessor) }) else {
+            throw CofferError(.notFound, "no token with accessor \(accessor.prefix(64))")
+        }
+        return t
+    }
+
+    public func list(_ g: Grant) throws(CofferError) -> [TokenRecord] {
+        try errors.call { try store.tokens(limit: 1000) }
+    }
+
+    /// Revokes a token and its descendants.
+    public func revoke(_ g: Grant, accessor: String) async throws(CofferError) -> [String] {
+        guard try errors.call({ try store.token(accessor: accessor) }) != nil else {
+            throw CofferError(.notFound, "no token with accessor \(accessor.prefix(64))")
+        }
+        defer { cache.clear() }  // a revoked token must stop working at once
+        let p = g.principal
+        let revoked = try await errors.call(g.ticket) {
+            try await store.revokeToken(accessor: accessor, now: clock.nowMillis(), guard: guardFor(p), ticket: g.ticket)
+        }
+        logger.info("token revoked", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(p.uid)", "token.cascade": "\(revoked.count)"])
+        return revoked
+    }
+
+    /// The daemon's own job: tokens that ended more than `retain` ago are deleted.
+    func reap(_ g: Grant, olderThan retainSeconds: Int64) async throws(CofferError) -> Int {
+        let cutoff = clock.nowMillis() - retainSeconds * 1000
+        let n = try await errors.call(g.ticket) { try await store.reapTokens(before: cutoff, ticket: g.ticket) }
+        if n > 0 { cache.clear() }
+        return n
+    }
+
+    /// The caller's token chain, to be checked again inside the write transaction.
+    func guardFor(_ p: Principal) -> Store.TokenGuard? { Store.TokenGuard(p.token?.chain, now: clock.nowMillis()) }
+
+    /// Reads check the token at the moment of reading: if any token was revoked since
+    /// this one was authenticated (the revocation generation moved), the chain is
+    /// looked up again before the value leaves.
+    func recheck(_ p: Principal) throws(CofferError) {
+        guard let t = p.token, cache.generation != t.epoch else { return }
+        let now = clock.nowMillis()
+        for a in t.chain {
+            guard let r = try errors.call({ try store.token(accessor: a) }) else { throw CofferError(.tokenUnknown, "the token is not valid") }
+            if r.revokedAt != nil { throw CofferError(.tokenRevoked, "the token was revoked") }
+            if now >= r.expiresAt { throw CofferError(.tokenExpired, "the token expired") }
         }
     }
 }

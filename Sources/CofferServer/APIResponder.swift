@@ -55,32 +55,29 @@ public struct APIResponder: HTTPResponder {
             failure = CofferError(.routeNotFound, "no such API route",
                                   hint: "routes live under /v1/sys, /v1/secrets, /v1/tokens and /v1/audit; see contrib/openapi.yaml or the README")
         }
-        if let method, !method.audited {
-            var response = await answer(request, context, method, param).response
-            response.headers[Self.requestIDHeader] = requestID
-            return response
-        }
         let auditPath = (endpoint?.paramIsAuditPath ?? false) && !param.isEmpty ? Self.printable(param) : nil
-        let scope = AuditScope(AuditEvent(
+        let ticket = engine.ticket(AuditEvent(
             seq: 0, time: Self.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
             peerUser: nil, tokenAccessor: nil, method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route",
             path: auditPath, decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil))
-        let outcome: (response: Response, error: CofferError?) = await AuditScope.$current.withValue(scope) {
-            guard let method else {
-                let e = failure ?? CofferError(.routeNotFound, "no such API route")
-                return (Self.errorResponse(e, context), e)
-            }
-            return await answer(request, context, method, param)
+        if let method, !method.audited {
+            var response = await answer(request, context, method, param, ticket).response
+            response.headers[Self.requestIDHeader] = requestID
+            return response
+        }
+        let outcome: (response: Response, error: CofferError?)
+        if let method {
+            outcome = await answer(request, context, method, param, ticket)
+        } else {
+            let e = failure ?? CofferError(.routeNotFound, "no such API route")
+            outcome = (Self.errorResponse(e, context), e)
         }
         var response = outcome.response
-        let error = outcome.error
-        if scope.committed == nil {
-            do throws(CofferError) {
-                try await engine.audit.append(scope.finished(status: Int(response.status.code), errorCode: error?.code.rawValue))
-            } catch {
-                // Fail closed: whatever was going to be answered (a value included) is dropped.
-                response = Self.errorResponse(error, context)
-            }
+        do throws(CofferError) {
+            try await engine.settle(ticket, status: Int(response.status.code), error: outcome.error)
+        } catch {
+            // Fail closed: whatever was going to be answered (a value included) is dropped.
+            response = Self.errorResponse(error, context)
         }
         response.headers[Self.requestIDHeader] = requestID
         return response
@@ -88,10 +85,12 @@ public struct APIResponder: HTTPResponder {
 
     /// Resolves the caller (unless the endpoint needs none) and runs the handler;
     /// every failure is a JSON answer (handlers throw only CofferError).
-    func answer(_ request: Request, _ context: Context, _ method: Endpoint.Method, _ param: String) async -> (response: Response, error: CofferError?) {
+    func answer(_ request: Request, _ context: Context, _ method: Endpoint.Method, _ param: String,
+                _ ticket: AuditTicket) async -> (response: Response, error: CofferError?) {
         do {
-            let principal = method.needsPrincipal ? try await self.principal(request, context) : nil
-            return (try await method.handler(self, RouteInput(request: request, context: context, param: param, principal: principal)), nil)
+            let principal = method.needsPrincipal ? try await self.principal(request, context, ticket) : nil
+            let input = RouteInput(request: request, context: context, param: param, principal: principal, ticket: ticket)
+            return (try await method.handler(self, input), nil)
         } catch {
             return (Self.errorResponse(error, context), error)
         }
@@ -120,7 +119,7 @@ public struct APIResponder: HTTPResponder {
 
     /// The kernel's peer credentials, plus a token from `X-Coffer-Token` or
     /// `Authorization: Bearer` when one is presented.
-    func principal(_ request: Request, _ context: Context) async throws(CofferError) -> Principal {
+    func principal(_ request: Request, _ context: Context, _ ticket: AuditTicket) async throws(CofferError) -> Principal {
         guard let peer = context.peer else {
             throw CofferError(.unauthenticated, "the caller's peer credentials are unknown")
         }
@@ -134,7 +133,7 @@ public struct APIResponder: HTTPResponder {
             }
             token = String(auth.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         }
-        return try await engine.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid, token: token)
+        return try await engine.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid, token: token, ticket: ticket)
     }
 
     func noQuery(_ request: Request, allowed: Set<String>) throws(CofferError) {

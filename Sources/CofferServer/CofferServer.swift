@@ -25,7 +25,7 @@ public enum CofferServer {
                 let limits = HTTP1Channel.Configuration.DecoderConfiguration(
                     maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
                 return PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
-                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), audit: engine.audit)],
+                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), engine: engine)],
                     idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
                     httpDecoderConfiguration: limits)), limiter: limiter)
             },
@@ -50,7 +50,7 @@ public enum CofferServer {
         // server; SIGTERM and SIGINT shut them down gracefully.
         let group = ServiceGroup(configuration: .init(
             // shut down in reverse order: the server stops first, the audit writer last
-            services: [AuditService(log: engine.audit), PolicyReloader(policies: engine.policies, logger: logger), app],
+            services: [AuditService(engine: engine), PolicyReloader(policies: engine.policyStore, logger: logger), app],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
@@ -81,9 +81,9 @@ struct PolicyReloader: Service {
 /// Runs the audit trail's group-commit loop and checkpoint timer; signs a final
 /// checkpoint on shutdown.
 struct AuditService: Service {
-    let log: AuditLog
+    let engine: SecretEngine
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown { await log.run() }
+        try await cancelWhenGracefulShutdown { await engine.runAuditWriter() }
     }
 }

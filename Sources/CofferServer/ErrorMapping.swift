@@ -8,18 +8,17 @@ import NIOCore
 /// The one place where errors become HTTP (ARCHITECTURE.md, request flow).
 public enum ErrorMapping {
     public static func status(_ code: CofferError.Code) -> HTTPResponse.Status {
-        switch code {
-        case .malformedRequest, .invalidJSON: .badRequest
-        case .unknownField, .invalidPath, .invalidVersion, .invalidValue, .invalidParameter: .unprocessableContent
-        case .valueTooLarge, .bodyTooLarge: .contentTooLarge
-        case .notFound, .routeNotFound: .notFound
-        case .methodNotAllowed: .methodNotAllowed
-        case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID: .unauthorized
-        case .invalidPolicy: .unprocessableContent
-        case .permissionDenied: .forbidden
-        case .casMismatch: .conflict
-        case .sealed, .storage, .auditUnavailable: .serviceUnavailable
-        case .integrity, .internal, .config, .keyFile: .internalServerError
+        switch code.httpStatus {
+        case 400: .badRequest
+        case 401: .unauthorized
+        case 403: .forbidden
+        case 404: .notFound
+        case 405: .methodNotAllowed
+        case 409: .conflict
+        case 413: .contentTooLarge
+        case 422: .unprocessableContent
+        case 503: .serviceUnavailable
+        default: .internalServerError
         }
     }
 

@@ -27,7 +27,7 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let requestTimeout: TimeAmount
     /// Where a refused unparseable request is recorded (invariant 4: HTTP-level
     /// refusals leave an event too).
-    let audit: AuditLog?
+    let engine: SecretEngine?
     var deadline: Scheduled<Void>?
     var rewritingParseError = false
 
@@ -37,9 +37,9 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return ByteBuffer(bytes: data)
     }()
 
-    init(requestTimeout: TimeAmount, audit: AuditLog? = nil) {
+    init(requestTimeout: TimeAmount, engine: SecretEngine? = nil) {
         self.requestTimeout = requestTimeout
-        self.audit = audit
+        self.engine = engine
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -79,11 +79,11 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// One event per refused request, with the peer the kernel names (read again here:
     /// this is the error path, and the handler is built before the peer is known).
     func recordParseError(_ channel: any Channel) {
-        guard let audit, let provider = channel as? any SocketOptionProvider else { return }
+        guard let engine, let provider = channel as? any SocketOptionProvider else { return }
         let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
         future.whenComplete { result in
             let cred = try? result.get()
-            audit.enqueue(AuditEvent(
+            engine.recordRefusal(AuditEvent(
                 seq: 0, time: Int64((Date().timeIntervalSince1970 * 1000).rounded()), requestID: Hex.encode(Hashing.randomBytes(8)),
                 peerPID: cred?.pid ?? 0, peerUID: cred?.uid ?? UInt32.max, peerUser: nil, tokenAccessor: nil, method: "-",
                 action: "malformed_request", path: nil, decision: "none", rule: nil, outcome: "error", status: 400,

@@ -88,6 +88,13 @@ extension Store {
         return out
     }
 
+    /// Commits a write's event inside the write's own transaction (the ticket is what
+    /// makes a store write possible at all; nil when audit is switched off).
+    func commit(_ ticket: AuditTicket, _ db: Database) throws -> AuditEvent? {
+        guard ticket.enabled else { return nil }
+        return try appendAudit(db, [ticket.finished(status: 200, errorCode: nil)])[0]
+    }
+
     static func auditHead(_ db: Database) throws -> (Int64, [UInt8]) {
         if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")) {
             return (row["seq"], [UInt8](row["hash"] as Data))
@@ -201,9 +208,9 @@ extension Store {
     /// chain verifies from. Returns the number of events removed.
     /// `willPrune` runs inside the transaction, before anything is deleted (the head
     /// anchor records the prune first, so a prune is never mistaken for tampering).
-    public func pruneAudit(throughCheckpoint seq: Int64, guard tokenGuard: TokenGuard? = nil,
+    public func pruneAudit(throughCheckpoint seq: Int64, guard tokenGuard: TokenGuard? = nil, ticket: AuditTicket,
                            willPrune: @escaping @Sendable (Int64) throws -> Void = { _ in }) async throws -> Int {
-        try await pool.write { db in
+        let (n, event) = try await pool.write { db -> (Int, AuditEvent?) in
             try tokenGuard?.check(db)
             guard try Int64.fetchOne(db, sql: "SELECT seq FROM audit_checkpoint WHERE seq = ?", arguments: [seq]) != nil else {
                 throw CofferError(.invalidParameter, "there is no checkpoint at seq \(seq)", hint: "prune through a checkpoint: see coffer audit verify")
@@ -212,8 +219,10 @@ extension Store {
             try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
             let n = db.changesCount
             try db.execute(sql: "DELETE FROM audit_checkpoint WHERE seq < ?", arguments: [seq])
-            return n
+            return (n, try self.commit(ticket, db))
         }
+        if let event { ticket.markCommitted(event) }
+        return n
     }
 
     public func auditCheckpoint(seq: Int64) throws -> AuditCheckpoint? {

@@ -107,7 +107,7 @@ extension Store {
     /// Inserts a token; returns its use limit as stored. A child of a limited token
     /// may not have more uses than its parent has left (it gets those by default).
     @discardableResult
-    public func insertToken(_ t: TokenRecord, guard tokenGuard: TokenGuard? = nil, audit: AuditScope? = nil) async throws -> Int? {
+    public func insertToken(_ t: TokenRecord, guard tokenGuard: TokenGuard? = nil, ticket: AuditTicket) async throws -> Int? {
         let (event, uses) = try await pool.write { db -> (AuditEvent?, Int?) in
             var t = t
             try tokenGuard?.check(db)
@@ -128,9 +128,9 @@ extension Store {
                 """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
                                  t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
                                  Int64(t.createdUID), t.createdUser])
-            return (try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }, t.usesLeft)
+            return (try self.commit(ticket, db), t.usesLeft)
         }
-        if let event { audit?.markCommitted(event) }
+        if let event { ticket.markCommitted(event) }
         return uses
     }
 
@@ -153,8 +153,11 @@ extension Store {
 
     /// Takes one use of a limited token atomically: true if a use was left. Exact
     /// under concurrency (one writer; the decrement is conditional).
-    public func consumeTokenUse(accessor: String) async throws -> Bool {
-        try await pool.write { db in
+    /// The ticket is the request's: the use is recorded in its event (committed by
+    /// group commit with the request's outcome).
+    public func consumeTokenUse(accessor: String, ticket: AuditTicket) async throws -> Bool {
+        ticket.update { $0.tokenAccessor = accessor }
+        return try await pool.write { db in
             try db.execute(sql: "UPDATE token SET uses_left = uses_left - 1, uses = uses + 1 WHERE accessor = ? AND uses_left > 0",
                            arguments: [accessor])
             return db.changesCount == 1
@@ -163,7 +166,7 @@ extension Store {
 
     /// Revokes a token and every token created from it (recursively). Returns the
     /// accessors newly revoked.
-    public func revokeToken(accessor: String, now: Int64, guard tokenGuard: TokenGuard? = nil, audit: AuditScope? = nil) async throws -> [String] {
+    public func revokeToken(accessor: String, now: Int64, guard tokenGuard: TokenGuard? = nil, ticket: AuditTicket) async throws -> [String] {
         let (revoked, event) = try await pool.write { db -> ([String], AuditEvent?) in
             try tokenGuard?.check(db)
             let tree = try String.fetchAll(db, sql: """
@@ -178,9 +181,36 @@ extension Store {
                 try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
                 if db.changesCount == 1 { revoked.append(a) }
             }
-            return (revoked, try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] })
+            return (revoked, try self.commit(ticket, db))
         }
-        if let event { audit?.markCommitted(event) }
+        if let event { ticket.markCommitted(event) }
         return revoked
+    }
+}
+
+extension Store {
+    static let reapCondition = "(expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?1))"
+
+    /// Tokens that ended (expired or revoked) before `cutoff`, and have no child that
+    /// has not.
+    public func reapableTokens(before cutoff: Int64) throws -> Int {
+        try pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM token WHERE \(Store.reapCondition)", arguments: [cutoff]) ?? 0
+        }
+    }
+
+    /// Deletes them (a background job's write: its ticket names `system:reaper`).
+    public func reapTokens(before cutoff: Int64, ticket: AuditTicket) async throws -> Int {
+        let (n, event) = try await pool.write { db -> (Int, AuditEvent?) in
+            try db.execute(sql: """
+                DELETE FROM token WHERE \(Store.reapCondition)
+                  AND accessor NOT IN (SELECT parent FROM token WHERE parent IS NOT NULL AND NOT \(Store.reapCondition))
+                """, arguments: [cutoff])
+            let n = db.changesCount
+            ticket.update { $0.path = "tokens:\(n)" }
+            return (n, try self.commit(ticket, db))
+        }
+        if let event { ticket.markCommitted(event) }
+        return n
     }
 }

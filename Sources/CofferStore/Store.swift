@@ -208,7 +208,7 @@ public final class Store: Sendable {
     /// stored), insert, and prune versions beyond `maxVersions`.
     public func put(
         _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64, guard tokenGuard: TokenGuard? = nil,
-        audit: AuditScope? = nil, seal: @escaping @Sendable (Int) throws -> SealedVersion
+        ticket: AuditTicket, seal: @escaping @Sendable (Int) throws -> SealedVersion
     ) async throws -> VersionRecord {
         let (record, event) = try await pool.write { db -> (VersionRecord, AuditEvent?) in
             try tokenGuard?.check(db)
@@ -236,11 +236,11 @@ public final class Store: Sendable {
             // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
             try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
             // Invariant 4: the event commits in the same transaction as the change.
-            let event = try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            let event = try self.commit(ticket, db)
             return (VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
                                   size: sealed.size, state: .active, deletedAt: nil, keyID: sealed.keyID), event)
         }
-        if let event { audit?.markCommitted(event) }
+        if let event { ticket.markCommitted(event) }
         return record
     }
 
@@ -249,7 +249,7 @@ public final class Store: Sendable {
     /// Changes the state of the given versions (the latest when empty). Unknown
     /// versions are an error and nothing changes. Returns the secret afterwards.
     public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64, guard tokenGuard: TokenGuard? = nil,
-                       audit: AuditScope? = nil) async throws -> SecretRecord {
+                       ticket: AuditTicket) async throws -> SecretRecord {
         let (record, event) = try await pool.write { db -> (SecretRecord, AuditEvent?) in
             try tokenGuard?.check(db)
             guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
@@ -268,10 +268,10 @@ public final class Store: Sendable {
             }
             try db.execute(sql: "UPDATE secret SET updated_at = ? WHERE id = ?", arguments: [now, id])
             guard let rec = try Store.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
-            let event = try audit.map { try self.appendAudit(db, [$0.finished(status: 200, errorCode: nil)])[0] }
+            let event = try self.commit(ticket, db)
             return (rec, event)
         }
-        if let event { audit?.markCommitted(event) }
+        if let event { ticket.markCommitted(event) }
         return record
     }
 

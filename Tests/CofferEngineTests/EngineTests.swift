@@ -26,11 +26,15 @@ final class Fixture {
 
     deinit { try? FileManager.default.removeItem(atPath: dir) }
 
-    func engine(keyFile: String? = nil) async throws(CofferError) -> SecretEngine {
-        try await SecretEngine.open(
+    func engine(keyFile: String? = nil, clock: any WallClock = SystemWallClock()) async throws(CofferError) -> SecretEngine {
+        let e = try await SecretEngine.open(
             config: config, unlocker: KeyFileUnlocker(path: keyFile ?? config.keyFile),
             policies: PolicyStore(path: nil, fallback: Policy.adminOnly(uids: [1000], group: nil), logger: Logger(label: "test")),
-            logger: Logger(label: "test"))
+            logger: Logger(label: "test"), clock: clock)
+        // the audit writer the daemon's ServiceGroup runs: calls made without a ticket
+        // wait for their event to be committed
+        Task.detached { await e.runAuditWriter() }
+        return e
     }
 }
 
@@ -55,16 +59,16 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let p = try SecretPath("ci/app/db")
         #expect(try await e.put(admin, p, value: bytes("one"), cas: nil).version == 1)
         #expect(try await e.put(admin, p, value: bytes("two"), cas: nil).version == 2)
-        #expect(text(try e.get(admin, p, version: nil).value) == "two")
-        #expect(text(try e.get(admin, p, version: 1).value) == "one")
-        let m = try e.metadata(admin, p)
+        #expect(text(try await e.get(admin, p, version: nil).value) == "two")
+        #expect(text(try await e.get(admin, p, version: 1).value) == "one")
+        let m = try await e.metadata(admin, p)
         #expect(m.currentVersion == 2)
         #expect(m.versions.map(\.version) == [1, 2])
         #expect(m.versions[0].createdUID == 1000 && m.versions[0].createdUser == "alice")
         #expect(m.versions[1].size == 3)
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: 3) }
-        await expectCode(.notFound) { _ = try e.get(admin, try SecretPath("ci/app/none"), version: nil) }
-        await expectCode(.invalidVersion) { _ = try e.get(admin, p, version: 0) }
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: 3) }
+        await expectCode(.notFound) { _ = try await e.get(admin, try SecretPath("ci/app/none"), version: nil) }
+        await expectCode(.invalidVersion) { _ = try await e.get(admin, p, version: 0) }
     }
 
     @Test func binaryAndEmptyValues() async throws {
@@ -73,9 +77,9 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let p = try SecretPath("bin")
         let all = (0...255).map { UInt8($0) }
         _ = try await e.put(admin, p, value: SecretBytes.copying(all), cas: nil)
-        #expect(try e.get(admin, p, version: nil).value.copyToArray() == all)
+        #expect(try await e.get(admin, p, version: nil).value.copyToArray() == all)
         _ = try await e.put(admin, p, value: SecretBytes.copying([]), cas: nil)
-        #expect(try e.get(admin, p, version: nil).value.count == 0)
+        #expect(try await e.get(admin, p, version: nil).value.count == 0)
     }
 
     @Test func checkAndSet() async throws {
@@ -85,8 +89,8 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         #expect(try await e.put(admin, p, value: bytes("a"), cas: 0).version == 1)
         await expectCode(.casMismatch) { _ = try await e.put(admin, p, value: bytes("b"), cas: 0) }
         await expectCode(.casMismatch) { _ = try await e.put(admin, p, value: bytes("b"), cas: 2) }
-        #expect(try e.metadata(admin, p).currentVersion == 1)
-        #expect(text(try e.get(admin, p, version: nil).value) == "a")
+        #expect(try await e.metadata(admin, p).currentVersion == 1)
+        #expect(text(try await e.get(admin, p, version: nil).value) == "a")
         #expect(try await e.put(admin, p, value: bytes("b"), cas: 1).version == 2)
     }
 
@@ -102,7 +106,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
             return await g.reduce(0) { $0 + ($1 ? 1 : 0) }
         }
         #expect(wins == 1)
-        #expect(try e.metadata(admin, p).currentVersion == 2)
+        #expect(try await e.metadata(admin, p).currentVersion == 2)
     }
 
     @Test func maxVersionsPrunesOldest() async throws {
@@ -110,11 +114,11 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let e = try await f.engine()
         let p = try SecretPath("rot")
         for i in 1...5 { _ = try await e.put(admin, p, value: bytes("v\(i)"), cas: nil) }
-        let m = try e.metadata(admin, p)
+        let m = try await e.metadata(admin, p)
         #expect(m.versions.map(\.version) == [3, 4, 5])
         #expect(m.currentVersion == 5)
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: 2) }
-        #expect(text(try e.get(admin, p, version: 3).value) == "v3")
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: 2) }
+        #expect(text(try await e.get(admin, p, version: 3).value) == "v3")
     }
 
     @Test func deleteUndeleteDestroy() async throws {
@@ -125,21 +129,21 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         var m = try await e.change(admin, .delete, p, versions: [])
         #expect(m.versions.map(\.state) == [.active, .active, .deleted])
         #expect(m.versions[2].deletedAt != nil)
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: nil) }
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: nil) }
         m = try await e.change(admin, .delete, p, versions: [1])
         #expect(m.versions.map(\.state) == [.deleted, .active, .deleted])
         m = try await e.change(admin, .undelete, p, versions: [1, 3])
         #expect(m.versions.map(\.state) == [.active, .active, .active])
-        #expect(text(try e.get(admin, p, version: nil).value) == "v3")
+        #expect(text(try await e.get(admin, p, version: nil).value) == "v3")
         m = try await e.change(admin, .destroy, p, versions: [2])
         #expect(m.versions.map(\.state) == [.active, .destroyed, .active])
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: 2) }
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: 2) }
         // undelete cannot bring back a destroyed version
         m = try await e.change(admin, .undelete, p, versions: [2])
         #expect(m.versions[1].state == .destroyed)
         // unknown versions: error, nothing changes
         await expectCode(.notFound) { _ = try await e.change(admin, .delete, p, versions: [1, 9]) }
-        #expect(try e.metadata(admin, p).versions[0].state == .active)
+        #expect(try await e.metadata(admin, p).versions[0].state == .active)
         // destroy without versions erases every version
         m = try await e.change(admin, .destroy, p, versions: [])
         #expect(m.versions.allSatisfy { $0.state == .destroyed })
@@ -156,23 +160,23 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         for p in ["a", "a-b", "a/x", "a/y/z", "b/c", "b0", "ci/app/db", "ci/app/key", "ci/web/tls"] {
             _ = try await e.put(admin, try SecretPath(p), value: bytes("v"), cas: nil)
         }
-        #expect(try e.list(admin, try SecretPrefix(""), after: nil, limit: nil).keys == ["a", "a-b", "a/", "b/", "b0", "ci/"])
-        #expect(try e.list(admin, try SecretPrefix("ci"), after: nil, limit: nil).keys == ["app/", "web/"])
-        #expect(try e.list(admin, try SecretPrefix("ci/app/"), after: nil, limit: nil).keys == ["db", "key"])
-        #expect(try e.list(admin, try SecretPrefix("zzz"), after: nil, limit: nil).keys == [])
+        #expect(try await e.list(admin, try SecretPrefix(""), after: nil, limit: nil).keys == ["a", "a-b", "a/", "b/", "b0", "ci/"])
+        #expect(try await e.list(admin, try SecretPrefix("ci"), after: nil, limit: nil).keys == ["app/", "web/"])
+        #expect(try await e.list(admin, try SecretPrefix("ci/app/"), after: nil, limit: nil).keys == ["db", "key"])
+        #expect(try await e.list(admin, try SecretPrefix("zzz"), after: nil, limit: nil).keys == [])
         // paging: every key exactly once, in order
         var seen: [String] = []
         var after: String?
         repeat {
-            let page = try e.list(admin, try SecretPrefix(""), after: after, limit: 2)
+            let page = try await e.list(admin, try SecretPrefix(""), after: after, limit: 2)
             #expect(page.keys.count <= 2)
             seen += page.keys
             after = page.nextAfter
         } while after != nil
         #expect(seen == ["a", "a-b", "a/", "b/", "b0", "ci/"])
-        await expectCode(.invalidParameter) { _ = try e.list(admin, try SecretPrefix(""), after: nil, limit: 0) }
-        await expectCode(.invalidParameter) { _ = try e.list(admin, try SecretPrefix(""), after: nil, limit: 100_000) }
-        await expectCode(.invalidParameter) { _ = try e.list(admin, try SecretPrefix(""), after: "a/b", limit: nil) }
+        await expectCode(.invalidParameter) { _ = try await e.list(admin, try SecretPrefix(""), after: nil, limit: 0) }
+        await expectCode(.invalidParameter) { _ = try await e.list(admin, try SecretPrefix(""), after: nil, limit: 100_000) }
+        await expectCode(.invalidParameter) { _ = try await e.list(admin, try SecretPrefix(""), after: "a/b", limit: nil) }
     }
 
     @Test func valueLimit() async throws {
@@ -180,8 +184,8 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let e = try await f.engine()
         _ = try await e.put(admin, try SecretPath("ok"), value: SecretBytes.random(count: 16), cas: nil)
         await expectCode(.valueTooLarge) { _ = try await e.put(admin, try SecretPath("big"), value: try SecretBytes.random(count: 17), cas: nil) }
-        #expect(try e.metadata(admin, try SecretPath("ok")).currentVersion == 1)
-        await expectCode(.notFound) { _ = try e.metadata(admin, try SecretPath("big")) }
+        #expect(try await e.metadata(admin, try SecretPath("ok")).currentVersion == 1)
+        await expectCode(.notFound) { _ = try await e.metadata(admin, try SecretPath("big")) }
     }
 
     /// Reads served from the ciphertext cache never go stale: a reader racing 100
@@ -197,7 +201,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
                 for i in 2...100 {
                     _ = try await e.put(admin, p, value: try bytes("v\(i)"), cas: nil)
                     // read-your-write, through the cache
-                    guard text(try e.get(admin, p, version: nil).value) == "v\(i)" else { return 1 }
+                    guard text(try await e.get(admin, p, version: nil).value) == "v\(i)" else { return 1 }
                 }
                 return 0
             }
@@ -206,7 +210,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
                     var last = 0
                     var backwards = 0
                     for _ in 0..<400 {
-                        let v = try e.get(admin, p, version: nil).meta.version
+                        let v = try await e.get(admin, p, version: nil).meta.version
                         if v < last { backwards += 1 }
                         last = v
                     }
@@ -216,12 +220,12 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
             return try await g.reduce(0, +)
         }
         #expect(stale == 0)
-        #expect(text(try e.get(admin, p, version: nil).value) == "v100")
-        #expect(text(try e.get(admin, p, version: 7).value) == "v7")
+        #expect(text(try await e.get(admin, p, version: nil).value) == "v100")
+        #expect(text(try await e.get(admin, p, version: 7).value) == "v7")
         _ = try await e.change(admin, .delete, p, versions: [])
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: nil) }
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: nil) }
         _ = try await e.change(admin, .destroy, p, versions: [7])
-        await expectCode(.notFound) { _ = try e.get(admin, p, version: 7) }
+        await expectCode(.notFound) { _ = try await e.get(admin, p, version: 7) }
     }
 
     @Test func outsidersAreDeniedEverythingAndChangeNothing() async throws {
@@ -229,17 +233,17 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let e = try await f.engine()
         let p = try SecretPath("guarded")
         _ = try await e.put(admin, p, value: bytes("v"), cas: nil)
-        let before = try e.metadata(admin, p)
-        await expectCode(.permissionDenied) { _ = try e.get(outsider, p, version: nil) }
-        await expectCode(.permissionDenied) { _ = try e.get(outsider, try SecretPath("does/not/exist"), version: nil) }
+        let before = try await e.metadata(admin, p)
+        await expectCode(.permissionDenied) { _ = try await e.get(outsider, p, version: nil) }
+        await expectCode(.permissionDenied) { _ = try await e.get(outsider, try SecretPath("does/not/exist"), version: nil) }
         await expectCode(.permissionDenied) { _ = try await e.put(outsider, p, value: try bytes("x"), cas: nil) }
-        await expectCode(.permissionDenied) { _ = try e.metadata(outsider, p) }
-        await expectCode(.permissionDenied) { _ = try e.list(outsider, try SecretPrefix(""), after: nil, limit: nil) }
+        await expectCode(.permissionDenied) { _ = try await e.metadata(outsider, p) }
+        await expectCode(.permissionDenied) { _ = try await e.list(outsider, try SecretPrefix(""), after: nil, limit: nil) }
         await expectCode(.permissionDenied) { _ = try await e.change(outsider, .delete, p, versions: []) }
         await expectCode(.permissionDenied) { _ = try await e.change(outsider, .undelete, p, versions: []) }
         await expectCode(.permissionDenied) { _ = try await e.change(outsider, .destroy, p, versions: []) }
-        await expectCode(.permissionDenied) { _ = try e.status(outsider) }
-        #expect(try e.metadata(admin, p) == before)
+        await expectCode(.permissionDenied) { _ = try await e.status(outsider) }
+        #expect(try await e.metadata(admin, p) == before)
     }
 }
 
@@ -305,13 +309,13 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
                 try await e.store.pool.write { db in
                     try db.execute(sql: "UPDATE secret_version SET \(column) = ?", arguments: [tampered])
                 }
-                await expectCode(.integrity) { _ = try e.get(admin, p, version: nil) }
+                await expectCode(.integrity) { _ = try await e.get(admin, p, version: nil) }
             }
             try await e.store.pool.write { db in
                 try db.execute(sql: "UPDATE secret_version SET \(column) = ?", arguments: [original])
             }
         }
-        #expect(text(try e.get(admin, p, version: nil).value) == "secret-value")
+        #expect(text(try await e.get(admin, p, version: nil).value) == "secret-value")
     }
 
     @Test func ciphertextBoundToPathVersionAndKey() throws {

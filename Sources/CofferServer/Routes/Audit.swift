@@ -11,21 +11,21 @@ import NIOCore
 /// /v1/audit: reading, verifying, exporting and pruning the trail.
 extension APIResponder {
     static let auditEndpoints: [Endpoint] = [
-        Endpoint("audit_read", .exact("/v1/audit/events"), [.init(.get, "audit_read") { r, i throws(CofferError) in try r.auditEvents(i) }]),
+        Endpoint("audit_read", .exact("/v1/audit/events"), [.init(.get, "audit_read") { r, i throws(CofferError) in try await r.auditEvents(i) }]),
         Endpoint("audit_verify", .exact("/v1/audit/verify"), [
             .init(.get, "audit_verify") { r, i throws(CofferError) in try await r.auditVerify(i) },
             .init(.post, "audit_verify") { r, i throws(CofferError) in try await r.auditVerify(i) },
         ]),
         Endpoint("audit_export", .exact("/v1/audit/export"), [.init(.get, "audit_export") { r, i throws(CofferError) in try await r.auditExport(i) }]),
         Endpoint("audit_prune", .exact("/v1/audit/prune"), [.init(.post, "audit_prune") { r, i throws(CofferError) in try await r.auditPrune(i) }]),
-        Endpoint("audit_pubkey", .exact("/v1/audit/pubkey"), [.init(.get, "audit_pubkey") { r, i throws(CofferError) in try r.auditPublicKey(i) }]),
+        Endpoint("audit_pubkey", .exact("/v1/audit/pubkey"), [.init(.get, "audit_pubkey") { r, i throws(CofferError) in try await r.auditPublicKey(i) }]),
     ]
 
-    func auditEvents(_ i: RouteInput) throws(CofferError) -> Response {
+    func auditEvents(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
         // Nothing of the query is parsed for a caller who may not read the trail.
-        try engine.authorize(principal, .audit, nil)
+        try engine.authorize(principal, .audit, nil, ticket: i.ticket)
         let q = i.request.uri.queryParameters
         var f = AuditFilter()
         f.limit = 1000
@@ -41,14 +41,14 @@ extension APIResponder {
             guard ["allow", "deny", "none"].contains(v) else { throw CofferError(.invalidParameter, "decision must be allow, deny or none") }
             f.decision = String(v)
         }
-        let events = try engine.auditEvents(principal, f)
+        let events = try await engine.auditEvents(principal, f, ticket: i.ticket)
         return ErrorMapping.json(AuditEventsResponse(events: events.map(Self.wire), nextAfter: events.count == f.limit ? events.last?.seq : nil))
     }
 
     func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        switch try await engine.auditVerify(principal) {
+        switch try await engine.auditVerify(principal, ticket: i.ticket) {
         case .ok(let count, let head, let hash, let cps):
             return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
         case .bad(let seq, let problem):
@@ -59,7 +59,7 @@ extension APIResponder {
     func auditExport(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let chain = try await engine.auditExport(principal)
+        let chain = try await engine.auditExport(principal, ticket: i.ticket)
         var text = ""
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -76,18 +76,18 @@ extension APIResponder {
     func auditPrune(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .audit, nil)
-        try engine.authorize(principal, .admin, nil)
+        try engine.authorize(principal, .audit, nil, ticket: i.ticket)
+        try engine.authorize(principal, .admin, nil, ticket: i.ticket)
         guard let body: AuditPruneRequest = try await decodeBody(i.request, i.context, required: true) else {
             throw CofferError(.invalidJSON, "a JSON body is required")
         }
-        return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq)))
+        return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq, ticket: i.ticket)))
     }
 
-    func auditPublicKey(_ i: RouteInput) throws(CofferError) -> Response {
+    func auditPublicKey(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let key = try engine.auditPublicKey(principal)
+        let key = try await engine.auditPublicKey(principal, ticket: i.ticket)
         return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: AuditKeyFile.encode(key))))
     }
 

@@ -1,3 +1,4 @@
+import CofferAudit
 import CofferCore
 import HTTPTypes
 import Hummingbird
@@ -66,6 +67,8 @@ struct RouteInput: Sendable {
     let context: CofferRequestContext
     let param: String
     let principal: Principal?
+    /// The request's audit event: every engine call carries it.
+    let ticket: AuditTicket
 
     /// The caller; endpoints that need one always have it.
     var caller: Principal {

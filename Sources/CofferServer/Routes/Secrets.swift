@@ -17,12 +17,12 @@ extension APIResponder {
             .init(.delete, "delete") { r, i throws(CofferError) in try await r.change(i, .delete) },
         ]),
         Endpoint("read_metadata", .prefix("/v1/secrets/metadata/", suffix: "", param: .percentDecoded), [
-            .init(.get, "read_metadata") { r, i throws(CofferError) in try r.metadata(i) },
+            .init(.get, "read_metadata") { r, i throws(CofferError) in try await r.metadata(i) },
         ]),
-        Endpoint("list", .exact("/v1/secrets/list"), [.init(.get, "list") { r, i throws(CofferError) in try r.list(i) }]),
-        Endpoint("list", .exact("/v1/secrets/list/"), [.init(.get, "list") { r, i throws(CofferError) in try r.list(i) }]),
+        Endpoint("list", .exact("/v1/secrets/list"), [.init(.get, "list") { r, i throws(CofferError) in try await r.list(i) }]),
+        Endpoint("list", .exact("/v1/secrets/list/"), [.init(.get, "list") { r, i throws(CofferError) in try await r.list(i) }]),
         Endpoint("list", .prefix("/v1/secrets/list/", suffix: "", param: .percentDecoded), [
-            .init(.get, "list") { r, i throws(CofferError) in try r.list(i) },
+            .init(.get, "list") { r, i throws(CofferError) in try await r.list(i) },
         ]),
         Endpoint("delete", .prefix("/v1/secrets/delete/", suffix: "", param: .percentDecoded), [
             .init(.post, "delete") { r, i throws(CofferError) in try await r.change(i, .delete, body: true) },
@@ -46,7 +46,7 @@ extension APIResponder {
             }
             version = n
         }
-        let r = try engine.get(principal, path, version: version)
+        let r = try engine.get(principal, path, version: version, ticket: i.ticket)
         if i.request.headers[.accept] == "application/octet-stream" {
             // Raw bytes, metadata in headers: nothing to decode for a shell pipeline.
             var buffer = ByteBuffer()
@@ -67,24 +67,24 @@ extension APIResponder {
         let path = try SecretPath(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .write, path)
+        try engine.authorize(principal, .write, path, ticket: i.ticket)
         guard let body: PutSecretRequest = try await decodeBody(i.request, i.context, required: true) else {
             throw CofferError(.invalidJSON, "a JSON body is required")
         }
         let value = try valueBytes(body)
-        let rec = try await engine.put(principal, path, value: value, cas: body.cas)
+        let rec = try await engine.put(principal, path, value: value, cas: body.cas, ticket: i.ticket)
         return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
     }
 
-    func metadata(_ i: RouteInput) throws(CofferError) -> Response {
+    func metadata(_ i: RouteInput) async throws(CofferError) -> Response {
         let path = try SecretPath(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let rec = try engine.metadata(principal, path)
+        let rec = try await engine.metadata(principal, path, ticket: i.ticket)
         return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
     }
 
-    func list(_ i: RouteInput) throws(CofferError) -> Response {
+    func list(_ i: RouteInput) async throws(CofferError) -> Response {
         let prefix = try SecretPrefix(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: ["after", "limit"])
@@ -94,7 +94,7 @@ extension APIResponder {
             guard let n = Int(l), n >= 1 else { throw CofferError(.invalidParameter, "limit must be a positive integer") }
             limit = n
         }
-        let page = try engine.list(principal, prefix, after: q["after"].map(String.init), limit: limit)
+        let page = try await engine.list(principal, prefix, after: q["after"].map(String.init), limit: limit, ticket: i.ticket)
         return ErrorMapping.json(ListResponse(prefix: prefix.rawValue, keys: page.keys, nextAfter: page.nextAfter))
     }
 
@@ -111,11 +111,11 @@ extension APIResponder {
             case .undelete: .undelete
             case .destroy: .destroy
             }
-            try engine.authorize(principal, action, path)  // nothing of the body is parsed before
+            try engine.authorize(principal, action, path, ticket: i.ticket)  // nothing of the body is parsed before
             let b: VersionsRequest? = try await decodeBody(i.request, i.context, required: false)
             versions = b?.versions ?? []
         }
-        let rec = try await engine.change(principal, change, path, versions: versions)
+        let rec = try await engine.change(principal, change, path, versions: versions, ticket: i.ticket)
         return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
     }
 }

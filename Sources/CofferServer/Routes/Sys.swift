@@ -14,19 +14,19 @@ extension APIResponder {
             .init(.get, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
             .init(.head, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
         ]),
-        Endpoint("status", .exact("/v1/sys/status"), [.init(.get, "status") { r, i throws(CofferError) in try r.status(i) }]),
+        Endpoint("status", .exact("/v1/sys/status"), [.init(.get, "status") { r, i throws(CofferError) in try await r.status(i) }]),
         Endpoint("policy_reload", .exact("/v1/sys/policy/reload"), [
-            .init(.post, "policy_reload") { r, i throws(CofferError) in try r.reloadPolicy(i) },
+            .init(.post, "policy_reload") { r, i throws(CofferError) in try await r.reloadPolicy(i) },
         ]),
         Endpoint("policy_explain", .exact("/v1/sys/policy/explain"), [
             .init(.post, "policy_explain") { r, i throws(CofferError) in try await r.explain(i) },
         ]),
     ]
 
-    func status(_ i: RouteInput) throws(CofferError) -> Response {
+    func status(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let s = try engine.status(principal)
+        let s = try await engine.status(principal, ticket: i.ticket)
         let d = engine.decide(principal, .status, nil)
         return ErrorMapping.json(StatusResponse(
             version: CofferVersion.string, unlocked: true, devMode: settings.config.devMode,
@@ -37,17 +37,17 @@ extension APIResponder {
             decision: d.rule))
     }
 
-    func reloadPolicy(_ i: RouteInput) throws(CofferError) -> Response {
+    func reloadPolicy(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let p = try engine.reloadPolicy(principal)
+        let p = try await engine.reloadPolicy(principal, ticket: i.ticket)
         return ErrorMapping.json(PolicyReloadResponse(source: p.source, roles: p.roles.keys.sorted(), bindings: p.bindings.count))
     }
 
     func explain(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .admin, nil)  // nothing of the body is parsed before
+        try engine.authorize(principal, .admin, nil, ticket: i.ticket)  // nothing of the body is parsed before
         guard let body: ExplainRequest = try await decodeBody(i.request, i.context, required: true) else {
             throw CofferError(.invalidJSON, "a JSON body is required")
         }
@@ -56,17 +56,16 @@ extension APIResponder {
             throw CofferError(.invalidParameter, "unknown capability '\(body.capability.prefix(32))'",
                               hint: Capability.allCases.map(\.rawValue).joined(separator: ", "))
         }
-        let e = try engine.explain(principal, as: subject, capability: cap, path: body.path)
+        let e = try await engine.explain(principal, as: subject, capability: cap, path: body.path, ticket: i.ticket)
         return ErrorMapping.json(ExplainResponse(subject: subject.description, uid: e.subject.uid == UInt32.max - 1 ? nil : e.subject.uid,
                                                  roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule))
     }
 
     func health(_ i: RouteInput) throws(CofferError) -> Response {
         try noQuery(i.request, allowed: [])
-        let degraded = engine.audit.degradedReason
-        let audit = !engine.audit.settings.enabled ? "disabled" : degraded.map { "unavailable: \($0)" } ?? "ok"
-        let mirror = engine.audit.settings.mirror.isEmpty ? "off" : engine.audit.mirrorError.map { "failing: \($0)" } ?? "ok"
-        return ErrorMapping.json(HealthResponse(status: degraded == nil ? "ok" : "degraded", unlocked: true, version: CofferVersion.string,
-                                                audit: audit, auditMirror: mirror))
+        let h = engine.health
+        let audit = !h.auditEnabled ? "disabled" : h.degraded.map { "unavailable: \($0)" } ?? "ok"
+        return ErrorMapping.json(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", unlocked: true, version: CofferVersion.string,
+                                                audit: audit, auditMirror: h.mirror))
     }
 }

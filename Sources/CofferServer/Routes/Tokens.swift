@@ -9,7 +9,7 @@ import Hummingbird
 extension APIResponder {
     static let tokenEndpoints: [Endpoint] = {
         var one = Endpoint("token_lookup", .prefix("/v1/tokens/", suffix: "", param: .accessor), [
-            .init(.get, "token_lookup") { r, i throws(CofferError) in try r.lookupToken(i) },
+            .init(.get, "token_lookup") { r, i throws(CofferError) in try await r.lookupToken(i) },
         ])
         var revoke = Endpoint("token_revoke", .prefix("/v1/tokens/", suffix: "/revoke", param: .accessor), [
             .init(.post, "token_revoke") { r, i throws(CofferError) in try await r.revokeToken(i) },
@@ -18,16 +18,16 @@ extension APIResponder {
         revoke.paramIsAuditPath = true
         return [
             Endpoint("token", .exact("/v1/tokens"), [
-                .init(.get, "token_list") { r, i throws(CofferError) in try r.listTokens(i) },
+                .init(.get, "token_list") { r, i throws(CofferError) in try await r.listTokens(i) },
                 .init(.post, "token_create") { r, i throws(CofferError) in try await r.createToken(i) },
             ]),
             one, revoke,
         ]
     }()
 
-    func listTokens(_ i: RouteInput) throws(CofferError) -> Response {
+    func listTokens(_ i: RouteInput) async throws(CofferError) -> Response {
         try noQuery(i.request, allowed: [])
-        let list = try engine.listTokens(try i.caller)
+        let list = try await engine.listTokens(try i.caller, ticket: i.ticket)
         return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
     }
 
@@ -35,7 +35,7 @@ extension APIResponder {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
         // Only a caller holding some role may mint; nothing of the body is parsed before.
-        try engine.authorize(principal, .status, nil)
+        try engine.authorize(principal, .status, nil, ticket: i.ticket)
         guard let body: CreateTokenRequest = try await decodeBody(i.request, i.context, required: true) else {
             throw CofferError(.invalidJSON, "a JSON body is required")
         }
@@ -47,15 +47,15 @@ extension APIResponder {
             ttl = secs
         }
         let created = try await engine.createToken(principal, .init(
-            roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name))
+            roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name), ticket: i.ticket)
         return ErrorMapping.json(CreateTokenResponse(token: created.token, info: Self.tokenInfo(created.record)))
     }
 
-    func lookupToken(_ i: RouteInput) throws(CofferError) -> Response {
+    func lookupToken(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
         if i.param == "self" { return ErrorMapping.json(selfInfo(principal)) }
-        return ErrorMapping.json(Self.tokenInfo(try engine.lookupToken(principal, accessor: i.param)))
+        return ErrorMapping.json(Self.tokenInfo(try await engine.lookupToken(principal, accessor: i.param, ticket: i.ticket)))
     }
 
     func revokeToken(_ i: RouteInput) async throws(CofferError) -> Response {
@@ -68,19 +68,14 @@ extension APIResponder {
             }
             target = own
         }
-        return ErrorMapping.json(RevokeResponse(revoked: try await engine.revokeToken(principal, accessor: target)))
+        return ErrorMapping.json(RevokeResponse(revoked: try await engine.revokeToken(principal, accessor: target, ticket: i.ticket)))
     }
 
     /// What a caller learns about itself: uid, groups, its token, its roles' rules.
     func selfInfo(_ p: Principal) -> SelfResponse {
-        let policy = engine.policies.policy
-        let names = p.token?.roles ?? policy.roleNames(for: p)
-        let roles = names.compactMap { policy.roles[$0] }.map { r in
-            SelfResponse.RoleInfo(name: r.name, maxTTL: r.maxTTL.map(DurationText.format), rules: r.rules.map(\.name))
-        }
-        var token: TokenInfo?
-        if let t = p.token, let rec = try? engine.store.token(accessor: t.accessor) { token = Self.tokenInfo(rec) }
-        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: token, roles: roles)
+        let (roles, record) = engine.selfInfo(p)
+        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: record.map(Self.tokenInfo),
+                            roles: roles.map { SelfResponse.RoleInfo(name: $0.name, maxTTL: $0.maxTTL.map(DurationText.format), rules: $0.rules.map(\.name)) })
     }
 
     static func tokenInfo(_ t: TokenRecord) -> TokenInfo {

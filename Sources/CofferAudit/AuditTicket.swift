@@ -1,31 +1,34 @@
 public import CofferCore
 import Synchronization
 
-/// The audit event of one request as it takes shape: the server opens it with the
-/// caller and the route, the engine adds the decision, and either a state-changing
-/// transaction commits it with the change, or the server hands it to group commit.
-public final class AuditScope: Sendable {
+/// The audit event of one request or job as it takes shape: the server (or the
+/// gate, for a background job) opens it with the caller and the route, the gate
+/// records the decision, and either a state-changing transaction commits it with
+/// the change (every store write takes a ticket: no state changes without its
+/// event), or its opener hands it to group commit before anything is answered.
+public final class AuditTicket: Sendable {
     struct State {
         var draft: AuditEvent
         var committed: AuditEvent?
     }
     private let state: Mutex<State>
+    /// false only when audit is switched off (benchmarking its cost): writes then
+    /// append nothing.
+    public let enabled: Bool
 
-    /// The scope of the request being handled (set by the server around each request).
-    @TaskLocal public static var current: AuditScope?
-
-    public init(_ draft: AuditEvent) { state = Mutex(State(draft: draft, committed: nil)) }
+    public init(_ draft: AuditEvent, enabled: Bool = true) {
+        state = Mutex(State(draft: draft, committed: nil))
+        self.enabled = enabled
+    }
 
     public var draft: AuditEvent { state.withLock { $0.draft } }
     public var committed: AuditEvent? { state.withLock { $0.committed } }
 
-    /// Records what the request turned out to be and how it was decided.
-    public func decided(_ d: Decision, action: String? = nil, path: String? = nil) {
+    /// Records how the request was decided.
+    public func decided(_ d: Decision) {
         state.withLock {
-            $0.draft.decision = d.allowed ? "allow" : "deny"
+            $0.draft.decision = d.auditName
             $0.draft.rule = d.rule
-            if let action { $0.draft.action = action }
-            if let path { $0.draft.path = path }
         }
     }
 

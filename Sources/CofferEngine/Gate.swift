@@ -1,0 +1,145 @@
+public import CofferAudit
+public import CofferCore
+import CofferCrypto
+import Logging
+
+/// What the gate hands to the work it lets through: who, the decision, and the
+/// audit ticket every store write requires. Only the gate makes grants, so no
+/// service function (and no store write) runs without having passed it.
+public struct Grant: Sendable {
+    public let principal: Principal
+    public let decision: Decision
+    public let ticket: AuditTicket
+
+    fileprivate init(principal: Principal, decision: Decision, ticket: AuditTicket) {
+        self.principal = principal
+        self.decision = decision
+        self.ticket = ticket
+    }
+}
+
+/// The one way into the engine, for requests and background jobs alike:
+/// principal → decision → (the decision recorded on the audit ticket) → work.
+///
+/// Where the event is committed: a state-changing work commits it in the same
+/// transaction as the change (the store's writes take the ticket); everything else
+/// is committed by whoever opened the ticket — the server, before any answer (a
+/// read's value leaves only after its event is durable), or the gate itself for
+/// calls made without one (background jobs, tests). `performAuditedFirst` commits
+/// the event before the work runs, for work whose effect cannot be taken back
+/// (a file written on a tmpfs).
+public final class Gate: Sendable {
+    let policies: PolicyStore
+    let audit: AuditLog
+    let clock: any WallClock
+    let logger: Logger
+
+    init(policies: PolicyStore, audit: AuditLog, clock: any WallClock, logger: Logger) {
+        self.policies = policies
+        self.audit = audit
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// A ticket for an event this process opens itself (a job, or a call with none).
+    public func ticket(for p: Principal, action: String, path: String? = nil) -> AuditTicket {
+        AuditTicket(AuditEvent(
+            seq: 0, time: clock.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: p.pid, peerUID: p.uid,
+            peerUser: p.userName, tokenAccessor: p.token?.accessor, method: p.systemJob == nil ? "-" : "JOB", action: action, path: path,
+            decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil), enabled: audit.settings.enabled)
+    }
+
+    /// The decision alone, recorded on the ticket; throws unless it allows. The
+    /// server uses it before it reads a body (nothing is parsed for a caller who may
+    /// not reach the route).
+    public func check(_ ticket: AuditTicket, _ p: Principal, _ action: Action, _ path: SecretPath?) throws(CofferError) -> Decision {
+        let d = decide(p, action, path)
+        ticket.decided(d)
+        switch d.verdict {
+        case .allow:
+            return d
+        case .deny:
+            logger.info("denied", metadata: [
+                "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(action.rawValue)",
+                "secret.path": "\(path?.rawValue ?? "-")", "rule": "\(d.rule)",
+            ])
+            // The rule that decided depends on policy and identity only, never on what exists.
+            throw CofferError(.permissionDenied, "permission denied", hint: "\(action.rawValue) for \(p.displayName): \(d.rule)")
+        case .needsApproval(let n):
+            throw CofferError(.approvalRequired, "this needs \(n) approval\(n == 1 ? "" : "s") first", hint: d.rule)
+        case .needsFreshLogin(let s):
+            throw CofferError(.freshLoginRequired, "sign in again: this needs a sign-in within the last \(s)s", hint: d.rule)
+        }
+    }
+
+    func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
+        if let job = p.systemJob { return .allow("system job \(job)") }  // set only by the daemon itself
+        return policies.authorize(p, action, path)
+    }
+
+    /// Decide, then run the work with a grant. With no ticket, the gate opens one and
+    /// commits its outcome event before returning (or throwing).
+    /// The synchronous form, for the read path (no suspension, no thread hop): the
+    /// caller's ticket is required, and the caller commits its event.
+    public func performNow<T>(_ ticket: AuditTicket, _ p: Principal, _ action: Action, _ path: SecretPath?,
+                              _ work: (Grant) throws(CofferError) -> T) throws(CofferError) -> T {
+        let d = try check(ticket, p, action, path)
+        return try work(Grant(principal: p, decision: d, ticket: ticket))
+    }
+
+    public func perform<T>(_ ticket: AuditTicket?, _ p: Principal, _ action: Action, _ path: SecretPath?, named name: String? = nil,
+                           _ work: (Grant) async throws(CofferError) -> T) async throws(CofferError) -> T {
+        let own = ticket == nil
+        let t = ticket ?? self.ticket(for: p, action: name ?? action.rawValue, path: path?.rawValue)
+        do {
+            let d = try check(t, p, action, path)
+            let result = try await work(Grant(principal: p, decision: d, ticket: t))
+            if own { try await settle(t, status: 200, error: nil) }
+            return result
+        } catch {
+            if own { try? await settle(t, status: error.code.httpStatus, error: error) }
+            throw error
+        }
+    }
+
+    /// For work that cannot be undone: the decision's event is durable before the
+    /// work starts ("decide, audit, then act"); the outcome follows as a second event
+    /// (`NAME_done`) with the same request id.
+    public func performAuditedFirst<T>(_ p: Principal, _ action: Action, _ path: SecretPath?, named name: String,
+                                       _ work: (Grant) async throws(CofferError) -> T) async throws(CofferError) -> T {
+        let intent = ticket(for: p, action: name, path: path?.rawValue)
+        let d: Decision
+        do { d = try check(intent, p, action, path) } catch {
+            try? await settle(intent, status: error.code.httpStatus, error: error)
+            throw error
+        }
+        try await settle(intent, status: 202, error: nil)
+        let outcome = ticket(for: p, action: name + "_done", path: path?.rawValue)
+        outcome.update { $0.requestID = intent.draft.requestID }
+        outcome.decided(d)
+        do {
+            let result = try await work(Grant(principal: p, decision: d, ticket: outcome))
+            try await settle(outcome, status: 200, error: nil)
+            return result
+        } catch {
+            try? await settle(outcome, status: error.code.httpStatus, error: error)
+            throw error
+        }
+    }
+
+    /// A background job of the daemon (`system:NAME`): its own ticket, its event
+    /// committed with its write (or after it).
+    public func runAsSystem<T>(_ job: String, action: Action, named name: String,
+                               _ work: (Grant) async throws(CofferError) -> T) async throws(CofferError) -> T {
+        try await perform(nil, .system(job), action, nil, named: name, work)
+    }
+
+    /// Commits a ticket's outcome unless a transaction already did.
+    func settle(_ t: AuditTicket, status: Int, error: CofferError?) async throws(CofferError) {
+        if let e = t.committed {
+            audit.committedInTransaction(e)
+            return
+        }
+        try await audit.append(t.finished(status: status, errorCode: error?.code.rawValue))
+    }
+}

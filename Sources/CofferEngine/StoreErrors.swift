@@ -1,0 +1,36 @@
+import CofferAudit
+public import CofferCore
+import Foundation
+import GRDB
+import Logging
+
+/// Store errors become CofferError; database details go to the log, not the caller.
+/// A write the disk refuses is a write the audit trail cannot record: fail closed
+/// with 503 audit_unavailable and mark the log degraded.
+struct StoreErrorMapper: Sendable {
+    let audit: AuditLog
+    let logger: Logger
+
+    func map(_ error: any Error) -> CofferError {
+        if let e = error as? CofferError { return e }
+        if let db = error as? DatabaseError, [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY].contains(db.resultCode) {
+            let reason = AuditLog.describe(error)
+            audit.writeFailed(reason)
+            logger.error("database write failed", metadata: ["error": "\(reason)"])
+            return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
+                               hint: "see cofferd's health and log; it recovers by itself when the database can be written again")
+        }
+        logger.error("database error", metadata: ["error": "\(error)"])
+        return CofferError(.storage, "the database could not complete the request")
+    }
+
+    func call<T>(_ body: () throws -> T) throws(CofferError) -> T {
+        do { return try body() } catch { throw map(error) }
+    }
+
+    /// A write that carried `ticket` (the gate counts and mirrors its committed event
+    /// when it settles the ticket).
+    func call<T>(_ ticket: AuditTicket, _ body: () async throws -> T) async throws(CofferError) -> T {
+        do { return try await body() } catch { throw map(error) }
+    }
+}
