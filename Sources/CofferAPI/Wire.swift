@@ -107,12 +107,14 @@ public struct SecretResponse: Codable, Sendable {
 }
 
 /// Answer to a write: the new version's metadata.
+/// `version` and `metadata` are left out for a caller who may write but not read
+/// metadata: the new version number would tell whether the secret existed.
 public struct WriteResponse: Codable, Sendable {
     public var path: String
-    public var version: Int
-    public var metadata: VersionMetadata
+    public var version: Int?
+    public var metadata: VersionMetadata?
 
-    public init(path: String, version: Int, metadata: VersionMetadata) {
+    public init(path: String, version: Int?, metadata: VersionMetadata?) {
         self.path = path
         self.version = version
         self.metadata = metadata

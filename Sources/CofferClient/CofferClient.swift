@@ -15,9 +15,10 @@ public struct APIError: Error, Sendable, CustomStringConvertible {
 public final class CofferClient {
     public let http: UnixHTTPClient
 
-    public init(socketPath: String, token: String? = nil) {
+    public init(socketPath: String, token: String? = nil, trustedServerUIDs: Set<UInt32>? = nil) {
         http = UnixHTTPClient(socketPath: socketPath)
         http.token = token
+        http.trustedServerUIDs = trustedServerUIDs
     }
 
     static func dataPath(_ kind: String, _ path: String) -> String {

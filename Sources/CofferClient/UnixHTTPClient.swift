@@ -36,6 +36,10 @@ public final class UnixHTTPClient {
     public var timeoutSeconds: Int = 30
     /// Sent as X-Coffer-Token on every request (never on the command line).
     public var token: String?
+    /// When set, the server's uid as the kernel reports it (SO_PEERCRED) must be one
+    /// of these, checked after connecting and before a byte is sent: a socket found by
+    /// path can be swapped between a check of the path and the connect.
+    public var trustedServerUIDs: Set<UInt32>?
 
     public init(socketPath: String) {
         self.socketPath = socketPath
@@ -70,6 +74,16 @@ public final class UnixHTTPClient {
             var hint = "is cofferd running? start it with `cofferd dev`, or set COFFER_SOCKET / --socket"
             if e == EACCES { hint = "you lack permission on the socket; ask an admin to add you to the socket's group" }
             throw ClientError(kind: .connect, message: "cannot connect to \(socketPath): \(reason)", hint: hint)
+        }
+        if let trusted = trustedServerUIDs {
+            var cred = (pid: Int32(0), uid: UInt32.max, gid: UInt32.max)
+            var len = socklen_t(MemoryLayout.size(ofValue: cred))
+            let ok = withUnsafeMutableBytes(of: &cred) { getsockopt(s, SOL_SOCKET, SO_PEERCRED, $0.baseAddress, &len) } == 0
+            guard ok, trusted.contains(cred.uid) else {
+                close(s)
+                throw ClientError(kind: .connect, message: "refusing \(socketPath): the process serving it runs as uid \(ok ? String(cred.uid) : "?"), not as you or root",
+                                  hint: "someone else may have planted it; pass --socket or COFFER_SOCKET explicitly")
+            }
         }
         fd = s
     }

@@ -10,6 +10,7 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
 
     public let rawValue: String
     let segments: [Segment]
+    let anyMask: UInt64
 
     /// Bounds that keep matching cheap and patterns reviewable (invariant 6). Matching
     /// is linear in path × pattern whatever the pattern (an NFA walk, no backtracking);
@@ -58,6 +59,7 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
         }
         rawValue = raw
         segments = segs
+        anyMask = Self.mask(segs)
     }
 
     public var description: String { rawValue }
@@ -65,45 +67,54 @@ public struct PathPattern: Hashable, Sendable, CustomStringConvertible {
     private init(rawValue: String, segments: [Segment]) {
         self.rawValue = rawValue
         self.segments = segments
+        self.anyMask = Self.mask(segments)
     }
 
     /// `**`: every path.
     public static let everything = PathPattern(rawValue: "**", segments: [.any])
 
     /// Does the pattern match this path ("" is the root, for listing)? An NFA walk:
-    /// the set of pattern positions reachable after each path segment, so the cost is
-    /// at most (path segments) × (pattern segments) segment tests, never exponential.
+    /// the set of pattern positions reachable after each path segment, kept as a bit
+    /// set (at most 33 positions), so the cost is at most (path segments) × (pattern
+    /// segments) segment tests, never exponential, and nothing is allocated.
     public func matches(_ path: String) -> Bool {
         let m = segments.count
-        var states = [Bool](repeating: false, count: m + 1)
-        var next = states
-        states[0] = true
-        Self.closeOverDoubleStars(&states, segments)
+        var states: UInt64 = closed(1)
         if !path.isEmpty {
-            for part in path.split(separator: "/", omittingEmptySubsequences: false) {
-                for i in 0...m { next[i] = false }
-                var any = false
-                for i in 0..<m where states[i] {
+            var rest = path.utf8[...]
+            while true {
+                let end = rest.firstIndex(of: UInt8(ascii: "/")) ?? rest.endIndex
+                let part = Substring(rest[..<end])
+                var next: UInt64 = 0
+                var bits = states
+                while bits != 0 {
+                    let i = bits.trailingZeroBitCount
+                    bits &= bits - 1
+                    guard i < m else { continue }
                     switch segments[i] {
-                    case .any: next[i] = true; any = true  // ** consumes this segment and may take more
-                    case .literal(let l) where part == l: next[i + 1] = true; any = true
-                    case .glob(let pieces) where Self.globMatch(pieces, part): next[i + 1] = true; any = true
-                    default: break
+                    case .any: next |= 1 << i  // ** consumes this segment and may take more
+                    case .literal(let l): if part == l { next |= 1 << (i + 1) }
+                    case .glob(let pieces): if Self.globMatch(pieces, part) { next |= 1 << (i + 1) }
                     }
                 }
-                guard any else { return false }
-                Self.closeOverDoubleStars(&next, segments)
-                swap(&states, &next)
+                guard next != 0 else { return false }
+                states = closed(next)
+                guard end != rest.endIndex else { break }
+                rest = rest[rest.index(after: end)...]
             }
         }
-        return states[m]
+        return states & (1 << m) != 0
     }
 
-    /// A `**` may also take no segment: reaching it means reaching what follows it.
-    static func closeOverDoubleStars(_ states: inout [Bool], _ segments: [Segment]) {
-        for i in 0..<segments.count where states[i] {
-            if case .any = segments[i] { states[i + 1] = true }
-        }
+    /// A `**` may also take no segment: reaching it means reaching what follows it
+    /// (one step suffices: two `**` are never adjacent).
+    func closed(_ s: UInt64) -> UInt64 { s | (s & anyMask) << 1 }
+
+    /// Bit i set where segment i is `**`.
+    static func mask(_ segments: [Segment]) -> UInt64 {
+        var mask: UInt64 = 0
+        for (i, seg) in segments.enumerated() { if case .any = seg { mask |= 1 << i } }
+        return mask
     }
 
     /// `parts` are the pieces between '*': the first must be a prefix, the last a
@@ -170,6 +181,7 @@ public enum DurationText {
         var total = 0
         var number = 0
         var digits = 0
+        var lastUnit = Int.max  // units in falling order, each once: "2h30m", never "1h1h" or "30m2h"
         for c in s {
             if let d = c.wholeNumberValue, c.isASCII {
                 digits += 1
@@ -186,6 +198,8 @@ public enum DurationText {
             case "d": unit = 86400
             default: return nil
             }
+            guard unit < lastUnit else { return nil }
+            lastUnit = unit
             let (part, o1) = number.multipliedReportingOverflow(by: unit)
             let (sum, o2) = total.addingReportingOverflow(part)
             guard !o1, !o2, sum <= maxSeconds else { return nil }

@@ -94,6 +94,12 @@ public final class AuditLog: Sendable {
                 pub = [UInt8](k.publicKey)
                 guard try Signing.publicKey(of: secret) == pub else { throw CofferError(.integrity, "the audit signing key does not match its public key") }
             } else {
+                // Only a database created by this very open may get a first audit key:
+                // a missing key in an existing database means its trail was erased.
+                guard store.createdAuditNow else {
+                    throw CofferError(.integrity, "the audit signing key is missing from the database; its audit trail was erased",
+                                      hint: "restore the database from a backup")
+                }
                 (pub, secret) = try Signing.keyPair()
                 createdKey = true
                 let sealed = try AEAD.seal(secret, key: keyring.root, associatedData: ad)
@@ -118,6 +124,11 @@ public final class AuditLog: Sendable {
         let log = AuditLog(store: store, signingKey: secret, publicKey: pub, settings: settings, logger: logger,
                            anchorFile: anchorFile, anchor: anchor, mac: AuditMAC(key: keyring.auditMACKey), clock: clock)
         if reanchor { try log.writeAnchor(anchor) }
+        let marker = anchorFile + ".tampered"
+        if let why = try? String(contentsOfFile: marker, encoding: .utf8) {
+            throw CofferError(.integrity, "the audit trail was found changed behind cofferd: \(why.trimmingCharacters(in: .whitespacesAndNewlines))",
+                              hint: "restore the database from a backup, then remove \(marker)")
+        }
         log.openMirror()
         return log
     }
@@ -136,7 +147,7 @@ public final class AuditLog: Sendable {
             }
             return existing
         }
-        guard fresh || reanchor || store.upgradedToAuditMAC else {
+        guard (fresh && store.createdNow) || reanchor || store.upgradedToAuditMAC else {
             throw CofferError(.integrity, "the audit head anchor \(file) is missing, so a truncated trail could not be detected",
                               hint: "restore it from a backup; or, having checked the trail, start once with --reanchor-audit")
         }
@@ -220,6 +231,9 @@ public final class AuditLog: Sendable {
     /// Makes one event durable (group commit) or throws 503 audit_unavailable.
     public func append(_ event: AuditEvent) async throws(CofferError) {
         guard settings.enabled else { return }
+        if let t = state.withLock({ $0.tampered }) {
+            throw CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served: \(t)")
+        }
         do {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 state.withLock { $0.pending.append(Waiter(event: event, continuation: c)) }
@@ -298,9 +312,11 @@ public final class AuditLog: Sendable {
             }
             return cp
         } catch let e as CofferError where e.code == .integrity {
-            state.withLock { $0.tampered = e.message }
-            logger.critical("refusing to sign the audit trail", metadata: ["error": "\(e.message)"])
+            markTampered(e.message)
             throw CofferError(.auditUnavailable, e.message, hint: e.hint)
+        } catch let e as AuditTrailChanged {
+            markTampered(e.message)
+            throw CofferError(.auditUnavailable, e.message, hint: "restore the database from a backup")
         } catch {
             let reason = AuditLog.describe(error)
             state.withLock { $0.degraded = reason }
@@ -340,6 +356,7 @@ public final class AuditLog: Sendable {
                 mirror(committed)
                 if due { _ = try? checkpointNow() }
             } catch {
+                if let e = error as? AuditTrailChanged { markTampered(e.message) }
                 let reason = AuditLog.describe(error)
                 let wasHealthy = state.withLock { s in
                     defer { s.degraded = reason }
@@ -377,6 +394,7 @@ public final class AuditLog: Sendable {
                                   hint: "restore the database from a backup")
             }
             try verifyBasis(basis)
+            try store.trustAuditHead()
             guard !basis.tail.isEmpty else { return }
             try checkpointNow()
             logger.notice("signed audit events written since the last checkpoint", metadata: ["audit.events": "\(basis.tail.count)"])
@@ -385,6 +403,19 @@ public final class AuditLog: Sendable {
         } catch {
             throw CofferError(.storage, "cannot read the audit trail: \(error)")
         }
+    }
+
+    /// Sticky until an operator restores the trail: nothing more is signed or
+    /// appended, and a marker beside the database makes a restart refuse too (a
+    /// restart must not accept a trail found changed).
+    func markTampered(_ why: String) {
+        let first = state.withLock { s -> Bool in
+            defer { s.tampered = why }
+            return s.tampered == nil
+        }
+        guard first else { return }
+        logger.critical("the audit trail was changed behind cofferd; refusing to sign or append", metadata: ["error": "\(why)"])
+        try? (why + "\n").write(toFile: anchorFile + ".tampered", atomically: true, encoding: .utf8)
     }
 
     /// Before a prune deletes anything: the anchor records how far events were pruned.
@@ -409,6 +440,7 @@ public final class AuditLog: Sendable {
             }
         }
         if let e = error as? CofferError { return e.message }
+        if let e = error as? AuditTrailChanged { return e.message }
         return "\(type(of: error))"
     }
 

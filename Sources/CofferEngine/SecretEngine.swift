@@ -62,8 +62,21 @@ public final class SecretEngine: Sendable {
     /// Opens the database, checks the key against it, enrolls the key on first use.
     /// Creates a database only when `create` (init, dev mode); `serve` never does.
     public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger,
-                            reanchorAudit: Bool = false, clock: any WallClock = SystemWallClock()) async throws(CofferError) -> SecretEngine {
+                            reanchorAudit: Bool = false, create: Bool = true,
+                            clock: any WallClock = SystemWallClock()) async throws(CofferError) -> SecretEngine {
         let dbPath = config.resolvedDatabasePath
+        if !create {
+            // `serve` opens only a database `init` made (a key check enrolled), never
+            // an empty file or one whose keyring was erased.
+            let check: (keyID: String, check: Data)?
+            do { check = try Store.readKeyCheck(path: dbPath) } catch {
+                throw CofferError(.storage, "cannot read the database \(dbPath)", hint: "is it a Coffer database?")
+            }
+            guard check != nil else {
+                throw CofferError(.config, "\(dbPath) is not an initialised Coffer database; cofferd serve never creates one",
+                                  hint: "run `cofferd init` for a new installation, or restore the database from a backup")
+            }
+        }
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
         let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
         let store: Store

@@ -1,4 +1,5 @@
 import CofferAudit
+import CofferStore
 public import CofferCore
 import Foundation
 import GRDB
@@ -13,6 +14,11 @@ struct StoreErrorMapper: Sendable {
 
     func map(_ error: any Error) -> CofferError {
         if let e = error as? CofferError { return e }
+        if let e = error as? AuditTrailChanged {
+            audit.markTampered(e.message)
+            return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
+                               hint: "it was changed behind cofferd; see cofferd's health and log")
+        }
         if let db = error as? DatabaseError, [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY].contains(db.resultCode) {
             let reason = AuditLog.describe(error)
             audit.writeFailed(reason)

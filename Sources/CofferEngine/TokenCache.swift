@@ -23,7 +23,8 @@ final class TokenCache: Sendable {
     func lookup(_ hash: Data) -> [TokenRecord]? { state.withLock { $0.records[hash] } }
 
     func insert(_ chain: [TokenRecord], ifGeneration g: UInt64) {
-        guard let t = chain.first, t.usesLeft == nil, chain.allSatisfy({ $0.revokedAt == nil }) else { return }
+        // limited tokens (or tokens made from one) spend uses in the database each time
+        guard let t = chain.first, chain.allSatisfy({ $0.usesLeft == nil && $0.revokedAt == nil }) else { return }
         state.withLock { s in
             guard s.generation == g else { return }
             if s.records.count >= limit { s.records.removeAll(keepingCapacity: true) }

@@ -68,6 +68,9 @@ public final class TokenService: Sendable {
         let now = clock.nowMillis()
         let policy = policies.policy
         guard !req.roles.isEmpty, req.roles.count <= 16 else { throw CofferError(.invalidParameter, "give 1 to 16 roles") }
+        guard Set(req.roles).count == req.roles.count else { throw CofferError(.invalidParameter, "a role is named twice") }
+        guard Set(req.paths).count == req.paths.count else { throw CofferError(.invalidParameter, "a path pattern is given twice") }
+        if let b = req.bindUID, b == UInt32.max { throw CofferError(.invalidParameter, "bind_uid 4294967295 is no uid") }
         let held = creator.token?.roles ?? policy.roleNames(for: creator)
         // Holding `admin` (which can rewrite the policy anyway) counts as holding every
         // role; the decision is the full one (a path-limited token is no admin). The
@@ -186,12 +189,14 @@ public final class TokenService: Sendable {
             }
             return TokenGrant.Layer(accessor: r.accessor, roles: r.roles, paths: patterns)
         }
-        if t.usesLeft != nil {
-            let ok: Bool
-            do { ok = try await store.consumeTokenUse(accessor: t.accessor, ticket: ticket) } catch {
+        let limited = chain.filter { $0.usesLeft != nil }.map(\.accessor)
+        if !limited.isEmpty {
+            do { _ = try await store.consumeTokenUse(accessors: limited, ticket: ticket) } catch {
+                if error is TokenUsesSpent {
+                    throw CofferError(.tokenExhausted, limited.first == t.accessor ? "the token has no uses left" : "the token that made this token has no uses left")
+                }
                 throw CofferError(.storage, "the database could not complete the request")
             }
-            guard ok else { throw CofferError(.tokenExhausted, "the token has no uses left") }
         }
         let root = chain[chain.count - 1]
         let origin = principals.principal(pid: 0, uid: root.createdUID, gid: UInt32.max)

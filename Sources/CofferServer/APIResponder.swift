@@ -108,6 +108,12 @@ public struct APIResponder: HTTPResponder {
         String(p.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : Character($0) }.prefix(256))
     }
 
+    /// A query number: ASCII digits only (no sign, no spaces, no `+1`), within the type.
+    static func digits<T: FixedWidthInteger>(_ s: some StringProtocol, as: T.Type) -> T? {
+        guard !s.isEmpty, s.utf8.count <= 20, s.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return T(s)
+    }
+
     static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
     // MARK: helpers

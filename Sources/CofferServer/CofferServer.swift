@@ -30,7 +30,10 @@ public enum CofferServer {
                     httpDecoderConfiguration: limits)), limiter: limiter)
             },
             configuration: .init(
-                address: .unixDomainSocket(path: config.socketPath), serverName: nil,
+                // A deep listen queue: connections over a uid's share are accepted and
+                // closed at once, so a connect flood from one uid is drained instead of
+                // filling a short queue that others then cannot enter.
+                address: .unixDomainSocket(path: config.socketPath), serverName: nil, backlog: 4096,
                 availableConnectionsDelegate: MaximumAvailableConnections(config.maxConnections)),
             onServerRunning: { channel in
                 do {

@@ -3,6 +3,11 @@ import CofferCore
 import Foundation
 public import GRDB
 
+/// The database's audit head is not where this process left it.
+public struct AuditTrailChanged: Error, Sendable {
+    public let message: String
+}
+
 /// Audit filters for search (all optional, combined with AND).
 public struct AuditFilter: Sendable {
     public var afterSeq: Int64 = 0
@@ -65,6 +70,7 @@ extension Store {
     /// rolled-back transaction leaves nothing behind to go stale.
     public func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
         var (seq, prev) = try Store.auditHead(db)
+        try checkTrustedHead(seq, prev)
         var out: [AuditEvent] = []
         out.reserveCapacity(drafts.count)
         let stmt = try db.cachedStatement(sql: """
@@ -85,7 +91,26 @@ extension Store {
             ])
             out.append(e)
         }
+        let head = (seq: seq, hash: prev)
+        db.afterNextTransaction(onCommit: { _ in
+            self.trustedHead.withLock { t in if t != nil { t = head } }
+        })
         return out
+    }
+
+    /// Throws when the database's audit head is not the one this process committed last.
+    func checkTrustedHead(_ seq: Int64, _ hash: [UInt8]) throws {
+        guard let t = trustedHead.withLock({ $0 }) else { return }
+        guard t.seq == seq, t.hash == hash else {
+            throw AuditTrailChanged(message: "the audit trail changed behind cofferd: it ends at seq \(seq), but cofferd last wrote seq \(t.seq)")
+        }
+    }
+
+    /// From now on every append and checkpoint checks the head (called once the
+    /// trail has been verified at start).
+    public func trustAuditHead() throws {
+        let head = try auditHead()
+        trustedHead.withLock { $0 = (head.seq, head.hash) }
     }
 
     /// Commits a write's event inside the write's own transaction (the ticket is what
@@ -140,7 +165,8 @@ extension Store {
     /// Blocking: the audit writer thread and shutdown (a cancelled task) call it too.
     public func checkpointAuditNow(anchorSeq: Int64, sign: (CheckpointBasis) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
         try pool.write { db in
-            let (seq, _) = try Store.auditHead(db)
+            let (seq, headHash) = try Store.auditHead(db)
+            try checkTrustedHead(seq, headHash)
             let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
             guard seq > base?.seq ?? 0 else { return nil }
             let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)

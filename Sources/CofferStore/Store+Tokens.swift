@@ -155,12 +155,17 @@ extension Store {
     /// under concurrency (one writer; the decrement is conditional).
     /// The ticket is the request's: the use is recorded in its event (committed by
     /// group commit with the request's outcome).
-    public func consumeTokenUse(accessor: String, ticket: AuditTicket) async throws -> Bool {
-        ticket.update { $0.tokenAccessor = accessor }
-        return try await pool.write { db in
-            try db.execute(sql: "UPDATE token SET uses_left = uses_left - 1, uses = uses + 1 WHERE accessor = ? AND uses_left > 0",
-                           arguments: [accessor])
-            return db.changesCount == 1
+    /// Every limited token of a chain gives one use, or none does (one transaction):
+    /// a token made from a limited token spends its parent's uses too, so a tree of
+    /// tokens never does more than its root allowed.
+    public func consumeTokenUse(accessors: [String], ticket: AuditTicket) async throws -> Bool {
+        try await pool.write { db in
+            for a in accessors {
+                try db.execute(sql: "UPDATE token SET uses_left = uses_left - 1, uses = uses + 1 WHERE accessor = ? AND uses_left > 0",
+                               arguments: [a])
+                guard db.changesCount == 1 else { throw TokenUsesSpent() }
+            }
+            return true
         }
     }
 
@@ -187,6 +192,9 @@ extension Store {
         return revoked
     }
 }
+
+/// A limited token of the chain had no use left.
+public struct TokenUsesSpent: Error {}
 
 extension Store {
     static let reapCondition = "(expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?1))"

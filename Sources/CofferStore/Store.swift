@@ -2,6 +2,7 @@ import CofferAudit
 import CofferCore
 import Foundation
 public import GRDB
+import Synchronization
 
 /// The database: ciphertext, wrapped keys and metadata only (never plaintext).
 /// One `DatabasePool` in WAL mode; schema changes are named migrations.
@@ -13,6 +14,16 @@ public final class Store: Sendable {
     /// True when this open added MACs to an existing audit trail (an upgrade): the
     /// events before have none.
     public let upgradedToAuditMAC: Bool
+    /// True when this open created the database (nothing was there before).
+    public let createdNow: Bool
+    /// True when this open created the audit tables (a new database, or one made
+    /// before the audit trail existed).
+    public let createdAuditNow: Bool
+    /// The audit head as this process last committed it (nil until the daemon has
+    /// verified the trail at start). Every append and checkpoint first checks that
+    /// the database still ends there: events deleted or added behind the daemon's
+    /// back are caught at once, not chained onto and signed.
+    let trustedHead = Mutex<(seq: Int64, hash: [UInt8])?>(nil)
 
     /// Opens (creating if needed) and migrates the database.
     public init(path: String, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil) throws {
@@ -38,6 +49,8 @@ public final class Store: Sendable {
         self.path = path
         self.auditMAC = auditMAC
         self.upgradedToAuditMAC = before.contains("v3-audit") && !before.contains("v4-audit-mac")
+        self.createdNow = before.isEmpty
+        self.createdAuditNow = !before.contains("v3-audit")
     }
 
     /// Reads whether a database file exists and what key check it holds, without

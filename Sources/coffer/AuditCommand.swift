@@ -62,7 +62,7 @@ extension AuditCommand {
                     do { chain = try AuditDatabase.readChain(path: db) } catch {
                         throw CofferError(.invalidParameter, "cannot read the audit trail in \(db): \(error)")
                     }
-                    let anchorPath = anchor ?? ((db as NSString).deletingLastPathComponent + "/" + AuditAnchor.fileName)
+                    let anchorPath = anchor ?? URL(fileURLWithPath: db).deletingLastPathComponent().appendingPathComponent(AuditAnchor.fileName).path
                     guard let anchorText = try? String(contentsOfFile: anchorPath, encoding: .utf8) else {
                         throw CofferError(.invalidParameter, "cannot read the head anchor \(anchorPath): without it a truncated trail cannot be told from a whole one",
                                           hint: "pass --anchor FILE (a copy of audit.anchor from the state directory)")

@@ -76,13 +76,14 @@ struct GlobalOptions: ParsableArguments {
     /// one. A discovered ./.coffer socket is used only when it and its directory
     /// belong to the caller (or root) and the directory is not group/world-writable:
     /// anyone could plant a socket in a shared directory and collect what is sent.
-    func socketPath() throws -> String {
-        if let socket { return socket }
-        if let env = ProcessInfo.processInfo.environment["COFFER_SOCKET"], !env.isEmpty { return env }
+    /// The path, and for a discovered socket the uids its server may run as.
+    func resolveSocket() throws -> (path: String, trusted: Set<UInt32>?) {
+        if let socket { return (socket, nil) }
+        if let env = ProcessInfo.processInfo.environment["COFFER_SOCKET"], !env.isEmpty { return (env, nil) }
         let dir = FileManager.default.currentDirectoryPath + "/.coffer"
         let local = dir + "/coffer.sock"
         var st = stat()
-        guard lstat(local, &st) == 0 else { return "/run/coffer/coffer.sock" }
+        guard lstat(local, &st) == 0 else { return ("/run/coffer/coffer.sock", nil) }
         let me = getuid()
         var dirStat = stat()
         let problem: String?
@@ -103,10 +104,14 @@ struct GlobalOptions: ParsableArguments {
             throw CofferError(.invalidParameter, "refusing to use the socket \(local): \(problem)",
                               hint: "a socket someone else planted would receive your secrets and token; pass --socket or COFFER_SOCKET explicitly")
         }
-        return local
+        // the path may be swapped after this check: the server's own uid is checked too
+        return (local, [me, 0])
     }
 
-    func client() throws -> CofferClient { CofferClient(socketPath: try socketPath(), token: try token()) }
+    func client() throws -> CofferClient {
+        let (path, trusted) = try resolveSocket()
+        return CofferClient(socketPath: path, token: try token(), trustedServerUIDs: trusted)
+    }
 
     /// The token, never from argv: --token-file, COFFER_TOKEN_FILE, then COFFER_TOKEN.
     func token() throws -> String? {

@@ -86,7 +86,11 @@ extension SecretCommand {
                 defer { Wipe.bytes(&value) }
                 let r = try global.client().put(path, value: value, cas: cas)
                 if global.format == .json { return try printJSON(r) }
-                try printLine("\(r.path): version \(r.version) written (\(r.metadata.size) bytes)")
+                if let v = r.version, let m = r.metadata {
+                    try printLine("\(r.path): version \(v) written (\(m.size) bytes)")
+                } else {
+                    try printLine("\(r.path): written")
+                }
             }
         }
     }

@@ -61,12 +61,16 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
     return try CofferConfig.parse(text, file: path)
 }
 
-func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, onReady: @escaping @Sendable () -> Void) async throws {
+func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, create: Bool = true,
+           onReady: @escaping @Sendable () -> Void) async throws {
+    // one daemon per state directory, and per database (which may live elsewhere)
     let lock = try StateLock(stateDir: config.stateDir)
-    defer { withExtendedLifetime(lock) {} }
+    let dbDir = (config.resolvedDatabasePath as NSString).deletingLastPathComponent
+    let dbLock = dbDir == config.stateDir ? nil : try StateLock(stateDir: dbDir)
+    defer { withExtendedLifetime((lock, dbLock)) {} }
     let engine = try await SecretEngine.open(
         config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
-        policies: policies(for: config, logger: logger), logger: logger, reanchorAudit: reanchorAudit)
+        policies: policies(for: config, logger: logger), logger: logger, reanchorAudit: reanchorAudit, create: create)
     try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
 }
 
@@ -173,7 +177,7 @@ struct Serve: AsyncParsableCommand {
             let c = try loadConfig(config)
             let logger = makeLogger(c.logLevel)
             try StateChecks.installed(configFile: config, c)
-            try await serve(c, logger: logger, reanchorAudit: reanchorAudit) {}
+            try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false) {}
         } catch let e as CofferError {
             throw fail(e)
         }

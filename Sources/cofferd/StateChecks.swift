@@ -29,6 +29,9 @@ enum StateChecks {
         try strict(db, "database")
         if FileManager.default.fileExists(atPath: c.keyFile) { try strict(c.keyFile, "key file") }
         if let p = c.policyFile, FileManager.default.fileExists(atPath: p) { try strict(p, "policy file") }
+        // the socket's directory: nobody else may rename the socket and listen in its place
+        let socketDir = (c.socketPath as NSString).deletingLastPathComponent
+        if FileManager.default.fileExists(atPath: socketDir) { try strict(socketDir, "socket directory") }
     }
 }
 

@@ -75,8 +75,8 @@ import Testing
     }
 
     /// A daemon with a trail of denials and writes, stopped cleanly (head signed).
-    static func trail(_ extra: String = "") throws -> Daemon {
-        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5\ncheckpoint_seconds = 1\n\(extra)")
+    static func trail(_ audit: String = "checkpoint_events = 5\ncheckpoint_seconds = 1") throws -> Daemon {
+        let d = try Daemon(config: "[audit]\n\(audit)\n")
         try d.start()
         for i in 0..<6 { _ = try d.coffer(["secret", "put", "l/s\(i)"], stdin: Array("v\(i)".utf8)) }
         for _ in 0..<4 { _ = try d.curl("GET", "/v1/secrets/data/l/s1", as: TestUser.nonAdmin) }  // denials
@@ -101,13 +101,15 @@ import Testing
         let forgedHead = try sqlite(d.dbPath, "SELECT hex(hash) FROM audit_event ORDER BY seq DESC LIMIT 1;")
         // the timer runs, and an online verify asks the daemon to sign its head
         Thread.sleep(forTimeInterval: 2.5)
+        // the daemon noticed (its head is not where it left it): fail closed, say why
         let online = try d.coffer(["audit", "verify"])
-        #expect(online.status == 9, "online verify: \(online.out)")
-        #expect(online.out.contains("BAD"), "\(online.out)")
+        #expect(online.status == 8 && online.stderr.contains("audit trail"), "online verify: \(online.out) \(online.stderr)")
         #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint WHERE hex(hash) = '\(forgedHead)';") == "0",
                 "the daemon signed the forged head")
         let health = json(try d.curl("GET", "/v1/sys/health").1)
         #expect(health["status"] as? String == "degraded", "\(health)")
+        #expect((health["audit"] as? String)?.contains("changed behind cofferd") == true, "\(health)")
+        #expect(try d.coffer(["secret", "get", "l/s1"]).status == 8, "served while its trail cannot be trusted")
         d.stop()
         #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint WHERE hex(hash) = '\(forgedHead)';") == "0",
                 "the daemon signed the forged head at shutdown")
@@ -136,19 +138,33 @@ import Testing
         #expect(offline.status == 9 && offline.out.contains("BAD at seq \(forged)"), "\(offline.out)")
     }
 
-    /// The same append while the daemon runs: the next checkpoint is refused and the
-    /// online verify names the event.
-    @Test func aForgedEventUnderARunningDaemon() throws {
-        let d = try Self.trail()
-        Thread.sleep(forTimeInterval: 1.5)
-        try Self.appendForged(d.dbPath)
-        let forged = try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;")
-        for i in 0..<6 { _ = try d.coffer(["secret", "get", "l/s\(i % 4)"]) }
-        Thread.sleep(forTimeInterval: 2)
-        let online = try d.coffer(["audit", "verify"])
-        #expect(online.status == 9 && online.out.contains("BAD at seq \(forged)"), "\(online.out)")
-        #expect(online.out.contains("not written by this cofferd"), "\(online.out)")
-        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint WHERE seq >= \(forged);") == "0")
+    /// The same append, or a deletion of the unsigned tail, while the daemon runs:
+    /// nothing more is appended or signed (the head is not where the daemon left it),
+    /// requests fail closed, and a restart refuses the trail too.
+    @Test func aForgedOrDeletedTailUnderARunningDaemon() throws {
+        for attack in ["append", "delete"] {
+            let d = try Self.trail("checkpoint_seconds = 3600\ncheckpoint_events = 1000")
+            let before = try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;")
+            if attack == "append" {
+                try Self.appendForged(d.dbPath)
+            } else {
+                // the denials were written after the last checkpoint (none yet): delete them
+                _ = try sqlite(d.dbPath, "DELETE FROM audit_event WHERE decision = 'deny' OR seq > (SELECT min(seq) FROM audit_event WHERE decision = 'deny');")
+            }
+            let r = try d.coffer(["secret", "get", "l/s0"])
+            #expect(r.status == 8, "\(attack): served after the trail changed: \(r.stderr)")
+            for _ in 0..<3 { _ = try d.coffer(["secret", "get", "l/s1"]) }
+            let health = json(try d.curl("GET", "/v1/sys/health").1)
+            #expect((health["audit"] as? String)?.contains("changed behind cofferd") == true, "\(attack): \(health)")
+            d.stop()
+            #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint;") == "0", "\(attack): the changed trail was signed")
+            if attack == "append" {
+                #expect(try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;") == String((Int(before) ?? 0) + 1), "appended after the forgery")
+            }
+            _ = try d.launch()
+            #expect(try d.waitForExit() != 0, "\(attack): a restart accepted the trail")
+            #expect(d.log.contains("changed behind cofferd"), "\(d.log)")
+        }
     }
 
     /// Truncation back to an earlier checkpoint, deletion up to a checkpoint without

@@ -29,12 +29,12 @@ extension APIResponder {
         let q = i.request.uri.queryParameters
         var f = AuditFilter()
         f.limit = 1000
-        if let v = q["after"] { guard let n = Int64(v), n >= 0 else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
-        if let v = q["limit"] { guard let n = Int(v), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
+        if let v = q["after"] { guard let n = Self.digits(v, as: Int64.self) else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
+        if let v = q["limit"] { guard let n = Self.digits(v, as: Int.self), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
         if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
         if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
         if let v = q["user"] { f.user = String(v.prefix(256)) }
-        if let v = q["uid"] { guard let n = UInt32(v) else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
+        if let v = q["uid"] { guard let n = Self.digits(v, as: UInt32.self), n != UInt32.max else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
         if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
         if let v = q["action"] { f.action = String(v.prefix(64)) }
         if let v = q["decision"] {
@@ -96,20 +96,24 @@ extension APIResponder {
     static let maxUnixSeconds: Int64 = 253_402_300_799
 
     static func parseTime(_ s: String, _ name: String) throws(CofferError) -> Int64 {
-        let bad = CofferError(.invalidParameter, "\(name) must be unix seconds (0...\(maxUnixSeconds)) or an RFC 3339 time like 2026-11-29T10:00:00Z")
+        let bad = CofferError(.invalidParameter, "\(name) must be unix seconds (0...\(maxUnixSeconds)) or an RFC 3339 UTC time like 2026-11-29T10:00:00Z")
         guard s.utf8.count <= 64 else { throw bad }
-        if s.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
-            guard let n = Int64(s), n <= maxUnixSeconds else { throw bad }
+        if let n = digits(s, as: Int64.self) {
+            guard n <= maxUnixSeconds else { throw bad }
             return n * 1000  // unix seconds; bounded above, cannot overflow
         }
+        // YYYY-MM-DDTHH:MM:SS[.fff]Z only, and a real date: it must format back to itself
+        let b = Array(s.utf8)
+        let shape = b.count == 20 || (b.count >= 22 && b.count <= 24 && b[19] == UInt8(ascii: "."))
+        guard shape, b.last == UInt8(ascii: "Z") else { throw bad }
         let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        var date = f.date(from: s)
-        if date == nil {
-            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            date = f.date(from: s)
-        }
-        guard let t = date?.timeIntervalSince1970, t >= 0, t <= Double(maxUnixSeconds) else { throw bad }
+        f.formatOptions = b.count == 20 ? [.withInternetDateTime] : [.withInternetDateTime, .withFractionalSeconds]
+        guard let date = f.date(from: s) else { throw bad }
+        let whole = ISO8601DateFormatter()
+        whole.formatOptions = [.withInternetDateTime]
+        guard whole.string(from: date).prefix(19) == s.prefix(19) else { throw bad }
+        let t = date.timeIntervalSince1970
+        guard t >= 0, t <= Double(maxUnixSeconds) else { throw bad }
         return Int64(t * 1000)
     }
 

@@ -41,7 +41,7 @@ extension APIResponder {
         try noQuery(i.request, allowed: ["version"])
         var version: Int?
         if let v = i.request.uri.queryParameters["version"] {
-            guard let n = Int(v), n >= 1, n <= Int(Int32.max) else {
+            guard let n = Self.digits(v, as: Int.self), n >= 1, n <= Int(Int32.max) else {
                 throw CofferError(.invalidVersion, "version must be a positive integer", hint: "omit it for the latest version")
             }
             version = n
@@ -73,6 +73,10 @@ extension APIResponder {
         }
         let value = try valueBytes(body)
         let rec = try await engine.put(principal, path, value: value, cas: body.cas, ticket: i.ticket)
+        // the version number says whether the secret existed: only for who may read metadata
+        guard engine.decide(principal, .readMetadata, path).allowed else {
+            return ErrorMapping.json(WriteResponse(path: path.rawValue, version: nil, metadata: nil))
+        }
         return ErrorMapping.json(WriteResponse(path: path.rawValue, version: rec.version, metadata: Self.meta(rec)))
     }
 
@@ -91,7 +95,7 @@ extension APIResponder {
         let q = i.request.uri.queryParameters
         var limit: Int?
         if let l = q["limit"] {
-            guard let n = Int(l), n >= 1 else { throw CofferError(.invalidParameter, "limit must be a positive integer") }
+            guard let n = Self.digits(l, as: Int.self), n >= 1 else { throw CofferError(.invalidParameter, "limit must be a positive integer") }
             limit = n
         }
         let page = try await engine.list(principal, prefix, after: q["after"].map(String.init), limit: limit, ticket: i.ticket)
