@@ -54,19 +54,14 @@ public struct AuditEvent: Sendable, Equatable {
 
     /// Domain label, then every field length-prefixed; optionals carry a presence byte.
     public var canonicalBytes: [UInt8] {
-        var out = Array("coffer-audit-event-v1".utf8)
-        func field(_ b: [UInt8]) {
-            let n = UInt32(b.count)
-            out += [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
-            out += b
-        }
-        func text(_ s: String) { field(Array(s.utf8)) }
-        func optional(_ s: String?) { if let s { field([1] + Array(s.utf8)) } else { field([0]) } }
+        var fields: [[UInt8]] = []
+        func text(_ s: String) { fields.append(Array(s.utf8)) }
+        func optional(_ s: String?) { fields.append(s.map { [1] + Array($0.utf8) } ?? [0]) }
         text(String(seq)); text(String(time)); text(requestID); text(String(peerPID)); text(String(peerUID))
         optional(peerUser); optional(tokenAccessor); text(method); text(action); optional(path)
         text(decision); optional(rule); text(outcome); text(String(status)); optional(errorCode)
-        field(prevHash)
-        return out
+        fields.append(prevHash)
+        return LengthPrefixed.encode("coffer-audit-event-v1", fields)
     }
 
     public func computedHash() -> [UInt8] { Hashing.blake2b(canonicalBytes, outputLength: 32) }
@@ -87,13 +82,7 @@ public struct AuditCheckpoint: Sendable, Equatable {
     }
 
     public static func message(seq: Int64, hash: [UInt8], time: Int64) -> [UInt8] {
-        var out = Array("coffer-audit-checkpoint-v1".utf8)
-        for f in [Array(String(seq).utf8), hash, Array(String(time).utf8)] {
-            let n = UInt32(f.count)
-            out += [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
-            out += f
-        }
-        return out
+        LengthPrefixed.encode("coffer-audit-checkpoint-v1", [Array(String(seq).utf8), hash, Array(String(time).utf8)])
     }
 
     public static func sign(seq: Int64, hash: [UInt8], time: Int64, key: SecretBytes) throws(CryptoError) -> AuditCheckpoint {

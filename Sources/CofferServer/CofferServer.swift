@@ -4,17 +4,19 @@ import Hummingbird
 import HummingbirdCore
 public import Logging
 import NIOCore
-import ServiceLifecycle
+public import ServiceLifecycle
 import UnixSignals
 
-/// Builds and runs the HTTP server on the Unix socket until SIGTERM/SIGINT.
+/// Builds the HTTP server on the Unix socket. The executable composes it with the
+/// other services into one ServiceGroup (`services(...)`).
 public enum CofferServer {
-    public static func run(
+    /// The services of a daemon, in start order (they shut down in reverse: the server
+    /// first, the audit writer last), and the socket's guard to release at exit.
+    public static func services(
         config: CofferConfig, engine: SecretEngine, logger: Logger,
         onReady: @escaping @Sendable () -> Void = {}
-    ) async throws {
+    ) throws -> (services: [any Service], socket: SocketGuard) {
         let guardian = try SocketGuard(socketPath: config.socketPath)
-        defer { guardian.release() }
         let socketGID = try socketGroupID(config)
         let responder = APIResponder(engine: engine, settings: .init(config: config))
         let limiter = ConnectionLimiter(perUID: config.maxConnectionsPerUID)
@@ -49,13 +51,7 @@ public enum CofferServer {
             },
             logger: logger
         )
-        // One ServiceGroup: the audit writer, the SIGHUP policy reloader and the HTTP
-        // server; SIGTERM and SIGINT shut them down gracefully.
-        let group = ServiceGroup(configuration: .init(
-            // shut down in reverse order: the server stops first, the audit writer last
-            services: [AuditService(engine: engine), PolicyReloader(policies: engine.policyStore, logger: logger), app],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        return ([AuditService(engine: engine), PolicyReloader(policies: engine.policyStore, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -70,11 +66,11 @@ public enum CofferServer {
 
 /// Reloads the policy file on SIGHUP. An invalid file is refused (logged) and the
 /// previous policy stays in force.
-struct PolicyReloader: Service {
+public struct PolicyReloader: Service {
     let policies: PolicyStore
     let logger: Logger
 
-    func run() async throws {
+    public func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             _ = try? policies.reload()  // PolicyStore logs success and refusal
         }
@@ -83,10 +79,10 @@ struct PolicyReloader: Service {
 
 /// Runs the audit trail's group-commit loop and checkpoint timer; signs a final
 /// checkpoint on shutdown.
-struct AuditService: Service {
+public struct AuditService: Service {
     let engine: SecretEngine
 
-    func run() async throws {
+    public func run() async throws {
         try await cancelWhenGracefulShutdown { await engine.runAuditWriter() }
     }
 }

@@ -11,6 +11,12 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
 
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+
     /// Set around the handling of one connection; read once by the request context.
     @TaskLocal public static var current: PeerCredentials?
 }

@@ -11,4 +11,10 @@ public struct CofferRequestContext: InitializableFromSource {
         peer = PeerCredentials.current
         logger = source.logger
     }
+
+    /// For in-process tests of the endpoint tables (no socket, no connection).
+    public init(peer: PeerCredentials?, logger: Logger) {
+        self.peer = peer
+        self.logger = logger
+    }
 }

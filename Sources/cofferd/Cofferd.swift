@@ -5,6 +5,7 @@ import CofferEngine
 import CofferServer
 import Foundation
 import Logging
+import ServiceLifecycle
 
 @main
 struct Cofferd: AsyncParsableCommand {
@@ -71,7 +72,11 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
     let engine = try await SecretEngine.open(
         config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
         policies: policies(for: config, logger: logger), logger: logger, reanchorAudit: reanchorAudit, create: create)
-    try await CofferServer.run(config: config, engine: engine, logger: logger, onReady: onReady)
+    // Composition happens here, once: the server, the audit writer and the policy
+    // reloader in one ServiceGroup; SIGTERM and SIGINT shut them down gracefully.
+    let (services, socket) = try CofferServer.services(config: config, engine: engine, logger: logger, onReady: onReady)
+    defer { socket.release() }
+    try await ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)).run()
 }
 
 func makeDirectory(_ path: String) throws(CofferError) {
