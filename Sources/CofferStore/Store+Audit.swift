@@ -156,7 +156,12 @@ extension Store {
     public struct CheckpointBasis: Sendable {
         public var base: AuditCheckpoint?
         public var anchored: AuditCheckpoint?
+        /// The events after `base`; empty when the head is the one this process
+        /// committed last (`headIsTrusted`): then every event up to it is what this
+        /// process wrote (the hash chain binds them), and they need no re-reading.
         public var tail: [AuditEvent]
+        public var head: (seq: Int64, hash: [UInt8])
+        public var headIsTrusted: Bool
     }
 
     /// Signs the current head if it moved since the last checkpoint. The head is read
@@ -167,11 +172,12 @@ extension Store {
         try pool.write { db in
             let (seq, headHash) = try Store.auditHead(db)
             try checkTrustedHead(seq, headHash)
+            let trusted = trustedHead.withLock { $0 != nil }
             let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
             guard seq > base?.seq ?? 0 else { return nil }
             let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
-            let tail = try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
-            let cp = try sign(CheckpointBasis(base: base, anchored: anchored, tail: tail))
+            let tail = trusted ? [] : try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
+            let cp = try sign(CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, headHash), headIsTrusted: trusted))
             try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
                            arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
             return cp
@@ -184,7 +190,8 @@ extension Store {
             let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
             let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
             let tail = try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
-            return CheckpointBasis(base: base, anchored: anchored, tail: tail)
+            let (seq, hash) = try Store.auditHead(db)
+            return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: false)
         }
     }
 
