@@ -64,7 +64,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(name: "CofferClient", dependencies: ["CofferAPI", "CofferCore"], swiftSettings: swiftSettings),
+        .target(name: "CofferClient", dependencies: ["CofferAPI", "CofferCore", "CCofferLinux"], swiftSettings: swiftSettings),
 
         // Executables
         .executableTarget(

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -69,4 +70,19 @@ void coffer_syslog(int priority, const char *message) {
     static int opened = 0;
     if (!opened) { openlog("cofferd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV); opened = 1; }
     syslog(priority, "%s", message);
+}
+
+int coffer_unix_connect(const char *path) {
+    struct sockaddr_un addr;
+    size_t n = strlen(path);
+    if (n >= sizeof(addr.sun_path)) { errno = ENAMETOOLONG; return -1; }
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path, n);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int rc;
+    do { rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr)); } while (rc != 0 && errno == EINTR);
+    if (rc != 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
 }

@@ -1,3 +1,4 @@
+import CCofferLinux
 public import CofferCore
 import Foundation
 #if canImport(Glibc)
@@ -49,32 +50,21 @@ public final class UnixHTTPClient {
 
     func connectIfNeeded() throws(ClientError) {
         if fd >= 0 { return }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        guard socketPath.utf8.count < 108 else {
             throw ClientError(kind: .connect, message: "the socket path \(socketPath) is too long for a Unix socket",
                               hint: "use a shorter path (at most 107 bytes)")
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in pathBytes.enumerated() { raw[i] = b }
-        }
-        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw ClientError(kind: .connect, message: "cannot create a socket") }
-        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
+        let s = coffer_unix_connect(socketPath)
+        guard s >= 0 else {
             let e = errno
-            close(s)
             let reason = String(cString: strerror(e))
             var hint = "is cofferd running? start it with `cofferd dev`, or set COFFER_SOCKET / --socket"
             if e == EACCES { hint = "you lack permission on the socket; ask an admin to add you to the socket's group" }
             throw ClientError(kind: .connect, message: "cannot connect to \(socketPath): \(reason)", hint: hint)
         }
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         if let trusted = trustedServerUIDs {
             var cred = (pid: Int32(0), uid: UInt32.max, gid: UInt32.max)
             var len = socklen_t(MemoryLayout.size(ofValue: cred))

@@ -179,7 +179,7 @@ public final class AuditLog: Sendable {
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644)
         guard fd >= 0 else { throw CofferError(.storage, "cannot write \(tmp): \(String(cString: strerror(errno)))") }
         let bytes = Array(a.text.utf8)
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let n = (try? Syscall.retrying { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } }) ?? -1
         let synced = fsync(fd) == 0
         close(fd)
         guard n == bytes.count, synced, rename(tmp, file) == 0 else {
@@ -469,7 +469,7 @@ public final class AuditLog: Sendable {
         let fd = state.withLock { $0.mirrorFD }
         guard fd >= 0 else { return }
         let bytes = Array(events.map { AuditJSON.line($0) + "\n" }.joined().utf8)
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let n = (try? Syscall.retrying { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } }) ?? -1
         state.withLock { $0.mirrorError = n == bytes.count ? nil : "write failed: \(String(cString: strerror(errno)))" }
     }
 }

@@ -41,7 +41,7 @@ public enum KeyFile {
             throw CofferError(.keyFile, "cannot create the key file \(path): \(String(cString: strerror(e)))")
         }
         defer { close(fd) }
-        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let written = (try? Syscall.retrying { text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }) ?? -1
         guard written == text.count, fsync(fd) == 0 else {
             unlink(path)
             throw CofferError(.keyFile, "cannot write the key file \(path)")
@@ -78,8 +78,10 @@ public enum KeyFile {
         defer { Hashing.wipe(&buf) }
         var total = 0
         while total < buf.count {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, $0.count - total) }
-            if n < 0 { throw CofferError(.keyFile, "cannot read the key file \(path)") }
+            let n: Int
+            do { n = try Syscall.retrying { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, $0.count - total) } } } catch {
+                throw CofferError(.keyFile, "cannot read the key file \(path): \(error.reason)")
+            }
             if n == 0 { break }
             total += n
         }

@@ -276,6 +276,9 @@ public final class SecretEngine: Sendable {
 
     // MARK: the server's side of audit
 
+    /// The engine's clock (ms since the epoch): the one "now" of the daemon.
+    public func nowMillis() -> Int64 { clock.nowMillis() }
+
     /// A new request's ticket (enabled unless audit is switched off).
     public func ticket(_ draft: AuditEvent) -> AuditTicket { AuditTicket(draft, enabled: audit.settings.enabled) }
 

@@ -57,7 +57,7 @@ public struct APIResponder: HTTPResponder {
         }
         let auditPath = (endpoint?.paramIsAuditPath ?? false) && !param.isEmpty ? Self.printable(param) : nil
         let ticket = engine.ticket(AuditEvent(
-            seq: 0, time: Self.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
+            seq: 0, time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
             peerUser: nil, tokenAccessor: nil, method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route",
             path: auditPath, decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil))
         if let method, !method.audited {
@@ -114,7 +114,6 @@ public struct APIResponder: HTTPResponder {
         return T(s)
     }
 
-    static func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
     // MARK: helpers
 

@@ -84,7 +84,7 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         future.whenComplete { result in
             let cred = try? result.get()
             engine.recordRefusal(AuditEvent(
-                seq: 0, time: Int64((Date().timeIntervalSince1970 * 1000).rounded()), requestID: Hex.encode(Hashing.randomBytes(8)),
+                seq: 0, time: engine.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)),
                 peerPID: cred?.pid ?? 0, peerUID: cred?.uid ?? UInt32.max, peerUser: nil, tokenAccessor: nil, method: "-",
                 action: "malformed_request", path: nil, decision: "none", rule: nil, outcome: "error", status: 400,
                 errorCode: CofferError.Code.malformedRequest.rawValue))

@@ -34,6 +34,11 @@ int coffer_lock_file(const char *path);
 /// Supplementary groups of a user (getgrouplist). Returns count or -1.
 int coffer_user_groups(const char *user, unsigned int gid, unsigned int *groups, int max);
 
+/// Connects a new stream socket (close-on-exec) to a Unix socket path: the one
+/// place that fills a sockaddr_un. Returns the fd, or -1 with errno (ENAMETOOLONG
+/// when the path does not fit).
+int coffer_unix_connect(const char *path);
+
 /// One message to syslog (facility AUTHPRIV, identity "cofferd"), as "%s".
 void coffer_syslog(int priority, const char *message);
 

@@ -28,7 +28,7 @@ extension APIResponder {
     func listTokens(_ i: RouteInput) async throws(CofferError) -> Response {
         try noQuery(i.request, allowed: [])
         let list = try await engine.listTokens(try i.caller, ticket: i.ticket)
-        return ErrorMapping.json(TokenListResponse(tokens: list.map(Self.tokenInfo)))
+        return ErrorMapping.json(TokenListResponse(tokens: list.map { tokenInfo($0) }))
     }
 
     func createToken(_ i: RouteInput) async throws(CofferError) -> Response {
@@ -48,14 +48,14 @@ extension APIResponder {
         }
         let created = try await engine.createToken(principal, .init(
             roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name), ticket: i.ticket)
-        return ErrorMapping.json(CreateTokenResponse(token: created.token, info: Self.tokenInfo(created.record)))
+        return ErrorMapping.json(CreateTokenResponse(token: created.token, info: tokenInfo(created.record)))
     }
 
     func lookupToken(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
         if i.param == "self" { return ErrorMapping.json(selfInfo(principal)) }
-        return ErrorMapping.json(Self.tokenInfo(try await engine.lookupToken(principal, accessor: i.param, ticket: i.ticket)))
+        return ErrorMapping.json(tokenInfo(try await engine.lookupToken(principal, accessor: i.param, ticket: i.ticket)))
     }
 
     func revokeToken(_ i: RouteInput) async throws(CofferError) -> Response {
@@ -74,12 +74,12 @@ extension APIResponder {
     /// What a caller learns about itself: uid, groups, its token, its roles' rules.
     func selfInfo(_ p: Principal) -> SelfResponse {
         let (roles, record) = engine.selfInfo(p)
-        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: record.map(Self.tokenInfo),
+        return SelfResponse(uid: p.uid, user: p.userName, groups: p.groupNames, token: record.map { tokenInfo($0) },
                             roles: roles.map { SelfResponse.RoleInfo(name: $0.name, maxTTL: $0.maxTTL.map(DurationText.format), rules: $0.rules.map(\.name)) })
     }
 
-    static func tokenInfo(_ t: TokenRecord) -> TokenInfo {
-        let now = Int64((Date().timeIntervalSince1970 * 1000).rounded())
+    func tokenInfo(_ t: TokenRecord) -> TokenInfo {
+        let now = engine.nowMillis()
         let state = t.revokedAt != nil ? "revoked" : now >= t.expiresAt ? "expired" : t.usesLeft == 0 ? "exhausted" : "active"
         return TokenInfo(
             accessor: t.accessor, name: t.name, roles: t.roles, paths: t.paths, parent: t.parent,
