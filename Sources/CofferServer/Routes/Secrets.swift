@@ -63,16 +63,18 @@ extension APIResponder {
             currentVersion: r.currentVersion, metadata: Self.meta(r.meta)))
     }
 
+    /// One decision, then the body: it is parsed inside the gate's work, so nothing of
+    /// it is read for a caller who may not write here.
     func write(_ i: RouteInput) async throws(CofferError) -> Response {
         let path = try SecretPath(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .write, path, ticket: i.ticket)
-        guard let body: PutSecretRequest = try await decodeBody(i.request, i.context, required: true) else {
-            throw CofferError(.invalidJSON, "a JSON body is required")
+        let rec = try await engine.gate.perform(i.ticket, principal, .write, path) { g async throws(CofferError) in
+            guard let body: PutSecretRequest = try await decodeBody(i.request, i.context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            return try await engine.secrets.put(g, path, value: try valueBytes(body), cas: body.cas)
         }
-        let value = try valueBytes(body)
-        let rec = try await engine.put(principal, path, value: value, cas: body.cas, ticket: i.ticket)
         // the version number says whether the secret existed: only for who may read metadata
         guard engine.decide(principal, .readMetadata, path).allowed else {
             return ErrorMapping.json(WriteResponse(path: path.rawValue, version: nil, metadata: nil))
@@ -108,18 +110,19 @@ extension APIResponder {
         let path = try SecretPath(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        var versions: [Int] = []
-        if body {
-            let action: Action = switch change {
-            case .delete: .delete
-            case .undelete: .undelete
-            case .destroy: .destroy
-            }
-            try engine.authorize(principal, action, path, ticket: i.ticket)  // nothing of the body is parsed before
-            let b: VersionsRequest? = try await decodeBody(i.request, i.context, required: false)
-            versions = b?.versions ?? []
+        let action: Action = switch change {
+        case .delete: .delete
+        case .undelete: .undelete
+        case .destroy: .destroy
         }
-        let rec = try await engine.change(principal, change, path, versions: versions, ticket: i.ticket)
+        let rec = try await engine.gate.perform(i.ticket, principal, action, path) { g async throws(CofferError) in
+            var versions: [Int] = []
+            if body {
+                let b: VersionsRequest? = try await decodeBody(i.request, i.context, required: false)
+                versions = b?.versions ?? []
+            }
+            return try await engine.secrets.change(g, change, path, versions: versions)
+        }
         return ErrorMapping.json(Self.metadataResponse(rec, maxVersions: engine.limits.maxVersions))
     }
 }

@@ -31,23 +31,25 @@ extension APIResponder {
         return ErrorMapping.json(TokenListResponse(tokens: list.map { tokenInfo($0) }))
     }
 
+    /// Only a caller holding some role (or a valid token) may mint; the body is parsed
+    /// inside the gate's work, after that decision.
     func createToken(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        // Only a caller holding some role may mint; nothing of the body is parsed before.
-        try engine.authorize(principal, .status, nil, ticket: i.ticket)
-        guard let body: CreateTokenRequest = try await decodeBody(i.request, i.context, required: true) else {
-            throw CofferError(.invalidJSON, "a JSON body is required")
-        }
-        var ttl: Int?
-        if let t = body.ttl {
-            guard let secs = DurationText.seconds(t) else {
-                throw CofferError(.invalidParameter, "ttl must be a duration like \"30m\" or \"1h\"")
+        let created = try await engine.gate.perform(i.ticket, principal, .status, nil, named: "token_create") { g async throws(CofferError) in
+            guard let body: CreateTokenRequest = try await decodeBody(i.request, i.context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
             }
-            ttl = secs
+            var ttl: Int?
+            if let t = body.ttl {
+                guard let secs = DurationText.seconds(t) else {
+                    throw CofferError(.invalidParameter, "ttl must be a duration like \"30m\" or \"1h\"")
+                }
+                ttl = secs
+            }
+            return try await engine.tokens.create(g, .init(
+                roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name))
         }
-        let created = try await engine.createToken(principal, .init(
-            roles: body.roles, ttlSeconds: ttl, uses: body.uses, bindUID: body.bindUID, paths: body.paths ?? [], name: body.name), ticket: i.ticket)
         return ErrorMapping.json(CreateTokenResponse(token: created.token, info: tokenInfo(created.record)))
     }
 
