@@ -45,7 +45,7 @@ public final class AuditTrail: Sendable {
         guard seq >= 1 else { throw CofferError(.invalidParameter, "through_seq must be a checkpoint's sequence number (1 or more)") }
         let log = self.log
         let p = g.principal
-        let n = try await errors.call(g.ticket) {
+        let n = try await errors.call {
             try await store.pruneAudit(throughCheckpoint: seq, guard: tokens.guardFor(p), ticket: g.ticket) { s in try log.recordPrune(through: s) }
         }
         logger.notice("audit trail pruned", metadata: ["audit.through": "\(seq)", "audit.removed": "\(n)", "peer.uid": "\(p.uid)"])

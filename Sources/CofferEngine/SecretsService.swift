@@ -46,7 +46,7 @@ public final class SecretsService: Sendable {
         }
         let keyring = self.keyring
         let p = g.principal
-        let record = try await errors.call(g.ticket) {
+        let record = try await errors.call {
             try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
                                 now: clock.nowMillis(), guard: tokens.guardFor(p), ticket: g.ticket) { version in
                 do { return try keyring.seal(value, path: path, version: version) } catch {
@@ -143,7 +143,7 @@ public final class SecretsService: Sendable {
         let now = clock.nowMillis()
         defer { cache.invalidate(path) }  // also when the change failed halfway
         let p = g.principal
-        let rec = try await errors.call(g.ticket) {
+        let rec = try await errors.call {
             try await store.change(change, path, versions: versions, now: now, guard: tokens.guardFor(p), ticket: g.ticket)
         }
         logger.info("secret versions changed", metadata: [

@@ -34,9 +34,7 @@ struct StoreErrorMapper: Sendable {
         do { return try body() } catch { throw map(error) }
     }
 
-    /// A write that carried `ticket` (the gate counts and mirrors its committed event
-    /// when it settles the ticket).
-    func call<T>(_ ticket: AuditTicket, _ body: () async throws -> T) async throws(CofferError) -> T {
+    func call<T>(_ body: () async throws -> T) async throws(CofferError) -> T {
         do { return try await body() } catch { throw map(error) }
     }
 }

@@ -141,7 +141,7 @@ public final class TokenService: Sendable {
         // In one transaction: the creator's chain is still live, and a child of a
         // limited token gets no more uses than its parent has left.
         let candidate = record
-        record.usesLeft = try await errors.call(g.ticket) {
+        record.usesLeft = try await errors.call {
             try await store.insertToken(candidate, guard: Store.TokenGuard(creator.token?.chain, now: now), ticket: g.ticket)
         }
         logger.info("token created", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(creator.uid)", "token.roles": "\(req.roles)"])
@@ -252,7 +252,7 @@ public final class TokenService: Sendable {
         }
         defer { cache.clear() }  // a revoked token must stop working at once
         let p = g.principal
-        let revoked = try await errors.call(g.ticket) {
+        let revoked = try await errors.call {
             try await store.revokeToken(accessor: accessor, now: clock.nowMillis(), guard: guardFor(p), ticket: g.ticket)
         }
         logger.info("token revoked", metadata: ["token.accessor": "\(accessor)", "peer.uid": "\(p.uid)", "token.cascade": "\(revoked.count)"])
@@ -262,7 +262,7 @@ public final class TokenService: Sendable {
     /// The daemon's own job: tokens that ended more than `retain` ago are deleted.
     func reap(_ g: Grant, olderThan retainSeconds: Int64) async throws(CofferError) -> Int {
         let cutoff = clock.nowMillis() - retainSeconds * 1000
-        let n = try await errors.call(g.ticket) { try await store.reapTokens(before: cutoff, ticket: g.ticket) }
+        let n = try await errors.call { try await store.reapTokens(before: cutoff, ticket: g.ticket) }
         if n > 0 { cache.clear() }
         return n
     }

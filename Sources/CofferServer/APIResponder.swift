@@ -55,7 +55,8 @@ public struct APIResponder: HTTPResponder {
             failure = CofferError(.routeNotFound, "no such API route",
                                   hint: "routes live under /v1/sys, /v1/secrets, /v1/tokens and /v1/audit; see contrib/openapi.yaml or the README")
         }
-        let auditPath = (endpoint?.paramIsAuditPath ?? false) && !param.isEmpty ? Self.printable(param) : nil
+        // the route parameter (a secret path or a token accessor) is the event's path
+        let auditPath = param.isEmpty ? nil : Self.printable(param)
         let ticket = engine.ticket(AuditEvent(
             seq: 0, time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
             peerUser: nil, tokenAccessor: nil, method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route",

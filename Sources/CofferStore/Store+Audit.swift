@@ -172,12 +172,9 @@ extension Store {
         try pool.write { db in
             let (seq, headHash) = try Store.auditHead(db)
             try checkTrustedHead(seq, headHash)
-            let trusted = trustedHead.withLock { $0 != nil }
-            let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
-            guard seq > base?.seq ?? 0 else { return nil }
-            let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
-            let tail = trusted ? [] : try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
-            let cp = try sign(CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, headHash), headIsTrusted: trusted))
+            let basis = try Store.basis(db, anchorSeq: anchorSeq, trusted: trustedHead.withLock { $0 != nil })
+            guard seq > basis.base?.seq ?? 0 else { return nil }
+            let cp = try sign(basis)
             try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
                            arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
             return cp
@@ -186,13 +183,16 @@ extension Store {
 
     /// The same basis without signing (the check at start when the head has not moved).
     public func checkpointBasis(anchorSeq: Int64) throws -> CheckpointBasis {
-        try pool.read { db in
-            let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
-            let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
-            let tail = try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
-            let (seq, hash) = try Store.auditHead(db)
-            return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: false)
-        }
+        try pool.read { db in try Store.basis(db, anchorSeq: anchorSeq, trusted: false) }
+    }
+
+    /// Reads the basis; the tail only when the head is not trusted.
+    static func basis(_ db: Database, anchorSeq: Int64, trusted: Bool) throws -> CheckpointBasis {
+        let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
+        let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
+        let tail = trusted ? [] : try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
+        let (seq, hash) = try auditHead(db)
+        return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: trusted)
     }
 
     /// The lowest event seq still stored (nil: none).

@@ -48,8 +48,6 @@ struct Endpoint: Sendable {
     let name: String
     let match: Match
     let methods: [Method]
-    /// Whether the decoded parameter is recorded as the event's path.
-    var paramIsAuditPath = true
 
     init(_ name: String, _ match: Match, _ methods: [Method]) {
         self.name = name

@@ -7,23 +7,18 @@ import Hummingbird
 
 /// /v1/tokens: mint, list, look up and revoke scoped tokens.
 extension APIResponder {
-    static let tokenEndpoints: [Endpoint] = {
-        var one = Endpoint("token_lookup", .prefix("/v1/tokens/", suffix: "", param: .accessor), [
+    static let tokenEndpoints: [Endpoint] = [
+        Endpoint("token", .exact("/v1/tokens"), [
+            .init(.get, "token_list") { r, i throws(CofferError) in try await r.listTokens(i) },
+            .init(.post, "token_create") { r, i throws(CofferError) in try await r.createToken(i) },
+        ]),
+        Endpoint("token_lookup", .prefix("/v1/tokens/", suffix: "", param: .accessor), [
             .init(.get, "token_lookup") { r, i throws(CofferError) in try await r.lookupToken(i) },
-        ])
-        var revoke = Endpoint("token_revoke", .prefix("/v1/tokens/", suffix: "/revoke", param: .accessor), [
+        ]),
+        Endpoint("token_revoke", .prefix("/v1/tokens/", suffix: "/revoke", param: .accessor), [
             .init(.post, "token_revoke") { r, i throws(CofferError) in try await r.revokeToken(i) },
-        ])
-        one.paramIsAuditPath = true
-        revoke.paramIsAuditPath = true
-        return [
-            Endpoint("token", .exact("/v1/tokens"), [
-                .init(.get, "token_list") { r, i throws(CofferError) in try await r.listTokens(i) },
-                .init(.post, "token_create") { r, i throws(CofferError) in try await r.createToken(i) },
-            ]),
-            one, revoke,
-        ]
-    }()
+        ]),
+    ]
 
     func listTokens(_ i: RouteInput) async throws(CofferError) -> Response {
         try noQuery(i.request, allowed: [])
