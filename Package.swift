@@ -47,7 +47,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(name: "CofferAPI", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
+        .target(name: "CofferAPI", dependencies: ["CofferCore", "CofferAudit"], swiftSettings: swiftSettings),
         .target(
             name: "CofferServer",
             dependencies: [

@@ -1,64 +1,20 @@
+public import CofferAudit
+
 // Wire types of /v1/audit.
 
-/// One audit event on the wire.
-public struct AuditEventWire: Codable, Sendable {
-    public var seq: Int64
-    public var time: String
-    public var requestID: String
-    public var peer: Peer
-    public var tokenAccessor: String?
-    public var method: String
-    public var action: String
-    public var path: String?
-    public var decision: String
-    public var rule: String?
-    public var outcome: String
-    public var status: Int
-    public var errorCode: String?
-    public var prevHash: String
-    public var hash: String
-
-    public struct Peer: Codable, Sendable {
-        public var pid: Int32
-        public var uid: UInt32
-        public var user: String?
-        public init(pid: Int32, uid: UInt32, user: String?) {
-            self.pid = pid
-            self.uid = uid
-            self.user = user
-        }
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case seq, time, requestID = "request_id", peer, tokenAccessor = "token_accessor", method, action, path, decision, rule,
-             outcome, status, errorCode = "error_code", prevHash = "prev_hash", hash
-    }
-
-    public init(seq: Int64, time: String, requestID: String, peer: Peer, tokenAccessor: String?, method: String, action: String,
-                path: String?, decision: String, rule: String?, outcome: String, status: Int, errorCode: String?, prevHash: String, hash: String) {
-        self.seq = seq
-        self.time = time
-        self.requestID = requestID
-        self.peer = peer
-        self.tokenAccessor = tokenAccessor
-        self.method = method
-        self.action = action
-        self.path = path
-        self.decision = decision
-        self.rule = rule
-        self.outcome = outcome
-        self.status = status
-        self.errorCode = errorCode
-        self.prevHash = prevHash
-        self.hash = hash
-    }
+/// One line of `GET /v1/audit/export`: an event or a checkpoint.
+public struct AuditExportLine: Codable, Sendable {
+    public var event: AuditEvent?
+    public var checkpoint: AuditCheckpoint?
+    public init(event: AuditEvent) { self.event = event }
+    public init(checkpoint: AuditCheckpoint) { self.checkpoint = checkpoint }
 }
 
 public struct AuditEventsResponse: Codable, Sendable {
-    public var events: [AuditEventWire]
+    public var events: [AuditEvent]
     public var nextAfter: Int64?
     enum CodingKeys: String, CodingKey { case events, nextAfter = "next_after" }
-    public init(events: [AuditEventWire], nextAfter: Int64?) {
+    public init(events: [AuditEvent], nextAfter: Int64?) {
         self.events = events
         self.nextAfter = nextAfter
     }

@@ -260,18 +260,3 @@ public enum StrictKeys {
     }
 }
 
-/// Millisecond timestamps as RFC 3339 UTC strings, e.g. 2026-11-29T02:21:40.123Z.
-public enum Timestamp {
-    public static func string(millis: Int64) -> String {
-        var t = time_t(millis / 1000)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        func pad(_ v: Int32, _ n: Int) -> String {
-            let s = String(v)
-            return s.count >= n ? s : String(repeating: "0", count: n - s.count) + s
-        }
-        let ms = Int32(millis % 1000)
-        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T"
-            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(ms, 3))Z"
-    }
-}

@@ -27,7 +27,7 @@ public final class AuditTicket: Sendable {
     /// Records how the request was decided.
     public func decided(_ d: Decision) {
         state.withLock {
-            $0.draft.decision = d.auditName
+            $0.draft.decision = AuditDecision(d)
             $0.draft.rule = d.rule
         }
     }
@@ -39,7 +39,7 @@ public final class AuditTicket: Sendable {
         state.withLock {
             var e = $0.draft
             e.status = status
-            e.outcome = (200..<300).contains(status) ? "ok" : "error"
+            e.outcome = AuditOutcome(status: status)
             e.errorCode = errorCode
             return e
         }

@@ -474,20 +474,12 @@ public final class AuditLog: Sendable {
     }
 }
 
-/// A compact JSON rendering of an event for mirrors and exports.
+/// The mirror's and syslog's line: the event's one JSON form (as on the wire).
 public enum AuditJSON {
     public static func line(_ e: AuditEvent) -> String {
-        var o: [String: Any] = [
-            "seq": e.seq, "time_ms": e.time, "request_id": e.requestID, "peer_pid": Int(e.peerPID), "peer_uid": Int(e.peerUID),
-            "method": e.method, "action": e.action, "decision": e.decision, "outcome": e.outcome, "status": e.status,
-            "prev_hash": Hex.encode(e.prevHash), "hash": Hex.encode(e.hash),
-        ]
-        if let v = e.peerUser { o["peer_user"] = v }
-        if let v = e.tokenAccessor { o["token_accessor"] = v }
-        if let v = e.path { o["path"] = v }
-        if let v = e.rule { o["rule"] = v }
-        if let v = e.errorCode { o["error_code"] = v }
-        guard let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .withoutEscapingSlashes]) else { return "{}" }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let d = try? enc.encode(e) else { return "{}" }
         return String(decoding: d, as: UTF8.self)
     }
 }

@@ -43,10 +43,11 @@ public final class Gate: Sendable {
 
     /// A ticket for an event this process opens itself (a job, or a call with none).
     public func ticket(for p: Principal, action: String, path: String? = nil) -> AuditTicket {
-        AuditTicket(AuditEvent(
-            seq: 0, time: clock.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: p.pid, peerUID: p.uid,
-            peerUser: p.userName, tokenAccessor: p.token?.accessor, method: p.systemJob == nil ? "-" : "JOB", action: action, path: path,
-            decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil), enabled: audit.settings.enabled)
+        var draft = AuditEvent.draft(time: clock.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: p.pid, peerUID: p.uid,
+                                     method: p.systemJob == nil ? "-" : "JOB", action: action, path: path)
+        draft.peerUser = p.userName
+        draft.tokenAccessor = p.token?.accessor
+        return AuditTicket(draft, enabled: audit.settings.enabled)
     }
 
     /// The decision alone, recorded on the ticket; throws unless it allows. The

@@ -57,10 +57,9 @@ public struct APIResponder: HTTPResponder {
         }
         // the route parameter (a secret path or a token accessor) is the event's path
         let auditPath = param.isEmpty ? nil : Self.printable(param)
-        let ticket = engine.ticket(AuditEvent(
-            seq: 0, time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
-            peerUser: nil, tokenAccessor: nil, method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route",
-            path: auditPath, decision: "none", rule: nil, outcome: "error", status: 0, errorCode: nil))
+        let ticket = engine.ticket(AuditEvent.draft(
+            time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
+            method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route", path: auditPath))
         if let method, !method.audited {
             var response = await answer(request, context, method, param, ticket).response
             response.headers[Self.requestIDHeader] = requestID

@@ -83,10 +83,9 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
         future.whenComplete { result in
             let cred = try? result.get()
-            engine.recordRefusal(AuditEvent(
-                seq: 0, time: engine.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)),
-                peerPID: cred?.pid ?? 0, peerUID: cred?.uid ?? UInt32.max, peerUser: nil, tokenAccessor: nil, method: "-",
-                action: "malformed_request", path: nil, decision: "none", rule: nil, outcome: "error", status: 400,
+            engine.recordRefusal(AuditEvent.draft(
+                time: engine.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: cred?.pid ?? 0,
+                peerUID: cred?.uid ?? UInt32.max, method: "-", action: "malformed_request", path: nil, status: 400,
                 errorCode: CofferError.Code.malformedRequest.rawValue))
         }
     }

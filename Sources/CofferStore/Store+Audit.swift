@@ -17,7 +17,7 @@ public struct AuditFilter: Sendable {
     public var uid: UInt32?
     public var pathPrefix: String?
     public var action: String?
-    public var decision: String?
+    public var decision: AuditDecision?
     public var limit: Int = 1000
     public init() {}
 }
@@ -63,6 +63,13 @@ extension Store {
         m.registerMigration("v4-audit-mac") { db in
             try db.execute(sql: "ALTER TABLE audit_event ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = 32)")
         }
+        m.registerMigration("v5-audit-format") { db in
+            // events written before keep format 1 (their hash encoding); new ones are 2
+            try db.execute(sql: """
+                ALTER TABLE audit_event ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+                ALTER TABLE audit_event ADD COLUMN details BLOB;
+                """)
+        }
     }
 
     /// Appends events inside the caller's write transaction: numbers them after the
@@ -73,22 +80,18 @@ extension Store {
         try checkTrustedHead(seq, prev)
         var out: [AuditEvent] = []
         out.reserveCapacity(drafts.count)
-        let stmt = try db.cachedStatement(sql: """
-            INSERT INTO audit_event (seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path,
-                                     decision, rule, outcome, status, error_code, prev_hash, hash, mac)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
+        guard let auditMAC = auditMAC.withLock({ $0 }) else {
+            throw AuditTrailChanged(message: "no audit MAC key is installed: refusing to write unauthenticated events")
+        }
+        let stmt = try db.cachedStatement(sql: Store.insertEventSQL)
         for var e in drafts {
             seq += 1
             e.seq = seq
             e.prevHash = prev
             e.hash = e.computedHash()
-            e.mac = auditMAC?.mac(e.hash)
+            e.mac = auditMAC.mac(e.hash)
             prev = e.hash
-            try stmt.execute(arguments: [
-                e.seq, e.time, e.requestID, Int64(e.peerPID), Int64(e.peerUID), e.peerUser, e.tokenAccessor, e.method, e.action,
-                e.path, e.decision, e.rule, e.outcome, e.status, e.errorCode, Data(e.prevHash), Data(e.hash), e.mac.map { Data($0) },
-            ])
+            try stmt.execute(arguments: StatementArguments(e.rowValues.map(Store.databaseValue)))
             out.append(e)
         }
         let head = (seq: seq, hash: prev)
@@ -190,7 +193,7 @@ extension Store {
     static func basis(_ db: Database, anchorSeq: Int64, trusted: Bool) throws -> CheckpointBasis {
         let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
         let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
-        let tail = trusted ? [] : try Row.fetchAll(db, sql: "SELECT * FROM audit_event WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
+        let tail = trusted ? [] : try Row.fetchAll(db, sql: Store.selectEvent + " WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
         let (seq, hash) = try auditHead(db)
         return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: trusted)
     }
@@ -204,17 +207,30 @@ extension Store {
         AuditCheckpoint(seq: r["seq"], hash: [UInt8](r["hash"] as Data), time: r["time"], signature: [UInt8](r["signature"] as Data))
     }
 
-    static func event(_ r: Row) -> AuditEvent {
-        AuditEvent(
-            seq: r["seq"], time: r["time"], requestID: r["request_id"], peerPID: Int32(truncatingIfNeeded: r["peer_pid"] as Int64),
-            peerUID: UInt32(truncatingIfNeeded: r["peer_uid"] as Int64), peerUser: r["peer_user"], tokenAccessor: r["token_accessor"],
-            method: r["method"], action: r["action"], path: r["path"], decision: r["decision"], rule: r["rule"],
-            outcome: r["outcome"], status: r["status"], errorCode: r["error_code"],
-            prevHash: [UInt8](r["prev_hash"] as Data), hash: [UInt8](r["hash"] as Data), mac: (r["mac"] as Data?).map { [UInt8]($0) })
+    static let insertEventSQL = "INSERT INTO audit_event (\(AuditEvent.columns.joined(separator: ", "))) VALUES ("
+        + Array(repeating: "?", count: AuditEvent.columns.count).joined(separator: ", ") + ")"
+    static let selectEvent = "SELECT " + AuditEvent.columns.joined(separator: ", ") + " FROM audit_event"
+
+    static func databaseValue(_ v: AuditColumnValue) -> DatabaseValue {
+        switch v {
+        case .integer(let n): n.databaseValue
+        case .text(let t): t.databaseValue
+        case .blob(let b): b.map { Data($0) }.databaseValue
+        }
     }
 
+    /// GRDB's row, read in `AuditEvent.columns` order.
+    struct EventRow: AuditRowReader {
+        let row: Row
+        func integer(_ i: Int) -> Int64 { row[i] as Int64? ?? 0 }
+        func text(_ i: Int) -> String? { row[i] }
+        func blob(_ i: Int) -> [UInt8]? { (row[i] as Data?).map { [UInt8]($0) } }
+    }
+
+    static func event(_ r: Row) -> AuditEvent { AuditEvent(row: EventRow(row: r)) }
+
     public func auditEvents(_ f: AuditFilter) throws -> [AuditEvent] {
-        var sql = "SELECT * FROM audit_event WHERE seq > ?"
+        var sql = Store.selectEvent + " WHERE seq > ?"
         var args: [any DatabaseValueConvertible] = [f.afterSeq]
         if let v = f.since { sql += " AND time >= ?"; args.append(v) }
         if let v = f.until { sql += " AND time < ?"; args.append(v) }
@@ -222,7 +238,7 @@ extension Store {
         if let v = f.uid { sql += " AND peer_uid = ?"; args.append(Int64(v)) }
         if let v = f.pathPrefix { sql += " AND (path = ? OR substr(path, 1, ?) = ?)"; args += [v, v.utf8.count + 1, v + "/"] }
         if let v = f.action { sql += " AND action = ?"; args.append(v) }
-        if let v = f.decision { sql += " AND decision = ?"; args.append(v) }
+        if let v = f.decision { sql += " AND decision = ?"; args.append(v.rawValue) }
         sql += " ORDER BY seq LIMIT ?"
         args.append(f.limit)
         return try pool.read { db in try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.event) }
@@ -231,7 +247,7 @@ extension Store {
     /// Everything needed to verify: all events and checkpoints, in order.
     public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
         try pool.read { db in
-            let events = try Row.fetchAll(db, sql: "SELECT * FROM audit_event ORDER BY seq").map(Store.event)
+            let events = try Row.fetchAll(db, sql: Store.selectEvent + " ORDER BY seq").map(Store.event)
             let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map(Store.checkpoint)
             return (events, cps)
         }
@@ -260,9 +276,7 @@ extension Store {
 
     public func auditCheckpoint(seq: Int64) throws -> AuditCheckpoint? {
         try pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [seq]).map {
-                AuditCheckpoint(seq: $0["seq"], hash: [UInt8]($0["hash"] as Data), time: $0["time"], signature: [UInt8]($0["signature"] as Data))
-            }
+            try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [seq]).map(Store.checkpoint)
         }
     }
 

@@ -9,8 +9,9 @@ import Synchronization
 public final class Store: Sendable {
     public let pool: DatabasePool
     public let path: String
-    /// MACs new audit events (nil: events get none; only tests of the store alone).
-    public let auditMAC: AuditMAC?
+    /// MACs new audit events. Installed once the keyring is loaded (its key lives
+    /// sealed in this database); until then no event can be appended (fail closed).
+    let auditMAC: Mutex<AuditMAC?>
     /// True when this open added MACs to an existing audit trail (an upgrade): the
     /// events before have none.
     public let upgradedToAuditMAC: Bool
@@ -47,11 +48,14 @@ public final class Store: Sendable {
         try Store.migrator.migrate(pool)
         self.pool = pool
         self.path = path
-        self.auditMAC = auditMAC
+        self.auditMAC = Mutex(auditMAC)
         self.upgradedToAuditMAC = before.contains("v3-audit") && !before.contains("v4-audit-mac")
         self.createdNow = before.isEmpty
         self.createdAuditNow = !before.contains("v3-audit")
     }
+
+    /// Sets the key that MACs new audit events (once, at open, from the keyring).
+    public func installAuditMAC(_ mac: AuditMAC) { auditMAC.withLock { $0 = mac } }
 
     /// Reads whether a database file exists and what key check it holds, without
     /// changing a byte of it (read-only connection). Used before unlocking.

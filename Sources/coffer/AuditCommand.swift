@@ -13,18 +13,18 @@ struct AuditCommand: ParsableCommand {
     )
 }
 
-func eventLine(_ e: AuditEventWire) -> String {
-    let who = e.peer.user.map { "\($0)(\(e.peer.uid))" } ?? "uid:\(e.peer.uid)"
-    var s = "\(e.seq)  \(e.time)  \(who)  \(e.method) \(e.action)"
+func eventLine(_ e: AuditEvent) -> String {
+    let who = e.peerUser.map { "\($0)(\(e.peerUID))" } ?? "uid:\(e.peerUID)"
+    var s = "\(e.seq)  \(Timestamp.string(millis: e.time))  \(who)  \(e.method) \(e.action)"
     if let p = e.path { s += " \(p)" }
-    s += "  \(e.decision) \(e.outcome) \(e.status)"
+    s += "  \(e.decision.rawValue) \(e.outcome.rawValue) \(e.status)"
     if let c = e.errorCode { s += " \(c)" }
     if let t = e.tokenAccessor { s += "  token \(t)" }
     if let r = e.rule { s += "  [\(r)]" }
     return s
 }
 
-func printEvents(_ events: [AuditEventWire], _ format: OutputFormat) throws {
+func printEvents(_ events: [AuditEvent], _ format: OutputFormat) throws {
     if events.isEmpty { return }
     if format == .json {
         let e = JSONEncoder()
@@ -100,7 +100,7 @@ extension AuditCommand {
                 let client = try global.client()
                 // find the head by paging (events are numbered 1...)
                 var after: Int64 = 0
-                var last: [AuditEventWire] = []
+                var last: [AuditEvent] = []
                 while true {
                     let page = try client.auditEvents(query: [("after", String(after)), ("limit", "10000")])
                     if page.events.isEmpty { break }
@@ -114,7 +114,7 @@ extension AuditCommand {
                     usleep(500_000)
                     let page = try client.auditEvents(query: [("after", String(after)), ("limit", "1000")])
                     // our own polling is audited too: leave those reads out of the stream
-                    let shown = page.events.filter { !($0.action == "audit_read" && $0.peer.pid == getpid()) }
+                    let shown = page.events.filter { !($0.action == "audit_read" && $0.peerPID == getpid()) }
                     try printEvents(shown, global.format)
                     if let l = page.events.last { after = l.seq }
                 }

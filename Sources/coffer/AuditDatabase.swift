@@ -14,19 +14,15 @@ enum AuditDatabase {
         }
         defer { sqlite3_close(db) }
         sqlite3_busy_timeout(db, 5000)
+        // A database not yet upgraded by the daemon lacks the newer columns: read
+        // them as their defaults (no MAC, format 1, no details).
+        var present = Set<String>()
+        try query(db, "SELECT name FROM pragma_table_info('audit_event')") { s in if let n = text(s, 0) { present.insert(n) } }
+        let defaults = ["mac": "NULL", "format": "1", "details": "NULL"]
+        let columns = AuditEvent.columns.map { c in present.contains(c) ? c : "\(defaults[c] ?? "NULL") AS \(c)" }
         var events: [AuditEvent] = []
-        try query(db, """
-            SELECT seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path,
-                   decision, rule, outcome, status, error_code, prev_hash, hash
-            FROM audit_event ORDER BY seq
-            """) { s in
-            events.append(AuditEvent(
-                seq: sqlite3_column_int64(s, 0), time: sqlite3_column_int64(s, 1), requestID: text(s, 2) ?? "",
-                peerPID: Int32(truncatingIfNeeded: sqlite3_column_int64(s, 3)),
-                peerUID: UInt32(truncatingIfNeeded: sqlite3_column_int64(s, 4)), peerUser: text(s, 5),
-                tokenAccessor: text(s, 6), method: text(s, 7) ?? "", action: text(s, 8) ?? "", path: text(s, 9),
-                decision: text(s, 10) ?? "", rule: text(s, 11), outcome: text(s, 12) ?? "",
-                status: Int(sqlite3_column_int64(s, 13)), errorCode: text(s, 14), prevHash: blob(s, 15), hash: blob(s, 16)))
+        try query(db, "SELECT \(columns.joined(separator: ", ")) FROM audit_event ORDER BY seq") { s in
+            events.append(AuditEvent(row: Columns(stmt: s)))
         }
         var checkpoints: [AuditCheckpoint] = []
         try query(db, "SELECT seq, hash, time, signature FROM audit_checkpoint ORDER BY seq") { s in
@@ -34,6 +30,16 @@ enum AuditDatabase {
                                                time: sqlite3_column_int64(s, 2), signature: blob(s, 3)))
         }
         return (events, checkpoints)
+    }
+
+    /// SQLite's C API row, read in `AuditEvent.columns` order.
+    struct Columns: AuditRowReader {
+        let stmt: OpaquePointer
+        func integer(_ i: Int) -> Int64 { sqlite3_column_int64(stmt, Int32(i)) }
+        func text(_ i: Int) -> String? { AuditDatabase.text(stmt, Int32(i)) }
+        func blob(_ i: Int) -> [UInt8]? {
+            sqlite3_column_type(stmt, Int32(i)) == SQLITE_NULL ? nil : AuditDatabase.blob(stmt, Int32(i))
+        }
     }
 
     static func query(_ db: OpaquePointer, _ sql: String, _ row: (OpaquePointer) -> Void) throws {

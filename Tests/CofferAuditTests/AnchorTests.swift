@@ -63,7 +63,7 @@ import Testing
         let a = try anchor(c.last!)
         #expect(AuditVerifier.verify(events: e, checkpoints: c, publicKey: pub, anchor: a, mac: mac) == .ok(count: 6, headSeq: 6, headHash: e[5].hash, checkpoints: 2))
         var forged = e
-        forged[4].decision = "allow"
+        forged[4].decision = .allow
         forged[4].hash = forged[4].computedHash()
         forged[4].mac = nil
         forged[5].prevHash = forged[4].hash

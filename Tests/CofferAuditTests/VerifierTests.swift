@@ -10,8 +10,8 @@ func chain(_ n: Int, every: Int = 4, key: SecretBytes) throws -> ([AuditEvent], 
     for i in 1...n {
         var e = AuditEvent(seq: Int64(i), time: 1_700_000_000_000 + Int64(i), requestID: "r\(i)", peerPID: 100, peerUID: 1000,
                            peerUser: i % 2 == 0 ? "alice" : nil, tokenAccessor: i % 3 == 0 ? "acc_x" : nil, method: "GET",
-                           action: "read", path: "ci/app/db", decision: i % 5 == 0 ? "deny" : "allow", rule: "role r rule 1",
-                           outcome: "ok", status: 200, errorCode: nil, prevHash: prev)
+                           action: "read", path: "ci/app/db", decision: i % 5 == 0 ? .deny : .allow, rule: "role r rule 1",
+                           outcome: .ok, status: 200, errorCode: nil, prevHash: prev)
         e.hash = e.computedHash()
         prev = e.hash
         events.append(e)
@@ -49,7 +49,8 @@ func chain(_ n: Int, every: Int = 4, key: SecretBytes) throws -> ([AuditEvent], 
         let edits: [(inout AuditEvent) -> Void] = [
             { $0.time += 1 }, { $0.requestID = "x" }, { $0.peerPID = 1 }, { $0.peerUID = 0 }, { $0.peerUser = "mallory" },
             { $0.tokenAccessor = nil }, { $0.method = "PUT" }, { $0.action = "write" }, { $0.path = "other" },
-            { $0.decision = "allow" }, { $0.rule = nil }, { $0.outcome = "error" }, { $0.status = 403 }, { $0.errorCode = "x" },
+            { $0.decision = .allow }, { $0.decision = .needsApproval }, { $0.rule = nil }, { $0.outcome = .error }, { $0.status = 403 },
+            { $0.errorCode = "x" }, { $0.details[AuditDetails.elevationID] = .text("el_1") }, { $0.format = 1 }, { $0.format = 3 },
         ]
         for target in [0, 4, 8] {
             for edit in edits {
@@ -88,7 +89,7 @@ func chain(_ n: Int, every: Int = 4, key: SecretBytes) throws -> ([AuditEvent], 
         // a forged event appended after the head, with a valid hash: not signed
         var tail = e
         var extra = AuditEvent(seq: 11, time: 1, requestID: "forged", peerPID: 1, peerUID: 0, peerUser: nil, tokenAccessor: nil,
-                               method: "GET", action: "read", path: nil, decision: "allow", rule: nil, outcome: "ok", status: 200,
+                               method: "GET", action: "read", path: nil, decision: .allow, rule: nil, outcome: .ok, status: 200,
                                errorCode: nil, prevHash: e[9].hash)
         extra.hash = extra.computedHash()
         tail.append(extra)

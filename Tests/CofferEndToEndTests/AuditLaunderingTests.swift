@@ -7,7 +7,7 @@ import Testing
 /// audit trail. The daemon must never sign such a trail, and verify (online and
 /// offline) must never say OK for it.
 @Suite(.serialized) struct AuditLaunderingTests {
-    static let columns = "seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path, decision, rule, outcome, status, error_code, hex(prev_hash) AS p, hex(hash) AS h"
+    static let columns = "seq, time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path, decision, rule, outcome, status, error_code, format, hex(details) AS d, hex(prev_hash) AS p, hex(hash) AS h"
 
     /// The attacker's tool: rows as events, edited, the public chain recomputed from
     /// `from` onwards, written back (MACs cannot be recomputed without the daemon's key).
@@ -23,7 +23,7 @@ import Testing
             events[i].hash = events[i].computedHash()
             prev = events[i].hash
             let e = events[i]
-            sql += "UPDATE audit_event SET peer_uid = \(e.peerUID), decision = '\(e.decision)', prev_hash = X'\(hex(e.prevHash))', hash = X'\(hex(e.hash))' WHERE seq = \(e.seq);"
+            sql += "UPDATE audit_event SET peer_uid = \(e.peerUID), decision = '\(e.decision.rawValue)', prev_hash = X'\(hex(e.prevHash))', hash = X'\(hex(e.hash))' WHERE seq = \(e.seq);"
         }
         _ = try sqlite(db, sql + "COMMIT;")
     }
@@ -34,14 +34,14 @@ import Testing
         var e = head
         e.seq = head.seq + 1
         e.action = "read"
-        e.decision = "allow"
+        e.decision = .allow
         e.peerUID = 4242
         e.prevHash = head.hash
         e.hash = e.computedHash()
         _ = try sqlite(db, """
-            INSERT INTO audit_event (seq, time, request_id, peer_pid, peer_uid, method, action, decision, outcome, status, prev_hash, hash)
-            VALUES (\(e.seq), \(e.time), '\(e.requestID)', \(e.peerPID), \(e.peerUID), '\(e.method)', '\(e.action)', '\(e.decision)',
-                    '\(e.outcome)', \(e.status), X'\(hex(e.prevHash))', X'\(hex(e.hash))');
+            INSERT INTO audit_event (seq, time, request_id, peer_pid, peer_uid, method, action, decision, outcome, status, format, prev_hash, hash)
+            VALUES (\(e.seq), \(e.time), '\(e.requestID)', \(e.peerPID), \(e.peerUID), '\(e.method)', '\(e.action)', '\(e.decision.rawValue)',
+                    '\(e.outcome.rawValue)', \(e.status), \(e.format), X'\(hex(e.prevHash))', X'\(hex(e.hash))');
             """)
     }
 
@@ -54,10 +54,11 @@ import Testing
     static func event(_ r: [String: Any]) -> AuditEvent {
         func s(_ k: String) -> String? { r[k] as? String }
         func i(_ k: String) -> Int64 { (r[k] as? NSNumber)?.int64Value ?? 0 }
-        return AuditEvent(seq: i("seq"), time: i("time"), requestID: s("request_id") ?? "", peerPID: Int32(i("peer_pid")),
+        return AuditEvent(format: Int(i("format")), seq: i("seq"), time: i("time"), requestID: s("request_id") ?? "", peerPID: Int32(i("peer_pid")),
                           peerUID: UInt32(i("peer_uid")), peerUser: s("peer_user"), tokenAccessor: s("token_accessor"),
-                          method: s("method") ?? "", action: s("action") ?? "", path: s("path"), decision: s("decision") ?? "",
-                          rule: s("rule"), outcome: s("outcome") ?? "", status: Int(i("status")), errorCode: s("error_code"),
+                          method: s("method") ?? "", action: s("action") ?? "", path: s("path"), decision: AuditDecision(rawValue: s("decision") ?? ""),
+                          rule: s("rule"), outcome: AuditOutcome(rawValue: s("outcome") ?? "") ?? .error, status: Int(i("status")),
+                          errorCode: s("error_code"), details: AuditDetails(canonical: unhex(s("d") ?? "")) ?? AuditDetails(),
                           prevHash: unhex(s("p") ?? ""), hash: unhex(s("h") ?? ""))
     }
 
@@ -94,7 +95,7 @@ import Testing
         // give the daemon time to sign everything so far
         Thread.sleep(forTimeInterval: 1.5)
         try Self.rewriteChain(d.dbPath, from: denial) { e in
-            e.decision = "allow"
+            e.decision = .allow
             e.peerUID = 0
         }
         _ = try sqlite(d.dbPath, "DELETE FROM audit_checkpoint WHERE seq >= \(denial);")

@@ -36,7 +36,7 @@ import Testing
             let all = try await events(e)
             #expect(all.count == before + 1, "\(action) \(decision): \(all.count - before) events")
             let last = try #require(all.last)
-            #expect(last.action == action && last.decision == decision && last.errorCode == code,
+            #expect(last.action == action && last.decision.rawValue == decision && last.errorCode == code,
                     "\(last.action) \(last.decision) \(last.errorCode ?? "-")")
             before = all.count
         }
@@ -59,7 +59,7 @@ import Testing
         #expect(try e.store.token(accessor: t.record.accessor) == nil)
         let reaped = try await events(e).filter { $0.peerUser == "system:reaper" }
         #expect(reaped.count == 1)
-        #expect(reaped.first?.action == "token_reap" && reaped.first?.decision == "allow" && reaped.first?.status == 200)
+        #expect(reaped.first?.action == "token_reap" && reaped.first?.decision == .allow && reaped.first?.status == 200)
         #expect(reaped.first?.time == clock.nowMillis())
     }
 
@@ -82,6 +82,6 @@ import Testing
             _ = try await e.gate.performAuditedFirst(outsider, .read, p, named: "inject") { _ async throws(CofferError) in ran = true }
         }
         #expect(!ran)
-        #expect(try await events(e).filter { $0.action == "inject" && $0.decision == "deny" }.count == 1)
+        #expect(try await events(e).filter { $0.action == "inject" && $0.decision == .deny }.count == 1)
     }
 }

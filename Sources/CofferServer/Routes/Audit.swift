@@ -38,11 +38,14 @@ extension APIResponder {
         if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
         if let v = q["action"] { f.action = String(v.prefix(64)) }
         if let v = q["decision"] {
-            guard ["allow", "deny", "none"].contains(v) else { throw CofferError(.invalidParameter, "decision must be allow, deny or none") }
-            f.decision = String(v)
+            let known: [AuditDecision] = [.allow, .deny, .none, .needsApproval, .needsFreshLogin]
+            guard let d = known.first(where: { $0.rawValue == v }) else {
+                throw CofferError(.invalidParameter, "decision must be one of " + known.map(\.rawValue).joined(separator: ", "))
+            }
+            f.decision = d
         }
         let events = try await engine.auditEvents(principal, f, ticket: i.ticket)
-        return ErrorMapping.json(AuditEventsResponse(events: events.map(Self.wire), nextAfter: events.count == f.limit ? events.last?.seq : nil))
+        return ErrorMapping.json(AuditEventsResponse(events: events, nextAfter: events.count == f.limit ? events.last?.seq : nil))
     }
 
     func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
@@ -63,12 +66,9 @@ extension APIResponder {
         var text = ""
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        for ev in chain.events {
-            if let d = try? e.encode(["event": Self.wire(ev)]) { text += String(decoding: d, as: UTF8.self) + "\n" }
-        }
-        for cp in chain.checkpoints {
-            let o: [String: String] = ["seq": String(cp.seq), "hash": Hex.encode(cp.hash), "time": Timestamp.string(millis: cp.time), "signature": Hex.encode(cp.signature)]
-            if let d = try? e.encode(["checkpoint": o]) { text += String(decoding: d, as: UTF8.self) + "\n" }
+        let lines = chain.events.map(AuditExportLine.init(event:)) + chain.checkpoints.map(AuditExportLine.init(checkpoint:))
+        for line in lines {
+            if let d = try? e.encode(line) { text += String(decoding: d, as: UTF8.self) + "\n" }
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(string: text)))
     }
@@ -117,11 +117,5 @@ extension APIResponder {
         return Int64(t * 1000)
     }
 
-    static func wire(_ e: AuditEvent) -> AuditEventWire {
-        AuditEventWire(seq: e.seq, time: Timestamp.string(millis: e.time), requestID: e.requestID,
-                       peer: .init(pid: e.peerPID, uid: e.peerUID, user: e.peerUser), tokenAccessor: e.tokenAccessor,
-                       method: e.method, action: e.action, path: e.path, decision: e.decision, rule: e.rule, outcome: e.outcome,
-                       status: e.status, errorCode: e.errorCode, prevHash: Hex.encode(e.prevHash), hash: Hex.encode(e.hash))
-    }
 
 }
