@@ -166,17 +166,21 @@ public struct HealthResponse: Codable, Sendable {
     /// need it get 503 until it recovers by itself).
     public var status: String
     public var unlocked: Bool
+    /// true while the daemon has no root key (started sealed): only health, status
+    /// and unseal answer.
+    public var sealed: Bool
     public var version: String
     /// "ok", "disabled", or "unavailable: REASON".
     public var audit: String?
     /// "off", "ok", or "failing: REASON" (a failing mirror never blocks requests).
     public var auditMirror: String?
 
-    enum CodingKeys: String, CodingKey { case status, unlocked, version, audit, auditMirror = "audit_mirror" }
+    enum CodingKeys: String, CodingKey { case status, unlocked, sealed, version, audit, auditMirror = "audit_mirror" }
 
-    public init(status: String, unlocked: Bool, version: String, audit: String? = nil, auditMirror: String? = nil) {
+    public init(status: String, sealed: Bool, version: String, audit: String? = nil, auditMirror: String? = nil) {
         self.status = status
-        self.unlocked = unlocked
+        self.unlocked = !sealed
+        self.sealed = sealed
         self.version = version
         self.audit = audit
         self.auditMirror = auditMirror
@@ -201,10 +205,15 @@ public struct StatusResponse: Codable, Sendable {
     }
     public var version: String
     public var unlocked: Bool
+    public var sealed: Bool
     public var devMode: Bool
     public var uptimeSeconds: Int
-    public var secrets: Int
-    public var keyID: String
+    /// nil while sealed (nothing can be read).
+    public var secrets: Int?
+    /// The root key's id (nil while sealed).
+    public var keyID: String?
+    /// The keyring's active data key (nil while sealed).
+    public var activeKeyID: String?
     public var durability: String
     public var maxValueBytes: Int
     public var maxVersions: Int
@@ -212,18 +221,21 @@ public struct StatusResponse: Codable, Sendable {
     public var decision: String
 
     enum CodingKeys: String, CodingKey {
-        case version, unlocked, devMode = "dev_mode", uptimeSeconds = "uptime_seconds", secrets,
-             keyID = "key_id", durability, maxValueBytes = "max_value_bytes", maxVersions = "max_versions", caller, decision
+        case version, unlocked, sealed, devMode = "dev_mode", uptimeSeconds = "uptime_seconds", secrets,
+             keyID = "key_id", activeKeyID = "active_key_id", durability, maxValueBytes = "max_value_bytes", maxVersions = "max_versions",
+             caller, decision
     }
 
-    public init(version: String, unlocked: Bool, devMode: Bool, uptimeSeconds: Int, secrets: Int, keyID: String,
+    public init(version: String, sealed: Bool, devMode: Bool, uptimeSeconds: Int, secrets: Int?, keyID: String?, activeKeyID: String?,
                 durability: String, maxValueBytes: Int, maxVersions: Int, caller: Caller, decision: String) {
         self.version = version
-        self.unlocked = unlocked
+        self.unlocked = !sealed
+        self.sealed = sealed
         self.devMode = devMode
         self.uptimeSeconds = uptimeSeconds
         self.secrets = secrets
         self.keyID = keyID
+        self.activeKeyID = activeKeyID
         self.durability = durability
         self.maxValueBytes = maxValueBytes
         self.maxVersions = maxVersions

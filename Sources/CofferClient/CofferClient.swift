@@ -167,3 +167,26 @@ extension CofferClient {
         return out
     }
 }
+
+extension CofferClient {
+    /// Sends the root key file's text (or nothing: the daemon's configured key file).
+    public func unseal(keyText: [UInt8]?) throws -> UnsealResponse {
+        guard var keyText else { return try decode(http.request("POST", "/v1/sys/unseal"), as: UnsealResponse.self) }
+        defer { for i in keyText.indices { keyText[i] = 0 } }
+        var body = Array(#"{"key":""#.utf8)
+        // the key file is ASCII (`coffer-root-key-v1:` and hex); anything else is sent
+        // as is for the daemon to refuse, minus what would break the JSON string
+        body += keyText.filter { $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C }
+        body += Array(#""}"#.utf8)
+        defer { for i in body.indices { body[i] = 0 } }
+        return try decode(http.request("POST", "/v1/sys/unseal", headers: [("Content-Type", "application/json")], body: body), as: UnsealResponse.self)
+    }
+
+    public func keys() throws -> KeysResponse {
+        try decode(http.request("GET", "/v1/sys/keys"), as: KeysResponse.self)
+    }
+
+    public func rotateKey() throws -> KeyInfo {
+        try decode(http.request("POST", "/v1/sys/keys/rotate"), as: KeyInfo.self)
+    }
+}

@@ -30,6 +30,8 @@ public struct CofferConfig: Sendable, Equatable {
     public var durability: Durability = .full
     // [keys]
     public var keyFile: String = "/var/lib/coffer/keys/root.key"
+    /// Start without reading the key: sealed until an admin unseals.
+    public var startSealed: Bool = false
     // [access]
     public var adminGroup: String? = "coffer-admin"
     public var adminUIDs: [UInt32] = []
@@ -117,11 +119,12 @@ public struct CofferConfig: Sendable, Equatable {
             }
         }
         if var t = try r.table("keys") {
-            try t.allowOnly(["unlock", "key_file"])
+            try t.allowOnly(["unlock", "key_file", "start_sealed"])
             if let v = try t.string("unlock"), v != "key-file" {
                 throw t.error("unlock", "unlock must be \"key-file\" (passphrase and Shamir unlock are not available yet)")
             }
             if let v = try t.string("key_file") { c.keyFile = v }
+            if let v = try t.bool("start_sealed") { c.startSealed = v }
         }
         if var t = try r.table("access") {
             try t.allowOnly(["admin_group", "admin_uids", "policy_file"])
@@ -203,6 +206,12 @@ public struct TableReader {
         guard let e = table[key] else { return nil }
         guard case .string(let s) = e.value else { throw error(key, "'\(qualified(key))' must be a string, not \(e.value.typeName)") }
         return s
+    }
+
+    public func bool(_ key: String) throws(CofferError) -> Bool? {
+        guard let e = table[key] else { return nil }
+        guard case .bool(let b) = e.value else { throw error(key, "'\(qualified(key))' must be true or false, not \(e.value.typeName)") }
+        return b
     }
 
     public func integer(_ key: String, in range: ClosedRange<Int64>) throws(CofferError) -> Int64? {

@@ -84,13 +84,12 @@ public final class AuditLog: Sendable {
     /// and writes the public key file beside the database.
     static func open(store: Store, keyring: Keyring, publicKeyFile: String, anchorFile: String, reanchor: Bool,
                      settings: Settings, clock: any WallClock, logger: Logger) async throws(CofferError) -> AuditLog {
-        let ad = Array("coffer/v1/audit-signing-key".utf8) + Array(keyring.keyID.utf8)
         var secret: SecretBytes
         var pub: [UInt8]
         var createdKey = false
         do {
             if let k = try store.auditSigningKey() {
-                secret = try AEAD.open([UInt8](k.sealed), key: keyring.root, associatedData: ad)
+                secret = try keyring.root.openAuditKey([UInt8](k.sealed))
                 pub = [UInt8](k.publicKey)
                 guard try Signing.publicKey(of: secret) == pub else { throw CofferError(.integrity, "the audit signing key does not match its public key") }
             } else {
@@ -102,7 +101,7 @@ public final class AuditLog: Sendable {
                 }
                 (pub, secret) = try Signing.keyPair()
                 createdKey = true
-                let sealed = try AEAD.seal(secret, key: keyring.root, associatedData: ad)
+                let sealed = try keyring.root.sealAuditKey(secret)
                 try await store.storeAuditSigningKey(keyID: Hex.encode(pub.prefix(8)), publicKey: Data(pub), sealed: Data(sealed), now: clock.nowMillis())
             }
         } catch let e as CofferError {

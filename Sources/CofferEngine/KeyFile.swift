@@ -2,6 +2,7 @@ import CCofferLinux
 public import CofferCore
 public import CofferCrypto
 import Foundation
+import Synchronization
 
 /// The root key file: one line `coffer-root-key-v1:<64 hex digits>`, mode 0400.
 /// It is parsed straight into guarded memory; the hex text is wiped after reading.
@@ -85,22 +86,31 @@ public enum KeyFile {
             if n == 0 { break }
             total += n
         }
-        var len = total
-        if len > 0 && buf[len - 1] == 0x0A { len -= 1 }
-        guard len == expected, buf[0..<header.count].elementsEqual(header) else {
-            throw CofferError(.keyFile, "the key file \(path) is not a Coffer root key (expected `coffer-root-key-v1:` and 64 hex digits)")
+        return try parse(buf[0..<total], source: "the key file \(path)")
+    }
+
+    /// Parses the key file's text (one line, optional newline) straight into guarded
+    /// memory. `source` names it in errors; the key itself never appears in one.
+    public static func parse(_ text: ArraySlice<UInt8>, source: String) throws(CofferError) -> SecretBytes {
+        let expected = header.count + 64
+        var len = text.count
+        if len > 0 && text[text.startIndex + len - 1] == 0x0A { len -= 1 }
+        let buf = text.prefix(len)
+        guard len == expected, buf.prefix(header.count).elementsEqual(header) else {
+            throw CofferError(.keyFile, "\(source) is not a Coffer root key (expected `coffer-root-key-v1:` and 64 hex digits)")
         }
         let key: SecretBytes
         do { key = try SecretBytes(count: 32) } catch { throw CofferError(.keyFile, "cannot allocate guarded memory for the root key") }
         var ok = true
+        let base = buf.startIndex + header.count
         key.withUnsafeMutableBytes { out in
             for i in 0..<32 {
-                let hi = hexValue(buf[header.count + 2 * i]), lo = hexValue(buf[header.count + 2 * i + 1])
+                let hi = hexValue(buf[base + 2 * i]), lo = hexValue(buf[base + 2 * i + 1])
                 if hi > 15 || lo > 15 { ok = false }
                 out[i] = (hi << 4) | (lo & 0x0F)
             }
         }
-        guard ok else { throw CofferError(.keyFile, "the key file \(path) has a character that is not a hex digit") }
+        guard ok else { throw CofferError(.keyFile, "\(source) has a character that is not a hex digit") }
         return key
     }
 
@@ -127,4 +137,18 @@ public struct KeyFileUnlocker: Unlocker {
     public init(path: String) { self.path = path }
     public var description: String { "key file \(path)" }
     public func rootKey() throws(CofferError) -> SecretBytes { try KeyFile.load(from: path) }
+}
+
+/// A root key handed over in a request (the key file's text, sent by
+/// `coffer unseal --key-file`): the key need not rest on the daemon's disk.
+/// The text is wiped when the unlocker goes.
+public final class KeyTextUnlocker: Unlocker {
+    private let text: Mutex<[UInt8]>
+    public init(text: [UInt8]) { self.text = Mutex(text) }
+    deinit { text.withLock { Hashing.wipe(&$0) } }
+    public var description: String { "the key given to unseal" }
+    public func rootKey() throws(CofferError) -> SecretBytes {
+        let t = text.withLock { $0 }
+        return try KeyFile.parse(t[...], source: "the key given")
+    }
 }

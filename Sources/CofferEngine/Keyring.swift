@@ -2,90 +2,241 @@ public import CofferCore
 public import CofferCrypto
 public import CofferStore
 import Foundation
+import Synchronization
+public import CofferAudit
 
-/// The unlocked root key and the key hierarchy under it (keys/README.md):
-///
-///     root key (32 B, key file) ──seals──▶ data key per secret version (32 B, random)
-///                                          ──seals──▶ the version's value
-///
-/// Both seals are XChaCha20-Poly1305 with associated data binding
-/// (secret path, version, key id) — invariant 2.
-public final class Keyring: Sendable {
+/// The root key, unlocked and checked against a database (keys/README.md).
+public struct RootKey: Sendable {
     public let keyID: String
-    let root: SecretBytes
-    /// Key of the keyed BLAKE2b under which tokens are stored (derived, never stored).
-    public let tokenHashKey: SecretBytes
-    /// Key of the audit events' MACs (derived, never stored): only the daemon can make
-    /// an event the daemon will later sign.
-    public let auditMACKey: SecretBytes
+    let bytes: SecretBytes
 
     static let checkPlaintext = Array("coffer-keycheck-v1".utf8)
 
-    public init(root: SecretBytes) throws(CryptoError) {
-        self.root = root
+    public init(_ bytes: SecretBytes) {
+        self.bytes = bytes
         // A public, one-way name for the key: keyed BLAKE2b of a constant.
-        self.keyID = Hex.encode(Hashing.blake2b(Array("coffer key id v1".utf8), key: root, outputLength: 16).prefix(8))
-        var derived = Hashing.blake2b(Array("coffer token hash key v1".utf8), key: root, outputLength: 32)
-        self.tokenHashKey = try SecretBytes(consuming: &derived)
-        var macKey = Hashing.blake2b(Array("coffer audit mac key v1".utf8), key: root, outputLength: 32)
-        self.auditMACKey = try SecretBytes(consuming: &macKey)
+        self.keyID = Hex.encode(Hashing.blake2b(Array("coffer key id v1".utf8), key: bytes, outputLength: 16).prefix(8))
     }
 
     /// Unlocks against a database: the key must be the one the database was created
     /// with. The database is only read (read-only connection), so a wrong key leaves
     /// the file byte-identical.
-    public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> Keyring {
-        let root = try unlocker.rootKey()
-        let keyring = try Checked.crypto { () throws(CryptoError) in try Keyring(root: root) }
+    public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> RootKey {
+        let root = RootKey(try unlocker.rootKey())
         let existing: (keyID: String, check: Data)?
         do { existing = try Store.readKeyCheck(path: databasePath) } catch {
             throw CofferError(.storage, "cannot read the database \(databasePath): \(error)")
         }
         if let existing {
-            guard existing.keyID == keyring.keyID, keyring.verify(check: existing.check) else {
+            guard existing.keyID == root.keyID, root.verify(check: existing.check) else {
                 throw CofferError(.keyFile, "the root key from \(unlocker.description) does not unlock the database \(databasePath)",
                                   hint: "the database was created with another root key; point keys.key_file at that key")
             }
         }
-        return keyring
+        return root
     }
 
-    /// Records this key in a database that has none yet (first start).
-    public func enroll(in store: Store, now: Int64) throws {
-        let known = try store.keyChecks()
-        if known.contains(where: { $0.keyID == keyID }) { return }
-        guard known.isEmpty else {
-            throw CofferError(.keyFile, "the database is bound to another root key")
-        }
-        let plain = try Checked.crypto { () throws(CryptoError) in try SecretBytes.copying(Keyring.checkPlaintext) }
-        let check = try Checked.crypto { () throws(CryptoError) in
-            try AEAD.seal(plain, key: root, associatedData: AssociatedData.keyCheck(keyID: keyID))
-        }
-        try store.addKeyCheck(keyID: keyID, check: Data(check), now: now)
+    func check() throws(CofferError) -> Data {
+        let plain = try Checked.crypto { () throws(CryptoError) in try SecretBytes.copying(RootKey.checkPlaintext) }
+        return Data(try Checked.crypto { () throws(CryptoError) in
+            try AEAD.seal(plain, key: bytes, associatedData: AssociatedData.keyCheck(keyID: keyID))
+        })
     }
 
     func verify(check: Data) -> Bool {
-        guard let opened = try? AEAD.open([UInt8](check), key: root, associatedData: AssociatedData.keyCheck(keyID: keyID)) else {
+        guard let opened = try? AEAD.open([UInt8](check), key: bytes, associatedData: AssociatedData.keyCheck(keyID: keyID)) else {
             return false
         }
-        return opened.withUnsafeBytes { $0.elementsEqual(Keyring.checkPlaintext) }
+        return opened.withUnsafeBytes { $0.elementsEqual(RootKey.checkPlaintext) }
     }
 
-    /// Seals a value for (path, version): a fresh data key seals the value, the root
-    /// key seals the data key; both bound to (path, version, key id).
+    /// A keyring key sealed under this root, bound to (key id, purpose, root key id).
+    func seal(_ key: SecretBytes, id: String, purpose: KeyRecord.Purpose) throws(CofferError) -> Data {
+        Data(try Checked.crypto { () throws(CryptoError) in
+            try AEAD.seal(key, key: bytes, associatedData: AssociatedData.keyringKey(keyID: id, purpose: purpose, rootKeyID: keyID))
+        })
+    }
+
+    func open(_ sealed: Data, id: String, purpose: KeyRecord.Purpose) throws(CofferError) -> SecretBytes {
+        try Checked.crypto { () throws(CryptoError) in
+            try AEAD.open([UInt8](sealed), key: bytes, associatedData: AssociatedData.keyringKey(keyID: id, purpose: purpose, rootKeyID: keyID))
+        }
+    }
+
+    /// The values the token-hash and audit MAC keys had before the keyring stored
+    /// them (derived from the root key): carried over, so that tokens stay valid.
+    func legacyDerived(_ purpose: KeyRecord.Purpose) throws(CofferError) -> SecretBytes {
+        let label = purpose == .tokenHash ? "coffer token hash key v1" : "coffer audit mac key v1"
+        var derived = Hashing.blake2b(Array(label.utf8), key: bytes, outputLength: 32)
+        return try Checked.crypto { () throws(CryptoError) in try SecretBytes(consuming: &derived) }
+    }
+
+    /// Seals the audit signing key (bound to this root key's id).
+    func sealAuditKey(_ secret: SecretBytes) throws(CryptoError) -> [UInt8] {
+        try AEAD.seal(secret, key: bytes, associatedData: Array("coffer/v1/audit-signing-key".utf8) + Array(keyID.utf8))
+    }
+
+    func openAuditKey(_ sealed: [UInt8]) throws(CryptoError) -> SecretBytes {
+        try AEAD.open(sealed, key: bytes, associatedData: Array("coffer/v1/audit-signing-key".utf8) + Array(keyID.utf8))
+    }
+}
+
+/// The keyring: keys with ids and states, each sealed under the root key
+/// (keys/README.md):
+///
+///     root key (key file) ──seals──▶ keyring keys: data keys (one active, older ones
+///                                    decrypt-only or retired), the token-hash key,
+///                                    the audit MAC key; and the audit signing key
+///     active data key ──seals──▶ data key per secret version (random) ──seals──▶ value
+///
+/// Values are XChaCha20-Poly1305 with associated data binding (secret path,
+/// version, key id) — invariant 2. A root-key change re-seals the keyring and
+/// touches no version and no token.
+public final class Keyring: Sendable {
+    public let root: RootKey
+    /// Key of the keyed BLAKE2b under which tokens are stored.
+    public let tokenHashKey: SecretBytes
+    /// Key of the audit events' MACs: only the daemon can make an event the daemon
+    /// will later sign.
+    public let auditMACKey: SecretBytes
+    struct DataKeys {
+        var active: (id: String, key: SecretBytes)
+        var open: [String: SecretBytes]  // active and decrypt-only
+    }
+    let dataKeys: Mutex<DataKeys>
+
+    public var rootKeyID: String { root.keyID }
+    public var activeKeyID: String { dataKeys.withLock { $0.active.id } }
+
+    init(root: RootKey, tokenHashKey: SecretBytes, auditMACKey: SecretBytes, dataKeys: DataKeys) {
+        self.root = root
+        self.tokenHashKey = tokenHashKey
+        self.auditMACKey = auditMACKey
+        self.dataKeys = Mutex(dataKeys)
+    }
+
+    /// Loads the keyring from an open database, completing it first when needed: the
+    /// root key is enrolled in a new database; keys carried over from before the
+    /// keyring are sealed; missing purpose keys are added (random in a new database,
+    /// their former derived values in an existing one).
+    public static func load(root: RootKey, store: Store, now: Int64) throws(CofferError) -> Keyring {
+        do {
+            let checks = try store.rootKeyChecks()
+            if checks.isEmpty {
+                try store.addRootKeyCheck(keyID: root.keyID, check: root.check(), now: now)
+            } else {
+                guard checks.contains(where: { $0.keyID == root.keyID && root.verify(check: $0.check) }) else {
+                    throw CofferError(.keyFile, "the database is bound to another root key")
+                }
+            }
+            var records = try store.keyRecords()
+            let fresh = store.createdNow
+            var seal: [(keyID: String, sealed: Data)] = []
+            var add: [KeyRecord] = []
+            for r in records where r.sealed == nil {
+                // a data key carried over from before the keyring: the root key itself
+                guard r.keyID == root.keyID, r.purpose == .data else {
+                    throw CofferError(.integrity, "keyring key \(r.keyID) has no sealed material")
+                }
+                seal.append((r.keyID, try root.seal(root.bytes, id: r.keyID, purpose: .data)))
+            }
+            for purpose in KeyRecord.Purpose.allCases where !records.contains(where: { $0.purpose == purpose }) {
+                let key: SecretBytes = purpose == .data || fresh
+                    ? try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: AEAD.keyBytes) }
+                    : try root.legacyDerived(purpose)
+                let id = Hex.encode(Hashing.randomBytes(8))
+                add.append(KeyRecord(keyID: id, purpose: purpose, state: .active, createdAt: now, rootKeyID: root.keyID,
+                                     sealed: try root.seal(key, id: id, purpose: purpose)))
+            }
+            if !seal.isEmpty || !add.isEmpty {
+                try store.completeKeyring(seal: seal, add: add)
+                records = try store.keyRecords()
+            }
+            return try Keyring(root: root, records: records)
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "cannot load the keyring: \(error)")
+        }
+    }
+
+    convenience init(root: RootKey, records: [KeyRecord]) throws(CofferError) {
+        func opened(_ r: KeyRecord) throws(CofferError) -> SecretBytes {
+            guard let sealed = r.sealed, r.rootKeyID == root.keyID else {
+                throw CofferError(.keyFile, "keyring key \(r.keyID) is not sealed under this root key")
+            }
+            return try root.open(sealed, id: r.keyID, purpose: r.purpose)
+        }
+        func active(_ p: KeyRecord.Purpose) throws(CofferError) -> KeyRecord {
+            guard let r = records.first(where: { $0.purpose == p && $0.state == .active }) else {
+                throw CofferError(.integrity, "the keyring has no active \(p.rawValue) key")
+            }
+            return r
+        }
+        let activeData = try active(.data)
+        var open: [String: SecretBytes] = [:]
+        for r in records where r.purpose == .data && r.state != .retired { open[r.keyID] = try opened(r) }
+        self.init(root: root, tokenHashKey: try opened(try active(.tokenHash)), auditMACKey: try opened(try active(.auditMAC)),
+                  dataKeys: DataKeys(active: (activeData.keyID, open[activeData.keyID]!), open: open))
+    }
+
+    /// A new active data key (the one before turns decrypt-only): new values are
+    /// sealed under it, older ones still open. Committed with its audit event.
+    func addDataKey(store: Store, guard tokenGuard: Store.TokenGuard?, ticket: AuditTicket, now: Int64) async throws -> KeyRecord {
+        let key = try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: AEAD.keyBytes) }
+        let id = Hex.encode(Hashing.randomBytes(8))
+        let record = KeyRecord(keyID: id, purpose: .data, state: .active, createdAt: now, rootKeyID: root.keyID,
+                               sealed: try root.seal(key, id: id, purpose: .data))
+        try await store.addActiveKey(record, guard: tokenGuard, ticket: ticket)
+        dataKeys.withLock {
+            $0.open[id] = key
+            $0.active = (id, key)
+        }
+        return record
+    }
+
+    /// Seals a value for (path, version): a fresh data key seals the value, the
+    /// active keyring key seals the data key; both bound to (path, version, key id).
     public func seal(_ value: SecretBytes, path: SecretPath, version: Int) throws(CryptoError) -> SealedVersion {
+        let (keyID, kek) = dataKeys.withLock { $0.active }
         let dataKey = try SecretBytes.random(count: AEAD.keyBytes)
-        let wrapped = try AEAD.seal(dataKey, key: root, associatedData: AssociatedData.dataKey(path: path, version: version, keyID: keyID))
+        let wrapped = try AEAD.seal(dataKey, key: kek, associatedData: AssociatedData.dataKey(path: path, version: version, keyID: keyID))
         let ciphertext = try AEAD.seal(value, key: dataKey, associatedData: AssociatedData.value(path: path, version: version, keyID: keyID))
         return SealedVersion(keyID: keyID, wrappedKey: Data(wrapped), ciphertext: Data(ciphertext), size: value.count)
     }
 
-    /// Opens a stored version; any mismatch of path, version, key id or bytes fails
-    /// with `.integrity`.
-    public func open(wrappedKey: Data, ciphertext: Data, path: SecretPath, version: Int, keyID storedKeyID: String) throws(CryptoError) -> SecretBytes {
-        guard storedKeyID == keyID else { throw .integrity }
-        let dataKey = try AEAD.open([UInt8](wrappedKey), key: root, associatedData: AssociatedData.dataKey(path: path, version: version, keyID: keyID))
+    /// Opens a stored version; any mismatch of path, version, key id or bytes, or a
+    /// retired key, fails with `.integrity`.
+    public func open(wrappedKey: Data, ciphertext: Data, path: SecretPath, version: Int, keyID: String) throws(CryptoError) -> SecretBytes {
+        guard let kek = dataKeys.withLock({ $0.open[keyID] }) else { throw .integrity }
+        let dataKey = try AEAD.open([UInt8](wrappedKey), key: kek, associatedData: AssociatedData.dataKey(path: path, version: version, keyID: keyID))
         return try AEAD.open([UInt8](ciphertext), key: dataKey, associatedData: AssociatedData.value(path: path, version: version, keyID: keyID))
+    }
+
+    /// A root-key change (offline: the daemon is stopped): every keyring key and the
+    /// audit signing key re-sealed under `newRoot`. Versions and tokens stay as they are.
+    public static func changeRoot(store: Store, from old: RootKey, to newRoot: RootKey, now: Int64) throws(CofferError) {
+        guard old.keyID != newRoot.keyID else { throw CofferError(.keyFile, "the new root key is the current one") }
+        do {
+            var resealed: [(keyID: String, sealed: Data)] = []
+            for r in try store.keyRecords() {
+                guard let sealed = r.sealed, r.rootKeyID == old.keyID else {
+                    throw CofferError(.integrity, "keyring key \(r.keyID) is not sealed under the current root key")
+                }
+                let key = try old.open(sealed, id: r.keyID, purpose: r.purpose)
+                resealed.append((r.keyID, try newRoot.seal(key, id: r.keyID, purpose: r.purpose)))
+            }
+            var audit: Data?
+            if let k = try store.auditSigningKey() {
+                let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
+                audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
+            }
+            try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed, auditKey: audit)
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "cannot change the root key: \(error)")
+        }
     }
 }
 
@@ -106,6 +257,10 @@ enum AssociatedData {
 
     static func keyCheck(keyID: String) -> [UInt8] {
         encode("coffer/v1/key-check", [Array(keyID.utf8)])
+    }
+
+    static func keyringKey(keyID: String, purpose: KeyRecord.Purpose, rootKeyID: String) -> [UInt8] {
+        encode("coffer/v1/keyring-key", [Array(keyID.utf8), Array(purpose.rawValue.utf8), Array(rootKeyID.utf8)])
     }
 }
 

@@ -27,6 +27,7 @@ public final class SecretEngine: Sendable {
     public let secrets: SecretsService
     public let tokens: TokenService
     public let trail: AuditTrail
+    public let keys: KeysService
     let store: Store
     let keyring: Keyring
     let policies: PolicyStore
@@ -54,6 +55,7 @@ public final class SecretEngine: Sendable {
         self.secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
                                       clock: clock, logger: logger)
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
+        self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()
@@ -68,25 +70,20 @@ public final class SecretEngine: Sendable {
         if !create {
             // `serve` opens only a database `init` made (a key check enrolled), never
             // an empty file or one whose keyring was erased.
-            let check: (keyID: String, check: Data)?
-            do { check = try Store.readKeyCheck(path: dbPath) } catch {
-                throw CofferError(.storage, "cannot read the database \(dbPath)", hint: "is it a Coffer database?")
-            }
-            guard check != nil else {
-                throw CofferError(.config, "\(dbPath) is not an initialised Coffer database; cofferd serve never creates one",
-                                  hint: "run `cofferd init` for a new installation, or restore the database from a backup")
-            }
+            try checkInitialised(databasePath: dbPath)
         }
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
-        let keyring = try Keyring.unlock(unlocker, databasePath: dbPath)
+        let root = try RootKey.unlock(unlocker, databasePath: dbPath)
         let store: Store
+        let keyring: Keyring
         do {
             // The state directory is private to the daemon (invariant 7).
             try FileManager.default.createDirectory(
                 atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
-            store = try Store(path: dbPath, durability: config.durability, auditMAC: AuditMAC(key: keyring.auditMACKey))
-            try keyring.enroll(in: store, now: clock.nowMillis())
+            store = try Store(path: dbPath, durability: config.durability)
+            keyring = try Keyring.load(root: root, store: store, now: clock.nowMillis())
+            store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
         } catch let e as CofferError {
             throw e
         } catch {
@@ -104,6 +101,34 @@ public final class SecretEngine: Sendable {
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
             clock: clock, logger: logger)
+    }
+
+    /// Throws unless `databasePath` is a database `cofferd init` made (read-only).
+    public static func checkInitialised(databasePath: String) throws(CofferError) {
+        let check: (keyID: String, check: Data)?
+        do { check = try Store.readKeyCheck(path: databasePath) } catch {
+            throw CofferError(.storage, "cannot read the database \(databasePath)", hint: "is it a Coffer database?")
+        }
+        guard check != nil else {
+            throw CofferError(.config, "\(databasePath) is not an initialised Coffer database; cofferd serve never creates one",
+                              hint: "run `cofferd init` for a new installation, or restore the database from a backup")
+        }
+    }
+
+    /// A root-key change, offline (the caller holds the state lock): the keyring and
+    /// the audit signing key are re-sealed under the new key in one transaction.
+    /// Secret versions and tokens are untouched. Returns the new root key's id.
+    public static func changeRootKey(config: CofferConfig, from old: any Unlocker, to new: any Unlocker,
+                                     clock: any WallClock = SystemWallClock()) throws(CofferError) -> String {
+        let oldRoot = try RootKey.unlock(old, databasePath: config.resolvedDatabasePath)
+        let newRoot = RootKey(try new.rootKey())
+        let store: Store
+        do { store = try Store(path: config.resolvedDatabasePath, durability: config.durability) } catch {
+            throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
+        }
+        _ = try Keyring.load(root: oldRoot, store: store, now: clock.nowMillis())  // completes a keyring from before first
+        try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
+        return newRoot.keyID
     }
 
     // MARK: who is calling
@@ -166,12 +191,13 @@ public final class SecretEngine: Sendable {
     public struct StatusInfo: Sendable {
         public var secrets: Int
         public var keyID: String
+        public var activeKeyID: String
         public var uptimeSeconds: Double
     }
 
     public func status(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> StatusInfo {
         try await gate.perform(ticket, p, .status, nil) { g async throws(CofferError) in
-            StatusInfo(secrets: try secrets.count(g), keyID: keyring.keyID, uptimeSeconds: Double(clock.nowMillis() - startedAt) / 1000)
+            StatusInfo(secrets: try secrets.count(g), keyID: keyring.rootKeyID, activeKeyID: keyring.activeKeyID, uptimeSeconds: Double(clock.nowMillis() - startedAt) / 1000)
         }
     }
 
@@ -272,6 +298,22 @@ public final class SecretEngine: Sendable {
 
     public func auditPublicKey(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> [UInt8] {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_pubkey") { _ async throws(CofferError) in trail.publicKey }
+    }
+
+    // MARK: keyring
+
+    public func listKeys(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (rootKeyID: String, keys: [KeyRecord]) {
+        try await gate.perform(ticket, p, .admin, nil, named: "key_list") { g async throws(CofferError) in try keys.list(g) }
+    }
+
+    public func rotateDataKey(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> KeyRecord {
+        try await gate.perform(ticket, p, .admin, nil, named: "key_rotate") { g async throws(CofferError) in try await keys.rotateDataKey(g) }
+    }
+
+    /// Unseal on an open daemon: nothing to do; admins learn the root key's id. Also
+    /// the event of a real unseal (the sealed daemon had no trail to write it to).
+    public func confirmUnsealed(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> String {
+        try await gate.perform(ticket, p, .admin, nil, named: "unseal") { _ async throws(CofferError) in keyring.rootKeyID }
     }
 
     // MARK: the server's side of audit

@@ -13,12 +13,12 @@ public enum CofferServer {
     /// The services of a daemon, in start order (they shut down in reverse: the server
     /// first, the audit writer last), and the socket's guard to release at exit.
     public static func services(
-        config: CofferConfig, engine: SecretEngine, logger: Logger,
+        config: CofferConfig, host: EngineHost, logger: Logger,
         onReady: @escaping @Sendable () -> Void = {}
     ) throws -> (services: [any Service], socket: SocketGuard) {
         let guardian = try SocketGuard(socketPath: config.socketPath)
         let socketGID = try socketGroupID(config)
-        let responder = APIResponder(engine: engine, settings: .init(config: config))
+        let responder = CofferResponder(host: host, settings: .init(config: config), logger: logger)
         let limiter = ConnectionLimiter(perUID: config.maxConnectionsPerUID)
         let app = Application(
             responder: responder,
@@ -27,7 +27,7 @@ public enum CofferServer {
                 let limits = HTTP1Channel.Configuration.DecoderConfiguration(
                     maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
                 return PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
-                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), engine: engine)],
+                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), host: host)],
                     idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
                     httpDecoderConfiguration: limits)), limiter: limiter)
             },
@@ -51,7 +51,7 @@ public enum CofferServer {
             },
             logger: logger
         )
-        return ([AuditService(engine: engine), PolicyReloader(policies: engine.policyStore, logger: logger), app], guardian)
+        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -77,12 +77,39 @@ public struct PolicyReloader: Service {
     }
 }
 
-/// Runs the audit trail's group-commit loop and checkpoint timer; signs a final
-/// checkpoint on shutdown.
+/// Runs the audit trail's group-commit loop and checkpoint timer (once the engine
+/// is open: a sealed daemon has no trail yet); signs a final checkpoint on shutdown.
 public struct AuditService: Service {
-    let engine: SecretEngine
+    let host: EngineHost
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown { await engine.runAuditWriter() }
+        try await cancelWhenGracefulShutdown {
+            guard let engine = await host.opened() else { return }
+            await engine.runAuditWriter()
+        }
+    }
+}
+
+/// Deletes tokens that ended (expired, revoked, used up) more than a week ago, once
+/// an hour, as `system:reaper`: each run that deletes leaves its own audit event.
+public struct TokenReaper: Service {
+    let host: EngineHost
+    let logger: Logger
+    static let interval = Duration.seconds(3600)
+    static let retainSeconds: Int64 = 7 * 86400
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            guard let engine = await host.opened() else { return }
+            while !Task.isCancelled {
+                do throws(CofferError) {
+                    let n = try await engine.reapTokens(retainSeconds: Self.retainSeconds)
+                    if n > 0 { logger.info("reaped ended tokens", metadata: ["tokens": "\(n)"]) }
+                } catch {
+                    logger.warning("token reaping failed", metadata: ["error.code": "\(error.code.rawValue)"])
+                }
+                try? await Task.sleep(for: Self.interval)
+            }
+        }
     }
 }

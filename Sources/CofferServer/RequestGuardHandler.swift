@@ -27,7 +27,7 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     let requestTimeout: TimeAmount
     /// Where a refused unparseable request is recorded (invariant 4: HTTP-level
     /// refusals leave an event too).
-    let engine: SecretEngine?
+    let host: EngineHost?
     var deadline: Scheduled<Void>?
     var rewritingParseError = false
 
@@ -37,9 +37,9 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return ByteBuffer(bytes: data)
     }()
 
-    init(requestTimeout: TimeAmount, engine: SecretEngine? = nil) {
+    init(requestTimeout: TimeAmount, host: EngineHost? = nil) {
         self.requestTimeout = requestTimeout
-        self.engine = engine
+        self.host = host
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -79,7 +79,7 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// One event per refused request, with the peer the kernel names (read again here:
     /// this is the error path, and the handler is built before the peer is known).
     func recordParseError(_ channel: any Channel) {
-        guard let engine, let provider = channel as? any SocketOptionProvider else { return }
+        guard let engine = host?.engine, let provider = channel as? any SocketOptionProvider else { return }  // sealed: no trail to write
         let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
         future.whenComplete { result in
             let cred = try? result.get()

@@ -66,8 +66,10 @@ public final class Store: Sendable {
         let queue = try DatabaseQueue(path: path, configuration: config)
         defer { try? queue.close() }
         return try queue.read { db in
-            guard try db.tableExists("keyring") else { return nil }
-            guard let row = try Row.fetchOne(db, sql: "SELECT key_id, check_blob FROM keyring ORDER BY created_at LIMIT 1") else {
+            // `root_key` since the keyring of many keys; before it, `keyring` held the check
+            let table = try db.tableExists("root_key") ? "root_key" : "keyring"
+            guard try db.tableExists(table), try db.columns(in: table).contains(where: { $0.name == "check_blob" }) else { return nil }
+            guard let row = try Row.fetchOne(db, sql: "SELECT key_id, check_blob FROM \(table) ORDER BY created_at LIMIT 1") else {
                 return nil
             }
             return (row["key_id"], row["check_blob"])
@@ -110,22 +112,8 @@ public final class Store: Sendable {
         }
         registerTokenMigration(&m)
         registerAuditMigration(&m)
+        registerKeyringMigration(&m)
         return m
-    }
-
-    // MARK: keyring
-
-    public func keyChecks() throws -> [(keyID: String, check: Data)] {
-        try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT key_id, check_blob FROM keyring").map { ($0["key_id"], $0["check_blob"]) }
-        }
-    }
-
-    public func addKeyCheck(keyID: String, check: Data, now: Int64) throws {
-        try pool.write { db in
-            try db.execute(sql: "INSERT INTO keyring (key_id, created_at, check_blob) VALUES (?, ?, ?)",
-                           arguments: [keyID, now, check])
-        }
     }
 
     // MARK: reads (synchronous: a short SQLite read costs less than a thread hop)

@@ -27,7 +27,7 @@ struct Coffer: ParsableCommand {
             Secret values are read from stdin or --file, never from the command line.
             """,
         version: CofferClientInfo.version,
-        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, StatusCommand.self]
+        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, UnsealCommand.self, StatusCommand.self]
     )
 
     /// Global options may come before the subcommand (`coffer --format json secret get x`):
@@ -204,10 +204,11 @@ struct StatusCommand: ParsableCommand {
             if global.format == .json { return try printJSON(s) }
             try printLine("""
                 cofferd:       \(s.version)\(s.devMode ? " (dev mode)" : "")
-                unlocked:      \(s.unlocked)
+                unlocked:      \(s.unlocked)\(s.sealed ? "  (sealed: an admin unseals it with coffer unseal)" : "")
                 uptime:        \(s.uptimeSeconds)s
-                secrets:       \(s.secrets)
-                root key id:   \(s.keyID)
+                secrets:       \(s.secrets.map(String.init) ?? "-")
+                root key id:   \(s.keyID ?? "-")
+                data key id:   \(s.activeKeyID ?? "-")
                 durability:    \(s.durability)
                 max value:     \(s.maxValueBytes) bytes
                 max versions:  \(s.maxVersions)

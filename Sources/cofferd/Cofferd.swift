@@ -14,7 +14,7 @@ struct Cofferd: AsyncParsableCommand {
         abstract: "Coffer secrets broker daemon.",
         discussion: "Start with `cofferd dev` for a local broker in the current directory.",
         version: "0.1.0",
-        subcommands: [Dev.self, Init.self, Serve.self]
+        subcommands: [Dev.self, Init.self, Serve.self, Rekey.self]
     )
 }
 
@@ -62,19 +62,31 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
     return try CofferConfig.parse(text, file: path)
 }
 
-func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, create: Bool = true,
+func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, create: Bool = true, sealed: Bool = false,
            onReady: @escaping @Sendable () -> Void) async throws {
     // one daemon per state directory, and per database (which may live elsewhere)
     let lock = try StateLock(stateDir: config.stateDir)
     let dbDir = (config.resolvedDatabasePath as NSString).deletingLastPathComponent
     let dbLock = dbDir == config.stateDir ? nil : try StateLock(stateDir: dbDir)
     defer { withExtendedLifetime((lock, dbLock)) {} }
-    let engine = try await SecretEngine.open(
-        config: config, unlocker: KeyFileUnlocker(path: config.keyFile),
-        policies: policies(for: config, logger: logger), logger: logger, reanchorAudit: reanchorAudit, create: create)
-    // Composition happens here, once: the server, the audit writer and the policy
-    // reloader in one ServiceGroup; SIGTERM and SIGINT shut them down gracefully.
-    let (services, socket) = try CofferServer.services(config: config, engine: engine, logger: logger, onReady: onReady)
+    let policyStore = try policies(for: config, logger: logger)
+    let open: EngineHost.Opener = { unlocker throws(CofferError) in
+        try await SecretEngine.open(config: config, unlocker: unlocker, policies: policyStore, logger: logger,
+                                    reanchorAudit: reanchorAudit, create: create)
+    }
+    let keyFile = KeyFileUnlocker(path: config.keyFile)
+    let host: EngineHost
+    if sealed {
+        // No key is read: the database must exist and be initialised, nothing more.
+        try SecretEngine.checkInitialised(databasePath: config.resolvedDatabasePath)
+        host = EngineHost(sealed: open, unlocker: keyFile, policies: policyStore)
+        logger.notice("starting sealed: an admin unseals with `coffer unseal`")
+    } else {
+        host = EngineHost(engine: try await open(keyFile))
+    }
+    // Composition happens here, once: the server, the audit writer, the token reaper
+    // and the policy reloader in one ServiceGroup; SIGTERM and SIGINT shut them down.
+    let (services, socket) = try CofferServer.services(config: config, host: host, logger: logger, onReady: onReady)
     defer { socket.release() }
     try await ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)).run()
 }
@@ -176,13 +188,56 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Accept the audit trail as it stands when its head anchor (audit.anchor) is missing, and anchor it anew (logged).")
     var reanchorAudit = false
 
+    @Flag(help: "Start sealed: read no key; answer health and status, and wait for an admin's `coffer unseal`.")
+    var sealed = false
+
     func run() async throws {
         do {
             try hardenProcess()
             let c = try loadConfig(config)
             let logger = makeLogger(c.logLevel)
             try StateChecks.installed(configFile: config, c)
-            try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false) {}
+            try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false, sealed: sealed || c.startSealed) {}
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+}
+
+struct Rekey: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Change the root key (daemon stopped): re-seal the keyring under a new key file; secrets and tokens stay valid.",
+        discussion: """
+            Creates --new-key-file (mode 0400, never overwritten), re-seals every keyring key and the audit signing key \
+            under it in one transaction, and removes the old key's check. Afterwards point keys.key_file at the new file; \
+            the old key no longer opens the database. Keep the old file until the daemon has started with the new one.
+            """)
+
+    @Option(help: "Config file.")
+    var config: String = CofferConfig.defaultPath
+
+    @Option(help: "Where to create the new root key file.")
+    var newKeyFile: String
+
+    func run() async throws {
+        do {
+            try hardenProcess()
+            let c = try loadConfig(config)
+            try StateChecks.installed(configFile: config, c)
+            let lock = try StateLock(stateDir: c.stateDir)  // refuses while a daemon runs
+            defer { withExtendedLifetime(lock) {} }
+            // the old key must open the database before a new one is made
+            _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), databasePath: c.resolvedDatabasePath)
+            try KeyFile.create(at: newKeyFile)
+            let newID: String
+            do {
+                newID = try SecretEngine.changeRootKey(config: c, from: KeyFileUnlocker(path: c.keyFile), to: KeyFileUnlocker(path: newKeyFile))
+            } catch {
+                unlink(newKeyFile)
+                throw error
+            }
+            print("cofferd: the keyring is now sealed under \(newKeyFile) (root key id \(newID)); set keys.key_file to it")
+            print("cofferd: the old key file \(c.keyFile) no longer opens the database")
         } catch let e as CofferError {
             throw fail(e)
         }

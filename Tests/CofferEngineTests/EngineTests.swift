@@ -319,17 +319,27 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
     }
 
     @Test func ciphertextBoundToPathVersionAndKey() throws {
-        let k = try Keyring(root: try SecretBytes.random(count: 32))
+        let k = try Keyring.ephemeral()
         let p = try SecretPath("a/b")
         let s = try k.seal(try bytes("v"), path: p, version: 1)
-        #expect(text(try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: k.keyID)) == "v")
-        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: try SecretPath("a/c"), version: 1, keyID: k.keyID) }
-        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 2, keyID: k.keyID) }
+        #expect(text(try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: k.activeKeyID)) == "v")
+        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: try SecretPath("a/c"), version: 1, keyID: k.activeKeyID) }
+        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 2, keyID: k.activeKeyID) }
         #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: "0000000000000000") }
-        let other = try Keyring(root: try SecretBytes.random(count: 32))
-        #expect(throws: CryptoError.integrity) { try other.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: other.keyID) }
+        let other = try Keyring.ephemeral()
+        #expect(throws: CryptoError.integrity) { try other.open(wrappedKey: s.wrappedKey, ciphertext: s.ciphertext, path: p, version: 1, keyID: other.activeKeyID) }
         // a ciphertext from another version of the same path does not open under this version's key
         let s2 = try k.seal(try bytes("w"), path: p, version: 2)
-        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s2.ciphertext, path: p, version: 1, keyID: k.keyID) }
+        #expect(throws: CryptoError.integrity) { try k.open(wrappedKey: s.wrappedKey, ciphertext: s2.ciphertext, path: p, version: 1, keyID: k.activeKeyID) }
+    }
+}
+
+extension Keyring {
+    /// A keyring in memory only: random root, one random data key.
+    static func ephemeral() throws -> Keyring {
+        let id = Hex.encode(Hashing.randomBytes(8))
+        let data = try SecretBytes.random(count: 32)
+        return Keyring(root: RootKey(try SecretBytes.random(count: 32)), tokenHashKey: try SecretBytes.random(count: 32),
+                       auditMACKey: try SecretBytes.random(count: 32), dataKeys: .init(active: (id, data), open: [id: data]))
     }
 }

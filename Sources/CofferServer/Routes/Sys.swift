@@ -29,8 +29,8 @@ extension APIResponder {
         let s = try await engine.status(principal, ticket: i.ticket)
         let d = engine.decide(principal, .status, nil)
         return ErrorMapping.json(StatusResponse(
-            version: CofferVersion.string, unlocked: true, devMode: settings.config.devMode,
-            uptimeSeconds: Int(s.uptimeSeconds), secrets: s.secrets, keyID: s.keyID,
+            version: CofferVersion.string, sealed: false, devMode: settings.config.devMode,
+            uptimeSeconds: Int(s.uptimeSeconds), secrets: s.secrets, keyID: s.keyID, activeKeyID: s.activeKeyID,
             durability: settings.config.durability.rawValue, maxValueBytes: engine.limits.maxValueBytes,
             maxVersions: engine.limits.maxVersions,
             caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
@@ -65,7 +65,7 @@ extension APIResponder {
         try noQuery(i.request, allowed: [])
         let h = engine.health
         let audit = !h.auditEnabled ? "disabled" : h.degraded.map { "unavailable: \($0)" } ?? "ok"
-        return ErrorMapping.json(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", unlocked: true, version: CofferVersion.string,
+        return ErrorMapping.json(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", sealed: false, version: CofferVersion.string,
                                                 audit: audit, auditMirror: h.mirror))
     }
 }

@@ -1,0 +1,132 @@
+import CofferAPI
+import CofferCore
+import CofferCrypto
+public import CofferEngine
+import Foundation
+import HTTPTypes
+public import Hummingbird
+public import Logging
+import NIOCore
+
+/// The daemon's responder: the API over the open engine, or the sealed answers
+/// while there is none (health and status say `"sealed": true`; unseal takes a key;
+/// everything else is 503 `sealed`).
+public struct CofferResponder: HTTPResponder {
+    public typealias Context = CofferRequestContext
+
+    let host: EngineHost
+    let settings: APIResponder.Settings
+    let logger: Logger
+
+    public init(host: EngineHost, settings: APIResponder.Settings, logger: Logger) {
+        self.host = host
+        self.settings = settings
+        self.logger = logger
+    }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        if let engine = host.engine {
+            return try await APIResponder(engine: engine, settings: settings).respond(to: request, context: context)
+        }
+        var response: Response
+        do throws(CofferError) {
+            response = try await sealed(request, context)
+        } catch {
+            response = APIResponder.errorResponse(error, context)
+        }
+        response.headers[APIResponder.requestIDHeader] = Hex.encode(Hashing.randomBytes(8))
+        return response
+    }
+
+    func sealed(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
+        let path = request.uri.path
+        switch (path, request.method) {
+        case ("/v1/sys/health", .get), ("/v1/sys/health", .head):
+            return ErrorMapping.json(HealthResponse(status: "sealed", sealed: true, version: CofferVersion.string, audit: "sealed"))
+        case ("/v1/sys/status", .get):
+            let (p, d) = try caller(request, context)
+            return ErrorMapping.json(StatusResponse(
+                version: CofferVersion.string, sealed: true, devMode: settings.config.devMode, uptimeSeconds: 0, secrets: nil, keyID: nil,
+                activeKeyID: nil, durability: settings.config.durability.rawValue, maxValueBytes: settings.config.maxValueBytes,
+                maxVersions: settings.config.maxVersions,
+                caller: .init(pid: p.pid, uid: p.uid, gid: p.gid, user: p.userName, groups: p.groups), decision: d.rule))
+        case ("/v1/sys/unseal", .post):
+            return try await unseal(request, context)
+        default:
+            throw CofferError(.sealed, "cofferd is sealed: it has no root key yet", hint: "an admin unseals it: coffer unseal [--key-file FILE]")
+        }
+    }
+
+    /// The peer as the kernel names it, and what the live policy says about its admin
+    /// capability. A token cannot be checked while sealed (its hash key is sealed).
+    func caller(_ request: Request, _ context: Context) throws(CofferError) -> (Principal, Decision) {
+        guard let peer = context.peer else { throw CofferError(.unauthenticated, "the caller's peer credentials are unknown") }
+        if request.headers[APIResponder.tokenHeader] != nil || request.headers[.authorization] != nil {
+            throw CofferError(.sealed, "tokens cannot be checked while cofferd is sealed", hint: "unseal as an admin user, without a token")
+        }
+        return host.unsealDecision(pid: peer.pid, uid: peer.uid, gid: peer.gid)
+    }
+
+    func unseal(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
+        let (p, d) = try caller(request, context)
+        guard d.allowed else {
+            logger.warning("unseal refused", metadata: ["peer.uid": "\(p.uid)", "rule": "\(d.rule)"])
+            throw CofferError(.permissionDenied, "unsealing needs the admin capability", hint: d.rule)
+        }
+        guard request.uri.query == nil else { throw CofferError(.invalidParameter, "this route takes no query parameters") }
+        var body = try await Self.readBody(request, limit: 4096)
+        defer { Hashing.wipe(&body) }
+        let unlocker: any Unlocker
+        if body.isEmpty {
+            guard let configured = host.configuredUnlocker else {
+                throw CofferError(.invalidParameter, "no key given and none configured", hint: "coffer unseal --key-file FILE")
+            }
+            unlocker = configured
+        } else {
+            unlocker = try Self.keyUnlocker(body)
+        }
+        do {
+            let (engine, now) = try await host.unseal(with: unlocker)
+            logger.notice("unsealed", metadata: ["peer.uid": "\(p.uid)", "unlocker": "\(unlocker.description)"])
+            // the trail exists now: the unseal is its first event by this caller
+            let keyID = try await engine.confirmUnsealed(p)
+            return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: now, keyID: keyID))
+        } catch {
+            logger.warning("unseal failed", metadata: ["peer.uid": "\(p.uid)", "error.code": "\(error.code.rawValue)"])
+            // a wrong key is the caller's mistake, not the daemon's
+            if error.code == .keyFile { throw CofferError(.invalidParameter, error.message, hint: error.hint) }
+            throw error
+        }
+    }
+
+    /// `{"key": "coffer-root-key-v1:…"}`, parsed without the key ever entering an
+    /// error message.
+    static func keyUnlocker(_ body: [UInt8]) throws(CofferError) -> KeyTextUnlocker {
+        if let dup = JSONDuplicateKeys.first(in: body) {
+            throw CofferError(.invalidJSON, "the request body has a duplicate key '\(dup)'")
+        }
+        let request: UnsealRequest
+        do { request = try JSONDecoder().decode(UnsealRequest.self, from: Data(body)) } catch let e as StrictKeys.UnknownField {
+            throw CofferError(.unknownField, e.description)
+        } catch {
+            throw CofferError(.invalidJSON, "the body must be {\"key\": \"coffer-root-key-v1:…\"} or empty")
+        }
+        guard let key = request.key else { throw CofferError(.invalidParameter, "field 'key' is required when a body is given") }
+        return KeyTextUnlocker(text: Array(key.utf8))
+    }
+
+    static func readBody(_ request: Request, limit: Int) async throws(CofferError) -> [UInt8] {
+        var out: [UInt8] = []
+        do {
+            for try await chunk in request.body {
+                guard out.count + chunk.readableBytes <= limit else { throw CofferError(.bodyTooLarge, "the request body is larger than \(limit) bytes") }
+                out += chunk.readableBytesView
+            }
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.malformedRequest, "the request body could not be read")
+        }
+        return out
+    }
+}

@@ -1,0 +1,71 @@
+import ArgumentParser
+import CofferAPI
+import CofferClient
+import CofferCore
+import Foundation
+
+struct KeysCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys",
+        abstract: "The keyring: list its keys, add a new active data key (needs admin).",
+        discussion: "A root-key change is offline: `cofferd rekey --new-key-file FILE` with the daemon stopped.",
+        subcommands: [List.self, Rotate.self]
+    )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every key with its purpose and state (never its material).")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            try runReporting {
+                let r = try global.client().keys()
+                if global.format == .json { return try printJSON(r) }
+                var lines = ["root key \(r.rootKeyID)"]
+                for k in r.keys {
+                    lines.append("\(k.id)  \(k.purpose)  \(k.state)  \(k.createdAt)" + (k.purpose == "data" ? "  \(k.versions) versions" : ""))
+                }
+                try printLine(lines.joined(separator: "\n"))
+            }
+        }
+    }
+
+    struct Rotate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a new active data key; the current one turns decrypt-only (what it sealed still opens).")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            try runReporting {
+                let k = try global.client().rotateKey()
+                if global.format == .json { return try printJSON(k) }
+                try printLine("new active data key \(k.id)")
+            }
+        }
+    }
+}
+
+struct UnsealCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unseal",
+        abstract: "Unseal a daemon started sealed (needs admin, by your uid: tokens cannot be checked while sealed).",
+        discussion: """
+            With --key-file the key file's text is sent over the socket (so the key need not rest on the daemon's disk); \
+            without it the daemon reads its configured key file (keys.key_file).
+            """)
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "A root key file to send (it is read here, never passed on a command line).") var keyFile: String?
+
+    func run() throws {
+        try runReporting {
+            var text: [UInt8]?
+            if let keyFile {
+                guard let fh = FileHandle(forReadingAtPath: keyFile) else {
+                    throw CofferError(.invalidParameter, "cannot read \(keyFile)", hint: "the key file is mode 0400: run as its owner")
+                }
+                defer { try? fh.close() }
+                text = Array((try? fh.read(upToCount: 4096)) ?? Data())
+            }
+            let r = try global.client().unseal(keyText: text)
+            if global.format == .json { return try printJSON(r) }
+            try printLine(r.unsealedNow ? "unsealed (root key \(r.keyID))" : "already unsealed (root key \(r.keyID))")
+        }
+    }
+}
