@@ -198,6 +198,9 @@ final class Daemon {
 
     var pid: Int32? { process?.processIdentifier }
 
+    /// Takes over a daemon process started elsewhere (other flags).
+    func adopt(_ p: Process) { process = p }
+
     /// Starts `cofferd serve` and waits until health answers.
     func start() throws {
         let p = try launch()
