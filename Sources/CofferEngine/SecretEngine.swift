@@ -145,10 +145,6 @@ public final class SecretEngine: Sendable {
         return p
     }
 
-    /// A decision recorded on the ticket, nothing done (before a body is parsed).
-    public func authorize(_ p: Principal, _ action: Action, _ path: SecretPath?, ticket: AuditTicket) throws(CofferError) {
-        _ = try gate.check(ticket, p, action, path)
-    }
 
     /// What the live policy says, recording nothing (for answers like status).
     public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision { gate.decide(p, action, path) }
@@ -262,16 +258,21 @@ public final class SecretEngine: Sendable {
     /// The decision the live policy would make for a subject, touching no secret.
     public func explain(_ p: Principal, as subject: Subject, capability: Capability, path: String,
                         ticket: AuditTicket? = nil) async throws(CofferError) -> Explanation {
-        try await gate.perform(ticket, p, .admin, nil, named: "policy_explain") { _ async throws(CofferError) in
-            guard let who = principals.principal(as: subject) else {
-                throw CofferError(.notFound, "no such \(subject)")
-            }
-            let target: String
-            if path.isEmpty || path == "/" { target = "" } else { target = try SecretPath(path).rawValue }
-            let policy = policies.policy
-            let roles = policy.roleNames(for: who)
-            return Explanation(subject: who, roles: roles, decision: policy.decide(roles: roles, capability: capability, path: target))
+        try await gate.perform(ticket, p, .admin, nil, named: "policy_explain") { g async throws(CofferError) in
+            try explanation(g, as: subject, capability: capability, path: path)
         }
+    }
+
+    /// The work of explain, for a caller the gate let through (admin).
+    public func explanation(_ g: Grant, as subject: Subject, capability: Capability, path: String) throws(CofferError) -> Explanation {
+        guard let who = principals.principal(as: subject) else {
+            throw CofferError(.notFound, "no such \(subject)")
+        }
+        let target: String
+        if path.isEmpty || path == "/" { target = "" } else { target = try SecretPath(path).rawValue }
+        let policy = policies.policy
+        let roles = policy.roleNames(for: who)
+        return Explanation(subject: who, roles: roles, decision: policy.decide(roles: roles, capability: capability, path: target))
     }
 
     // MARK: audit trail

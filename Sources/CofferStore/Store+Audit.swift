@@ -95,7 +95,11 @@ extension Store {
             out.append(e)
         }
         let head = (seq: seq, hash: prev)
-        db.afterNextTransaction(onCommit: { _ in
+        db.afterNextTransaction(onCommit: { db in
+            // GRDB keeps a next-transaction observer whose COMMIT failed (a full disk)
+            // and fires it at the next commit of anything: trust the head only when
+            // the database really ends there.
+            guard let (s, h) = try? Store.auditHead(db), s == head.seq, h == head.hash else { return }
             self.trustedHead.withLock { t in if t != nil { t = head } }
         })
         return out

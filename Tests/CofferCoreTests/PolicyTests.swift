@@ -1,3 +1,4 @@
+import Foundation
 import CofferCore
 import Testing
 
@@ -45,40 +46,23 @@ func principal(_ uid: UInt32, _ user: String?, groups: [String] = [], token: Tok
     }
 }
 
-let ciPolicy = """
-    [role.admin]
-    [[role.admin.rule]]
-    path = "**"
-    capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+/// The shared policy fixture (Tests/Fixtures/policy): the same file and decision
+/// table drive this unit test and the end-to-end PolicyFixtureTests.
+enum PolicyFixture {
+    static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/policy")
+    static let ciPolicy = try! String(contentsOf: dir.appendingPathComponent("ci.toml"), encoding: .utf8)  // a fixture file under test
 
-    [role.ci-build]
-    max_ttl = "1h"
-    [[role.ci-build.rule]]
-    path = "ci/**"
-    capabilities = ["read", "list"]
-    [[role.ci-build.rule]]
-    path = "ci/*/prod/**"
-    capabilities = ["read"]
-    effect = "deny"
+    /// subject, capability, path, allowed, deciding rule (prefix): one case per line.
+    static var cases: [(subject: String, capability: String, path: String, allowed: Bool, rule: String)] {
+        let text = try! String(contentsOf: dir.appendingPathComponent("ci-cases.tsv"), encoding: .utf8)
+        return text.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { line in
+            let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            return (f[0], f[1], f[2] == "-" ? "" : f[2], f[3] == "allow", f[4])
+        }
+    }
+}
 
-    [role.deployer]
-    max_ttl = "15m"
-    [[role.deployer.rule]]
-    path = "ci/*/prod/**"
-    capabilities = ["read", "write"]
-
-    [[bind]]
-    subjects = ["uid:0", "group:coffer-admin"]
-    roles = ["admin"]
-
-    [[bind]]
-    subjects = ["user:jenkins", "group:ci"]
-    roles = ["ci-build"]
-
-    [[bind]]
-    subjects = ["uid:1500"]
-    roles = ["deployer", "ci-build"]
-    """
+let ciPolicy = PolicyFixture.ciPolicy
 
 @Suite struct PolicyTests {
     static let policy = try! Policy.parse(ciPolicy, file: "policy.toml")  // a constant under test
@@ -107,6 +91,23 @@ let ciPolicy = """
         let d = PolicyEvaluator.decide(Self.policy, p, action, path.isEmpty ? nil : try SecretPath(path))
         #expect(d.allowed == allowed, "\(d.rule)")
         #expect(d.rule.hasPrefix(rule), "\(d.rule)")
+    }
+
+    /// The shared decision table, as the resolver builds subjects (uid:N, group:NAME).
+    @Test func sharedDecisionTable() throws {
+        let cases = PolicyFixture.cases
+        #expect(cases.count >= 10)
+        for c in cases {
+            let p: Principal
+            if c.subject.hasPrefix("uid:") {
+                p = principal(UInt32(c.subject.dropFirst(4))!, nil)
+            } else {
+                p = Principal(pid: 0, uid: UInt32.max - 1, gid: UInt32.max - 1, userName: nil, groups: [], groupNames: [String(c.subject.dropFirst(6))])
+            }
+            let action = try #require(Action(rawValue: c.capability))
+            let d = PolicyEvaluator.decide(Self.policy, p, action, c.path.isEmpty ? nil : try SecretPath(c.path))
+            #expect(d.allowed == c.allowed && d.rule.hasPrefix(c.rule), "\(c): \(d.rule)")
+        }
     }
 
     @Test func tokensReplaceThePeersRolesAndNarrowPaths() throws {

@@ -24,28 +24,29 @@ extension APIResponder {
     func auditEvents(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
-        // Nothing of the query is parsed for a caller who may not read the trail.
-        try engine.authorize(principal, .audit, nil, ticket: i.ticket)
-        let q = i.request.uri.queryParameters
-        var f = AuditFilter()
-        f.limit = 1000
-        if let v = q["after"] { guard let n = Self.digits(v, as: Int64.self) else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
-        if let v = q["limit"] { guard let n = Self.digits(v, as: Int.self), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
-        if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
-        if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
-        if let v = q["user"] { f.user = String(v.prefix(256)) }
-        if let v = q["uid"] { guard let n = Self.digits(v, as: UInt32.self), n != UInt32.max else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
-        if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
-        if let v = q["action"] { f.action = String(v.prefix(64)) }
-        if let v = q["decision"] {
-            let known: [AuditDecision] = [.allow, .deny, .none, .needsApproval, .needsFreshLogin]
-            guard let d = known.first(where: { $0.rawValue == v }) else {
-                throw CofferError(.invalidParameter, "decision must be one of " + known.map(\.rawValue).joined(separator: ", "))
+        // One decision, then the query: nothing of it is parsed for a caller who may not read the trail.
+        let (events, limit) = try await engine.gate.perform(i.ticket, principal, .audit, nil, named: "audit_read") { g async throws(CofferError) in
+            let q = i.request.uri.queryParameters
+            var f = AuditFilter()
+            f.limit = 1000
+            if let v = q["after"] { guard let n = Self.digits(v, as: Int64.self) else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
+            if let v = q["limit"] { guard let n = Self.digits(v, as: Int.self), (1...10000).contains(n) else { throw CofferError(.invalidParameter, "limit must be 1...10000") }; f.limit = n }
+            if let v = q["since"] { f.since = try Self.parseTime(String(v), "since") }
+            if let v = q["until"] { f.until = try Self.parseTime(String(v), "until") }
+            if let v = q["user"] { f.user = String(v.prefix(256)) }
+            if let v = q["uid"] { guard let n = Self.digits(v, as: UInt32.self), n != UInt32.max else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
+            if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
+            if let v = q["action"] { f.action = String(v.prefix(64)) }
+            if let v = q["decision"] {
+                let known: [AuditDecision] = [.allow, .deny, .none, .needsApproval, .needsFreshLogin]
+                guard let d = known.first(where: { $0.rawValue == v }) else {
+                    throw CofferError(.invalidParameter, "decision must be one of " + known.map(\.rawValue).joined(separator: ", "))
+                }
+                f.decision = d
             }
-            f.decision = d
+            return (try engine.trail.events(g, f), f.limit)
         }
-        let events = try await engine.auditEvents(principal, f, ticket: i.ticket)
-        return ErrorMapping.json(AuditEventsResponse(events: events, nextAfter: events.count == f.limit ? events.last?.seq : nil))
+        return ErrorMapping.json(AuditEventsResponse(events: events, nextAfter: events.count == limit ? events.last?.seq : nil))
     }
 
     func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
@@ -76,12 +77,15 @@ extension APIResponder {
     func auditPrune(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .audit, nil, ticket: i.ticket)
-        try engine.authorize(principal, .admin, nil, ticket: i.ticket)
-        guard let body: AuditPruneRequest = try await decodeBody(i.request, i.context, required: true) else {
-            throw CofferError(.invalidJSON, "a JSON body is required")
+        // audit, then admin, then the body: one decision each, recorded on the ticket
+        let removed = try await engine.gate.perform(i.ticket, principal, .audit, nil, named: "audit_prune") { g async throws(CofferError) in
+            _ = try engine.gate.check(g.ticket, principal, .admin, nil)
+            guard let body: AuditPruneRequest = try await decodeBody(i.request, i.context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            return try await engine.trail.prune(g, through: body.throughSeq)
         }
-        return ErrorMapping.json(AuditPruneResponse(removed: try await engine.auditPrune(principal, through: body.throughSeq, ticket: i.ticket)))
+        return ErrorMapping.json(AuditPruneResponse(removed: removed))
     }
 
     func auditPublicKey(_ i: RouteInput) async throws(CofferError) -> Response {

@@ -47,16 +47,18 @@ extension APIResponder {
     func explain(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        try engine.authorize(principal, .admin, nil, ticket: i.ticket)  // nothing of the body is parsed before
-        guard let body: ExplainRequest = try await decodeBody(i.request, i.context, required: true) else {
-            throw CofferError(.invalidJSON, "a JSON body is required")
+        // one decision, then the body: nothing of it is parsed for a caller who is no admin
+        let (subject, e) = try await engine.gate.perform(i.ticket, principal, .admin, nil, named: "policy_explain") { g async throws(CofferError) in
+            guard let body: ExplainRequest = try await decodeBody(i.request, i.context, required: true) else {
+                throw CofferError(.invalidJSON, "a JSON body is required")
+            }
+            let subject = try Subject(body.subject)
+            guard let cap = Capability(rawValue: body.capability) else {
+                throw CofferError(.invalidParameter, "unknown capability '\(body.capability.prefix(32))'",
+                                  hint: Capability.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            return (subject, try engine.explanation(g, as: subject, capability: cap, path: body.path))
         }
-        let subject = try Subject(body.subject)
-        guard let cap = Capability(rawValue: body.capability) else {
-            throw CofferError(.invalidParameter, "unknown capability '\(body.capability.prefix(32))'",
-                              hint: Capability.allCases.map(\.rawValue).joined(separator: ", "))
-        }
-        let e = try await engine.explain(principal, as: subject, capability: cap, path: body.path, ticket: i.ticket)
         return ErrorMapping.json(ExplainResponse(subject: subject.description, uid: e.subject.uid == UInt32.max - 1 ? nil : e.subject.uid,
                                                  roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule))
     }
