@@ -1,0 +1,73 @@
+import CofferCore
+import CofferEngine
+@testable import CofferServer
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Testing
+
+/// The sealed daemon in process: which routes answer, who may unseal, and that the
+/// same responder serves the tables once open.
+@Suite struct SealedResponderTests {
+    @Test func sealedUntilAnAdminUnseals() async throws {
+        let dir = NSTemporaryDirectory() + "coffer-sealed-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = CofferConfig.dev(directory: dir, uid: 1000)
+        config.policyFile = nil
+        try KeyFile.create(at: config.keyFile)
+        let logger = Logger(label: "test")
+        let policies = try PolicyStore(path: nil, fallback: Policy.adminOnly(uids: [1000], group: nil), logger: logger)
+        // initialise the database first (as `cofferd init` does), then start sealed over it
+        _ = try await SecretEngine.open(config: config, unlocker: KeyFileUnlocker(path: config.keyFile), policies: policies, logger: logger)
+        let cfg = config
+        let host = EngineHost(sealed: { unlocker throws(CofferError) in
+            let e = try await SecretEngine.open(config: cfg, unlocker: unlocker, policies: policies, logger: logger, create: false)
+            Task.detached { await e.runAuditWriter() }
+            return e
+        }, unlocker: KeyFileUnlocker(path: config.keyFile), policies: policies)
+        let responder = CofferResponder(host: host, settings: .init(config: config), logger: logger)
+
+        func send(_ method: HTTPRequest.Method, _ path: String, body: String = "", uid: UInt32 = 1000) async throws -> (Int, String) {
+            let request = Request(head: HTTPRequest(method: method, scheme: nil, authority: "coffer", path: path),
+                                  body: .init(buffer: ByteBuffer(string: body)))
+            let context = CofferRequestContext(peer: PeerCredentials(pid: 42, uid: uid, gid: uid), logger: logger)
+            let response = try await responder.respond(to: request, context: context)
+            final class Box: @unchecked Sendable { var bytes = ByteBuffer() }
+            struct Collector: ResponseBodyWriter {
+                let box: Box
+                mutating func write(_ buffer: ByteBuffer) async throws { box.bytes.writeImmutableBuffer(buffer) }
+                consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+            }
+            let box = Box()
+            try await response.body.write(Collector(box: box))
+            return (Int(response.status.code), String(buffer: box.bytes))
+        }
+
+        var (code, body) = try await send(.get, "/v1/sys/health")
+        #expect(code == 200 && body.contains(#""sealed":true"#), "\(body)")
+        (code, body) = try await send(.get, "/v1/sys/status")
+        #expect(code == 200 && body.contains(#""sealed":true"#) && !body.contains("secrets"), "\(body)")
+        for (m, p) in [(HTTPRequest.Method.get, "/v1/secrets/data/a/b"), (.put, "/v1/secrets/data/a/b"), (.get, "/v1/sys/keys"),
+                       (.post, "/v1/tokens"), (.get, "/v1/audit/events"), (.get, "/nowhere")] {
+            (code, body) = try await send(m, p)
+            #expect(code == 503 && body.contains(#""code":"sealed""#), "\(m) \(p): \(code) \(body)")
+        }
+        (code, body) = try await send(.post, "/v1/sys/unseal", uid: 4242)
+        #expect(code == 403, "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal", body: #"{"key":"coffer-root-key-v1:00"}"#)
+        #expect(code == 422 && host.isSealed, "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal", body: String(repeating: "x", count: 5000))
+        #expect(code == 413 && host.isSealed, "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal")
+        #expect(code == 200 && body.contains(#""unsealed_now":true"#) && !host.isSealed, "\(body)")
+        (code, body) = try await send(.put, "/v1/secrets/data/a/b", body: #"{"value":"v"}"#)
+        #expect(code == 200, "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal")
+        #expect(code == 200 && body.contains(#""unsealed_now":false"#), "\(body)")
+        (code, body) = try await send(.get, "/v1/audit/events?action=unseal")
+        #expect(code == 200 && body.components(separatedBy: #""action":"unseal""#).count == 3, "\(body)")
+    }
+}
