@@ -1,3 +1,4 @@
+public import CofferAudit
 public import CofferCore
 import Foundation
 import Synchronization
@@ -23,6 +24,10 @@ public final class EngineHost: Sendable {
     public let configuredUnlocker: (any Unlocker)?
     public let policies: PolicyStore
     let principals = PrincipalResolver()
+    /// What was asked while sealed (no trail to write to yet): appended to the
+    /// trail as soon as it opens, oldest first; bounded, with a count of the dropped.
+    private let sealedEvents = Mutex<(events: [AuditEvent], dropped: Int)>(([], 0))
+    static let maxSealedEvents = 1000
     private let openedStream: AsyncStream<SecretEngine>
     private let openedContinuation: AsyncStream<SecretEngine>.Continuation
 
@@ -62,10 +67,17 @@ public final class EngineHost: Sendable {
         return engine
     }
 
+    /// Holds an event of a request answered while sealed, for the trail to come.
+    public func recordWhileSealed(_ event: AuditEvent) {
+        sealedEvents.withLock { s in
+            if s.events.count < Self.maxSealedEvents { s.events.append(event) } else { s.dropped += 1 }
+        }
+    }
+
     /// What the live policy decides for a peer's admin capability (who may unseal).
-    public func unsealDecision(pid: Int32, uid: UInt32, gid: UInt32) -> (Principal, Decision) {
+    public func unsealDecision(pid: Int32, uid: UInt32, gid: UInt32, action: Action = .admin) -> (Principal, Decision) {
         let p = principals.principal(pid: pid, uid: uid, gid: gid)
-        return (p, policies.authorize(p, .admin, nil))
+        return (p, policies.authorize(p, action, nil))
     }
 
     /// Opens the engine with the unlocker's root key (one attempt at a time; a wrong
@@ -87,6 +99,17 @@ public final class EngineHost: Sendable {
         guard let opener else { throw CofferError(.internal, "no way to open the engine") }
         do {
             let e = try await opener(unlocker)
+            let (held, dropped) = sealedEvents.withLock { s in
+                defer { s = ([], 0) }
+                return (s.events, s.dropped)
+            }
+            for ev in held { e.recordRefusal(ev) }
+            if dropped > 0 {
+                var summary = AuditEvent.draft(time: e.nowMillis(), requestID: "sealed", peerPID: 0, peerUID: UInt32.max, method: "-",
+                                               action: "sealed_requests_dropped", path: nil, status: 503, errorCode: CofferError.Code.sealed.rawValue)
+                summary.details["dropped"] = .number(Int64(dropped))
+                e.recordRefusal(summary)
+            }
             state.withLock { $0 = .open(e) }
             openedContinuation.yield(e)
             openedContinuation.finish()

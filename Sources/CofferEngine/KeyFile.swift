@@ -47,6 +47,15 @@ public enum KeyFile {
             unlink(path)
             throw CofferError(.keyFile, "cannot write the key file \(path)")
         }
+        // the directory entry too: a database re-sealed under a key whose name was
+        // lost to a power cut would be lost with it
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0, fsync(dfd) == 0 else {
+            if dfd >= 0 { close(dfd) }
+            unlink(path)
+            throw CofferError(.keyFile, "cannot sync the key directory \(dir)")
+        }
+        close(dfd)
     }
 
     /// Loads the root key. Refuses a missing file, a symlink, a file readable or

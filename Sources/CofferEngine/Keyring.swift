@@ -187,6 +187,7 @@ public final class Keyring: Sendable {
         let id = Hex.encode(Hashing.randomBytes(8))
         let record = KeyRecord(keyID: id, purpose: .data, state: .active, createdAt: now, rootKeyID: root.keyID,
                                sealed: try root.seal(key, id: id, purpose: .data))
+        ticket.update { $0.details["key_id"] = .text(id) }  // the event names the key it made
         try await store.addActiveKey(record, guard: tokenGuard, ticket: ticket)
         dataKeys.withLock {
             $0.open[id] = key
@@ -215,11 +216,23 @@ public final class Keyring: Sendable {
 
     /// A root-key change (offline: the daemon is stopped): every keyring key and the
     /// audit signing key re-sealed under `newRoot`. Versions and tokens stay as they are.
-    public static func changeRoot(store: Store, from old: RootKey, to newRoot: RootKey, now: Int64) throws(CofferError) {
+    static func changeRoot(store: Store, from old: RootKey, to newRoot: RootKey, now: Int64) throws(CofferError) -> SecretEngine.RootKeyChange {
         guard old.keyID != newRoot.keyID else { throw CofferError(.keyFile, "the new root key is the current one") }
         do {
             var resealed: [(keyID: String, sealed: Data)] = []
-            for r in try store.keyRecords() {
+            var records = try store.keyRecords()
+            // The data key carried over from before the keyring is the old root key
+            // itself: it must not stay the active one (new versions get a fresh key).
+            let legacy = records.first { $0.keyID == old.keyID && $0.purpose == .data }
+            var fresh: KeyRecord?
+            if let legacy, legacy.state == .active {
+                let key = try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: AEAD.keyBytes) }
+                let id = Hex.encode(Hashing.randomBytes(8))
+                fresh = KeyRecord(keyID: id, purpose: .data, state: .active, createdAt: now, rootKeyID: old.keyID,
+                                  sealed: try old.seal(key, id: id, purpose: .data))
+                records.append(fresh!)
+            }
+            for r in records {
                 guard let sealed = r.sealed, r.rootKeyID == old.keyID else {
                     throw CofferError(.integrity, "keyring key \(r.keyID) is not sealed under the current root key")
                 }
@@ -231,7 +244,16 @@ public final class Keyring: Sendable {
                 let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
                 audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
             }
-            try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed, auditKey: audit)
+            try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed, auditKey: audit,
+                                     demoteLegacy: fresh.map { (legacy: old.keyID, fresh: $0) })
+            // keys derived from the root before the keyring: same values, so the old key still derives them
+            let legacyPurpose = try [KeyRecord.Purpose.tokenHash, .auditMAC].contains { p in
+                guard let r = records.first(where: { $0.purpose == p && $0.state == .active }), let sealed = r.sealed else { return false }
+                let stored = try old.open(sealed, id: r.keyID, purpose: p)
+                let derived = try old.legacyDerived(p)
+                return stored.withUnsafeBytes { a in derived.withUnsafeBytes { b in a.elementsEqual(b) } }
+            }
+            return .init(newRootKeyID: newRoot.keyID, legacyVersions: legacy?.versions ?? 0, legacyPurposeKeys: legacyPurpose)
         } catch let e as CofferError {
             throw e
         } catch {

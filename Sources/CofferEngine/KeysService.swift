@@ -31,6 +31,7 @@ public final class KeysService: Sendable {
     /// A new active data key; the one before turns decrypt-only (what it sealed still opens).
     public func rotateDataKey(_ g: Grant) async throws(CofferError) -> KeyRecord {
         let record: KeyRecord
+        g.ticket.update { $0.details["purpose"] = .text(KeyRecord.Purpose.data.rawValue) }
         do {
             record = try await keyring.addDataKey(store: store, guard: tokens.guardFor(g.principal), ticket: g.ticket, now: clock.nowMillis())
         } catch {

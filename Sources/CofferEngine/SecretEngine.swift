@@ -118,8 +118,17 @@ public final class SecretEngine: Sendable {
     /// A root-key change, offline (the caller holds the state lock): the keyring and
     /// the audit signing key are re-sealed under the new key in one transaction.
     /// Secret versions and tokens are untouched. Returns the new root key's id.
+    public struct RootKeyChange: Sendable {
+        public var newRootKeyID: String
+        /// Versions still wrapped by the data key carried over from before the keyring
+        /// (the old root key itself), which the old key therefore still opens.
+        public var legacyVersions: Int
+        /// The token-hash and audit MAC keys were carried over (derived from the old root).
+        public var legacyPurposeKeys: Bool
+    }
+
     public static func changeRootKey(config: CofferConfig, from old: any Unlocker, to new: any Unlocker,
-                                     clock: any WallClock = SystemWallClock()) throws(CofferError) -> String {
+                                     clock: any WallClock = SystemWallClock()) throws(CofferError) -> RootKeyChange {
         let oldRoot = try RootKey.unlock(old, databasePath: config.resolvedDatabasePath)
         let newRoot = RootKey(try new.rootKey())
         let store: Store
@@ -127,8 +136,7 @@ public final class SecretEngine: Sendable {
             throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
         }
         _ = try Keyring.load(root: oldRoot, store: store, now: clock.nowMillis())  // completes a keyring from before first
-        try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
-        return newRoot.keyID
+        return try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
     }
 
     // MARK: who is calling
@@ -313,8 +321,16 @@ public final class SecretEngine: Sendable {
 
     /// Unseal on an open daemon: nothing to do; admins learn the root key's id. Also
     /// the event of a real unseal (the sealed daemon had no trail to write it to).
-    public func confirmUnsealed(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> String {
-        try await gate.perform(ticket, p, .admin, nil, named: "unseal") { _ async throws(CofferError) in keyring.rootKeyID }
+    public func confirmUnsealed(_ p: Principal, unlocker: String? = nil, key: (any Unlocker)? = nil,
+                                ticket: AuditTicket? = nil) async throws(CofferError) -> String {
+        try await gate.perform(ticket, p, .admin, nil, named: "unseal") { g async throws(CofferError) in
+            if let unlocker { g.ticket.update { $0.details["unlocker"] = .text(unlocker) } }
+            // a key given to an open daemon is checked, not ignored: it must be this root key
+            if let key, RootKey(try key.rootKey()).keyID != keyring.rootKeyID {
+                throw CofferError(.invalidParameter, "that key does not open this database")
+            }
+            return keyring.rootKeyID
+        }
     }
 
     // MARK: the server's side of audit

@@ -143,10 +143,21 @@ public struct APIResponder: HTTPResponder {
 
     func noQuery(_ request: Request, allowed: Set<String>) throws(CofferError) {
         guard request.uri.query != nil else { return }
-        for (k, _) in request.uri.queryParameters where !allowed.contains(String(k)) {
-            throw CofferError(.invalidParameter, "unknown query parameter '\(k.prefix(64))'",
-                              hint: allowed.isEmpty ? "this route takes no query parameters" : "allowed: \(allowed.sorted().joined(separator: ", "))")
+        var seen = Set<String>()
+        for (k, _) in request.uri.queryParameters {
+            guard allowed.contains(String(k)) else {
+                throw CofferError(.invalidParameter, "unknown query parameter '\(k.prefix(64))'",
+                                  hint: allowed.isEmpty ? "this route takes no query parameters" : "allowed: \(allowed.sorted().joined(separator: ", "))")
+            }
+            // one value each: `after=1&after=2` is not silently half-read
+            guard seen.insert(String(k)).inserted else { throw CofferError(.invalidParameter, "query parameter '\(k.prefix(64))' is given twice") }
         }
+    }
+
+    /// For routes that take no body: any body is an error.
+    func noBody(_ request: Request, _ context: Context) async throws(CofferError) {
+        let body = try await CofferResponder.readBody(request, limit: 4096)
+        guard body.isEmpty else { throw CofferError(.invalidParameter, "this route takes no request body") }
     }
 
     /// Reads and strictly decodes a JSON body within the configured size bound.

@@ -1,4 +1,5 @@
 import CofferAPI
+import CofferAudit
 import CofferCore
 import CofferCrypto
 public import CofferEngine
@@ -29,13 +30,34 @@ public struct CofferResponder: HTTPResponder {
             return try await APIResponder(engine: engine, settings: settings).respond(to: request, context: context)
         }
         var response: Response
+        let requestID = Hex.encode(Hashing.randomBytes(8))
+        var failure: CofferError?
         do throws(CofferError) {
             response = try await sealed(request, context)
         } catch {
+            failure = error
             response = APIResponder.errorResponse(error, context)
         }
-        response.headers[APIResponder.requestIDHeader] = Hex.encode(Hashing.randomBytes(8))
+        response.headers[APIResponder.requestIDHeader] = requestID
+        // every request but health leaves an event, appended once the trail opens (a
+        // successful unseal writes its own, through the opened engine)
+        let path = request.uri.path
+        if path != "/v1/sys/health", !(path == "/v1/sys/unseal" && failure == nil) {
+            var e = AuditEvent.draft(time: Int64(Date().timeIntervalSince1970 * 1000), requestID: requestID, peerPID: context.peer?.pid ?? 0,
+                                     peerUID: context.peer?.uid ?? UInt32.max, method: request.method.rawValue,
+                                     action: Self.sealedAction(path), path: nil, status: Int(response.status.code), errorCode: failure?.code.rawValue)
+            e.details["sealed"] = .text("answered while sealed")
+            host.recordWhileSealed(e)
+        }
         return response
+    }
+
+    static func sealedAction(_ path: String) -> String {
+        switch path {
+        case "/v1/sys/unseal": "unseal"
+        case "/v1/sys/status": "status"
+        default: "sealed_refusal"
+        }
     }
 
     func sealed(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
@@ -44,7 +66,10 @@ public struct CofferResponder: HTTPResponder {
         case ("/v1/sys/health", .get), ("/v1/sys/health", .head):
             return ErrorMapping.json(HealthResponse(status: "sealed", sealed: true, version: CofferVersion.string, audit: "sealed"))
         case ("/v1/sys/status", .get):
-            let (p, d) = try caller(request, context)
+            guard request.uri.query == nil else { throw CofferError(.invalidParameter, "this route takes no query parameters") }
+            let (p, d) = try caller(request, context, action: .status)
+            // as when open: any caller holding a role, nobody else
+            guard d.allowed else { throw CofferError(.permissionDenied, "status needs a role", hint: d.rule) }
             return ErrorMapping.json(StatusResponse(
                 version: CofferVersion.string, sealed: true, devMode: settings.config.devMode, uptimeSeconds: 0, secrets: nil, keyID: nil,
                 activeKeyID: nil, durability: settings.config.durability.rawValue, maxValueBytes: settings.config.maxValueBytes,
@@ -59,12 +84,12 @@ public struct CofferResponder: HTTPResponder {
 
     /// The peer as the kernel names it, and what the live policy says about its admin
     /// capability. A token cannot be checked while sealed (its hash key is sealed).
-    func caller(_ request: Request, _ context: Context) throws(CofferError) -> (Principal, Decision) {
+    func caller(_ request: Request, _ context: Context, action: Action = .admin) throws(CofferError) -> (Principal, Decision) {
         guard let peer = context.peer else { throw CofferError(.unauthenticated, "the caller's peer credentials are unknown") }
         if request.headers[APIResponder.tokenHeader] != nil || request.headers[.authorization] != nil {
             throw CofferError(.sealed, "tokens cannot be checked while cofferd is sealed", hint: "unseal as an admin user, without a token")
         }
-        return host.unsealDecision(pid: peer.pid, uid: peer.uid, gid: peer.gid)
+        return host.unsealDecision(pid: peer.pid, uid: peer.uid, gid: peer.gid, action: action)
     }
 
     func unseal(_ request: Request, _ context: Context) async throws(CofferError) -> Response {
@@ -89,7 +114,7 @@ public struct CofferResponder: HTTPResponder {
             let (engine, now) = try await host.unseal(with: unlocker)
             logger.notice("unsealed", metadata: ["peer.uid": "\(p.uid)", "unlocker": "\(unlocker.description)"])
             // the trail exists now: the unseal is its first event by this caller
-            let keyID = try await engine.confirmUnsealed(p)
+            let keyID = try await engine.confirmUnsealed(p, unlocker: unlocker.description)
             return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: now, keyID: keyID))
         } catch {
             logger.warning("unseal failed", metadata: ["peer.uid": "\(p.uid)", "error.code": "\(error.code.rawValue)"])

@@ -141,9 +141,13 @@ extension Store {
     /// new root, whose check replaces the old one. All or nothing; secret versions
     /// and tokens are untouched (they depend on the keys, not on the root).
     public func replaceRootKey(oldID: String, newID: String, check: Data, now: Int64,
-                               keys: [(keyID: String, sealed: Data)], auditKey: Data?) throws {
+                               keys: [(keyID: String, sealed: Data)], auditKey: Data?, demoteLegacy: (legacy: String, fresh: KeyRecord)? = nil) throws {
         try pool.write { db in
             try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
+            if let d = demoteLegacy {
+                try db.execute(sql: "UPDATE keyring SET state = 'decrypt-only' WHERE key_id = ? AND state = 'active'", arguments: [d.legacy])
+                try Store.insertKey(db, d.fresh)  // sealed under the old root here, re-sealed below with the rest
+            }
             for k in keys {
                 try db.execute(sql: "UPDATE keyring SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
                                arguments: [k.sealed, newID, k.keyID, oldID])

@@ -224,20 +224,32 @@ struct Rekey: AsyncParsableCommand {
             try hardenProcess()
             let c = try loadConfig(config)
             try StateChecks.installed(configFile: config, c)
-            let lock = try StateLock(stateDir: c.stateDir)  // refuses while a daemon runs
-            defer { withExtendedLifetime(lock) {} }
+            // the same locks as serve: refuses while a daemon runs on this state or database
+            let lock = try StateLock(stateDir: c.stateDir)
+            let dbDir = (c.resolvedDatabasePath as NSString).deletingLastPathComponent
+            let dbLock = dbDir == c.stateDir ? nil : try StateLock(stateDir: dbDir)
+            defer { withExtendedLifetime((lock, dbLock)) {} }
             // the old key must open the database before a new one is made
             _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), databasePath: c.resolvedDatabasePath)
             try KeyFile.create(at: newKeyFile)
-            let newID: String
+            let change: SecretEngine.RootKeyChange
             do {
-                newID = try SecretEngine.changeRootKey(config: c, from: KeyFileUnlocker(path: c.keyFile), to: KeyFileUnlocker(path: newKeyFile))
+                // where serve would refuse the key, nothing is re-sealed under it
+                try FileTrust.check(newKeyFile, "new key file")
+                change = try SecretEngine.changeRootKey(config: c, from: KeyFileUnlocker(path: c.keyFile), to: KeyFileUnlocker(path: newKeyFile))
             } catch {
                 unlink(newKeyFile)
                 throw error
             }
-            print("cofferd: the keyring is now sealed under \(newKeyFile) (root key id \(newID)); set keys.key_file to it")
-            print("cofferd: the old key file \(c.keyFile) no longer opens the database")
+            print("cofferd: the keyring is now sealed under \(newKeyFile) (root key id \(change.newRootKeyID)); set keys.key_file to it")
+            if change.legacyVersions == 0 && !change.legacyPurposeKeys {
+                print("cofferd: the old key file \(c.keyFile) no longer opens the database")
+            } else {
+                print("cofferd: the old key no longer unlocks the database, but it is not yet shut out: this database predates the keyring,")
+                print("cofferd: so the old key is still the data key of \(change.legacyVersions) secret versions (now decrypt-only; new versions use a new data key)")
+                if change.legacyPurposeKeys { print("cofferd: and the token-hash and audit MAC keys are still derivable from it (they are carried over so tokens stay valid)") }
+                print("cofferd: keep the old key file as secret as the new one; rewrite or destroy those versions to end its reach")
+            }
         } catch let e as CofferError {
             throw fail(e)
         }

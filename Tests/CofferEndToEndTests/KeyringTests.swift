@@ -96,7 +96,11 @@ import Testing
         #expect(r.status == 0 && r.out.contains("already unsealed"), "\(r.out)")
         // the unseal is in the trail, by the admin's uid, and the trail verifies
         let events = json(try d.curl("GET", "/v1/audit/events?action=unseal").1)["events"] as? [[String: Any]] ?? []
-        #expect(events.count == 2 && events.allSatisfy { ($0["peer"] as? [String: Any])?["uid"] as? Int == Int(getuid()) }, "\(events)")
+        let done = events.filter { $0["status"] as? Int == 200 }
+        #expect(done.count == 2 && done.allSatisfy { ($0["peer"] as? [String: Any])?["uid"] as? Int == Int(getuid()) }, "\(events)")
+        // the attempts made while sealed were kept and appended at unseal: the stranger's 403 too
+        #expect(events.contains { $0["status"] as? Int == 403 && ($0["peer"] as? [String: Any])?["uid"] as? Int == Int(TestUser.nonAdmin.uid) }, "\(events)")
+        #expect(events.filter { $0["status"] as? Int == 422 }.count >= 2, "\(events)")
         #expect(try d.coffer(["audit", "verify"]).status == 0)
         d.stop()
 
@@ -125,8 +129,15 @@ import Testing
         #expect(r.status != 0 && r.stderr.contains("another cofferd"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: newKey))
         d.stop()
+        // a key where serve would refuse it (a directory another user owns): nothing is re-sealed
+        let untrusted = d.dir + "/theirs"
+        try FileManager.default.createDirectory(atPath: untrusted, withIntermediateDirectories: false)
+        chown(untrusted, TestUser.nonAdmin.uid, TestUser.nonAdmin.gid)
+        r = try run(Bins.cofferd, ["rekey", "--config", d.configPath, "--new-key-file", untrusted + "/k.key"])
+        #expect(r.status != 0 && r.stderr.contains("owned by uid"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: untrusted + "/k.key"))
         r = try run(Bins.cofferd, ["rekey", "--config", d.configPath, "--new-key-file", newKey])
-        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.status == 0 && r.out.contains("no longer opens the database"), "\(r.stderr)")
         // the old key no longer opens the database
         let old = try d.launch()
         #expect(try d.waitForExit() != 0)

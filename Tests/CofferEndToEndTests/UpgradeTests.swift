@@ -50,5 +50,25 @@ import Testing
         try d.start()
         #expect(try d.coffer(["secret", "get", "new/s3"]).out == "n3")
         #expect(try d.coffer(["audit", "verify"]).status == 0)
+        // old events keep the hash encoding they were written with; new ones are format 2
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_event WHERE seq <= 9 AND format = 1;") == "9")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_event WHERE seq > 9 AND format <> 2;") == "0")
+        // the root key was the data key then: a root-key change says the old key still
+        // opens those versions, and moves new ones to a fresh data key
+        d.stop()
+        let newKey = d.dir + "/keys/after-upgrade.key"
+        let r = try run(Bins.cofferd, ["rekey", "--config", d.configPath, "--new-key-file", newKey])
+        #expect(r.status == 0 && r.out.contains("not yet shut out") && r.out.contains("token-hash and audit MAC keys"), "\(r.out) \(r.stderr)")
+        var config = try String(contentsOfFile: d.configPath, encoding: .utf8)
+        config = config.replacingOccurrences(of: d.keyPath, with: newKey)
+        try config.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "ci/app/db", "--version", "1"]).out == "v1-app")
+        #expect(try d.coffer(["secret", "put", "after/rekey"], stdin: Array("fresh".utf8)).status == 0)
+        let legacyID = try sqlite(d.dbPath, "SELECT key_id FROM secret_version v JOIN secret s ON s.id = v.secret_id WHERE s.path = 'ci/app/db' AND v.version = 1;")
+        let newID = try sqlite(d.dbPath, "SELECT key_id FROM secret_version v JOIN secret s ON s.id = v.secret_id WHERE s.path = 'after/rekey';")
+        #expect(legacyID != newID && !newID.isEmpty)
+        #expect(try sqlite(d.dbPath, "SELECT state FROM keyring WHERE key_id = '\(legacyID)';") == "decrypt-only")
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
     }
 }

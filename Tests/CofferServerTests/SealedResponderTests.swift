@@ -50,6 +50,11 @@ import Testing
         #expect(code == 200 && body.contains(#""sealed":true"#), "\(body)")
         (code, body) = try await send(.get, "/v1/sys/status")
         #expect(code == 200 && body.contains(#""sealed":true"#) && !body.contains("secrets"), "\(body)")
+        // as when open: status needs a role, and takes no query
+        (code, body) = try await send(.get, "/v1/sys/status", uid: 4242)
+        #expect(code == 403, "\(body)")
+        (code, body) = try await send(.get, "/v1/sys/status?x=1")
+        #expect(code == 422, "\(body)")
         for (m, p) in [(HTTPRequest.Method.get, "/v1/secrets/data/a/b"), (.put, "/v1/secrets/data/a/b"), (.get, "/v1/sys/keys"),
                        (.post, "/v1/tokens"), (.get, "/v1/audit/events"), (.get, "/nowhere")] {
             (code, body) = try await send(m, p)
@@ -67,7 +72,23 @@ import Testing
         #expect(code == 200, "\(body)")
         (code, body) = try await send(.post, "/v1/sys/unseal")
         #expect(code == 200 && body.contains(#""unsealed_now":false"#), "\(body)")
+        // what was asked while sealed is in the trail now: 3 refused unseals, the real
+        // one, the no-op one; 6 refusals; 3 status calls
         (code, body) = try await send(.get, "/v1/audit/events?action=unseal")
-        #expect(code == 200 && body.components(separatedBy: #""action":"unseal""#).count == 3, "\(body)")
+        #expect(code == 200 && body.components(separatedBy: #""action":"unseal""#).count == 6, "\(body)")
+        #expect(body.contains(#""status":403"#) && body.contains(#""status":413"#) && body.contains(#""unlocker":"key file"#), "\(body)")
+        (code, body) = try await send(.get, "/v1/audit/events?action=sealed_refusal")
+        #expect(body.components(separatedBy: #""code":"sealed""#).count == 1 && body.components(separatedBy: #""error_code":"sealed""#).count == 7, "\(body)")
+        (code, body) = try await send(.get, "/v1/audit/events?action=status")
+        #expect(body.components(separatedBy: #""answered while sealed""#).count == 4, "\(body)")
+        // open: bodies are strict; a key given is checked against this root
+        (code, body) = try await send(.post, "/v1/sys/unseal", body: "garbage")
+        #expect(code == 400, "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal", body: #"{"key":"coffer-root-key-v1:\#(String(repeating: "ab", count: 32))"}"#)
+        #expect(code == 422 && body.contains("does not open this database"), "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/keys/rotate", body: #"{"purpose":"token-hash"}"#)
+        #expect(code == 422, "\(body)")
+        (code, body) = try await send(.get, "/v1/audit/events?after=1&after=2")
+        #expect(code == 422 && body.contains("twice"), "\(body)")
     }
 }

@@ -1,5 +1,6 @@
 import CofferAPI
 import CofferCore
+import CofferCrypto
 import CofferEngine
 import CofferStore
 import Foundation
@@ -30,14 +31,24 @@ extension APIResponder {
     func rotateKey(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        return ErrorMapping.json(Self.info(try await engine.rotateDataKey(principal, ticket: i.ticket)))
+        let key = try await engine.gate.perform(i.ticket, principal, .admin, nil, named: "key_rotate") { g async throws(CofferError) in
+            try await noBody(i.request, i.context)  // strict: nothing to say here, so nothing may be said
+            return try await engine.keys.rotateDataKey(g)
+        }
+        return ErrorMapping.json(Self.info(key))
     }
 
     /// Already open: the caller learns that (admins only), nothing changes.
     func unsealOpen(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let keyID = try await engine.confirmUnsealed(principal, ticket: i.ticket)
+        let keyID = try await engine.gate.perform(i.ticket, principal, .admin, nil, named: "unseal") { g async throws(CofferError) in
+            // a body is parsed as when sealed: a key given is checked against this root
+            var body = try await CofferResponder.readBody(i.request, limit: 4096)
+            defer { Hashing.wipe(&body) }
+            let key = body.isEmpty ? nil : try CofferResponder.keyUnlocker(body)
+            return try await engine.confirmUnsealed(principal, key: key, ticket: g.ticket)
+        }
         return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: false, keyID: keyID))
     }
 }
