@@ -33,6 +33,9 @@ let package = Package(
         // Libraries, dependencies pointing down only.
         .target(name: "CofferCrypto", dependencies: ["CSodium"], swiftSettings: swiftSettings),
         .target(name: "CofferCore", swiftSettings: swiftSettings),
+        // Linux-PAM, imported by CofferAuth only
+        .systemLibrary(name: "CPAM", providers: [.apt(["libpam0g-dev"])]),
+        .target(name: "CofferAuth", dependencies: ["CPAM"], swiftSettings: swiftSettings),
         .target(name: "CofferAudit", dependencies: ["CofferCore", "CofferCrypto"], swiftSettings: swiftSettings),
         .target(
             name: "CofferStore",
@@ -42,7 +45,7 @@ let package = Package(
         .target(
             name: "CofferEngine",
             dependencies: [
-                "CofferCore", "CofferCrypto", "CofferStore", "CofferAudit", "CCofferLinux",
+                "CofferCore", "CofferCrypto", "CofferStore", "CofferAudit", "CofferAuth", "CCofferLinux",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -51,7 +54,7 @@ let package = Package(
         .target(
             name: "CofferServer",
             dependencies: [
-                "CofferAPI", "CofferEngine", "CofferCore", "CofferCrypto", "CCofferLinux",
+                "CofferAPI", "CofferEngine", "CofferAuth", "CofferCore", "CofferCrypto", "CCofferLinux",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -49,16 +49,19 @@ public struct TokenInfo: Codable, Sendable, Equatable {
     public var uses: Int
     public var boundUID: UInt32?
     public var state: String  // active, expired, revoked, exhausted
+    /// A sign-in session's time of authentication (nil for other tokens).
+    public var authenticatedAt: String?
 
     enum CodingKeys: String, CodingKey {
         case accessor, name, roles, paths, parent, createdAt = "created_at", createdBy = "created_by",
              expiresAt = "expires_at", ttlRemainingSeconds = "ttl_remaining_seconds", usesLeft = "uses_left",
-             uses, boundUID = "bound_uid", state
+             uses, boundUID = "bound_uid", state, authenticatedAt = "authenticated_at"
     }
 
     public init(accessor: String, name: String?, roles: [String], paths: [String], parent: String?, createdAt: String,
                 createdBy: CreatedBy, expiresAt: String, ttlRemainingSeconds: Int, usesLeft: Int?, uses: Int,
-                boundUID: UInt32?, state: String) {
+                boundUID: UInt32?, state: String, authenticatedAt: String? = nil) {
+        self.authenticatedAt = authenticatedAt
         self.accessor = accessor
         self.name = name
         self.roles = roles

@@ -190,3 +190,20 @@ extension CofferClient {
         try decode(http.request("POST", "/v1/sys/keys/rotate"), as: KeyInfo.self)
     }
 }
+
+extension CofferClient {
+    public func loginStart() throws -> LoginResponse {
+        try decode(http.request("POST", "/v1/auth/login"), as: LoginResponse.self)
+    }
+
+    public func loginAnswer(id: String, answers: [String]) throws -> LoginResponse {
+        var body = try [UInt8](JSONEncoder().encode(LoginAnswerRequest(answers: answers)))
+        defer { for i in body.indices { body[i] = 0 } }
+        return try decode(http.request("POST", "/v1/auth/login/" + PercentDecoding.encodePath(id), headers: [("Content-Type", "application/json")], body: body),
+                          as: LoginResponse.self)
+    }
+
+    public func logout() throws -> RevokeResponse {
+        try decode(http.request("POST", "/v1/auth/logout"), as: RevokeResponse.self)
+    }
+}

@@ -26,6 +26,7 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case tokenExhausted = "token_exhausted"
         case tokenWrongUID = "token_uid_mismatch"
         case approvalRequired = "approval_required"
+        case loginFailed = "login_failed"
         case freshLoginRequired = "fresh_login_required"
         // daemon's state
         case sealed = "sealed"
@@ -64,7 +65,7 @@ extension CofferError.Code {
         case .valueTooLarge, .bodyTooLarge: 413
         case .notFound, .routeNotFound: 404
         case .methodNotAllowed: 405
-        case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired: 401
+        case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired, .loginFailed: 401
         case .permissionDenied, .approvalRequired: 403
         case .casMismatch: 409
         case .sealed, .storage, .auditUnavailable: 503

@@ -51,6 +51,21 @@ public struct CofferConfig: Sendable, Equatable {
     public var auditMirror: String = ""
     /// Largest group-commit batch.
     public var auditMaxBatch: Int = 256
+    // [auth]
+    /// The PAM service `coffer login` authenticates through (/etc/pam.d/NAME).
+    public var pamService: String = "coffer"
+    /// Lifetime of a sign-in session token.
+    public var sessionTTLSeconds: Int = 8 * 3600
+    /// Failures (per uid and per user name) within `failureWindowSeconds` that lock
+    /// sign-in for `lockoutSeconds`.
+    public var maxLoginFailures: Int = 5
+    public var failureWindowSeconds: Int = 15 * 60
+    public var lockoutSeconds: Int = 15 * 60
+    /// Every failed sign-in answers after at least this long (counted from the last
+    /// answer), whatever failed: a wrong password, a wrong code, a locked account.
+    public var loginFailureMillis: Int = 2000
+    /// How long the daemon waits for the answer to a prompt.
+    public var loginPromptTimeoutSeconds: Int = 120
     // [log]
     public var logLevel: String = "info"
     /// Set by `cofferd dev`; reported by status.
@@ -91,7 +106,7 @@ public struct CofferConfig: Sendable, Equatable {
         }
         var c = CofferConfig()
         var r = TableReader(table: root, file: file, name: "")
-        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "log"])
+        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "log"])
         if var t = try r.table("server") {
             try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "max_connections_per_uid", "idle_timeout",
                              "request_timeout", "max_header_bytes"])
@@ -140,6 +155,27 @@ public struct CofferConfig: Sendable, Equatable {
             if let v = try t.integer("max_value_bytes", in: 1...Int64(maxValueBytesCeiling)) { c.maxValueBytes = Int(v) }
             if let v = try t.integer("max_versions", in: 1...1000) { c.maxVersions = Int(v) }
             if let v = try t.integer("max_list_page", in: 1...10000) { c.maxListPage = Int(v) }
+        }
+        if var t = try r.table("auth") {
+            try t.allowOnly(["pam_service", "session_ttl", "max_failures", "failure_window", "lockout", "failure_delay_ms", "prompt_timeout"])
+            if let v = try t.string("pam_service") {
+                guard !v.isEmpty, v.utf8.count <= 64, v.utf8.allSatisfy({ SecretPathChars.isToken($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") }),
+                      !v.hasPrefix(".") else {
+                    throw t.error("pam_service", "'auth.pam_service' must be a PAM service name like \"coffer\"")
+                }
+                c.pamService = v
+            }
+            func duration(_ key: String, max: Int) throws(CofferError) -> Int? {
+                guard let v = try t.string(key) else { return nil }
+                guard let s = DurationText.seconds(v), s <= max else { throw t.error(key, "'auth.\(key)' must be a duration like \"15m\" (at most \(DurationText.format(max)))") }
+                return s
+            }
+            if let v = try duration("session_ttl", max: 7 * 86400) { c.sessionTTLSeconds = v }
+            if let v = try duration("failure_window", max: 86400) { c.failureWindowSeconds = v }
+            if let v = try duration("lockout", max: 86400) { c.lockoutSeconds = v }
+            if let v = try duration("prompt_timeout", max: 3600) { c.loginPromptTimeoutSeconds = v }
+            if let v = try t.integer("max_failures", in: 1...1000) { c.maxLoginFailures = Int(v) }
+            if let v = try t.integer("failure_delay_ms", in: 0...60000) { c.loginFailureMillis = Int(v) }
         }
         if var t = try r.table("audit") {
             try t.allowOnly(["enabled", "checkpoint_events", "checkpoint_seconds", "mirror", "max_batch"])

@@ -18,7 +18,7 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
         case .destroy: self = .destroy
         case .admin: self = .admin
         case .audit: self = .audit
-        case .status: return nil
+        case .status, .signIn, .ownToken: return nil
         }
     }
 }

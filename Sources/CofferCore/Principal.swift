@@ -83,6 +83,8 @@ public struct TokenGrant: Sendable, Equatable {
     /// The daemon's revocation epoch when the chain was checked: a read re-checks the
     /// chain before its value leaves if any revocation happened since.
     public var epoch: UInt64 = 0
+    /// When the chain's first token was made by a PAM sign-in (nil: not a sign-in session).
+    public var authenticatedAt: Int64?
 
     public init(accessor: String, roles: [String], paths: [PathPattern], expiresAt: Int64, boundUID: UInt32?,
                 ancestors: [Layer] = [], origin: Origin? = nil) {
@@ -105,6 +107,11 @@ public struct TokenGrant: Sendable, Equatable {
 /// What a request wants to do.
 public enum Action: String, Sendable, CaseIterable, Codable {
     case read, list, write, delete, undelete, destroy
+    /// Signing in with one's own account (PAM): any caller with a local account.
+    case signIn = "sign_in"
+    /// Looking up or revoking the token the request carries: always its holder's right
+    /// (a session with no role can still be ended).
+    case ownToken = "own_token"
     case readMetadata = "read_metadata"
     case status
     /// Policy reload and explain, other callers' tokens.
@@ -160,7 +167,17 @@ public protocol Authorizer: Sendable {
 /// token's paths (if any) further restrict; then default deny, deny wins. With a
 /// token, every layer of its chain and its origin must allow (see TokenGrant).
 public struct PolicyEvaluator {
+    /// Signing in proves who one is, so it needs no role: any peer the host's user
+    /// database knows, by its own uid, without a token (a token proves nothing more).
+    static func signInDecision(_ p: Principal) -> Decision {
+        guard p.token == nil else { return .deny("sign-in: with your own account, not with a token") }
+        guard let name = p.userName else { return .deny("sign-in: uid \(p.uid) has no local account") }
+        return .allow("sign-in: the local account \(name) (uid \(p.uid))")
+    }
+
     public static func decide(_ policy: Policy, _ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
+        if action == .signIn { return signInDecision(p) }
+        if action == .ownToken { return p.token.map { .allow("your own token \($0.accessor)") } ?? .deny("no token was given") }
         guard let token = p.token else {
             let roles = policy.roleNames(for: p)
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
@@ -190,6 +207,8 @@ public struct PolicyEvaluator {
         guard p.token == nil else { return { decide(policy, p, $0, $1) } }
         let roles = policy.roleNames(for: p)
         return { action, path in
+            if action == .signIn { return signInDecision(p) }
+            if action == .ownToken { return .deny("no token was given") }
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
             return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
         }

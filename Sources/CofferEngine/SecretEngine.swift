@@ -28,6 +28,7 @@ public final class SecretEngine: Sendable {
     public let tokens: TokenService
     public let trail: AuditTrail
     public let keys: KeysService
+    public let login: LoginService
     let store: Store
     let keyring: Keyring
     let policies: PolicyStore
@@ -38,7 +39,8 @@ public final class SecretEngine: Sendable {
     public let logger: Logger
     let startedAt: Int64
 
-    init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, clock: any WallClock, logger: Logger) {
+    init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, login: LoginService.Settings,
+         clock: any WallClock, logger: Logger) {
         self.store = store
         self.audit = audit
         self.keyring = keyring
@@ -56,6 +58,7 @@ public final class SecretEngine: Sendable {
                                       clock: clock, logger: logger)
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
+        self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()
@@ -100,7 +103,7 @@ public final class SecretEngine: Sendable {
         return SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
-            clock: clock, logger: logger)
+            login: LoginService.Settings(config: config), clock: clock, logger: logger)
     }
 
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).
@@ -215,7 +218,7 @@ public final class SecretEngine: Sendable {
 
     /// One's own token needs nothing more; anyone else's needs admin.
     public func lookupToken(_ p: Principal, accessor: String, ticket: AuditTicket? = nil) async throws(CofferError) -> TokenRecord {
-        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .status : .admin, nil, named: "token_lookup") { g async throws(CofferError) in
+        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .ownToken : .admin, nil, named: "token_lookup") { g async throws(CofferError) in
             try tokens.lookup(g, accessor: accessor)
         }
     }
@@ -226,7 +229,7 @@ public final class SecretEngine: Sendable {
 
     /// One's own token (and its descendants), or any with admin.
     public func revokeToken(_ p: Principal, accessor: String, ticket: AuditTicket? = nil) async throws(CofferError) -> [String] {
-        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .status : .admin, nil, named: "token_revoke") { g async throws(CofferError) in
+        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .ownToken : .admin, nil, named: "token_revoke") { g async throws(CofferError) in
             try await tokens.revoke(g, accessor: accessor)
         }
     }
@@ -326,8 +329,11 @@ public final class SecretEngine: Sendable {
         try await gate.perform(ticket, p, .admin, nil, named: "unseal") { g async throws(CofferError) in
             if let unlocker { g.ticket.update { $0.details["unlocker"] = .text(unlocker) } }
             // a key given to an open daemon is checked, not ignored: it must be this root key
-            if let key, RootKey(try key.rootKey()).keyID != keyring.rootKeyID {
-                throw CofferError(.invalidParameter, "that key does not open this database")
+            if let key {
+                // a malformed key is the caller's mistake (422), as when sealed
+                let given: SecretBytes
+                do throws(CofferError) { given = try key.rootKey() } catch { throw CofferError(.invalidParameter, error.message, hint: error.hint) }
+                guard RootKey(given).keyID == keyring.rootKeyID else { throw CofferError(.invalidParameter, "that key does not open this database") }
             }
             return keyring.rootKeyID
         }

@@ -63,6 +63,28 @@ public final class TokenService: Sendable {
     /// Mints a token no wider than its creator: roles the creator holds, paths inside
     /// the creator token's paths, TTL within every role's max_ttl (and the creator
     /// token's remaining life), the creator token's uid binding kept.
+    /// A sign-in session after PAM said yes: a token bound to the caller's uid,
+    /// carrying the roles the policy gives that account now (possibly none: it then
+    /// proves who one is and when one signed in, for elevation), remembering the time.
+    func createSession(_ g: Grant, ttlSeconds: Int) async throws(CofferError) -> Created {
+        let p = g.principal
+        guard p.token == nil else { throw CofferError(.permissionDenied, "sign in with your own account, not with a token") }
+        let now = clock.nowMillis()
+        var raw = Hashing.randomBytes(32)
+        defer { Hashing.wipe(&raw) }
+        let token = TokenService.prefix + Data(raw).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let record = TokenRecord(
+            accessor: "acc_" + Hex.encode(Hashing.randomBytes(12)), hash: hash(token), parent: nil,
+            roles: policies.policy.roleNames(for: p).sorted(), paths: [], name: "sign-in", createdAt: now,
+            expiresAt: now + Int64(ttlSeconds) * 1000, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
+            createdUser: p.userName, revokedAt: nil, authenticatedAt: now)
+        _ = try await errors.call { try await store.insertToken(record, ticket: g.ticket) }
+        g.ticket.update { $0.tokenAccessor = record.accessor }
+        logger.info("signed in", metadata: ["token.accessor": "\(record.accessor)", "peer.uid": "\(p.uid)"])
+        return Created(token: token, record: record)
+    }
+
     public func create(_ g: Grant, _ req: Request) async throws(CofferError) -> Created {
         let creator = g.principal
         let now = clock.nowMillis()
@@ -204,6 +226,7 @@ public final class TokenService: Sendable {
                                ancestors: Array(layers.dropFirst()),
                                origin: .init(uid: root.createdUID, userName: origin.userName, groupNames: origin.groupNames))
         grant.epoch = generation
+        grant.authenticatedAt = root.authenticatedAt
         return grant
     }
 

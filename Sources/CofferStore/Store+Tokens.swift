@@ -19,10 +19,13 @@ public struct TokenRecord: Sendable, Equatable {
     public var createdUID: UInt32
     public var createdUser: String?
     public var revokedAt: Int64?
+    /// A sign-in session: when its holder last authenticated through PAM (step-up
+    /// checks compare against it). nil for other tokens.
+    public var authenticatedAt: Int64?
 
     public init(accessor: String, hash: Data, parent: String?, roles: [String], paths: [String], name: String?,
                 createdAt: Int64, expiresAt: Int64, usesLeft: Int?, uses: Int, boundUID: UInt32?,
-                createdUID: UInt32, createdUser: String?, revokedAt: Int64?) {
+                createdUID: UInt32, createdUser: String?, revokedAt: Int64?, authenticatedAt: Int64? = nil) {
         self.accessor = accessor
         self.hash = hash
         self.parent = parent
@@ -37,6 +40,7 @@ public struct TokenRecord: Sendable, Equatable {
         self.createdUID = createdUID
         self.createdUser = createdUser
         self.revokedAt = revokedAt
+        self.authenticatedAt = authenticatedAt
     }
 }
 
@@ -90,6 +94,9 @@ extension Store {
                 CREATE INDEX token_parent ON token(parent);
                 """)
         }
+        m.registerMigration("v7-token-sign-in") { db in
+            try db.execute(sql: "ALTER TABLE token ADD COLUMN authenticated_at INTEGER")
+        }
     }
 
     static func tokenRecord(_ r: Row) -> TokenRecord {
@@ -101,7 +108,7 @@ extension Store {
             name: r["name"], createdAt: r["created_at"], expiresAt: r["expires_at"], usesLeft: r["uses_left"],
             uses: r["uses"], boundUID: (r["bound_uid"] as Int64?).map { UInt32(truncatingIfNeeded: $0) },
             createdUID: UInt32(truncatingIfNeeded: r["created_uid"] as Int64), createdUser: r["created_user"],
-            revokedAt: r["revoked_at"])
+            revokedAt: r["revoked_at"], authenticatedAt: r["authenticated_at"])
     }
 
     /// Inserts a token; returns its use limit as stored. A child of a limited token
@@ -123,11 +130,11 @@ extension Store {
             }
             try db.execute(sql: """
                 INSERT INTO token (accessor, hash, parent, roles, paths, name, created_at, expires_at, uses_left, uses,
-                                   bound_uid, created_uid, created_user, revoked_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)
+                                   bound_uid, created_uid, created_user, revoked_at, authenticated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL, ?)
                 """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
                                  t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
-                                 Int64(t.createdUID), t.createdUser])
+                                 Int64(t.createdUID), t.createdUser, t.authenticatedAt])
             return (try self.commit(ticket, db), t.usesLeft)
         }
         if let event { ticket.markCommitted(event) }

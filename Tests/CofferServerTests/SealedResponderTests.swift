@@ -86,6 +86,8 @@ import Testing
         #expect(code == 400, "\(body)")
         (code, body) = try await send(.post, "/v1/sys/unseal", body: #"{"key":"coffer-root-key-v1:\#(String(repeating: "ab", count: 32))"}"#)
         #expect(code == 422 && body.contains("does not open this database"), "\(body)")
+        (code, body) = try await send(.post, "/v1/sys/unseal", body: #"{"key":"not a key"}"#)
+        #expect(code == 422, "found by schemathesis: a malformed key was a 500 once open: \(body)")
         (code, body) = try await send(.post, "/v1/sys/keys/rotate", body: #"{"purpose":"token-hash"}"#)
         #expect(code == 422, "\(body)")
         (code, body) = try await send(.get, "/v1/audit/events?after=1&after=2")

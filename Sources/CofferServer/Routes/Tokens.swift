@@ -82,7 +82,8 @@ extension APIResponder {
             accessor: t.accessor, name: t.name, roles: t.roles, paths: t.paths, parent: t.parent,
             createdAt: Timestamp.string(millis: t.createdAt), createdBy: CreatedBy(uid: t.createdUID, user: t.createdUser),
             expiresAt: Timestamp.string(millis: t.expiresAt), ttlRemainingSeconds: max(0, Int((t.expiresAt - now) / 1000)),
-            usesLeft: t.usesLeft, uses: t.uses, boundUID: t.boundUID, state: state)
+            usesLeft: t.usesLeft, uses: t.uses, boundUID: t.boundUID, state: state,
+            authenticatedAt: t.authenticatedAt.map { Timestamp.string(millis: $0) })
     }
 
 }
