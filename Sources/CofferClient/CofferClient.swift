@@ -207,3 +207,30 @@ extension CofferClient {
         try decode(http.request("POST", "/v1/auth/logout"), as: RevokeResponse.self)
     }
 }
+
+extension CofferClient {
+    public func elevationRequest(_ body: ElevationRequestBody) throws -> ElevationInfo {
+        try decode(http.request("POST", "/v1/elevation/requests", headers: [("Content-Type", "application/json")], body: [UInt8](JSONEncoder().encode(body))),
+                   as: ElevationInfo.self)
+    }
+
+    public func elevations(all: Bool, mine: Bool) throws -> ElevationListResponse {
+        try decode(http.request("GET", "/v1/elevation/requests?state=\(all ? "all" : "open")&mine=\(mine)"), as: ElevationListResponse.self)
+    }
+
+    public func elevation(_ id: String) throws -> ElevationInfo {
+        try decode(http.request("GET", "/v1/elevation/requests/" + PercentDecoding.encodePath(id)), as: ElevationInfo.self)
+    }
+
+    /// approve, deny, cancel, end, revoke.
+    public func elevation(_ id: String, _ verb: String, body: ElevationActionBody?) throws -> ElevationInfo {
+        let bytes = try body.map { [UInt8](try JSONEncoder().encode($0)) }
+        return try decode(http.request("POST", "/v1/elevation/requests/" + PercentDecoding.encodePath(id) + "/" + verb,
+                                       headers: bytes == nil ? [] : [("Content-Type", "application/json")], body: bytes),
+                          as: ElevationInfo.self)
+    }
+
+    public func activateElevation(_ id: String) throws -> ElevationActivateResponse {
+        try decode(http.request("POST", "/v1/elevation/requests/" + PercentDecoding.encodePath(id) + "/activate"), as: ElevationActivateResponse.self)
+    }
+}

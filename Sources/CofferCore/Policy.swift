@@ -18,7 +18,7 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
         case .destroy: self = .destroy
         case .admin: self = .admin
         case .audit: self = .audit
-        case .status, .signIn, .ownToken: return nil
+        case .status, .signIn, .ownToken, .elevate: return nil
         }
     }
 }
@@ -95,12 +95,15 @@ public struct Policy: Sendable, Equatable {
 
     public var roles: [String: Role]
     public var bindings: [Binding]
+    /// Time-boxed elevation: one rule per role that may be asked for.
+    public var elevations: [String: ElevationRule] = [:]
     public var source: String
 
-    public init(roles: [String: Role], bindings: [Binding], source: String) {
+    public init(roles: [String: Role], bindings: [Binding], source: String, elevations: [String: ElevationRule] = [:]) {
         self.roles = roles
         self.bindings = bindings
         self.source = source
+        self.elevations = elevations
     }
 
     /// Built-in policy when no policy file is configured: the listed uids, uid 0 and
@@ -155,8 +158,8 @@ extension Policy {
             throw CofferError(.invalidPolicy, "\(file):\(error.line): \(error.message)")
         }
         func err(_ line: Int, _ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(line): \(msg)") }
-        for k in root.keys where k != "role" && k != "bind" {
-            throw err(root[k]!.line, "unknown key '\(k)' (expected [role.NAME] tables and [[bind]] entries)")
+        for k in root.keys where k != "role" && k != "bind" && k != "elevation" {
+            throw err(root[k]!.line, "unknown key '\(k)' (expected [role.NAME] tables, [[bind]] and [[elevation]] entries)")
         }
         var roles: [String: Role] = [:]
         if let entry = root["role"] {
@@ -212,7 +215,16 @@ extension Policy {
                 bindings.append(Binding(subjects: parsed, roles: names, location: "\(file):\(t.line)"))
             }
         }
-        return Policy(roles: roles, bindings: bindings, source: file)
+        var elevations: [String: ElevationRule] = [:]
+        if let entry = root["elevation"] {
+            guard case .tableArray(let items) = entry.value else { throw err(entry.line, "elevation rules are [[elevation]] entries") }
+            for t in items {
+                let rule = try ElevationRule.parse(t, file: file, roles: roles)
+                guard elevations[rule.role] == nil else { throw err(t.line, "a second [[elevation]] for role '\(rule.role)'") }
+                elevations[rule.role] = rule
+            }
+        }
+        return Policy(roles: roles, bindings: bindings, source: file, elevations: elevations)
     }
 
     static func parseRule(_ t: TOMLTable, role: String, index: Int, file: String) throws(CofferError) -> Rule {

@@ -63,10 +63,14 @@ public struct TokenGrant: Sendable, Equatable {
         public var uid: UInt32
         public var userName: String?
         public var groupNames: [String]
-        public init(uid: UInt32, userName: String?, groupNames: [String]) {
+        /// Roles the creator holds through an active elevation (the chain's first
+        /// token was issued for it, and ends with it).
+        public var elevatedRoles: [String]
+        public init(uid: UInt32, userName: String?, groupNames: [String], elevatedRoles: [String] = []) {
             self.uid = uid
             self.userName = userName
             self.groupNames = groupNames
+            self.elevatedRoles = elevatedRoles
         }
     }
 
@@ -112,6 +116,9 @@ public enum Action: String, Sendable, CaseIterable, Codable {
     /// Looking up or revoking the token the request carries: always its holder's right
     /// (a session with no role can still be ended).
     case ownToken = "own_token"
+    /// Asking for, reviewing and using time-boxed elevation: the elevation rules
+    /// decide who may (any local account reaches them; a token too).
+    case elevate
     case readMetadata = "read_metadata"
     case status
     /// Policy reload and explain, other callers' tokens.
@@ -178,6 +185,7 @@ public struct PolicyEvaluator {
     public static func decide(_ policy: Policy, _ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision {
         if action == .signIn { return signInDecision(p) }
         if action == .ownToken { return p.token.map { .allow("your own token \($0.accessor)") } ?? .deny("no token was given") }
+        if action == .elevate { return p.userName != nil ? .allow("elevation: the local account \(p.userName!); its rules decide") : .deny("uid \(p.uid) has no local account") }
         guard let token = p.token else {
             let roles = policy.roleNames(for: p)
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
@@ -195,7 +203,7 @@ public struct PolicyEvaluator {
         }
         if let origin = token.origin {
             let who = Principal(pid: 0, uid: origin.uid, gid: UInt32.max, userName: origin.userName, groups: [], groupNames: origin.groupNames)
-            let d = policy.decide(roles: policy.roleNames(for: who), capability: capability, path: target)
+            let d = policy.decide(roles: Array(Set(policy.roleNames(for: who) + origin.elevatedRoles)).sorted(), capability: capability, path: target)
             guard d.allowed else { return .deny("token \(token.accessor) was made by \(who.displayName), whom the policy denies: \(d.rule)") }
         }
         return decided ?? .deny("default deny")
@@ -209,6 +217,7 @@ public struct PolicyEvaluator {
         return { action, path in
             if action == .signIn { return signInDecision(p) }
             if action == .ownToken { return .deny("no token was given") }
+            if action == .elevate { return p.userName != nil ? .allow("elevation: the local account \(p.userName!); its rules decide") : .deny("uid \(p.uid) has no local account") }
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
             return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
         }

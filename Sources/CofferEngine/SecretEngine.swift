@@ -29,6 +29,7 @@ public final class SecretEngine: Sendable {
     public let trail: AuditTrail
     public let keys: KeysService
     public let login: LoginService
+    public let elevation: ElevationService
     let store: Store
     let keyring: Keyring
     let policies: PolicyStore
@@ -59,6 +60,7 @@ public final class SecretEngine: Sendable {
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
+        self.elevation = ElevationService(store: store, policies: policies, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()
@@ -310,6 +312,22 @@ public final class SecretEngine: Sendable {
 
     public func auditPublicKey(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> [UInt8] {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_pubkey") { _ async throws(CofferError) in trail.publicKey }
+    }
+
+    // MARK: elevation
+
+    /// A background job: requests whose window is over expire, as `system:elevation`
+    /// (one event each). Returns how many.
+    @discardableResult
+    public func expireElevations() async -> Int {
+        guard let due = try? elevation.due(), !due.isEmpty else { return 0 }
+        var n = 0
+        for id in due {
+            if (try? await gate.runAsSystem("elevation", action: .admin, named: "elevation_expire", { g async throws(CofferError) in
+                try await elevation.expire(g, id: id)
+            })) != nil { n += 1 }
+        }
+        return n
     }
 
     // MARK: keyring

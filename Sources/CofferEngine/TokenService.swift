@@ -224,7 +224,8 @@ public final class TokenService: Sendable {
         let origin = principals.principal(pid: 0, uid: root.createdUID, gid: UInt32.max)
         var grant = TokenGrant(accessor: t.accessor, roles: t.roles, paths: layers[0].paths, expiresAt: t.expiresAt, boundUID: t.boundUID,
                                ancestors: Array(layers.dropFirst()),
-                               origin: .init(uid: root.createdUID, userName: origin.userName, groupNames: origin.groupNames))
+                               origin: .init(uid: root.createdUID, userName: origin.userName, groupNames: origin.groupNames,
+                                             elevatedRoles: root.elevationID != nil ? root.roles : []))
         grant.epoch = generation
         grant.authenticatedAt = root.authenticatedAt
         return grant

@@ -51,7 +51,7 @@ public enum CofferServer {
             },
             logger: logger
         )
-        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
+        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -86,6 +86,24 @@ public struct AuditService: Service {
         try await cancelWhenGracefulShutdown {
             guard let engine = await host.opened() else { return }
             await engine.runAuditWriter()
+        }
+    }
+}
+
+/// Expires elevation requests whose window is over (pending, approved, active),
+/// every few seconds, as `system:elevation`: a window ends on time, and its token
+/// (already expired with it) is revoked with everything made from it.
+public struct ElevationClock: Service {
+    let host: EngineHost
+    static let interval = Duration.seconds(2)
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            guard let engine = await host.opened() else { return }
+            while !Task.isCancelled {
+                await engine.expireElevations()
+                try? await Task.sleep(for: Self.interval)
+            }
         }
     }
 }

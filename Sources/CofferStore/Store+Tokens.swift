@@ -22,10 +22,12 @@ public struct TokenRecord: Sendable, Equatable {
     /// A sign-in session: when its holder last authenticated through PAM (step-up
     /// checks compare against it). nil for other tokens.
     public var authenticatedAt: Int64?
+    /// The elevation request a token was issued for (its role is held through it).
+    public var elevationID: String?
 
     public init(accessor: String, hash: Data, parent: String?, roles: [String], paths: [String], name: String?,
                 createdAt: Int64, expiresAt: Int64, usesLeft: Int?, uses: Int, boundUID: UInt32?,
-                createdUID: UInt32, createdUser: String?, revokedAt: Int64?, authenticatedAt: Int64? = nil) {
+                createdUID: UInt32, createdUser: String?, revokedAt: Int64?, authenticatedAt: Int64? = nil, elevationID: String? = nil) {
         self.accessor = accessor
         self.hash = hash
         self.parent = parent
@@ -41,6 +43,7 @@ public struct TokenRecord: Sendable, Equatable {
         self.createdUser = createdUser
         self.revokedAt = revokedAt
         self.authenticatedAt = authenticatedAt
+        self.elevationID = elevationID
     }
 }
 
@@ -108,7 +111,7 @@ extension Store {
             name: r["name"], createdAt: r["created_at"], expiresAt: r["expires_at"], usesLeft: r["uses_left"],
             uses: r["uses"], boundUID: (r["bound_uid"] as Int64?).map { UInt32(truncatingIfNeeded: $0) },
             createdUID: UInt32(truncatingIfNeeded: r["created_uid"] as Int64), createdUser: r["created_user"],
-            revokedAt: r["revoked_at"], authenticatedAt: r["authenticated_at"])
+            revokedAt: r["revoked_at"], authenticatedAt: r["authenticated_at"], elevationID: r["elevation_id"])
     }
 
     /// Inserts a token; returns its use limit as stored. A child of a limited token

@@ -113,6 +113,7 @@ public final class Store: Sendable {
         registerTokenMigration(&m)
         registerAuditMigration(&m)
         registerKeyringMigration(&m)
+        registerElevationMigration(&m)
         return m
     }
 

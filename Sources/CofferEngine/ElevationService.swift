@@ -1,0 +1,284 @@
+public import CofferCore
+import CofferCrypto
+public import CofferStore
+import Foundation
+import Logging
+
+/// Time-boxed elevation (PIM): an eligible caller asks for a role for a while, with
+/// a reason; approvers review; the requester activates and gets a token carrying the
+/// role for exactly the window; ending, revoking or expiry takes it back at once.
+/// Every rule is checked inside the transaction that makes the transition, so
+/// concurrent reviews count exactly and each transition is one event.
+public final class ElevationService: Sendable {
+    let store: Store
+    let policies: PolicyStore
+    let tokens: TokenService
+    let errors: StoreErrorMapper
+    let clock: any WallClock
+    let logger: Logger
+
+    init(store: Store, policies: PolicyStore, tokens: TokenService, errors: StoreErrorMapper, clock: any WallClock, logger: Logger) {
+        self.store = store
+        self.policies = policies
+        self.tokens = tokens
+        self.errors = errors
+        self.clock = clock
+        self.logger = logger
+    }
+
+    public struct Request: Sendable {
+        public var role: String
+        public var durationSeconds: Int
+        public var reason: String?
+        public var ticket: String?
+        public init(role: String, durationSeconds: Int, reason: String?, ticket: String?) {
+            self.role = role
+            self.durationSeconds = durationSeconds
+            self.reason = reason
+            self.ticket = ticket
+        }
+    }
+
+    func rule(_ role: String) throws(CofferError) -> ElevationRule {
+        guard let r = policies.policy.elevations[role] else {
+            throw CofferError(.notFound, "role '\(role.prefix(64))' cannot be asked for", hint: "the policy's [[elevation]] entries name the roles that can")
+        }
+        return r
+    }
+
+    /// The step-up check: a sign-in (PAM) within the rule's window, carried by the
+    /// request's session token.
+    func requireFreshLogin(_ p: Principal, _ rule: ElevationRule, now: Int64) throws(CofferError) {
+        guard let window = rule.freshLoginSeconds else { return }
+        guard let at = p.token?.authenticatedAt, now - at <= Int64(window) * 1000 else {
+            throw CofferError(.freshLoginRequired, "sign in again: this needs a sign-in within the last \(DurationText.format(window))",
+                              hint: "coffer login, then repeat (elevate commands use the session it keeps)")
+        }
+    }
+
+    static func text(_ s: String?, _ name: String, max: Int) throws(CofferError) -> String? {
+        guard let s, !s.isEmpty else { return nil }
+        guard s.utf8.count <= max, !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw CofferError(.invalidParameter, "\(name) must be at most \(max) printable characters")
+        }
+        return s
+    }
+
+    public func request(_ g: Grant, _ req: Request) async throws(CofferError) -> ElevationRecord {
+        let p = g.principal
+        let now = clock.nowMillis()
+        let rule = try rule(req.role)
+        guard let via = rule.isEligible(p) else {
+            throw CofferError(.permissionDenied, "you are not eligible for role '\(req.role)'", hint: "eligible: " + rule.eligible.map(\.description).joined(separator: ", "))
+        }
+        try requireFreshLogin(p, rule, now: now)
+        guard req.durationSeconds >= 60, req.durationSeconds <= rule.maxDurationSeconds else {
+            throw CofferError(.invalidParameter, "the duration must be 1m...\(DurationText.format(rule.maxDurationSeconds)) for role '\(req.role)'")
+        }
+        let reason = try Self.text(req.reason, "reason", max: 512)
+        if rule.reasonRequired && reason == nil { throw CofferError(.invalidParameter, "role '\(req.role)' needs a reason", hint: "--reason TEXT") }
+        let ticket = try Self.text(req.ticket, "ticket", max: 128)
+        if rule.ticketPattern != nil {
+            guard let ticket, rule.ticketMatches(ticket) else {
+                throw CofferError(.invalidParameter, "role '\(req.role)' needs a ticket matching \(rule.ticketPattern!)", hint: "--ticket OPS-123")
+            }
+        }
+        var e = ElevationRecord(
+            id: "el_" + Hex.encode(Hashing.randomBytes(8)), role: req.role, requesterUID: p.uid, requesterUser: p.userName, reason: reason,
+            ticket: ticket, durationSeconds: req.durationSeconds, state: rule.approvals == 0 ? .approved : .pending, createdAt: now,
+            pendingUntil: now + Int64(rule.pendingTTLSeconds) * 1000, approvalsNeeded: rule.approvals, denialsNeeded: rule.denials,
+            breakGlass: false)
+        if rule.approvals == 0 { e.approvedAt = now }
+        g.ticket.update {
+            $0.path = e.id
+            $0.details[AuditDetailsKey.elevationID] = .text(e.id)
+            $0.details["role"] = .text(e.role)
+            $0.details["eligible_via"] = .text(via.description)
+        }
+        let record = e
+        try await errors.call { try await store.insertElevation(record, ticket: g.ticket) }
+        logger.info("elevation requested", metadata: ["elevation.id": "\(e.id)", "role": "\(e.role)", "peer.uid": "\(p.uid)"])
+        return e
+    }
+
+    public enum Verdict: Sendable { case approve, deny }
+
+    public func review(_ g: Grant, id: String, _ verdict: Verdict, comment: String?) async throws(CofferError) -> ElevationRecord {
+        let p = g.principal
+        let now = clock.nowMillis()
+        let comment = try Self.text(comment, "comment", max: 512)
+        let policy = policies.policy
+        let minimum: Int64 = now
+        return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            guard let rule = policy.elevations[e.role] else { throw ElevationRefusal(.permissionDenied, "role '\(e.role)' can no longer be asked for") }
+            guard rule.isApprover(p) != nil || e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard e.requesterUID != p.uid else { throw ElevationRefusal(.permissionDenied, "you cannot review your own request") }
+            guard e.state == .pending else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not pending") }
+            guard e.pendingUntil > minimum else { throw ElevationRefusal(.invalidParameter, "the request expired") }
+            guard !e.reviews.contains(where: { $0.uid == p.uid }) else { throw ElevationRefusal(.casMismatch, "you already reviewed this request") }
+            do throws(CofferError) { try self.requireFreshLogin(p, rule, now: now) } catch { throw ElevationRefusal(error.code, error.message) }
+            var c = Store.ElevationChange()
+            c.review = .init(uid: p.uid, user: p.userName, approve: verdict == .approve, comment: comment, at: now)
+            let approvals = e.approvals + (verdict == .approve ? 1 : 0)
+            let denials = e.denials + (verdict == .deny ? 1 : 0)
+            if denials >= e.denialsNeeded {
+                c.state = .denied
+                c.closedAt = now
+                c.closedBy = p.userName ?? "uid:\(p.uid)"
+            } else if approvals >= e.approvalsNeeded {
+                c.state = .approved
+                c.approvedAt = now
+                c.pendingUntil = now + Int64(rule.pendingTTLSeconds) * 1000  // a window to activate in
+            }
+            return c
+        }
+    }
+
+    public func cancel(_ g: Grant, id: String) async throws(CofferError) -> ElevationRecord {
+        let p = g.principal
+        let now = clock.nowMillis()
+        return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            guard e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard e.state == .pending || e.state == .approved else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue)") }
+            var c = Store.ElevationChange()
+            c.state = .cancelled
+            c.closedAt = now
+            c.closedBy = p.userName ?? "uid:\(p.uid)"
+            return c
+        }
+    }
+
+    /// The requester only: a token carrying the role, bound to the requester's uid,
+    /// valid until the window ends. Returns the token (shown once).
+    public func activate(_ g: Grant, id: String) async throws(CofferError) -> (ElevationRecord, TokenService.Created) {
+        let p = g.principal
+        let now = clock.nowMillis()
+        let policy = policies.policy
+        var raw = Hashing.randomBytes(32)
+        defer { Hashing.wipe(&raw) }
+        let token = TokenService.prefix + Data(raw).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let hash = tokens.hash(token)
+        let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
+        let e = try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            guard e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard e.state == .approved else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not approved") }
+            guard e.pendingUntil > now else { throw ElevationRefusal(.invalidParameter, "the request expired before it was activated") }
+            guard let rule = policy.elevations[e.role], rule.isEligible(p) != nil else {
+                throw ElevationRefusal(.permissionDenied, "you are no longer eligible for role '\(e.role)'")
+            }
+            do throws(CofferError) { try self.requireFreshLogin(p, rule, now: now) } catch { throw ElevationRefusal(error.code, error.message) }
+            var c = Store.ElevationChange()
+            let ends = now + Int64(min(e.durationSeconds, rule.maxDurationSeconds)) * 1000
+            c.state = .active
+            c.activatedAt = now
+            c.endsAt = ends
+            c.token = TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
+                                  createdAt: now, expiresAt: ends, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
+                                  createdUser: p.userName, revokedAt: nil, authenticatedAt: p.token?.authenticatedAt, elevationID: e.id)
+            return c
+        }
+        g.ticket.update { $0.tokenAccessor = accessor }
+        let record = TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
+                                 createdAt: now, expiresAt: e.endsAt ?? now, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
+                                 createdUser: p.userName, revokedAt: nil, elevationID: e.id)
+        return (e, TokenService.Created(token: token, record: record))
+    }
+
+    /// The requester ends it early, or an admin revokes it (`asAdmin`, with a reason):
+    /// the token and every token made from it stop at once.
+    public func close(_ g: Grant, id: String, asAdmin: Bool, reason: String?) async throws(CofferError) -> ElevationRecord {
+        let p = g.principal
+        let now = clock.nowMillis()
+        let why = try Self.text(reason, "reason", max: 512)
+        if asAdmin && why == nil { throw CofferError(.invalidParameter, "revoking needs a reason", hint: "--reason TEXT") }
+        defer { tokens.cache.clear() }
+        return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            if asAdmin {
+                guard e.state.isOpen else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue)") }
+            } else {
+                guard e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
+                guard e.state == .active else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not active") }
+            }
+            var c = Store.ElevationChange()
+            c.state = asAdmin ? .revoked : .ended
+            c.closedAt = now
+            c.closedBy = p.userName ?? "uid:\(p.uid)"
+            c.closeReason = why
+            c.revokeToken = true
+            return c
+        }
+    }
+
+    /// The daemon's job: pending and approved requests past their window expire, and
+    /// active ones past their end (their token has expired with them; it is revoked too).
+    func expire(_ g: Grant, id: String) async throws(CofferError) -> ElevationRecord {
+        let now = clock.nowMillis()
+        defer { tokens.cache.clear() }
+        return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            let due = (e.state == .pending || e.state == .approved) ? e.pendingUntil <= now : e.state == .active && (e.endsAt ?? 0) <= now
+            guard due else { throw ElevationRefusal(.invalidParameter, "not due") }
+            var c = Store.ElevationChange()
+            c.state = .expired
+            c.closedAt = now
+            c.closedBy = "system:elevation"
+            c.revokeToken = e.state == .active
+            return c
+        }
+    }
+
+    func due() throws(CofferError) -> [String] { try errors.call { try store.dueElevations(now: clock.nowMillis()) } }
+
+    /// What a caller may see: its own requests, those it may review, or all (admin).
+    public func visible(_ p: Principal, _ e: ElevationRecord, isAdmin: Bool) -> Bool {
+        isAdmin || e.requesterUID == p.uid || policies.policy.elevations[e.role]?.isApprover(p) != nil
+    }
+
+    public func list(_ g: Grant, openOnly: Bool, mine: Bool, isAdmin: Bool) throws(CofferError) -> [ElevationRecord] {
+        let p = g.principal
+        let all = try errors.call { try store.elevations(openOnly: openOnly, requesterUID: mine ? p.uid : nil) }
+        return all.filter { visible(p, $0, isAdmin: isAdmin) }
+    }
+
+    public func show(_ g: Grant, id: String, isAdmin: Bool) throws(CofferError) -> ElevationRecord {
+        guard let e = try errors.call({ try store.elevation(id: id) }), visible(g.principal, e, isAdmin: isAdmin) else {
+            throw CofferError(.notFound, "no such elevation request")
+        }
+        return e
+    }
+
+    /// The rules a role grants (what approvers see).
+    public func grants(of role: String) -> [Policy.Rule] { policies.policy.roles[role]?.rules ?? [] }
+
+    func change(_ g: Grant, id: String, now: Int64,
+                _ decide: @escaping @Sendable (ElevationRecord) throws(ElevationRefusal) -> Store.ElevationChange) async throws(CofferError) -> ElevationRecord {
+        guard id.hasPrefix("el_"), id.utf8.count <= 64 else { throw CofferError(.notFound, "no such elevation request") }
+        g.ticket.update {
+            $0.path = id
+            $0.details[AuditDetailsKey.elevationID] = .text(id)
+        }
+        do {
+            let ticket = g.ticket
+            let e = try await store.changeElevation(id: id, now: now, ticket: ticket, decide: { e in try decide(e) }, annotate: { e in
+                ticket.update {
+                    $0.details["state"] = .text(e.state.rawValue)
+                    $0.details["role"] = .text(e.role)
+                    let approvers = e.reviews.filter(\.approve).map { $0.user ?? "uid:\($0.uid)" }
+                    if !approvers.isEmpty { $0.details[AuditDetailsKey.approvers] = .list(approvers) }
+                }
+            })
+            logger.info("elevation changed", metadata: ["elevation.id": "\(id)", "state": "\(e.state.rawValue)", "peer.uid": "\(g.principal.uid)"])
+            return e
+        } catch let r as ElevationRefusal {
+            throw CofferError(r.code, r.message)
+        } catch {
+            throw errors.map(error)
+        }
+    }
+}
+
+/// Detail keys of elevation events (CofferAudit.AuditDetails names the same).
+enum AuditDetailsKey {
+    static let elevationID = "elevation_id"
+    static let approvers = "approvers"
+}

@@ -1,0 +1,169 @@
+import ArgumentParser
+import CofferAPI
+import CofferClient
+import CofferCore
+import Foundation
+
+/// Elevate commands carry the sign-in session (`coffer login`) unless --token-file
+/// (or COFFER_TOKEN_FILE / COFFER_TOKEN) names another token: reviews and requests
+/// may need a recent sign-in.
+extension GlobalOptions {
+    func sessionClient() throws -> CofferClient {
+        let env = ProcessInfo.processInfo.environment
+        if tokenFile != nil || env["COFFER_TOKEN_FILE"].map({ !$0.isEmpty }) == true || env["COFFER_TOKEN"].map({ !$0.isEmpty }) == true {
+            return try client()
+        }
+        let session = defaultSessionFile()
+        guard FileManager.default.fileExists(atPath: session) else { return try client() }
+        var copy = self
+        copy.tokenFile = session
+        return try copy.client()
+    }
+}
+
+func elevationLine(_ e: ElevationInfo) -> String {
+    var s = "\(e.id)  \(e.state)  \(e.role)  by \(e.requester.user ?? "uid:\(e.requester.uid)")  \(DurationText.format(e.durationSeconds))"
+    s += "  approvals \(e.approvals)/\(e.approvalsNeeded)"
+    if let end = e.endsAt, e.state == "active" { s += "  until \(end)" }
+    if let r = e.reason { s += "  \"\(r)\"" }
+    if let t = e.ticket { s += "  [\(t)]" }
+    return s
+}
+
+func printElevation(_ e: ElevationInfo, _ format: OutputFormat) throws {
+    if format == .json { return try printJSON(e) }
+    var lines = [elevationLine(e)]
+    lines.append("  requested \(e.createdAt); answer by \(e.pendingUntil)")
+    for g in e.grants { lines.append("  grants: \(g.effect) \(g.capabilities.joined(separator: ",")) on \(g.path)") }
+    for r in e.reviews {
+        lines.append("  \(r.verdict) by \(r.reviewer.user ?? "uid:\(r.reviewer.uid)") at \(r.at)" + (r.comment.map { ": \($0)" } ?? ""))
+    }
+    if let c = e.closedAt { lines.append("  closed \(c) by \(e.closedBy ?? "-")" + (e.closeReason.map { ": \($0)" } ?? "")) }
+    try printLine(lines.joined(separator: "\n"))
+}
+
+struct ElevateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "elevate",
+        abstract: "Time-boxed elevation: ask for a role for a while, review others' requests, activate, end.",
+        discussion: "Uses the session `coffer login` keeps (a recent sign-in may be required). See the README, \"Time-boxed elevation\".",
+        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Activate.self, End.self, Revoke.self]
+    )
+
+    struct Request: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Ask for a role for a while; prints the request id.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The role.") var role: String
+        @Option(name: .customLong("for"), help: "How long, e.g. 30m, 1h.") var duration: String
+        @Option(help: "Why (required unless the rule says optional).") var reason: String?
+        @Option(help: "A ticket reference (when the rule asks for one).") var ticket: String?
+        @Flag(help: "Wait until the request is decided; activate it when approved.") var wait = false
+        @Option(help: "With --wait: write the activated token to this new file (0600) instead of stdout.") var output: String?
+
+        func run() throws {
+            try runReporting {
+                let client = try global.sessionClient()
+                var e = try client.elevationRequest(ElevationRequestBody(role: role, duration: duration, reason: reason, ticket: ticket))
+                if !wait {
+                    if global.format == .json { return try printJSON(e) }
+                    return try printLine("\(e.id) \(e.state): needs \(e.approvalsNeeded) approval\(e.approvalsNeeded == 1 ? "" : "s")")
+                }
+                while e.state == "pending" {
+                    usleep(500_000)
+                    e = try client.elevation(e.id)
+                }
+                guard e.state == "approved" else { throw CofferError(.permissionDenied, "the request was \(e.state)") }
+                try Activate.finish(try client.activateElevation(e.id), output: output, format: global.format)
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Open requests you made or may review (--all: also closed ones).")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Only your own requests.") var mine = false
+        @Flag(help: "Also closed requests (history).") var all = false
+        @Flag(help: "Only pending ones.") var pending = false
+        func run() throws {
+            try runReporting {
+                var list = try global.sessionClient().elevations(all: all, mine: mine).requests
+                if pending { list = list.filter { $0.state == "pending" } }
+                if global.format == .json { return try printJSON(ElevationListResponse(requests: list)) }
+                if !list.isEmpty { try printLine(list.map(elevationLine).joined(separator: "\n")) }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One request: who asks, the role and what it grants, reviews.")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id), global.format) } }
+    }
+
+    struct Approve: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Approve a request you may review (not your own).")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        @Option var comment: String?
+        func run() throws {
+            try runReporting { try printElevation(try global.sessionClient().elevation(id, "approve", body: ElevationActionBody(comment: comment)), global.format) }
+        }
+    }
+
+    struct Deny: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Deny a request you may review.")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        @Option var comment: String?
+        func run() throws {
+            try runReporting { try printElevation(try global.sessionClient().elevation(id, "deny", body: ElevationActionBody(comment: comment)), global.format) }
+        }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Withdraw your own pending or approved request.")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "cancel", body: nil), global.format) } }
+    }
+
+    struct Activate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start your approved elevation: a token carrying the role until the window ends (shown once).")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        @Option(help: "Write the token to this new file (0600) instead of stdout.") var output: String?
+        func run() throws { try runReporting { try Self.finish(try global.sessionClient().activateElevation(id), output: output, format: global.format) } }
+
+        static func finish(_ r: ElevationActivateResponse, output: String?, format: OutputFormat) throws {
+            if let output {
+                let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))") }
+                let bytes = Array((r.token + "\n").utf8)
+                let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                close(fd)
+                guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                return try printLine("\(r.request.id) active until \(r.request.endsAt ?? "-"); token in \(output)")
+            }
+            if format == .json { return try printJSON(r) }
+            try printLine(r.token)
+        }
+    }
+
+    struct End: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "End your active elevation now: its token stops at once.")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "end", body: nil), global.format) } }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke anyone's open request or elevation (needs admin).")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        @Option var reason: String
+        func run() throws {
+            try runReporting { try printElevation(try global.sessionClient().elevation(id, "revoke", body: ElevationActionBody(reason: reason)), global.format) }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// Time-boxed elevation end to end: real users signed in through real PAM, driving
+/// the real CLI against the real daemon — one asks, two leads approve, the window is
+/// used and ended early; the rules hold under attack and under concurrent reviews.
+@Suite(.serialized) struct ElevationTests {
+    static let password = "Elev8-correct-horse"
+    static let requester = member("coffer-oncall1", "coffer-oncall")
+    static let lead1 = member("coffer-lead1", "coffer-leads")
+    static let lead2 = member("coffer-lead2", "coffer-leads")
+    static let racers = (3...8).map { member("coffer-lead\($0)", "coffer-leads") }
+
+    static func member(_ name: String, _ group: String) -> PAMUser {
+        _ = TestUser.ensure(name, supplementary: group)
+        return PAMUser.ensure(name, password: password)
+    }
+
+    static let policy = """
+        [role.admin]
+        [[role.admin.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+
+        [role.prod-db-admin]
+        [[role.prod-db-admin.rule]]
+        path = "prod/db/**"
+        capabilities = ["read", "write"]
+
+        [role.quick]
+        [[role.quick.rule]]
+        path = "quick/**"
+        capabilities = ["read"]
+
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["admin"]
+
+        [[elevation]]
+        role = "prod-db-admin"
+        eligible = ["group:coffer-oncall"]
+        approvers = ["group:coffer-leads", "group:coffer-oncall"]
+        approvals = 2
+        max_duration = "2h"
+        reason = "required"
+        ticket_pattern = "^OPS-[0-9]+$"
+        fresh_login = "10m"
+
+        [[elevation]]
+        role = "quick"
+        eligible = ["group:coffer-oncall"]
+        approvers = ["group:coffer-leads"]
+        approvals = 1
+        max_duration = "1h"
+        pending_ttl = "2s"
+        reason = "optional"
+        """
+
+    /// A daemon with the elevation policy, and each user signed in (session files).
+    final class World: @unchecked Sendable {  // read-only once set up (the race only reads sessions)
+        let d: Daemon
+        var sessions: [String: String] = [:]
+
+        init() throws {
+            _ = LoginTests.services
+            d = try Daemon(config: "[auth]\npam_service = \"\(LoginTests.services.password)\"\nfailure_delay_ms = 100\n", policy: ElevationTests.policy)
+            try d.start()
+        }
+
+        func signIn(_ u: PAMUser) throws {
+            let (r, session) = try LoginTests.login(d, u, answers: [ElevationTests.password])
+            guard r.status == 0 else { throw TestError.failed("login \(u.name): \(r.stderr)") }
+            sessions[u.name] = session
+        }
+
+        /// `coffer elevate ...` as the user, with its session.
+        func elevate(_ u: PAMUser, _ args: [String], session: Bool = true) throws -> RunResult {
+            var a = ["--socket", d.socket]
+            if session, let s = sessions[u.name] { a += ["--token-file", s] }
+            let (exe, all) = u.wrap(Bins.sharedCoffer, a + ["elevate"] + args)
+            return try run(exe, all)
+        }
+    }
+
+    @Test func oncallAsksTwoLeadsApproveTheWindowIsUsedAndEndedEarly() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        #expect(try w.d.coffer(["secret", "put", "prod/db/password"], stdin: Array("db-secret".utf8)).status == 0)
+        // without a recent sign-in: "sign in again", its own error
+        var r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "1h", "--reason", "migrate", "--ticket", "OPS-42"], session: false)
+        #expect(r.status == 5 && r.stderr.contains("sign in again"), "\(r.stderr)")
+        for u in [Self.requester, Self.lead1, Self.lead2] { try w.signIn(u) }
+        // refused at request time: too long, no reason, a ticket that does not match, a role not offered, not eligible
+        for (args, what) in [(["--for", "3h", "--reason", "x", "--ticket", "OPS-1"], "duration"),
+                             (["--for", "1h", "--ticket", "OPS-1"], "reason"),
+                             (["--for", "1h", "--reason", "x", "--ticket", "JIRA-1"], "ticket")] {
+            r = try w.elevate(Self.requester, ["request", "prod-db-admin"] + args)
+            #expect(r.status == 7, "\(what): \(r.status) \(r.stderr)")
+        }
+        r = try w.elevate(Self.requester, ["request", "admin", "--for", "1h", "--reason", "x"])
+        #expect(r.status == 4, "\(r.stderr)")
+        r = try w.elevate(Self.lead1, ["request", "prod-db-admin", "--for", "1h", "--reason", "x", "--ticket", "OPS-1"])
+        #expect(r.status == 5 && r.stderr.contains("not eligible"), "\(r.stderr)")
+
+        r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "1h", "--reason", "schema migration", "--ticket", "OPS-42", "--format", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let id = try #require(json(r.out)["id"] as? String)
+        #expect(json(r.out)["state"] as? String == "pending")
+        // approvers see who asks, the role and what it grants
+        r = try w.elevate(Self.lead1, ["show", id, "--format", "json"])
+        let shown = json(r.out)
+        #expect((shown["grants"] as? [[String: Any]])?.first?["path"] as? String == "prod/db/**" && shown["reason"] as? String == "schema migration", "\(r.out)")
+        // no self-approval, not even through an approver group the requester is in
+        r = try w.elevate(Self.requester, ["approve", id])
+        #expect(r.status == 5 && r.stderr.contains("your own request"), "\(r.stderr)")
+        // nobody but the requester activates, and not before approval
+        r = try w.elevate(Self.requester, ["activate", id])
+        #expect(r.status == 7, "\(r.stderr)")
+        r = try w.elevate(Self.lead1, ["approve", id, "--comment", "ok"])
+        #expect(r.status == 0 && r.out.contains("approvals 1/2"), "\(r.out) \(r.stderr)")
+        r = try w.elevate(Self.lead1, ["approve", id])
+        #expect(r.status == 6 && r.stderr.contains("already reviewed"), "one review per approver: \(r.stderr)")
+        r = try w.elevate(Self.lead2, ["approve", id])
+        #expect(r.status == 0 && r.out.contains("approved"), "\(r.out)")
+        r = try w.elevate(Self.lead1, ["activate", id])
+        #expect(r.status == 4, "\(r.stderr)")
+        // the window: a token carrying the role, bound to the requester
+        r = try w.elevate(Self.requester, ["activate", id, "--format", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let token = try #require(json(r.out)["token"] as? String)
+        var (code, body) = try w.d.curl("GET", "/v1/secrets/data/prod/db/password", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 200 && body.contains("db-secret"), "\(code) \(body)")
+        (code, _) = try w.d.curl("GET", "/v1/secrets/data/prod/other", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 403)
+        (code, body) = try w.d.curl("GET", "/v1/secrets/data/prod/db/password", headers: ["X-Coffer-Token: \(token)"], as: Self.lead1.testUser)
+        #expect(code == 401 && errorCode(body) == "token_uid_mismatch")
+        // ended early by the requester: the token stops at once
+        r = try w.elevate(Self.requester, ["end", id])
+        #expect(r.status == 0 && r.out.contains("ended"), "\(r.out) \(r.stderr)")
+        (code, body) = try w.d.curl("GET", "/v1/secrets/data/prod/db/password", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 401 && errorCode(body) == "token_revoked", "\(code) \(body)")
+        r = try w.elevate(Self.lead2, ["approve", id])
+        #expect(r.status == 7, "a closed request takes no review")
+        // every transition is an event naming the request
+        let events = json(try w.d.curl("GET", "/v1/audit/events?path=\(id)").1)["events"] as? [[String: Any]] ?? []
+        let actions = events.filter { $0["status"] as? Int == 200 }.map { $0["action"] as? String ?? "" }
+        #expect(actions.contains("elevation_request") && actions.filter { $0 == "elevation_approve" }.count == 2
+                && actions.contains("elevation_activate") && actions.contains("elevation_end"), "\(actions)")
+        let approved = events.first { ($0["details"] as? [String: Any])?["state"] as? String == "approved" }
+        #expect(((approved?["details"] as? [String: Any])?["approvers"] as? [String])?.sorted() == [Self.lead1.name, Self.lead2.name].sorted())
+        // history survives a restart
+        w.d.stop()
+        try w.d.start()
+        r = try w.elevate(Self.requester, ["list", "--all", "--mine", "--format", "json"])
+        #expect((json(r.out)["requests"] as? [[String: Any]])?.first?["state"] as? String == "ended", "\(r.out)")
+    }
+
+    @Test func concurrentApprovalsCountExactly() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        for u in [Self.requester] + Self.racers { try w.signIn(u) }
+        var r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "30m", "--reason", "race", "--ticket", "OPS-7", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String)
+        let results = Mutex<[Int32]>([])
+        DispatchQueue.concurrentPerform(iterations: Self.racers.count) { i in
+            let out = try? w.elevate(Self.racers[i], ["approve", id])
+            results.withLock { $0.append(out?.status ?? -1) }
+        }
+        let statuses = results.withLock { $0 }
+        #expect(statuses.filter { $0 == 0 }.count == 2, "exactly two approvals land: \(statuses)")
+        r = try w.elevate(Self.requester, ["show", id, "--format", "json"])
+        #expect(json(r.out)["approvals"] as? Int == 2 && json(r.out)["state"] as? String == "approved", "\(r.out)")
+        let events = json(try w.d.curl("GET", "/v1/audit/events?path=\(id)").1)["events"] as? [[String: Any]] ?? []
+        // two approvals landed, one of them made the transition: one event says so
+        #expect(events.filter { $0["action"] as? String == "elevation_approve" && $0["status"] as? Int == 200 }.count == 2)
+        #expect(events.filter { ($0["details"] as? [String: Any])?["state"] as? String == "approved" && $0["action"] as? String == "elevation_approve" }.count == 1)
+        // an admin revokes it (with a reason); the requester can no longer activate
+        let (code, body) = try w.d.curl("POST", "/v1/elevation/requests/\(id)/revoke", body: #"{"reason":"incident over"}"#)
+        #expect(code == 200 && json(body)["state"] as? String == "revoked", "\(body)")
+        r = try w.elevate(Self.requester, ["activate", id])
+        #expect(r.status == 7)
+    }
+
+    @Test func unansweredRequestsExpire() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        try w.signIn(Self.requester)
+        var r = try w.elevate(Self.requester, ["request", "quick", "--for", "5m", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+        Thread.sleep(forTimeInterval: 4.5)
+        r = try w.elevate(Self.requester, ["show", id, "--format", "json"])
+        #expect(json(r.out)["state"] as? String == "expired" && json(r.out)["closed_by"] as? String == "system:elevation", "\(r.out)")
+        let events = json(try w.d.curl("GET", "/v1/audit/events?action=elevation_expire").1)["events"] as? [[String: Any]] ?? []
+        #expect(events.contains { $0["path"] as? String == id && $0["method"] as? String == "JOB" }, "\(events)")
+        // ids that do not exist, or belong to others, read the same
+        r = try w.elevate(Self.requester, ["show", "el_0000000000000000"])
+        #expect(r.status == 4)
+    }
+}
