@@ -155,12 +155,16 @@ public struct ExplainResponse: Codable, Sendable {
     public var roles: [String]
     public var allowed: Bool
     public var rule: String
-    public init(subject: String, uid: UInt32?, roles: [String], allowed: Bool, rule: String) {
+    /// What the subject may ask for or review through time-boxed elevation, e.g.
+    /// "prod-db-admin: eligible via group:oncall, needs 2 approvals, at most 2h".
+    public var elevation: [String]?
+    public init(subject: String, uid: UInt32?, roles: [String], allowed: Bool, rule: String, elevation: [String]? = nil) {
         self.subject = subject
         self.uid = uid
         self.roles = roles
         self.allowed = allowed
         self.rule = rule
+        self.elevation = elevation
     }
 }
 

@@ -266,6 +266,8 @@ public final class SecretEngine: Sendable {
         public var subject: Principal
         public var roles: [String]
         public var decision: Decision
+        /// Roles the subject may ask for, and requests it may review.
+        public var elevation: [String]
     }
 
     /// The decision the live policy would make for a subject, touching no secret.
@@ -285,7 +287,19 @@ public final class SecretEngine: Sendable {
         if path.isEmpty || path == "/" { target = "" } else { target = try SecretPath(path).rawValue }
         let policy = policies.policy
         let roles = policy.roleNames(for: who)
-        return Explanation(subject: who, roles: roles, decision: policy.decide(roles: roles, capability: capability, path: target))
+        var elevation: [String] = []
+        for (role, rule) in policy.elevations.sorted(by: { $0.key < $1.key }) {
+            if let via = rule.isEligible(who) {
+                var s = "\(role): eligible via \(via), "
+                s += rule.approvals == 0 ? "no approval needed" : "needs \(rule.approvals) approval\(rule.approvals == 1 ? "" : "s")"
+                s += ", at most \(DurationText.format(rule.maxDurationSeconds))"
+                if let f = rule.freshLoginSeconds { s += ", sign-in within \(DurationText.format(f))" }
+                elevation.append(s)
+            }
+            if let via = rule.isApprover(who) { elevation.append("\(role): may review requests via \(via)") }
+        }
+        return Explanation(subject: who, roles: roles, decision: policy.decide(roles: roles, capability: capability, path: target),
+                           elevation: elevation)
     }
 
     // MARK: audit trail

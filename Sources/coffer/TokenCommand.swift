@@ -164,7 +164,7 @@ struct PolicyCommand: ParsableCommand {
                 }
                 let p = try Policy.parse(text, file: file)
                 let rules = p.roles.values.reduce(0) { $0 + $1.rules.count }
-                try printLine("\(file): OK (\(p.roles.count) roles, \(rules) rules, \(p.bindings.count) bindings)")
+                try printLine("\(file): OK (\(p.roles.count) roles, \(rules) rules, \(p.bindings.count) bindings, \(p.elevations.count) elevation rules)")
             }
         }
     }
@@ -197,7 +197,7 @@ struct PolicyCommand: ParsableCommand {
                     \(r.allowed ? "ALLOW" : "DENY") \(capability) \(path.isEmpty ? "(root)" : path) as \(r.subject)\(r.uid.map { " (uid \($0))" } ?? "")
                     roles: \(r.roles.isEmpty ? "none" : r.roles.joined(separator: ", "))
                     decided by: \(r.rule)
-                    """)
+                    """ + (r.elevation.map { "\n" + $0.map { "elevation: " + $0 }.joined(separator: "\n") } ?? ""))
             }
         }
     }

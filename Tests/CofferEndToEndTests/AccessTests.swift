@@ -132,7 +132,7 @@ enum AccessFixture {
         try AccessFixture.policy.write(toFile: good, atomically: true, encoding: .utf8)
         try (AccessFixture.policy + "\n[[bind]]\nsubjects = [\"user:x\"]\nroles = [\"nope\"]\n").write(toFile: bad, atomically: true, encoding: .utf8)
         var r = try run(Bins.coffer, ["policy", "check", good])
-        #expect(r.status == 0 && r.out.contains("OK (3 roles, 4 rules, 3 bindings)"))
+        #expect(r.status == 0 && r.out.contains("OK (3 roles, 4 rules, 3 bindings, 0 elevation rules)"))
         r = try run(Bins.coffer, ["policy", "check", bad])
         #expect(r.status == 7)
         #expect(r.stderr.contains("bad.toml:35: unknown role 'nope'"), "\(r.stderr)")

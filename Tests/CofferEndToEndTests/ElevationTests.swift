@@ -149,6 +149,17 @@ import Testing
                 && actions.contains("elevation_activate") && actions.contains("elevation_end"), "\(actions)")
         let approved = events.first { ($0["details"] as? [String: Any])?["state"] as? String == "approved" }
         #expect(((approved?["details"] as? [String: Any])?["approvers"] as? [String])?.sorted() == [Self.lead1.name, Self.lead2.name].sorted())
+        // explain and check cover elevation
+        r = try w.d.coffer(["policy", "explain", "--as", "user:\(Self.requester.name)", "read", "prod/db/password"])
+        #expect(r.out.contains("DENY") && r.out.contains("prod-db-admin: eligible via group:coffer-oncall, needs 2 approvals, at most 2h"), "\(r.out)")
+        r = try w.d.coffer(["policy", "explain", "--as", "user:\(Self.lead1.name)", "read", "prod/db/password"])
+        #expect(r.out.contains("prod-db-admin: may review requests via group:coffer-leads"), "\(r.out)")
+        r = try run(Bins.coffer, ["policy", "check", w.d.policyPath])
+        #expect(r.out.contains("2 elevation rules"), "\(r.out)")
+        let bad = w.d.dir + "/bad.toml"
+        try (Self.policy + "\n[[elevation]]\nrole = \"quick\"\neligible = [\"group:x\"]\nmax_duration = \"1h\"\napprovals = 1\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        r = try run(Bins.coffer, ["policy", "check", bad])
+        #expect(r.status != 0 && r.stderr.contains("bad.toml:") && r.stderr.contains("approvers"), "\(r.stderr)")
         // history survives a restart
         w.d.stop()
         try w.d.start()
@@ -180,6 +191,24 @@ import Testing
         #expect(code == 200 && json(body)["state"] as? String == "revoked", "\(body)")
         r = try w.elevate(Self.requester, ["activate", id])
         #expect(r.status == 7)
+    }
+
+    @Test func approvedSurvivesAKillBeforeActivation() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        for u in [Self.requester, Self.lead1, Self.lead2] { try w.signIn(u) }
+        var r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "10m", "--reason", "kill", "--ticket", "OPS-9", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+        for lead in [Self.lead1, Self.lead2] {
+            r = try w.elevate(lead, ["approve", id])
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        w.d.kill9()
+        try w.d.start()
+        r = try w.elevate(Self.requester, ["activate", id, "--format", "json"])
+        #expect(r.status == 0 && json(r.out)["token"] is String, "\(r.out) \(r.stderr)")
+        r = try w.elevate(Self.requester, ["show", id, "--format", "json"])
+        #expect(json(r.out)["state"] as? String == "active" && json(r.out)["ends_at"] is String, "\(r.out)")
     }
 
     @Test func unansweredRequestsExpire() throws {

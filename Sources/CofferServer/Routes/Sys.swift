@@ -60,7 +60,8 @@ extension APIResponder {
             return (subject, try engine.explanation(g, as: subject, capability: cap, path: body.path))
         }
         return ErrorMapping.json(ExplainResponse(subject: subject.description, uid: e.subject.uid == UInt32.max - 1 ? nil : e.subject.uid,
-                                                 roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule))
+                                                 roles: e.roles, allowed: e.decision.allowed, rule: e.decision.rule,
+                                                 elevation: e.elevation.isEmpty ? nil : e.elevation))
     }
 
     func health(_ i: RouteInput) throws(CofferError) -> Response {
