@@ -174,10 +174,13 @@ public struct HealthResponse: Codable, Sendable {
     public var audit: String?
     /// "off", "ok", or "failing: REASON" (a failing mirror never blocks requests).
     public var auditMirror: String?
+    /// Elevation notification hooks: "off", "ok", or "failing: REASON" (never blocking).
+    public var notify: String?
 
-    enum CodingKeys: String, CodingKey { case status, unlocked, sealed, version, audit, auditMirror = "audit_mirror" }
+    enum CodingKeys: String, CodingKey { case status, unlocked, sealed, version, audit, auditMirror = "audit_mirror", notify }
 
-    public init(status: String, sealed: Bool, version: String, audit: String? = nil, auditMirror: String? = nil) {
+    public init(status: String, sealed: Bool, version: String, audit: String? = nil, auditMirror: String? = nil, notify: String? = nil) {
+        self.notify = notify
         self.status = status
         self.unlocked = !sealed
         self.sealed = sealed

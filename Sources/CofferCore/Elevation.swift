@@ -18,6 +18,9 @@ public struct ElevationRule: Sendable, Equatable {
     public var freshLoginSeconds: Int?
     /// Eligible callers may activate it themselves, with a reason; flagged for review.
     public var breakGlass: Bool
+    /// Commands run with one JSON document on stdin per state change (argv; the
+    /// first an absolute path).
+    public var notify: [[String]] = []
     public var location: String
 
     public init(role: String, eligible: [Subject], approvers: [Subject], approvals: Int, denials: Int, maxDurationSeconds: Int,
@@ -50,7 +53,7 @@ public struct ElevationRule: Sendable, Equatable {
     }
 
     static let keys: Set<String> = ["role", "eligible", "approvers", "approvals", "denials", "max_duration", "pending_ttl", "reason",
-                                    "ticket_pattern", "fresh_login", "break_glass"]
+                                    "ticket_pattern", "fresh_login", "break_glass", "notify"]
 
     static func parse(_ t: TOMLTable, file: String, roles: [String: Policy.Role]) throws(CofferError) -> ElevationRule {
         func err(_ line: Int, _ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(line): \(msg)") }
@@ -103,11 +106,36 @@ public struct ElevationRule: Sendable, Equatable {
             guard case .bool(let b) = e.value else { throw err(e.line, "break_glass must be true or false") }
             breakGlass = b
         }
-        return ElevationRule(
+        var notify: [[String]] = []
+        if let e = t["notify"] {
+            // ["/path/cmd", "arg"] (one command) or [["/a"], ["/b", "x"]] (several)
+            func argv(_ items: [TOMLValue]) throws(CofferError) -> [String] {
+                var out: [String] = []
+                for i in items {
+                    guard case .string(let s) = i, !s.isEmpty, s.utf8.count <= 1024 else { throw err(e.line, "notify must list strings") }
+                    out.append(s)
+                }
+                guard let first = out.first, first.hasPrefix("/") else { throw err(e.line, "notify's command must be an absolute path") }
+                return out
+            }
+            guard case .array(let items) = e.value, !items.isEmpty else { throw err(e.line, "notify must be [\"/path/to/command\", ...]") }
+            if case .array = items[0] {
+                for i in items {
+                    guard case .array(let cmd) = i else { throw err(e.line, "notify must be a list of commands") }
+                    notify.append(try argv(cmd))
+                }
+            } else {
+                notify.append(try argv(items))
+            }
+            guard notify.count <= 8 else { throw err(e.line, "at most 8 notify commands") }
+        }
+        var rule = ElevationRule(
             role: role, eligible: eligible, approvers: approvers, approvals: approvals, denials: try integer("denials", 1...16) ?? 1,
             maxDurationSeconds: maxDuration, pendingTTLSeconds: try duration("pending_ttl", max: 7 * 86400) ?? 1800,
             reasonRequired: reason == "required", ticketPattern: ticket, freshLoginSeconds: try duration("fresh_login", max: 86400),
             breakGlass: breakGlass, location: "\(file):\(t.line)")
+        rule.notify = notify
+        return rule
     }
 }
 

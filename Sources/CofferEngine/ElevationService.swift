@@ -16,8 +16,10 @@ public final class ElevationService: Sendable {
     let errors: StoreErrorMapper
     let clock: any WallClock
     let logger: Logger
+    public let notifier: Notifier
 
     init(store: Store, policies: PolicyStore, tokens: TokenService, errors: StoreErrorMapper, clock: any WallClock, logger: Logger) {
+        self.notifier = Notifier(logger: logger)
         self.store = store
         self.policies = policies
         self.tokens = tokens
@@ -97,6 +99,7 @@ public final class ElevationService: Sendable {
         }
         let record = e
         try await errors.call { try await store.insertElevation(record, ticket: g.ticket) }
+        notify(e)
         logger.info("elevation requested", metadata: ["elevation.id": "\(e.id)", "role": "\(e.role)", "peer.uid": "\(p.uid)"])
         return e
     }
@@ -247,6 +250,25 @@ public final class ElevationService: Sendable {
         return e
     }
 
+    /// One JSON document per state change for the rule's hooks (never a token).
+    func notify(_ e: ElevationRecord) {
+        guard let hooks = policies.policy.elevations[e.role]?.notify, !hooks.isEmpty else { return }
+        var doc: [String: Any] = [
+            "request_id": e.id, "role": e.role, "state": e.state.rawValue, "duration_seconds": e.durationSeconds,
+            "requester": ["uid": Int(e.requesterUID), "user": e.requesterUser ?? ""],
+            "reviews": e.reviews.map { ["reviewer": $0.user ?? "uid:\($0.uid)", "verdict": $0.approve ? "approve" : "deny", "comment": $0.comment ?? ""] },
+            "at": Timestamp.string(millis: clock.nowMillis()),
+        ]
+        if let r = e.reason { doc["reason"] = r }
+        if let t = e.ticket { doc["ticket"] = t }
+        if let end = e.endsAt { doc["ends_at"] = Timestamp.string(millis: end) }
+        guard let data = try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        notifier.post(hooks, Array(data) + [0x0A])
+    }
+
+    /// Whether any elevation rule has hooks (health says "off" otherwise).
+    public var hooksConfigured: Bool { policies.policy.elevations.values.contains { !$0.notify.isEmpty } }
+
     /// The rules a role grants (what approvers see).
     public func grants(of role: String) -> [Policy.Rule] { policies.policy.roles[role]?.rules ?? [] }
 
@@ -268,6 +290,7 @@ public final class ElevationService: Sendable {
                 }
             })
             logger.info("elevation changed", metadata: ["elevation.id": "\(id)", "state": "\(e.state.rawValue)", "peer.uid": "\(g.principal.uid)"])
+            notify(e)
             return e
         } catch let r as ElevationRefusal {
             throw CofferError(r.code, r.message)

@@ -395,11 +395,13 @@ public final class SecretEngine: Sendable {
         public var degraded: String?
         public var auditEnabled: Bool
         public var mirror: String  // off, ok, failing: …
+        public var notify: String  // off, ok, failing: …
     }
 
     public var health: Health {
         Health(degraded: audit.degradedReason, auditEnabled: audit.settings.enabled,
-               mirror: audit.settings.mirror.isEmpty ? "off" : audit.mirrorError.map { "failing: \($0)" } ?? "ok")
+               mirror: audit.settings.mirror.isEmpty ? "off" : audit.mirrorError.map { "failing: \($0)" } ?? "ok",
+               notify: elevation.notifier.status(configured: elevation.hooksConfigured))
     }
 
     /// The audit writer's service (run by the daemon's ServiceGroup).

@@ -17,7 +17,7 @@ import Testing
         return PAMUser.ensure(name, password: password)
     }
 
-    static let policy = """
+    static var policy: String { """
         [role.admin]
         [[role.admin.rule]]
         path = "**"
@@ -55,7 +55,10 @@ import Testing
         max_duration = "1h"
         pending_ttl = "2s"
         reason = "optional"
-        """
+        notify = [["/bin/sh", "-c", "cat >> \(notifyFile)"], ["/bin/false"]]
+        """ }
+
+    static let notifyFile = "/tmp/coffer-e2e-notify-\(getpid()).jsonl"
 
     /// A daemon with the elevation policy, and each user signed in (session files).
     final class World: @unchecked Sendable {  // read-only once set up (the race only reads sessions)
@@ -209,6 +212,31 @@ import Testing
         #expect(r.status == 0 && json(r.out)["token"] is String, "\(r.out) \(r.stderr)")
         r = try w.elevate(Self.requester, ["show", id, "--format", "json"])
         #expect(json(r.out)["state"] as? String == "active" && json(r.out)["ends_at"] is String, "\(r.out)")
+    }
+
+    @Test func hooksHearEveryStateChangeAndNeverBlock() throws {
+        try? FileManager.default.removeItem(atPath: Self.notifyFile)
+        let w = try World()
+        defer { w.d.stop() }
+        for u in [Self.requester, Self.lead1] { try w.signIn(u) }
+        var r = try w.elevate(Self.requester, ["request", "quick", "--for", "10m", "--reason", "hooks", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+        r = try w.elevate(Self.lead1, ["approve", id])
+        r = try w.elevate(Self.requester, ["activate", id, "--format", "json"])
+        let token = json(r.out)["token"] as? String ?? "-"
+        r = try w.elevate(Self.requester, ["end", id])
+        #expect(r.status == 0, "\(r.stderr)")
+        Thread.sleep(forTimeInterval: 1)
+        let lines = ((try? String(contentsOfFile: Self.notifyFile, encoding: .utf8)) ?? "").split(separator: "\n").map { json(String($0)) }
+        // hooks run concurrently, off the request path: order by their time stamps
+        let states = lines.sorted { ($0["at"] as? String ?? "") < ($1["at"] as? String ?? "") }.compactMap { $0["state"] as? String }
+        #expect(states == ["pending", "approved", "active", "ended"], "\(lines)")
+        #expect(lines.allSatisfy { $0["request_id"] as? String == id && $0["role"] as? String == "quick" })
+        #expect(!((try? String(contentsOfFile: Self.notifyFile, encoding: .utf8)) ?? "").contains(token), "a hook never sees a token")
+        // the failing hook (/bin/false) shows in health, and blocked nothing
+        let health = json(try w.d.curl("GET", "/v1/sys/health").1)
+        #expect((health["notify"] as? String)?.hasPrefix("failing: /bin/false exited") == true, "\(health)")
+        try? FileManager.default.removeItem(atPath: Self.notifyFile)
     }
 
     @Test func unansweredRequestsExpire() throws {

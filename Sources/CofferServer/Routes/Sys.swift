@@ -69,6 +69,6 @@ extension APIResponder {
         let h = engine.health
         let audit = !h.auditEnabled ? "disabled" : h.degraded.map { "unavailable: \($0)" } ?? "ok"
         return ErrorMapping.json(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", sealed: false, version: CofferVersion.string,
-                                                audit: audit, auditMirror: h.mirror))
+                                                audit: audit, auditMirror: h.mirror, notify: h.notify))
     }
 }
