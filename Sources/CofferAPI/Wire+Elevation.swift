@@ -8,12 +8,14 @@ public struct ElevationRequestBody: Codable, Sendable {
     public var duration: String
     public var reason: String?
     public var ticket: String?
-    enum CodingKeys: String, CodingKey, CaseIterable { case role, duration, reason, ticket }
-    public init(role: String, duration: String, reason: String?, ticket: String?) {
+    public var breakGlass: Bool?
+    enum CodingKeys: String, CodingKey, CaseIterable { case role, duration, reason, ticket, breakGlass = "break_glass" }
+    public init(role: String, duration: String, reason: String?, ticket: String?, breakGlass: Bool? = nil) {
         self.role = role
         self.duration = duration
         self.reason = reason
         self.ticket = ticket
+        self.breakGlass = breakGlass
     }
     public init(from decoder: any Decoder) throws {
         try StrictKeys.check(decoder, CodingKeys.self)
@@ -22,6 +24,7 @@ public struct ElevationRequestBody: Codable, Sendable {
         duration = try c.decode(String.self, forKey: .duration)
         reason = try c.decodeIfPresent(String.self, forKey: .reason)
         ticket = try c.decodeIfPresent(String.self, forKey: .ticket)
+        breakGlass = try c.decodeIfPresent(Bool.self, forKey: .breakGlass)
     }
 }
 
@@ -94,6 +97,9 @@ public struct ElevationInfo: Codable, Sendable {
     public var closedBy: String?
     public var closeReason: String?
     public var reviews: [Review]
+    public var breakGlass: Bool = false
+    public var ackedAt: String?
+    public var ackedBy: String?
     /// What the role grants (from the policy): what approvers approve.
     public var grants: [Grant]
 
@@ -101,7 +107,7 @@ public struct ElevationInfo: Codable, Sendable {
         case id, role, state, requester, reason, ticket, durationSeconds = "duration_seconds", createdAt = "created_at",
              pendingUntil = "pending_until", approvalsNeeded = "approvals_needed", approvals, denialsNeeded = "denials_needed", denials,
              approvedAt = "approved_at", activatedAt = "activated_at", endsAt = "ends_at", closedAt = "closed_at", closedBy = "closed_by",
-             closeReason = "close_reason", reviews, grants
+             closeReason = "close_reason", reviews, grants, breakGlass = "break_glass", ackedAt = "acked_at", ackedBy = "acked_by"
     }
 
     public init(id: String, role: String, state: String, requester: Person, reason: String?, ticket: String?, durationSeconds: Int,
@@ -129,6 +135,31 @@ public struct ElevationInfo: Codable, Sendable {
         self.closeReason = closeReason
         self.reviews = reviews
         self.grants = grants
+    }
+}
+
+public struct ElevationReportResponse: Codable, Sendable {
+    public struct Line: Codable, Sendable {
+        public var role: String
+        public var user: String
+        public var activations: Int
+        public var heldSeconds: Int
+        public var approvers: [String]
+        enum CodingKeys: String, CodingKey { case role, user, activations, heldSeconds = "held_seconds", approvers }
+        public init(role: String, user: String, activations: Int, heldSeconds: Int, approvers: [String]) {
+            self.role = role
+            self.user = user
+            self.activations = activations
+            self.heldSeconds = heldSeconds
+            self.approvers = approvers
+        }
+    }
+    public var held: [Line]
+    public var unreviewedBreakGlass: [ElevationInfo]
+    enum CodingKeys: String, CodingKey { case held, unreviewedBreakGlass = "unreviewed_break_glass" }
+    public init(held: [Line], unreviewedBreakGlass: [ElevationInfo]) {
+        self.held = held
+        self.unreviewedBreakGlass = unreviewedBreakGlass
     }
 }
 

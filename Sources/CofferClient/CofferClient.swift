@@ -234,3 +234,18 @@ extension CofferClient {
         try decode(http.request("POST", "/v1/elevation/requests/" + PercentDecoding.encodePath(id) + "/activate"), as: ElevationActivateResponse.self)
     }
 }
+
+extension CofferClient {
+    public func elevationHistory(since: String?, user: String?, role: String?) throws -> ElevationListResponse {
+        var q = [("state", "all"), ("mine", "false")]
+        if let since { q.append(("since", since)) }
+        if let user { q.append(("user", user)) }
+        if let role { q.append(("role", role)) }
+        return try decode(http.request("GET", "/v1/elevation/requests?" + q.map { "\($0.0)=\(Self.queryEscape($0.1))" }.joined(separator: "&")),
+                          as: ElevationListResponse.self)
+    }
+
+    public func elevationReport(since: String?) throws -> ElevationReportResponse {
+        try decode(http.request("GET", "/v1/elevation/report" + (since.map { "?since=" + Self.queryEscape($0) } ?? "")), as: ElevationReportResponse.self)
+    }
+}

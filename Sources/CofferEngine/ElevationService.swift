@@ -33,11 +33,14 @@ public final class ElevationService: Sendable {
         public var durationSeconds: Int
         public var reason: String?
         public var ticket: String?
-        public init(role: String, durationSeconds: Int, reason: String?, ticket: String?) {
+        /// Self-approval where the rule allows break-glass (with a reason), flagged for review.
+        public var breakGlass: Bool
+        public init(role: String, durationSeconds: Int, reason: String?, ticket: String?, breakGlass: Bool = false) {
             self.role = role
             self.durationSeconds = durationSeconds
             self.reason = reason
             self.ticket = ticket
+            self.breakGlass = breakGlass
         }
     }
 
@@ -78,6 +81,10 @@ public final class ElevationService: Sendable {
             throw CofferError(.invalidParameter, "the duration must be 1m...\(DurationText.format(rule.maxDurationSeconds)) for role '\(req.role)'")
         }
         let reason = try Self.text(req.reason, "reason", max: 512)
+        if req.breakGlass {
+            guard rule.breakGlass else { throw CofferError(.permissionDenied, "role '\(req.role)' has no break-glass", hint: "ask for approval instead") }
+            guard reason != nil else { throw CofferError(.invalidParameter, "break-glass needs a reason", hint: "--reason TEXT") }
+        }
         if rule.reasonRequired && reason == nil { throw CofferError(.invalidParameter, "role '\(req.role)' needs a reason", hint: "--reason TEXT") }
         let ticket = try Self.text(req.ticket, "ticket", max: 128)
         if rule.ticketPattern != nil {
@@ -87,15 +94,16 @@ public final class ElevationService: Sendable {
         }
         var e = ElevationRecord(
             id: "el_" + Hex.encode(Hashing.randomBytes(8)), role: req.role, requesterUID: p.uid, requesterUser: p.userName, reason: reason,
-            ticket: ticket, durationSeconds: req.durationSeconds, state: rule.approvals == 0 ? .approved : .pending, createdAt: now,
+            ticket: ticket, durationSeconds: req.durationSeconds, state: rule.approvals == 0 || req.breakGlass ? .approved : .pending, createdAt: now,
             pendingUntil: now + Int64(rule.pendingTTLSeconds) * 1000, approvalsNeeded: rule.approvals, denialsNeeded: rule.denials,
-            breakGlass: false)
-        if rule.approvals == 0 { e.approvedAt = now }
+            breakGlass: req.breakGlass)
+        if e.state == .approved { e.approvedAt = now }
         g.ticket.update {
             $0.path = e.id
             $0.details[AuditDetailsKey.elevationID] = .text(e.id)
             $0.details["role"] = .text(e.role)
             $0.details["eligible_via"] = .text(via.description)
+            if req.breakGlass { $0.details["break_glass"] = .text("self-approved; to be reviewed") }
         }
         let record = e
         try await errors.call { try await store.insertElevation(record, ticket: g.ticket) }
@@ -135,6 +143,68 @@ public final class ElevationService: Sendable {
             }
             return c
         }
+    }
+
+    /// The after-the-fact review of a break-glass elevation: an approver of the role
+    /// (not the requester) or an admin.
+    public func ack(_ g: Grant, id: String, isAdmin: Bool) async throws(CofferError) -> ElevationRecord {
+        let p = g.principal
+        let now = clock.nowMillis()
+        let policy = policies.policy
+        return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
+            let approver = policy.elevations[e.role]?.isApprover(p) != nil
+            guard isAdmin || approver || e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard e.requesterUID != p.uid else { throw ElevationRefusal(.permissionDenied, "you cannot review your own break-glass") }
+            guard isAdmin || approver else { throw ElevationRefusal(.permissionDenied, "only the role's approvers or an admin review break-glass") }
+            guard e.breakGlass else { throw ElevationRefusal(.invalidParameter, "this was no break-glass elevation") }
+            guard e.ackedAt == nil else { throw ElevationRefusal(.casMismatch, "already reviewed by \(e.ackedBy ?? "-")") }
+            var c = Store.ElevationChange()
+            c.ackedAt = now
+            c.ackedBy = p.userName ?? "uid:\(p.uid)"
+            return c
+        }
+    }
+
+    public struct Report: Sendable {
+        public struct Line: Sendable {
+            public var role: String
+            public var user: String
+            public var activations: Int
+            public var heldSeconds: Int
+            public var approvers: [String]
+        }
+        public var lines: [Line]
+        public var unreviewedBreakGlass: [ElevationRecord]
+    }
+
+    /// For access reviews: who held which role, how often, how long, approved by
+    /// whom; break-glass activations not yet reviewed.
+    public func report(_ g: Grant, since: Int64?) throws(CofferError) -> Report {
+        let all = try errors.call { try store.elevations(openOnly: false, requesterUID: nil, since: since, limit: 100_000) }
+        let now = clock.nowMillis()
+        var lines: [String: Report.Line] = [:]
+        for e in all {
+            guard let start = e.activatedAt else { continue }
+            let end = min(e.closedAt ?? e.endsAt ?? now, e.endsAt ?? now, now)
+            let who = e.requesterUser ?? "uid:\(e.requesterUID)"
+            var l = lines["\(e.role)\u{0}\(who)"] ?? Report.Line(role: e.role, user: who, activations: 0, heldSeconds: 0, approvers: [])
+            l.activations += 1
+            l.heldSeconds += Int(max(0, end - start) / 1000)
+            for r in e.reviews where r.approve {
+                let name = r.user ?? "uid:\(r.uid)"
+                if !l.approvers.contains(name) { l.approvers.append(name) }
+            }
+            if e.breakGlass && !l.approvers.contains("break-glass") { l.approvers.append("break-glass") }
+            lines["\(e.role)\u{0}\(who)"] = l
+        }
+        return Report(lines: lines.values.sorted { ($0.role, $0.user) < ($1.role, $1.user) },
+                      unreviewedBreakGlass: all.filter { $0.breakGlass && $0.activatedAt != nil && $0.ackedAt == nil })
+    }
+
+    public func history(_ g: Grant, since: Int64?, user: String?, role: String?, isAdmin: Bool) throws(CofferError) -> [ElevationRecord] {
+        let p = g.principal
+        return try errors.call { try store.elevations(openOnly: false, requesterUID: nil, user: user, role: role, since: since) }
+            .filter { visible(p, $0, isAdmin: isAdmin) }
     }
 
     public func cancel(_ g: Grant, id: String) async throws(CofferError) -> ElevationRecord {

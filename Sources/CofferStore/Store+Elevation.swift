@@ -45,6 +45,9 @@ public struct ElevationRecord: Sendable, Equatable {
     public var closedBy: String?
     public var closeReason: String?
     public var tokenAccessor: String?
+    /// A break-glass activation's after-the-fact review.
+    public var ackedAt: Int64?
+    public var ackedBy: String?
     public var reviews: [Review] = []
 
     public init(id: String, role: String, requesterUID: UInt32, requesterUser: String?, reason: String?, ticket: String?,
@@ -119,6 +122,12 @@ extension Store {
                 ALTER TABLE token ADD COLUMN elevation_id TEXT;
                 """)
         }
+        m.registerMigration("v9-elevation-ack") { db in
+            try db.execute(sql: """
+                ALTER TABLE elevation_request ADD COLUMN acked_at INTEGER;
+                ALTER TABLE elevation_request ADD COLUMN acked_by TEXT;
+                """)
+        }
     }
 
     static func elevation(_ db: Database, _ id: String) throws -> ElevationRecord? {
@@ -135,6 +144,8 @@ extension Store {
         e.closedBy = r["closed_by"]
         e.closeReason = r["close_reason"]
         e.tokenAccessor = r["token_accessor"]
+        e.ackedAt = r["acked_at"]
+        e.ackedBy = r["acked_by"]
         e.reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY at, reviewer_uid", arguments: [id]).map {
             ElevationRecord.Review(uid: UInt32(truncatingIfNeeded: $0["reviewer_uid"] as Int64), user: $0["reviewer_user"],
                                    approve: ($0["verdict"] as String) == "approve", comment: $0["comment"], at: $0["at"])
@@ -144,13 +155,17 @@ extension Store {
 
     public func elevation(id: String) throws -> ElevationRecord? { try pool.read { db in try Store.elevation(db, id) } }
 
-    /// Requests, newest first: open ones, or all; for one requester or all.
-    public func elevations(openOnly: Bool, requesterUID: UInt32?, limit: Int = 1000) throws -> [ElevationRecord] {
+    /// Requests, newest first: open ones, or all; for one requester, user or role; since a time.
+    public func elevations(openOnly: Bool, requesterUID: UInt32?, user: String? = nil, role: String? = nil, since: Int64? = nil,
+                           limit: Int = 1000) throws -> [ElevationRecord] {
         try pool.read { db in
             var sql = "SELECT id FROM elevation_request WHERE 1"
             var args: [any DatabaseValueConvertible] = []
             if openOnly { sql += " AND state IN ('pending','approved','active')" }
             if let u = requesterUID { sql += " AND requester_uid = ?"; args.append(Int64(u)) }
+            if let u = user { sql += " AND requester_user = ?"; args.append(u) }
+            if let r = role { sql += " AND role = ?"; args.append(r) }
+            if let s = since { sql += " AND created_at >= ?"; args.append(s) }
             sql += " ORDER BY created_at DESC, id LIMIT ?"
             args.append(limit)
             return try String.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { try Store.elevation(db, $0) }
@@ -184,6 +199,8 @@ extension Store {
         public var closedBy: String?
         public var closeReason: String?
         public var token: TokenRecord?
+        public var ackedAt: Int64?
+        public var ackedBy: String?
         /// Revoke the request's token and every token made from it.
         public var revokeToken: Bool = false
         public init() {}
@@ -217,10 +234,11 @@ extension Store {
                 UPDATE elevation_request SET state = coalesce(?, state), approved_at = coalesce(?, approved_at),
                     pending_until = coalesce(?, pending_until),
                     activated_at = coalesce(?, activated_at), ends_at = coalesce(?, ends_at), closed_at = coalesce(?, closed_at),
-                    closed_by = coalesce(?, closed_by), close_reason = coalesce(?, close_reason), token_accessor = coalesce(?, token_accessor)
+                    closed_by = coalesce(?, closed_by), close_reason = coalesce(?, close_reason), token_accessor = coalesce(?, token_accessor),
+                    acked_at = coalesce(?, acked_at), acked_by = coalesce(?, acked_by)
                 WHERE id = ?
                 """, arguments: [c.state?.rawValue, c.approvedAt, c.pendingUntil, c.activatedAt, c.endsAt, c.closedAt, c.closedBy, c.closeReason,
-                                 c.token?.accessor, id])
+                                 c.token?.accessor, c.ackedAt, c.ackedBy, id])
             let after = try Store.elevation(db, id)!
             annotate(after)  // the event says what the transition made, in the same commit
             return (after, try self.commit(ticket, db))

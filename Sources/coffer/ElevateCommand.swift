@@ -47,7 +47,8 @@ struct ElevateCommand: ParsableCommand {
         commandName: "elevate",
         abstract: "Time-boxed elevation: ask for a role for a while, review others' requests, activate, end.",
         discussion: "Uses the session `coffer login` keeps (a recent sign-in may be required). See the README, \"Time-boxed elevation\".",
-        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Activate.self, End.self, Revoke.self]
+        subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Activate.self, End.self, Revoke.self,
+                      History.self, Report.self, Ack.self]
     )
 
     struct Request: ParsableCommand {
@@ -58,12 +59,14 @@ struct ElevateCommand: ParsableCommand {
         @Option(help: "Why (required unless the rule says optional).") var reason: String?
         @Option(help: "A ticket reference (when the rule asks for one).") var ticket: String?
         @Flag(help: "Wait until the request is decided; activate it when approved.") var wait = false
+        @Flag(help: "Break-glass: approve it yourself (the rule must allow it; a reason is needed; reviewed afterwards).") var breakGlass = false
         @Option(help: "With --wait: write the activated token to this new file (0600) instead of stdout.") var output: String?
 
         func run() throws {
             try runReporting {
                 let client = try global.sessionClient()
-                var e = try client.elevationRequest(ElevationRequestBody(role: role, duration: duration, reason: reason, ticket: ticket))
+                var e = try client.elevationRequest(ElevationRequestBody(role: role, duration: duration, reason: reason, ticket: ticket,
+                                                                         breakGlass: breakGlass ? true : nil))
                 if !wait {
                     if global.format == .json { return try printJSON(e) }
                     return try printLine("\(e.id) \(e.state): needs \(e.approvalsNeeded) approval\(e.approvalsNeeded == 1 ? "" : "s")")
@@ -155,6 +158,46 @@ struct ElevateCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "end", body: nil), global.format) } }
+    }
+
+    struct History: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every request you may see, kept after it ends (newest first).")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Only requests made since (unix seconds or RFC 3339 UTC).") var since: String?
+        @Option(help: "Only this requester (user name).") var user: String?
+        @Option(help: "Only this role.") var role: String?
+        func run() throws {
+            try runReporting {
+                let list = try global.sessionClient().elevationHistory(since: since, user: user, role: role)
+                if global.format == .json { return try printJSON(list) }
+                if !list.requests.isEmpty { try printLine(list.requests.map(elevationLine).joined(separator: "\n")) }
+            }
+        }
+    }
+
+    struct Report: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Access review: who held which role, how often, how long, approved by whom; unreviewed break-glass (needs audit).")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Only requests made since (unix seconds or RFC 3339 UTC).") var since: String?
+        func run() throws {
+            try runReporting {
+                let r = try global.sessionClient().elevationReport(since: since)
+                if global.format == .json { return try printJSON(r) }
+                var lines = r.held.map {
+                    "\($0.role)  \($0.user)  \($0.activations)×  \(DurationText.format(max(1, $0.heldSeconds)))  approved by \($0.approvers.joined(separator: ", "))"
+                }
+                for e in r.unreviewedBreakGlass { lines.append("UNREVIEWED break-glass: " + elevationLine(e) + "  (coffer elevate ack \(e.id))") }
+                if !lines.isEmpty { try printLine(lines.joined(separator: "\n")) }
+            }
+        }
+    }
+
+    struct Ack: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Mark a break-glass elevation as reviewed (an approver of its role, or an admin; not its requester).")
+        @OptionGroup var global: GlobalOptions
+        @Argument var id: String
+        func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "ack", body: nil), global.format) } }
     }
 
     struct Revoke: ParsableCommand {

@@ -25,11 +25,38 @@ extension APIResponder {
         elevationAction("activate", "elevation_activate") { r, i throws(CofferError) in try await r.elevationActivate(i) },
         elevationAction("end", "elevation_end") { r, i throws(CofferError) in try await r.elevationSimple(i, "elevation_end") },
         elevationAction("revoke", "elevation_revoke") { r, i throws(CofferError) in try await r.elevationRevoke(i) },
+        elevationAction("ack", "elevation_ack") { r, i throws(CofferError) in try await r.elevationAck(i) },
+        Endpoint("elevation_report", .exact("/v1/elevation/report"), [
+            .init(.get, "elevation_report") { r, i throws(CofferError) in try await r.elevationReport(i) },
+        ]),
     ]
+
+    func elevationAck(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let e = try await engine.gate.perform(i.ticket, principal, .elevate, nil, named: "elevation_ack") { g async throws(CofferError) in
+            try await noBody(i.request, i.context)
+            return try await engine.elevation.ack(g, id: i.param, isAdmin: isAdmin(principal))
+        }
+        return ErrorMapping.json(elevationInfo(e))
+    }
+
+    /// Access reviews: the audit capability (who held what is audit material).
+    func elevationReport(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["since"])
+        let r = try await engine.gate.perform(i.ticket, principal, .audit, nil, named: "elevation_report") { g async throws(CofferError) in
+            let since = try i.request.uri.queryParameters["since"].map { v throws(CofferError) in try Self.parseTime(String(v), "since") }
+            return try engine.elevation.report(g, since: since)
+        }
+        return ErrorMapping.json(ElevationReportResponse(
+            held: r.lines.map { .init(role: $0.role, user: $0.user, activations: $0.activations, heldSeconds: $0.heldSeconds, approvers: $0.approvers) },
+            unreviewedBreakGlass: r.unreviewedBreakGlass.map(elevationInfo)))
+    }
 
     func elevationInfo(_ e: ElevationRecord) -> ElevationInfo {
         func t(_ v: Int64?) -> String? { v.map { Timestamp.string(millis: $0) } }
-        return ElevationInfo(
+        var info = ElevationInfo(
             id: e.id, role: e.role, state: e.state.rawValue, requester: .init(uid: e.requesterUID, user: e.requesterUser), reason: e.reason,
             ticket: e.ticket, durationSeconds: e.durationSeconds, createdAt: Timestamp.string(millis: e.createdAt),
             pendingUntil: Timestamp.string(millis: e.pendingUntil), approvalsNeeded: e.approvalsNeeded, approvals: e.approvals,
@@ -39,6 +66,10 @@ extension APIResponder {
                                            at: Timestamp.string(millis: $0.at)) },
             grants: engine.elevation.grants(of: e.role).map { .init(path: $0.pattern.rawValue, capabilities: $0.capabilities.map(\.rawValue).sorted(),
                                                                     effect: $0.effect.rawValue) })
+        info.breakGlass = e.breakGlass
+        info.ackedAt = t(e.ackedAt)
+        info.ackedBy = e.ackedBy
+        return info
     }
 
     func isAdmin(_ p: Principal) -> Bool { engine.decide(p, .admin, nil).allowed }
@@ -53,20 +84,28 @@ extension APIResponder {
             guard let secs = DurationText.seconds(body.duration) else {
                 throw CofferError(.invalidParameter, "duration must be like \"30m\" or \"1h\"")
             }
-            return try await engine.elevation.request(g, .init(role: body.role, durationSeconds: secs, reason: body.reason, ticket: body.ticket))
+            return try await engine.elevation.request(g, .init(role: body.role, durationSeconds: secs, reason: body.reason, ticket: body.ticket,
+                                                               breakGlass: body.breakGlass ?? false))
         }
         return ErrorMapping.json(elevationInfo(e))
     }
 
     func elevationList(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
-        try noQuery(i.request, allowed: ["state", "mine"])
+        try noQuery(i.request, allowed: ["state", "mine", "user", "role", "since"])
         let list = try await engine.gate.perform(i.ticket, principal, .elevate, nil, named: "elevation_list") { g async throws(CofferError) in
             let q = i.request.uri.queryParameters
             let state = q["state"].map(String.init) ?? "open"
             guard state == "open" || state == "all" else { throw CofferError(.invalidParameter, "state must be open or all") }
             let mine = q["mine"].map(String.init) ?? "false"
             guard mine == "true" || mine == "false" else { throw CofferError(.invalidParameter, "mine must be true or false") }
+            if q["user"] != nil || q["role"] != nil || q["since"] != nil {
+                // history: every request, filtered
+                guard state == "all", mine == "false" else { throw CofferError(.invalidParameter, "user, role and since go with state=all") }
+                let since = try q["since"].map { v throws(CofferError) in try Self.parseTime(String(v), "since") }
+                return try engine.elevation.history(g, since: since, user: q["user"].map { String($0.prefix(256)) },
+                                                    role: q["role"].map { String($0.prefix(64)) }, isAdmin: isAdmin(principal))
+            }
             return try engine.elevation.list(g, openOnly: state == "open", mine: mine == "true", isAdmin: isAdmin(principal))
         }
         return ErrorMapping.json(ElevationListResponse(requests: list.map(elevationInfo)))
