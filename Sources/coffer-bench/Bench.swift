@@ -98,6 +98,13 @@ struct Bench: ParsableCommand {
         print(String(format: "coffer secret get: %.2f ms per process; redis-cli GET: %@", report.cliMeanMs ?? 0,
                      report.redisCliMeanMs.map { String(format: "%.2f ms", $0) } ?? "n/a"))
 
+        // PIM: sign-in and the elevation round trip (root only: it makes users and a PAM service)
+        if selected?.contains("pim") ?? true, let (signIn, roundTrip) = try PIMBench.run(bin: bin, runs: smoke ? 3 : 20) {
+            report.signInMeanMs = signIn
+            report.elevationRoundTripMs = roundTrip
+            print(String(format: "sign-in (coffer login, PAM): %.1f ms per process; elevation round trip (request, 2 approvals, activate): %.1f ms", signIn, roundTrip))
+        }
+
         // scale: the same read with many secrets stored
         for n in scale.split(separator: ",").compactMap({ Int($0) }) {
             let d = try Daemon(bin: bin, name: "scale\(n)", extra: "[storage]\ndurability = \"normal\"\n")

@@ -10,12 +10,13 @@ final class Daemon {
     let process: Process
     var pid: Int32 { process.processIdentifier }
 
-    init(bin: String, name: String, extra: String) throws {
+    init(bin: String, name: String, extra: String, policyExtra: String = "", shared: Bool = false) throws {
         self.bin = bin
         var template = Array("/tmp/cfb.XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw BenchError("mkdtemp") }
         dir = String(cString: p)
         socket = dir + "/s.sock"
+        if shared { chmod(dir, 0o755) }  // other users reach the socket (sign-in, elevation)
         let policy = """
             [role.admin]
             [[role.admin.rule]]
@@ -28,12 +29,13 @@ final class Daemon {
             [[bind]]
             subjects = ["uid:\(getuid())"]
             roles = ["admin"]
+            \(policyExtra)
             """
         try policy.write(toFile: dir + "/policy.toml", atomically: true, encoding: .utf8)
         try """
             [server]
             socket = "\(socket)"
-            socket_mode = "0600"
+            socket_mode = "\(shared ? "0666" : "0600")"
             [keys]
             key_file = "\(dir)/keys/root.key"
             [access]

@@ -18,6 +18,10 @@ struct Report: Codable {
     var rssPeakKiB: Int?
     var rssAfterKiB: Int?
     var cliMeanMs: Double?
+    /// `coffer login` through PAM (pam_unix), whole process, per sign-in.
+    var signInMeanMs: Double?
+    /// request → 2 approvals → activate, four CLI processes by three pre-signed-in users.
+    var elevationRoundTripMs: Double?
     var redisCliMeanMs: Double?
     var targets: [String] = []
     var chartWritten = false
@@ -86,6 +90,8 @@ struct Report: Codable {
                         x.p999us, x.errors, x.cpuUsPerRequest.map { String(format: "%.1f", $0) } ?? "–")
         }
         if let cli = cliMeanMs { s += String(format: "\n`coffer secret get` whole process: %.2f ms", cli) }
+        if let v = signInMeanMs { s += String(format: "\nsign-in (`coffer login`, PAM pam_unix), whole process: %.1f ms", v) }
+        if let v = elevationRoundTripMs { s += String(format: "\nelevation round trip (request, 2 approvals, activate; 4 CLI processes): %.1f ms", v) }
         if let r = redisCliMeanMs { s += String(format: "; `redis-cli GET`: %.2f ms", r) }
         s += "\n\n" + targets.map { "    " + $0 }.joined(separator: "\n") + "\n"
         return s
