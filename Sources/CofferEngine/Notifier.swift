@@ -9,7 +9,8 @@ import Synchronization
 public final class Notifier: Sendable {
     let timeout: Duration
     let logger: Logger
-    let state = Mutex<(failure: String?, running: Int)>((nil, 0))
+    /// Per command (its argv): its last failure, cleared by its next success.
+    let state = Mutex<(failures: [String: String], running: Int)>(([:], 0))
     static let maxRunning = 16
 
     init(timeout: Duration = .seconds(10), logger: Logger) {
@@ -20,13 +21,13 @@ public final class Notifier: Sendable {
     /// "off" (no hook configured), "ok", or "failing: REASON".
     public func status(configured: Bool) -> String {
         guard configured else { return "off" }
-        return state.withLock { $0.failure.map { "failing: \($0)" } ?? "ok" }
+        return state.withLock { $0.failures.values.sorted().first.map { "failing: \($0)" } ?? "ok" }
     }
 
     func post(_ commands: [[String]], _ document: [UInt8]) {
         for argv in commands {
             let admitted = state.withLock { s -> Bool in
-                guard s.running < Self.maxRunning else { s.failure = "too many hooks still running"; return false }
+                guard s.running < Self.maxRunning else { s.failures[argv.joined(separator: " ")] = "too many hooks still running"; return false }
                 s.running += 1
                 return true
             }
@@ -35,7 +36,7 @@ public final class Notifier: Sendable {
                 let failure = await self.run(argv, document)
                 self.state.withLock { s in
                     s.running -= 1
-                    s.failure = failure
+                    s.failures[argv.joined(separator: " ")] = failure
                 }
                 if let failure { self.logger.warning("notify hook failed", metadata: ["command": "\(argv[0])", "error": "\(failure)"]) }
             }
