@@ -274,6 +274,42 @@ import Testing
         #expect((json(r.out)["requests"] as? [[String: Any]])?.isEmpty == true, "\(r.out)")
     }
 
+    @Test func requestWaitActivatesWhenApproved() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        for u in [Self.requester, Self.lead1, Self.lead2] { try w.signIn(u) }
+        try FileManager.default.createDirectory(atPath: w.d.dir + "/wait", withIntermediateDirectories: true)
+        chown(w.d.dir + "/wait", Self.requester.uid, Self.requester.gid)
+        let (exe, args) = Self.requester.wrap(Bins.sharedCoffer, ["--socket", w.d.socket, "--token-file", w.sessions[Self.requester.name]!, "elevate",
+                                                                  "request", "prod-db-admin", "--for", "10m", "--reason", "wait", "--ticket", "OPS-5",
+                                                                  "--wait", "--output", w.d.dir + "/wait/t"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        // find the request it made, approve it twice
+        var id: String?
+        for _ in 0..<50 where id == nil {
+            Thread.sleep(forTimeInterval: 0.1)
+            let r = try w.elevate(Self.lead1, ["list", "--pending", "--format", "json"])
+            id = (json(r.out)["requests"] as? [[String: Any]])?.first { $0["reason"] as? String == "wait" }?["id"] as? String
+        }
+        let rid = try #require(id)
+        #expect(p.isRunning, "--wait waits while pending")
+        for lead in [Self.lead1, Self.lead2] { #expect(try w.elevate(lead, ["approve", rid]).status == 0) }
+        let deadline = Date().addingTimeInterval(10)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(!p.isRunning && p.terminationStatus == 0)
+        let token = try String(contentsOfFile: w.d.dir + "/wait/t", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.hasPrefix("cfr_"))
+        let r = try w.elevate(Self.requester, ["show", rid, "--format", "json"])
+        #expect(json(r.out)["state"] as? String == "active", "\(r.out)")
+    }
+
     @Test func unansweredRequestsExpire() throws {
         let w = try World()
         defer { w.d.stop() }
