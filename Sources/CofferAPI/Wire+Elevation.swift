@@ -165,7 +165,12 @@ public struct ElevationReportResponse: Codable, Sendable {
 
 public struct ElevationListResponse: Codable, Sendable {
     public var requests: [ElevationInfo]
-    public init(requests: [ElevationInfo]) { self.requests = requests }
+    /// true when the list stopped at its limit (the newest 1000): narrow it.
+    public var truncated: Bool?
+    public init(requests: [ElevationInfo], truncated: Bool? = nil) {
+        self.requests = requests
+        self.truncated = truncated
+    }
 }
 
 /// `POST /v1/elevation/requests/{id}/activate`: the token, shown once.

@@ -203,7 +203,10 @@ public struct PolicyEvaluator {
         }
         if let origin = token.origin {
             let who = Principal(pid: 0, uid: origin.uid, gid: UInt32.max, userName: origin.userName, groups: [], groupNames: origin.groupNames)
-            let d = policy.decide(roles: Array(Set(policy.roleNames(for: who) + origin.elevatedRoles)).sorted(), capability: capability, path: target)
+            // a role held through elevation lasts only while its rule exists and the
+            // creator is still eligible (group changes reach it like any role loss)
+            let elevated = origin.elevatedRoles.filter { policy.elevations[$0]?.isEligible(who) != nil }
+            let d = policy.decide(roles: Array(Set(policy.roleNames(for: who) + elevated)).sorted(), capability: capability, path: target)
             guard d.allowed else { return .deny("token \(token.accessor) was made by \(who.displayName), whom the policy denies: \(d.rule)") }
         }
         return decided ?? .deny("default deny")

@@ -18,7 +18,12 @@ public final class ElevationService: Sendable {
     let logger: Logger
     public let notifier: Notifier
 
-    init(store: Store, policies: PolicyStore, tokens: TokenService, errors: StoreErrorMapper, clock: any WallClock, logger: Logger) {
+    let principals: PrincipalResolver
+    static let maxOpenPerRequester = 16
+
+    init(store: Store, policies: PolicyStore, tokens: TokenService, principals: PrincipalResolver, errors: StoreErrorMapper,
+         clock: any WallClock, logger: Logger) {
+        self.principals = principals
         self.notifier = Notifier(logger: logger)
         self.store = store
         self.policies = policies
@@ -61,12 +66,26 @@ public final class ElevationService: Sendable {
         }
     }
 
+    /// Free text shown to approvers: printable only (no control, format, line or
+    /// paragraph separators — nothing that can steer a terminal or reorder text), not
+    /// blank, at most `max` characters.
     static func text(_ s: String?, _ name: String, max: Int) throws(CofferError) -> String? {
         guard let s, !s.isEmpty else { return nil }
-        guard s.utf8.count <= max, !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-            throw CofferError(.invalidParameter, "\(name) must be at most \(max) printable characters")
+        let bad: Set<Unicode.GeneralCategory> = [.control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .privateUse, .surrogate]
+        guard s.count <= max, s.utf8.count <= max * 4, !s.unicodeScalars.contains(where: { bad.contains($0.properties.generalCategory) }) else {
+            throw CofferError(.invalidParameter, "\(name) must be at most \(max) printable characters (no control or formatting characters)")
+        }
+        guard s.unicodeScalars.contains(where: { !$0.properties.isWhitespace && $0.properties.generalCategory != .spaceSeparator }) else {
+            return nil  // blank: no text at all
         }
         return s
+    }
+
+    /// Approvals that still count: reviewers who are approvers of the role now.
+    func standing(_ e: ElevationRecord, _ rule: ElevationRule) -> Int {
+        e.reviews.filter { r in
+            r.approve && rule.isApprover(principals.principal(pid: 0, uid: r.uid, gid: UInt32.max)) != nil
+        }.count
     }
 
     public func request(_ g: Grant, _ req: Request) async throws(CofferError) -> ElevationRecord {
@@ -92,6 +111,10 @@ public final class ElevationService: Sendable {
                 throw CofferError(.invalidParameter, "role '\(req.role)' needs a ticket matching \(rule.ticketPattern!)", hint: "--ticket OPS-123")
             }
         }
+        let open = try errors.call { try store.elevations(openOnly: true, requesterUID: p.uid, limit: Self.maxOpenPerRequester + 1) }
+        guard open.count < Self.maxOpenPerRequester else {
+            throw CofferError(.permissionDenied, "you have \(open.count) open requests", hint: "cancel or finish some first")
+        }
         var e = ElevationRecord(
             id: "el_" + Hex.encode(Hashing.randomBytes(8)), role: req.role, requesterUID: p.uid, requesterUser: p.userName, reason: reason,
             ticket: ticket, durationSeconds: req.durationSeconds, state: rule.approvals == 0 || req.breakGlass ? .approved : .pending, createdAt: now,
@@ -104,6 +127,9 @@ public final class ElevationService: Sendable {
             $0.details["role"] = .text(e.role)
             $0.details["eligible_via"] = .text(via.description)
             if req.breakGlass { $0.details["break_glass"] = .text("self-approved; to be reviewed") }
+            $0.details["duration_seconds"] = .number(Int64(req.durationSeconds))
+            if let reason { $0.details["reason"] = .text(reason) }
+            if let ticket { $0.details["ticket"] = .text(ticket) }
         }
         let record = e
         try await errors.call { try await store.insertElevation(record, ticket: g.ticket) }
@@ -120,6 +146,13 @@ public final class ElevationService: Sendable {
         let comment = try Self.text(comment, "comment", max: 512)
         let policy = policies.policy
         let minimum: Int64 = now
+        // who counts is decided now, outside the transaction (it reads the user database)
+        // (reviews made concurrently come from current approvers: they count)
+        let lost: Set<UInt32> = try errors.call { try store.elevation(id: id) }.flatMap { e in
+            policy.elevations[e.role].map { rule in
+                Set(e.reviews.filter { $0.approve && rule.isApprover(principals.principal(pid: 0, uid: $0.uid, gid: UInt32.max)) == nil }.map(\.uid))
+            }
+        } ?? []
         return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
             guard let rule = policy.elevations[e.role] else { throw ElevationRefusal(.permissionDenied, "role '\(e.role)' can no longer be asked for") }
             guard rule.isApprover(p) != nil || e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
@@ -130,7 +163,8 @@ public final class ElevationService: Sendable {
             do throws(CofferError) { try self.requireFreshLogin(p, rule, now: now) } catch { throw ElevationRefusal(error.code, error.message) }
             var c = Store.ElevationChange()
             c.review = .init(uid: p.uid, user: p.userName, approve: verdict == .approve, comment: comment, at: now)
-            let approvals = e.approvals + (verdict == .approve ? 1 : 0)
+            // approvals from reviewers who are no longer approvers do not count
+            let approvals = e.reviews.filter { $0.approve && !lost.contains($0.uid) }.count + (verdict == .approve ? 1 : 0)
             let denials = e.denials + (verdict == .deny ? 1 : 0)
             if denials >= e.denialsNeeded {
                 c.state = .denied
@@ -233,9 +267,17 @@ public final class ElevationService: Sendable {
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
         let hash = tokens.hash(token)
         let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
+        // the event names the token it mints (the link outlives the token row)
+        g.ticket.update { $0.details["token"] = .text(accessor) }
+        let stillApproved = try errors.call { try store.elevation(id: id) }.flatMap { e in
+            policy.elevations[e.role].map { e.breakGlass || e.approvalsNeeded == 0 || standing(e, $0) >= e.approvalsNeeded }
+        } ?? false
         let e = try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
             guard e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
             guard e.state == .approved else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not approved") }
+            guard stillApproved else {
+                throw ElevationRefusal(.permissionDenied, "some approvers are no longer approvers of role '\(e.role)': ask again")
+            }
             guard e.pendingUntil > now else { throw ElevationRefusal(.invalidParameter, "the request expired before it was activated") }
             guard let rule = policy.elevations[e.role], rule.isEligible(p) != nil else {
                 throw ElevationRefusal(.permissionDenied, "you are no longer eligible for role '\(e.role)'")
@@ -251,7 +293,6 @@ public final class ElevationService: Sendable {
                                   createdUser: p.userName, revokedAt: nil, authenticatedAt: p.token?.authenticatedAt, elevationID: e.id)
             return c
         }
-        g.ticket.update { $0.tokenAccessor = accessor }
         let record = TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
                                  createdAt: now, expiresAt: e.endsAt ?? now, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
                                  createdUser: p.userName, revokedAt: nil, elevationID: e.id)
@@ -288,19 +329,33 @@ public final class ElevationService: Sendable {
     func expire(_ g: Grant, id: String) async throws(CofferError) -> ElevationRecord {
         let now = clock.nowMillis()
         defer { tokens.cache.clear() }
+        // read before the transaction (no read inside a write)
+        let revoked = (try? store.elevation(id: id)).flatMap { $0 }.map { tokenRevoked($0) } ?? false
         return try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
-            let due = (e.state == .pending || e.state == .approved) ? e.pendingUntil <= now : e.state == .active && (e.endsAt ?? 0) <= now
-            guard due else { throw ElevationRefusal(.invalidParameter, "not due") }
             var c = Store.ElevationChange()
-            c.state = .expired
             c.closedAt = now
             c.closedBy = "system:elevation"
+            if e.state == .active, revoked {
+                // its token was revoked directly: the window is over
+                c.state = .ended
+                c.closeReason = "its token was revoked"
+                c.revokeToken = true
+                return c
+            }
+            let due = (e.state == .pending || e.state == .approved) ? e.pendingUntil <= now : e.state == .active && (e.endsAt ?? 0) <= now
+            guard due else { throw ElevationRefusal(.invalidParameter, "not due") }
+            c.state = .expired
             c.revokeToken = e.state == .active
             return c
         }
     }
 
     func due() throws(CofferError) -> [String] { try errors.call { try store.dueElevations(now: clock.nowMillis()) } }
+
+    func tokenRevoked(_ e: ElevationRecord) -> Bool {
+        guard let a = e.tokenAccessor, let t = try? store.token(accessor: a) else { return false }
+        return t.revokedAt != nil
+    }
 
     /// What a caller may see: its own requests, those it may review, or all (admin).
     public func visible(_ p: Principal, _ e: ElevationRecord, isAdmin: Bool) -> Bool {

@@ -133,12 +133,19 @@ public final class LoginService: Sendable {
         let stale = now - Int64(settings.promptTimeoutSeconds) * 2000
         try relays.withLock { (r: inout [String: Relay]) throws(CofferError) in
             r = r.filter { !$0.value.state.withLock { $0.finished } && $0.value.startedAt > stale }
-            guard r.count < Self.maxInProgress, r.values.filter({ $0.uid == p.uid }).count < Self.maxInProgressPerUID else {
+            // root keeps a way in when others fill the global table
+            guard p.uid == 0 || r.count < Self.maxInProgress, r.values.filter({ $0.uid == p.uid }).count < Self.maxInProgressPerUID else {
                 throw CofferError(.permissionDenied, "too many sign-ins in progress", hint: "finish or abandon the others first")
             }
             r[relay.id] = relay
         }
-        if let until = lockedUntil(uid: p.uid, user: user, now: now) {
+        // attempts in flight count towards the lockout before PAM runs: parallel
+        // sign-ins cannot overshoot it
+        let inFlight = relays.withLock { $0.values.filter { $0.uid == p.uid && !$0.state.withLock { $0.finished } }.count } - 1
+        let recent = failures.withLock { f in
+            Self.keys(p.uid, user).map { (f.times[$0] ?? []).filter { $0 > now - Int64(settings.failureWindowSeconds) * 1000 }.count }.max() ?? 0
+        }
+        if let until = lockedUntil(uid: p.uid, user: user, now: now) ?? (recent + inFlight >= settings.maxFailures ? now + 1 : nil) {
             // locked by Coffer: the same conversation as a real one, answered by no one
             g.ticket.update { $0.details["locked_until"] = .number(until) }
             relay.state.withLock { $0.asked = [PAMPrompt(style: .secret, text: "Password: ")] }
@@ -188,6 +195,9 @@ public final class LoginService: Sendable {
         switch event {
         case .prompts(let prompts):
             return .prompts(id: relay.id, prompts)
+        case .done(.success) where lockedUntil(uid: relay.uid, user: relay.user, now: clock.nowMillis()) != nil:
+            // locked while this sign-in was on its way (a second factor after the lock): no session
+            return try await step(g, relay, .done(.failure("locked by coffer during the sign-in")))
         case .done(.success):
             _ = relays.withLock { $0.removeValue(forKey: relay.id) }
             failures.withLock { f in

@@ -60,7 +60,8 @@ public final class SecretEngine: Sendable {
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
-        self.elevation = ElevationService(store: store, policies: policies, tokens: tokens, errors: errors, clock: clock, logger: logger)
+        self.elevation = ElevationService(store: store, policies: policies, tokens: tokens, principals: principals, errors: errors,
+                                          clock: clock, logger: logger)
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()

@@ -253,6 +253,7 @@ extension Store {
             try String.fetchAll(db, sql: """
                 SELECT id FROM elevation_request
                 WHERE (state IN ('pending','approved') AND pending_until <= ?) OR (state = 'active' AND ends_at <= ?)
+                   OR (state = 'active' AND token_accessor IN (SELECT accessor FROM token WHERE revoked_at IS NOT NULL))
                 """, arguments: [now, now])
         }
     }

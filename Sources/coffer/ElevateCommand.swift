@@ -76,7 +76,8 @@ struct ElevateCommand: ParsableCommand {
                     e = try client.elevation(e.id)
                 }
                 guard e.state == "approved" else { throw CofferError(.permissionDenied, "the request was \(e.state)") }
-                try Activate.finish(try client.activateElevation(e.id), output: output, format: global.format)
+                let fd = try Activate.claim(output)
+                try Activate.finish(try client.activateElevation(e.id), output: output, fd: fd, format: global.format)
             }
         }
     }
@@ -136,12 +137,23 @@ struct ElevateCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         @Option(help: "Write the token to this new file (0600) instead of stdout.") var output: String?
-        func run() throws { try runReporting { try Self.finish(try global.sessionClient().activateElevation(id), output: output, format: global.format) } }
+        func run() throws {
+            try runReporting {
+                let fd = try Self.claim(output)  // before the token exists: a token is never minted that cannot be kept
+                try Self.finish(try global.sessionClient().activateElevation(id), output: output, fd: fd, format: global.format)
+            }
+        }
 
-        static func finish(_ r: ElevationActivateResponse, output: String?, format: OutputFormat) throws {
+        /// Creates the output file (new, 0600, no symlink) or says why not.
+        static func claim(_ output: String?) throws -> Int32 {
+            guard let output else { return -1 }
+            let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))") }
+            return fd
+        }
+
+        static func finish(_ r: ElevationActivateResponse, output: String?, fd: Int32, format: OutputFormat) throws {
             if let output {
-                let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))") }
                 let bytes = Array((r.token + "\n").utf8)
                 let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
                 close(fd)

@@ -110,7 +110,7 @@ extension TokenCommand {
         func run() throws {
             try runReporting {
                 let client = try global.client()
-                if let accessor {
+                if let accessor, accessor != "self" {
                     let t = try client.lookupToken(accessor)
                     if global.format == .json { return try printJSON(t) }
                     return try printLine(describe(t))

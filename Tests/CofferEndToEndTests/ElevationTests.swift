@@ -310,6 +310,56 @@ import Testing
         #expect(json(r.out)["state"] as? String == "active", "\(r.out)")
     }
 
+    /// Found by the attack pass: eligibility and approver status are read live, not
+    /// only when the request was made; a directly revoked token ends the window.
+    @Test func rulesHoldAfterTheFactToo() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        #expect(try w.d.coffer(["secret", "put", "prod/db/password"], stdin: Array("db-secret".utf8)).status == 0)
+        for u in [Self.requester, Self.lead1, Self.lead2] { try w.signIn(u) }
+        // text that could steer an approver's terminal, or blank text, is no reason
+        for reason in ["x\u{009B}31mRED", "rtl\u{202E}txt", "\u{200B}", "   "] {
+            let r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "10m", "--reason", reason, "--ticket", "OPS-3"])
+            #expect(r.status == 7, "\(reason.unicodeScalars.map { String($0.value, radix: 16) }): \(r.stderr)")
+        }
+        var r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "10m", "--reason", "live", "--ticket", "OPS-3", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+        // lead1 approves, then stops being a lead: that approval no longer counts
+        #expect(try w.elevate(Self.lead1, ["approve", id]).status == 0)
+        _ = try run("/usr/bin/gpasswd", ["-d", Self.lead1.name, "coffer-leads"])
+        defer { _ = try? run("/usr/bin/gpasswd", ["-a", Self.lead1.name, "coffer-leads"]) }
+        Thread.sleep(forTimeInterval: 0.6)
+        r = try w.elevate(Self.lead2, ["approve", id, "--format", "json"])
+        #expect(r.status == 0 && json(r.out)["state"] as? String == "pending", "\(r.out) \(r.stderr)")
+        _ = try run("/usr/bin/gpasswd", ["-a", Self.lead1.name, "coffer-leads"])
+        Thread.sleep(forTimeInterval: 0.6)
+        // a second request, approved by both while both are leads, then activated
+        r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "10m", "--reason", "live 2", "--ticket", "OPS-4", "--format", "json"])
+        let id2 = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+        for lead in [Self.lead1, Self.lead2] { #expect(try w.elevate(lead, ["approve", id2]).status == 0) }
+        r = try w.elevate(Self.requester, ["activate", id2, "--format", "json"])
+        let token = try #require(json(r.out)["token"] as? String, "\(r.stderr)")
+        var (code, _) = try w.d.curl("GET", "/v1/secrets/data/prod/db/password", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 200)
+        // the requester leaves the eligible group: the elevated role goes with it
+        _ = try run("/usr/bin/gpasswd", ["-d", Self.requester.name, "coffer-oncall"])
+        defer { _ = try? run("/usr/bin/gpasswd", ["-a", Self.requester.name, "coffer-oncall"]) }
+        Thread.sleep(forTimeInterval: 0.6)
+        (code, _) = try w.d.curl("GET", "/v1/secrets/data/prod/db/password", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 403, "an elevation outlives its eligibility")
+        _ = try run("/usr/bin/gpasswd", ["-a", Self.requester.name, "coffer-oncall"])
+        Thread.sleep(forTimeInterval: 0.6)
+        // the token revoked directly: the window ends (the job closes the request)
+        (code, _) = try w.d.curl("POST", "/v1/tokens/self/revoke", headers: ["X-Coffer-Token: \(token)"], as: Self.requester.testUser)
+        #expect(code == 200)
+        Thread.sleep(forTimeInterval: 3)
+        r = try w.elevate(Self.requester, ["show", id2, "--format", "json"])
+        #expect(json(r.out)["state"] as? String == "ended" && json(r.out)["close_reason"] as? String == "its token was revoked", "\(r.out)")
+        // the activation event names the token it minted
+        let events = json(try w.d.curl("GET", "/v1/audit/events?action=elevation_activate").1)["events"] as? [[String: Any]] ?? []
+        #expect(events.contains { (($0["details"] as? [String: Any])?["token"] as? String)?.hasPrefix("acc_") == true }, "\(events)")
+    }
+
     @Test func unansweredRequestsExpire() throws {
         let w = try World()
         defer { w.d.stop() }

@@ -108,7 +108,7 @@ extension APIResponder {
             }
             return try engine.elevation.list(g, openOnly: state == "open", mine: mine == "true", isAdmin: isAdmin(principal))
         }
-        return ErrorMapping.json(ElevationListResponse(requests: list.map(elevationInfo)))
+        return ErrorMapping.json(ElevationListResponse(requests: list.map(elevationInfo), truncated: list.count >= 1000 ? true : nil))
     }
 
     func elevationShow(_ i: RouteInput) async throws(CofferError) -> Response {
