@@ -55,6 +55,33 @@ public struct ElevationRule: Sendable, Equatable {
     static let keys: Set<String> = ["role", "eligible", "approvers", "approvals", "denials", "max_duration", "pending_ttl", "reason",
                                     "ticket_pattern", "fresh_login", "break_glass", "notify"]
 
+    /// `notify`: one command (["/path", "arg"]) or several ([["/a"], ["/b", "x"]]),
+    /// each an absolute path and its arguments.
+    static func parseNotify(_ e: TOMLTable.Entry, file: String) throws(CofferError) -> [[String]] {
+        func err(_ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(e.line): \(msg)") }
+        func argv(_ items: [TOMLValue]) throws(CofferError) -> [String] {
+            var out: [String] = []
+            for i in items {
+                guard case .string(let s) = i, !s.isEmpty, s.utf8.count <= 1024 else { throw err("notify must list strings") }
+                out.append(s)
+            }
+            guard let first = out.first, first.hasPrefix("/") else { throw err("notify's command must be an absolute path") }
+            return out
+        }
+        guard case .array(let items) = e.value, !items.isEmpty else { throw err("notify must be [\"/path/to/command\", ...]") }
+        var notify: [[String]] = []
+        if case .array = items[0] {
+            for i in items {
+                guard case .array(let cmd) = i else { throw err("notify must be a list of commands") }
+                notify.append(try argv(cmd))
+            }
+        } else {
+            notify.append(try argv(items))
+        }
+        guard notify.count <= 8 else { throw err("at most 8 notify commands") }
+        return notify
+    }
+
     static func parse(_ t: TOMLTable, file: String, roles: [String: Policy.Role]) throws(CofferError) -> ElevationRule {
         func err(_ line: Int, _ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(line): \(msg)") }
         for k in t.keys where !keys.contains(k) {
@@ -106,29 +133,7 @@ public struct ElevationRule: Sendable, Equatable {
             guard case .bool(let b) = e.value else { throw err(e.line, "break_glass must be true or false") }
             breakGlass = b
         }
-        var notify: [[String]] = []
-        if let e = t["notify"] {
-            // ["/path/cmd", "arg"] (one command) or [["/a"], ["/b", "x"]] (several)
-            func argv(_ items: [TOMLValue]) throws(CofferError) -> [String] {
-                var out: [String] = []
-                for i in items {
-                    guard case .string(let s) = i, !s.isEmpty, s.utf8.count <= 1024 else { throw err(e.line, "notify must list strings") }
-                    out.append(s)
-                }
-                guard let first = out.first, first.hasPrefix("/") else { throw err(e.line, "notify's command must be an absolute path") }
-                return out
-            }
-            guard case .array(let items) = e.value, !items.isEmpty else { throw err(e.line, "notify must be [\"/path/to/command\", ...]") }
-            if case .array = items[0] {
-                for i in items {
-                    guard case .array(let cmd) = i else { throw err(e.line, "notify must be a list of commands") }
-                    notify.append(try argv(cmd))
-                }
-            } else {
-                notify.append(try argv(items))
-            }
-            guard notify.count <= 8 else { throw err(e.line, "at most 8 notify commands") }
-        }
+        let notify = try t["notify"].map { e throws(CofferError) in try parseNotify(e, file: file) } ?? []
         var rule = ElevationRule(
             role: role, eligible: eligible, approvers: approvers, approvals: approvals, denials: try integer("denials", 1...16) ?? 1,
             maxDurationSeconds: maxDuration, pendingTTLSeconds: try duration("pending_ttl", max: 7 * 86400) ?? 1800,

@@ -158,9 +158,11 @@ extension Policy {
             throw CofferError(.invalidPolicy, "\(file):\(error.line): \(error.message)")
         }
         func err(_ line: Int, _ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(line): \(msg)") }
-        for k in root.keys where k != "role" && k != "bind" && k != "elevation" {
-            throw err(root[k]!.line, "unknown key '\(k)' (expected [role.NAME] tables, [[bind]] and [[elevation]] entries)")
+        for k in root.keys where k != "role" && k != "bind" && k != "elevation" && k != "notify" {
+            throw err(root[k]!.line, "unknown key '\(k)' (expected [role.NAME] tables, [[bind]] and [[elevation]] entries, notify)")
         }
+        // hooks for every elevation rule, besides each rule's own
+        let globalNotify = try root["notify"].map { e throws(CofferError) in try ElevationRule.parseNotify(e, file: file) } ?? []
         var roles: [String: Role] = [:]
         if let entry = root["role"] {
             guard case .table(let roleTables) = entry.value else { throw err(entry.line, "'role' must be tables like [role.NAME]") }
@@ -219,7 +221,8 @@ extension Policy {
         if let entry = root["elevation"] {
             guard case .tableArray(let items) = entry.value else { throw err(entry.line, "elevation rules are [[elevation]] entries") }
             for t in items {
-                let rule = try ElevationRule.parse(t, file: file, roles: roles)
+                var rule = try ElevationRule.parse(t, file: file, roles: roles)
+                rule.notify = globalNotify + rule.notify
                 guard elevations[rule.role] == nil else { throw err(t.line, "a second [[elevation]] for role '\(rule.role)'") }
                 elevations[rule.role] = rule
             }

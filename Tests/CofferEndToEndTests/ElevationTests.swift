@@ -18,6 +18,7 @@ import Testing
     }
 
     static var policy: String { """
+        notify = ["/bin/sh", "-c", "cat >> \(notifyFile).all"]
         [role.admin]
         [[role.admin.rule]]
         path = "**"
@@ -146,6 +147,15 @@ import Testing
         #expect(code == 401 && errorCode(body) == "token_revoked", "\(code) \(body)")
         r = try w.elevate(Self.lead2, ["approve", id])
         #expect(r.status == 7, "a closed request takes no review")
+        // a cancelled one takes no review either
+        r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "10m", "--reason", "c", "--ticket", "OPS-43", "--format", "json"])
+        let cid = try #require(json(r.out)["id"] as? String)
+        // with the session token or without it, the requester is the requester
+        let (c2, b2) = try w.d.curl("POST", "/v1/elevation/requests/\(cid)/approve", as: Self.requester.testUser)
+        #expect(c2 == 403 && b2.contains("your own request"), "\(c2) \(b2)")
+        #expect(try w.elevate(Self.requester, ["cancel", cid]).status == 0)
+        r = try w.elevate(Self.lead1, ["approve", cid])
+        #expect(r.status == 7, "no review after cancel: \(r.stderr)")
         // every transition is an event naming the request
         let events = json(try w.d.curl("GET", "/v1/audit/events?path=\(id)").1)["events"] as? [[String: Any]] ?? []
         let actions = events.filter { $0["status"] as? Int == 200 }.map { $0["action"] as? String ?? "" }
@@ -168,7 +178,8 @@ import Testing
         w.d.stop()
         try w.d.start()
         r = try w.elevate(Self.requester, ["list", "--all", "--mine", "--format", "json"])
-        #expect((json(r.out)["requests"] as? [[String: Any]])?.first?["state"] as? String == "ended", "\(r.out)")
+        let kept = (json(r.out)["requests"] as? [[String: Any]]) ?? []
+        #expect(kept.first { $0["id"] as? String == id }?["state"] as? String == "ended" && kept.contains { $0["state"] as? String == "cancelled" }, "\(r.out)")
     }
 
     @Test func concurrentApprovalsCountExactly() throws {
@@ -217,6 +228,7 @@ import Testing
 
     @Test func hooksHearEveryStateChangeAndNeverBlock() throws {
         try? FileManager.default.removeItem(atPath: Self.notifyFile)
+        try? FileManager.default.removeItem(atPath: Self.notifyFile + ".all")
         let w = try World()
         defer { w.d.stop() }
         for u in [Self.requester, Self.lead1] { try w.signIn(u) }
@@ -234,10 +246,14 @@ import Testing
         #expect(states == ["pending", "approved", "active", "ended"], "\(lines)")
         #expect(lines.allSatisfy { $0["request_id"] as? String == id && $0["role"] as? String == "quick" })
         #expect(!((try? String(contentsOfFile: Self.notifyFile, encoding: .utf8)) ?? "").contains(token), "a hook never sees a token")
+        // the policy-wide hook heard the same changes
+        let all = ((try? String(contentsOfFile: Self.notifyFile + ".all", encoding: .utf8)) ?? "").split(separator: "\n").map { json(String($0)) }
+        #expect(all.filter { $0["request_id"] as? String == id }.count == 4, "\(all.count)")
         // the failing hook (/bin/false) shows in health, and blocked nothing
         let health = json(try w.d.curl("GET", "/v1/sys/health").1)
         #expect((health["notify"] as? String)?.hasPrefix("failing: /bin/false exited") == true, "\(health)")
         try? FileManager.default.removeItem(atPath: Self.notifyFile)
+        try? FileManager.default.removeItem(atPath: Self.notifyFile + ".all")
     }
 
     @Test func breakGlassIsSelfApprovedAndReviewedAfterwards() throws {
