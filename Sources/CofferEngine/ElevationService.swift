@@ -261,10 +261,7 @@ public final class ElevationService: Sendable {
         let p = g.principal
         let now = clock.nowMillis()
         let policy = policies.policy
-        var raw = Hashing.randomBytes(32)
-        defer { Hashing.wipe(&raw) }
-        let token = TokenService.prefix + Data(raw).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = TokenService.mint()
         let hash = tokens.hash(token)
         let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
         // the event names the token it mints (the link outlives the token row)

@@ -63,6 +63,14 @@ public final class TokenService: Sendable {
     /// Mints a token no wider than its creator: roles the creator holds, paths inside
     /// the creator token's paths, TTL within every role's max_ttl (and the creator
     /// token's remaining life), the creator token's uid binding kept.
+    /// A new token: the prefix and 256 random bits, base64url (the raw bytes wiped).
+    static func mint() -> String {
+        var raw = Hashing.randomBytes(32)
+        defer { Hashing.wipe(&raw) }
+        return prefix + Data(raw).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
     /// A sign-in session after PAM said yes: a token bound to the caller's uid,
     /// carrying the roles the policy gives that account now (possibly none: it then
     /// proves who one is and when one signed in, for elevation), remembering the time.
@@ -70,10 +78,7 @@ public final class TokenService: Sendable {
         let p = g.principal
         guard p.token == nil else { throw CofferError(.permissionDenied, "sign in with your own account, not with a token") }
         let now = clock.nowMillis()
-        var raw = Hashing.randomBytes(32)
-        defer { Hashing.wipe(&raw) }
-        let token = TokenService.prefix + Data(raw).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = TokenService.mint()
         let record = TokenRecord(
             accessor: "acc_" + Hex.encode(Hashing.randomBytes(12)), hash: hash(token), parent: nil,
             roles: policies.policy.roleNames(for: p).sorted(), paths: [], name: "sign-in", createdAt: now,
@@ -149,10 +154,7 @@ public final class TokenService: Sendable {
         if let name = req.name, name.utf8.count > 128 || name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
             throw CofferError(.invalidParameter, "name must be at most 128 printable characters")
         }
-        var raw = Hashing.randomBytes(32)
-        defer { Hashing.wipe(&raw) }
-        let token = TokenService.prefix + Data(raw).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = TokenService.mint()
         let accessor = "acc_" + Hex.encode(Hashing.randomBytes(12))
         ttl = Int((expires - now) / 1000)
         expires = now + Int64(ttl) * 1000
