@@ -1,3 +1,4 @@
+import CofferAudit
 public import CofferCore
 import CofferCrypto
 public import CofferStore
@@ -123,7 +124,7 @@ public final class ElevationService: Sendable {
         if e.state == .approved { e.approvedAt = now }
         g.ticket.update {
             $0.path = e.id
-            $0.details[AuditDetailsKey.elevationID] = .text(e.id)
+            $0.details[AuditDetails.elevationID] = .text(e.id)
             $0.details["role"] = .text(e.role)
             $0.details["eligible_via"] = .text(via.description)
             if req.breakGlass { $0.details["break_glass"] = .text("self-approved; to be reviewed") }
@@ -269,6 +270,11 @@ public final class ElevationService: Sendable {
         let stillApproved = try errors.call { try store.elevation(id: id) }.flatMap { e in
             policy.elevations[e.role].map { e.breakGlass || e.approvalsNeeded == 0 || standing(e, $0) >= e.approvalsNeeded }
         } ?? false
+        @Sendable func record(_ e: ElevationRecord, _ ends: Int64) -> TokenRecord {
+            TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
+                        createdAt: now, expiresAt: ends, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
+                        createdUser: p.userName, revokedAt: nil, authenticatedAt: p.token?.authenticatedAt, elevationID: e.id)
+        }
         let e = try await change(g, id: id, now: now) { e throws(ElevationRefusal) in
             guard e.requesterUID == p.uid else { throw ElevationRefusal(.notFound, "no such elevation request") }
             guard e.state == .approved else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not approved") }
@@ -285,15 +291,10 @@ public final class ElevationService: Sendable {
             c.state = .active
             c.activatedAt = now
             c.endsAt = ends
-            c.token = TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
-                                  createdAt: now, expiresAt: ends, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
-                                  createdUser: p.userName, revokedAt: nil, authenticatedAt: p.token?.authenticatedAt, elevationID: e.id)
+            c.token = record(e, ends)
             return c
         }
-        let record = TokenRecord(accessor: accessor, hash: hash, parent: nil, roles: [e.role], paths: [], name: "elevation \(e.id)",
-                                 createdAt: now, expiresAt: e.endsAt ?? now, usesLeft: nil, uses: 0, boundUID: p.uid, createdUID: p.uid,
-                                 createdUser: p.userName, revokedAt: nil, elevationID: e.id)
-        return (e, TokenService.Created(token: token, record: record))
+        return (e, TokenService.Created(token: token, record: record(e, e.endsAt ?? now)))
     }
 
     /// The requester ends it early, or an admin revokes it (`asAdmin`, with a reason):
@@ -399,7 +400,7 @@ public final class ElevationService: Sendable {
         guard id.hasPrefix("el_"), id.utf8.count <= 64 else { throw CofferError(.notFound, "no such elevation request") }
         g.ticket.update {
             $0.path = id
-            $0.details[AuditDetailsKey.elevationID] = .text(id)
+            $0.details[AuditDetails.elevationID] = .text(id)
         }
         do {
             let ticket = g.ticket
@@ -408,7 +409,7 @@ public final class ElevationService: Sendable {
                     $0.details["state"] = .text(e.state.rawValue)
                     $0.details["role"] = .text(e.role)
                     let approvers = e.reviews.filter(\.approve).map { $0.user ?? "uid:\($0.uid)" }
-                    if !approvers.isEmpty { $0.details[AuditDetailsKey.approvers] = .list(approvers) }
+                    if !approvers.isEmpty { $0.details[AuditDetails.approvers] = .list(approvers) }
                 }
             })
             logger.info("elevation changed", metadata: ["elevation.id": "\(id)", "state": "\(e.state.rawValue)", "peer.uid": "\(g.principal.uid)"])
@@ -420,10 +421,4 @@ public final class ElevationService: Sendable {
             throw errors.map(error)
         }
     }
-}
-
-/// Detail keys of elevation events (CofferAudit.AuditDetails names the same).
-enum AuditDetailsKey {
-    static let elevationID = "elevation_id"
-    static let approvers = "approvers"
 }

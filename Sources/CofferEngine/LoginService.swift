@@ -135,7 +135,7 @@ public final class LoginService: Sendable {
             r = r.filter { !$0.value.state.withLock { $0.finished } && $0.value.startedAt > stale }
             // root keeps a way in when others fill the global table
             guard p.uid == 0 || r.count < Self.maxInProgress, r.values.filter({ $0.uid == p.uid }).count < Self.maxInProgressPerUID else {
-                throw CofferError(.permissionDenied, "too many sign-ins in progress", hint: "finish or abandon the others first")
+                throw CofferError(.permissionDenied, "too many sign-ins in progress", hint: "finish them, or wait for the unanswered ones to time out (auth.prompt_timeout)")
             }
             r[relay.id] = relay
         }

@@ -39,15 +39,7 @@ import Testing
             let request = Request(head: head, body: .init(buffer: ByteBuffer(string: body ?? "")))
             let context = CofferRequestContext(peer: PeerCredentials(pid: 42, uid: uid, gid: uid), logger: Logger(label: "test"))
             let response = try await responder.respond(to: request, context: context)
-            final class Box: @unchecked Sendable { var bytes = ByteBuffer() }
-            struct Collector: ResponseBodyWriter {
-                let box: Box
-                mutating func write(_ buffer: ByteBuffer) async throws { box.bytes.writeImmutableBuffer(buffer) }
-                consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
-            }
-            let box = Box()
-            try await response.body.write(Collector(box: box))
-            return (Int(response.status.code), String(buffer: box.bytes), response.headers)
+            return (Int(response.status.code), try await bodyText(response), response.headers)
         }
     }
 
@@ -88,4 +80,17 @@ import Testing
         (code, body, _) = try await h.send(.get, "/v1/sys/health", uid: 4242)
         #expect(code == 200 && body.contains(#""status":"ok""#))
     }
+}
+
+/// A response's body as text (what a client would read off the socket).
+func bodyText(_ response: Response) async throws -> String {
+    final class Box: @unchecked Sendable { var bytes = ByteBuffer() }  // one writer, awaited
+    struct Collector: ResponseBodyWriter {
+        let box: Box
+        mutating func write(_ buffer: ByteBuffer) async throws { box.bytes.writeImmutableBuffer(buffer) }
+        consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+    }
+    let box = Box()
+    try await response.body.write(Collector(box: box))
+    return String(buffer: box.bytes)
 }

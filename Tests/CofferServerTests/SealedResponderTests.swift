@@ -35,15 +35,7 @@ import Testing
                                   body: .init(buffer: ByteBuffer(string: body)))
             let context = CofferRequestContext(peer: PeerCredentials(pid: 42, uid: uid, gid: uid), logger: logger)
             let response = try await responder.respond(to: request, context: context)
-            final class Box: @unchecked Sendable { var bytes = ByteBuffer() }
-            struct Collector: ResponseBodyWriter {
-                let box: Box
-                mutating func write(_ buffer: ByteBuffer) async throws { box.bytes.writeImmutableBuffer(buffer) }
-                consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
-            }
-            let box = Box()
-            try await response.body.write(Collector(box: box))
-            return (Int(response.status.code), String(buffer: box.bytes))
+            return (Int(response.status.code), try await bodyText(response))
         }
 
         var (code, body) = try await send(.get, "/v1/sys/health")
