@@ -86,3 +86,283 @@ int coffer_unix_connect(const char *path) {
     if (rc != 0) { int e = errno; close(fd); errno = e; return -1; }
     return fd;
 }
+
+/* ---- coffer run ---------------------------------------------------------- */
+
+#include <net/if.h>
+#include <pthread.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef MS_NOSYMFOLLOW
+#define MS_NOSYMFOLLOW 256
+#endif
+
+static volatile pid_t coffer_forward_target = 0;
+static volatile sig_atomic_t coffer_expired = 0;
+static const int coffer_forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+
+/* Signals a user or a supervisor sends (kill, systemd, CI runners) are passed on;
+ * ones the terminal sends (SI_KERNEL) reach the whole foreground process group,
+ * the command included, already: passing those on would deliver them twice. */
+static void coffer_forward(int sig, siginfo_t *info, void *ctx) {
+    (void)ctx;
+    int saved = errno;
+    if (coffer_forward_target > 0 && (info == NULL || info->si_code != SI_KERNEL)) kill(coffer_forward_target, sig);
+    errno = saved;
+}
+
+static void coffer_on_alarm(int sig) {
+    (void)sig;
+    int saved = errno;
+    coffer_expired = 1;
+    if (coffer_forward_target > 0) kill(coffer_forward_target, SIGKILL);
+    errno = saved;
+}
+
+static void coffer_install_forwarding(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = coffer_forward;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (unsigned i = 0; i < sizeof(coffer_forwarded) / sizeof(coffer_forwarded[0]); i++) sigaction(coffer_forwarded[i], &sa, NULL);
+}
+
+static void coffer_block_forwarded(sigset_t *old) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (unsigned i = 0; i < sizeof(coffer_forwarded) / sizeof(coffer_forwarded[0]); i++) sigaddset(&set, coffer_forwarded[i]);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
+/* The command starts as a process normally does: default handlers, nothing
+ * blocked (whatever mask coffer run inherited, e.g. from a test runner's thread). */
+static void coffer_default_signals(const sigset_t *mask) {
+    (void)mask;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    for (unsigned i = 0; i < sizeof(coffer_forwarded) / sizeof(coffer_forwarded[0]); i++) sigaction(coffer_forwarded[i], &sa, NULL);
+    sigaction(SIGALRM, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* The signals forwarded (and SIGALRM, the TTL) must reach the processes that
+ * forward them: unblocked whatever mask was inherited. */
+static void coffer_unblock_forwarded(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (unsigned i = 0; i < sizeof(coffer_forwarded) / sizeof(coffer_forwarded[0]); i++) sigaddset(&set, coffer_forwarded[i]);
+    sigaddset(&set, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+static void coffer_report(int fd, int kind, int stage, int err, int index) {
+    coffer_run_report r = {kind, stage, err, index};
+    ssize_t n;
+    do { n = write(fd, &r, sizeof(r)); } while (n < 0 && errno == EINTR);
+}
+
+static _Noreturn void coffer_fail(int fd, int stage, int index) {
+    coffer_report(fd, COFFER_RUN_FAILED, stage, errno, index);
+    _exit(125);
+}
+
+static int coffer_status_code(int st) {
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    return 1;
+}
+
+static int coffer_write_all(int fd, const unsigned char *p, unsigned long n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        p += w; n -= (unsigned long)w;
+    }
+    return 0;
+}
+
+static int coffer_loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) { int e = errno; close(s); errno = e; return -1; }
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) { int e = errno; close(s); errno = e; return -1; }
+    close(s);
+    return 0;
+}
+
+/* Runs in the forked child only: system calls, no allocation. */
+static void coffer_run_child(const coffer_run_spec *spec, const char *opts, const char *opts_swap, int fd, const sigset_t *mask) {
+    if (spec->private_mount) {
+        int flags = CLONE_NEWNS;
+        if (spec->pid_namespace) flags |= CLONE_NEWPID;
+        if (spec->private_network) flags |= CLONE_NEWNET;
+        if (unshare(flags) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
+        if (spec->private_network && coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
+        unsigned long mflags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        if (mount("coffer-run", spec->dir, "tmpfs", mflags, opts) != 0) {
+            if (errno != EINVAL) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+            if (!spec->allow_swap) coffer_fail(fd, COFFER_STAGE_NOSWAP, -1);
+            if (mount("coffer-run", spec->dir, "tmpfs", mflags, opts_swap) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+            coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, EINVAL, -1);
+        }
+    }
+    int dfd = open(spec->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
+    for (int i = 0; i < spec->file_count; i++) {
+        const coffer_run_file *f = &spec->files[i];
+        int ffd = openat(dfd, f->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (ffd < 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
+        if (coffer_write_all(ffd, f->data, f->length) != 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
+        if (spec->private_mount && fchown(ffd, f->uid, f->gid) != 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
+        if (fchmod(ffd, f->mode) != 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
+        close(ffd);
+    }
+    if (spec->private_mount && fchown(dfd, spec->dir_uid, spec->dir_gid) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
+    if (fchmod(dfd, spec->dir_mode) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
+    close(dfd);
+    if (spec->private_mount &&
+        mount(NULL, spec->dir, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, NULL) != 0)
+        coffer_fail(fd, COFFER_STAGE_SEAL, -1);
+
+    if (!spec->pid_namespace) {
+        coffer_default_signals(mask);
+        execve(spec->exe, spec->argv, spec->envp);
+        coffer_fail(fd, COFFER_STAGE_EXEC, -1);
+    }
+
+    /* This process holds the namespaces; its child is PID 1 of the new one. */
+    pid_t init = fork();
+    if (init < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
+    if (init == 0) {
+        /* (getppid() is 0 for a namespace's init: the holder cannot be checked) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        /* a /proc of the new PID namespace (best effort: some hosts lock /proc) */
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        pid_t cmd = fork();
+        if (cmd < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
+        if (cmd == 0) {
+            coffer_default_signals(mask);
+            execve(spec->exe, spec->argv, spec->envp);
+            coffer_fail(fd, COFFER_STAGE_EXEC, -1);
+        }
+        close(fd);
+        coffer_forward_target = cmd;
+        sigprocmask(SIG_SETMASK, mask, NULL);
+        coffer_unblock_forwarded();
+        /* PID 1: reap everything; when the command ends, so does the namespace */
+        for (;;) {
+            int st;
+            pid_t w = waitpid(-1, &st, 0);
+            if (w == cmd) _exit(coffer_status_code(st));
+            if (w < 0 && errno != EINTR) _exit(1);
+        }
+    }
+    close(fd);
+    coffer_forward_target = init;
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    coffer_unblock_forwarded();
+    for (;;) {
+        int st;
+        pid_t w = waitpid(init, &st, 0);
+        if (w == init) _exit(coffer_status_code(st));
+        if (w < 0 && errno != EINTR) _exit(1);
+    }
+}
+
+int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
+    char opts[128], opts_swap[128];
+    snprintf(opts, sizeof(opts), "size=%lu,mode=0700,noswap", spec->size_bytes);
+    snprintf(opts_swap, sizeof(opts_swap), "size=%lu,mode=0700", spec->size_bytes);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    sigset_t old;
+    coffer_block_forwarded(&old);
+    coffer_install_forwarding();
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        close(fds[0]); close(fds[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (getppid() != parent) _exit(125);  /* coffer run died before the prctl */
+        coffer_run_child(spec, opts, opts_swap, fds[1], &old);
+        _exit(125);
+    }
+    close(fds[1]);
+    coffer_forward_target = pid;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    *report_fd = fds[0];
+    return pid;
+}
+
+int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
+    coffer_forward_target = pid;
+    coffer_unblock_forwarded();
+    coffer_expired = 0;
+    if (ttl_seconds > 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = coffer_on_alarm;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGALRM, &sa, NULL);
+        alarm(ttl_seconds);
+    }
+    int st = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &st, 0);
+        if (w == pid) break;
+        if (w < 0 && errno != EINTR) return 1;
+    }
+    alarm(0);
+    coffer_forward_target = 0;
+    *expired = coffer_expired;
+    return coffer_status_code(st);
+}
+
+int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int uid, unsigned int gid, int noswap) {
+    char opts[160];
+    snprintf(opts, sizeof(opts), "size=%lu,mode=0700,uid=%u,gid=%u%s", size_bytes, uid, gid, noswap ? ",noswap" : "");
+    return mount("coffer-run", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, opts);
+}
+
+int coffer_unmount(const char *dir) {
+    return umount2(dir, MNT_DETACH | UMOUNT_NOFOLLOW);
+}
+
+int coffer_pidfd_open(int pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int coffer_pidfd_exited(int pidfd) {
+    struct pollfd p = {pidfd, POLLIN, 0};
+    int r = poll(&p, 1, 0);
+    if (r < 0) return -1;
+    return r > 0 ? 1 : 0;
+}
+
+int coffer_pidfd_kill(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}

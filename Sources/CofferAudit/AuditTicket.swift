@@ -10,6 +10,7 @@ public final class AuditTicket: Sendable {
     struct State {
         var draft: AuditEvent
         var committed: AuditEvent?
+        var settled = false
     }
     private let state: Mutex<State>
     /// false only when audit is switched off (benchmarking its cost): writes then
@@ -44,6 +45,10 @@ public final class AuditTicket: Sendable {
             return e
         }
     }
+
+    /// Committed early by its opener (`Gate.settleNow`): later settles add nothing.
+    public var settled: Bool { state.withLock { $0.settled } }
+    public func markSettled() { state.withLock { $0.settled = true } }
 
     /// Called after the transaction that carried the event committed.
     public func markCommitted(_ e: AuditEvent) { state.withLock { $0.committed = e } }

@@ -249,3 +249,21 @@ extension CofferClient {
         try decode(http.request("GET", "/v1/elevation/report" + (since.map { "?since=" + Self.queryEscape($0) } ?? "")), as: ElevationReportResponse.self)
     }
 }
+
+extension CofferClient {
+    /// One request for every secret of a run (values base64 in the answer, or none
+    /// in a dry run).
+    public func runStart(_ req: RunStartRequest) throws -> RunStartResponse {
+        try decode(http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: [UInt8](JSONEncoder().encode(req))),
+                   as: RunStartResponse.self)
+    }
+
+    public func runEnd(_ id: String, _ body: RunEndRequest) throws -> RunInfo {
+        try decode(http.request("POST", "/v1/runs/" + PercentDecoding.encodePath(id) + "/end", headers: [("Content-Type", "application/json")],
+                                body: [UInt8](JSONEncoder().encode(body))), as: RunInfo.self)
+    }
+
+    public func runs(all: Bool) throws -> RunListResponse {
+        try decode(http.request("GET", all ? "/v1/runs?all=true" : "/v1/runs"), as: RunListResponse.self)
+    }
+}

@@ -28,8 +28,10 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case approvalRequired = "approval_required"
         case loginFailed = "login_failed"
         case freshLoginRequired = "fresh_login_required"
+        case tooManyRuns = "too_many_runs"
         // daemon's state
         case sealed = "sealed"
+        case mountFailed = "mount_failed"
         case integrity = "integrity_error"
         case storage = "storage_error"
         case auditUnavailable = "audit_unavailable"
@@ -68,7 +70,8 @@ extension CofferError.Code {
         case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired, .loginFailed: 401
         case .permissionDenied, .approvalRequired: 403
         case .casMismatch: 409
-        case .sealed, .storage, .auditUnavailable: 503
+        case .tooManyRuns: 429
+        case .sealed, .storage, .auditUnavailable, .mountFailed: 503
         case .integrity, .internal, .config, .keyFile: 500
         }
     }

@@ -66,6 +66,16 @@ public struct CofferConfig: Sendable, Equatable {
     public var loginFailureMillis: Int = 2000
     /// How long the daemon waits for the answer to a prompt.
     public var loginPromptTimeoutSeconds: Int = 120
+    // [run]: `coffer run` and `coffer build`
+    /// Where cofferd mounts the tmpfs of a caller who may not mount (default: `run`
+    /// beside the socket: /run/coffer/run, or .coffer/run in dev mode).
+    public var runDir: String? = nil
+    /// Runs one uid may have at once.
+    public var maxRunsPerUID: Int = 16
+    /// The longest a run may last; a longer --ttl is cut to it.
+    public var maxRunTTLSeconds: Int = 12 * 3600
+    /// The largest tmpfs a run may ask for.
+    public var maxRunSizeBytes: Int = 64 * 1024 * 1024
     // [log]
     public var logLevel: String = "info"
     /// Set by `cofferd dev`; reported by status.
@@ -77,6 +87,11 @@ public struct CofferConfig: Sendable, Equatable {
     public init() {}
 
     public var resolvedDatabasePath: String { databasePath ?? stateDir + "/coffer.db" }
+    public var resolvedRunDir: String {
+        if let runDir { return runDir }
+        guard let slash = socketPath.lastIndex(of: "/") else { return "run" }
+        return String(socketPath[..<slash]) + "/run"
+    }
 
     /// The largest request body accepted: twice a maximal value as base64, plus room,
     /// so that an oversize value is reported as such (value_too_large) up to that bound.
@@ -106,7 +121,7 @@ public struct CofferConfig: Sendable, Equatable {
         }
         var c = CofferConfig()
         var r = TableReader(table: root, file: file, name: "")
-        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "log"])
+        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "run", "log"])
         if var t = try r.table("server") {
             try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "max_connections_per_uid", "idle_timeout",
                              "request_timeout", "max_header_bytes"])
@@ -191,6 +206,23 @@ public struct CofferConfig: Sendable, Equatable {
                     throw t.error("mirror", "mirror must be \"\", \"syslog\" or \"file:/absolute/path\"")
                 }
                 c.auditMirror = v
+            }
+        }
+        if var t = try r.table("run") {
+            try t.allowOnly(["dir", "max_per_uid", "max_ttl", "max_size_bytes"])
+            if let v = try t.string("dir") {
+                guard v.hasPrefix("/"), v.count > 1, !v.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                    throw t.error("dir", "'run.dir' must be an absolute path without . or ..")
+                }
+                c.runDir = v
+            }
+            if let v = try t.integer("max_per_uid", in: 1...1000) { c.maxRunsPerUID = Int(v) }
+            if let v = try t.integer("max_size_bytes", in: 4096...(1 << 30)) { c.maxRunSizeBytes = Int(v) }
+            if let v = try t.string("max_ttl") {
+                guard let s = DurationText.seconds(v), s >= 1, s <= 7 * 86400 else {
+                    throw t.error("max_ttl", "'run.max_ttl' must be a duration like \"12h\" (at most 7d)")
+                }
+                c.maxRunTTLSeconds = s
             }
         }
         if var t = try r.table("log") {

@@ -1,6 +1,6 @@
 /// What a rule can grant. `admin` (tokens of others, policy) and `audit` (the audit
-/// trail) are global and only appear in rules whose path is `**`; `inject` is
-/// reserved for injection.
+/// trail) are global and only appear in rules whose path is `**`; `inject`
+/// releases a value only into a `coffer run` tmpfs, never to `secret get`.
 public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
     case read, list, write, delete, destroy, admin, audit, inject
 
@@ -18,6 +18,7 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
         case .destroy: self = .destroy
         case .admin: self = .admin
         case .audit: self = .audit
+        case .inject: self = .inject
         case .status, .signIn, .ownToken, .elevate: return nil
         }
     }

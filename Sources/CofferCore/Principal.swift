@@ -111,6 +111,9 @@ public struct TokenGrant: Sendable, Equatable {
 /// What a request wants to do.
 public enum Action: String, Sendable, CaseIterable, Codable {
     case read, list, write, delete, undelete, destroy
+    /// Releasing a value only into a run's tmpfs (`coffer run`): a rule with
+    /// `inject` and no `read` lets a build use a secret it cannot print.
+    case inject
     /// Signing in with one's own account (PAM): any caller with a local account.
     case signIn = "sign_in"
     /// Looking up or revoking the token the request carries: always its holder's right

@@ -88,6 +88,54 @@ public final class Gate: Sendable {
         return try work(Grant(principal: p, decision: d, ticket: ticket))
     }
 
+    /// One request over many paths (an injection): each path needs one of `anyOf`
+    /// (tried in order); the first path refused refuses the whole request, named in
+    /// the error, and nothing is read. The work gets one grant and, per path, the
+    /// action that allowed it.
+    public func performEach<T>(_ ticket: AuditTicket, _ p: Principal, anyOf actions: [Action], _ paths: [SecretPath],
+                               _ work: (Grant, [Action]) async throws(CofferError) -> T) async throws(CofferError) -> T {
+        var chosen: [Action] = []
+        let decide = PolicyEvaluator.decider(policies.policy, p)
+        for path in paths {
+            var first: Decision?
+            var allowedBy: Action?
+            for a in actions {
+                let d = p.systemJob == nil ? decide(a, path) : .allow("system job")
+                if d.allowed { allowedBy = a; break }
+                if first == nil || first!.verdict == .deny { first = d }
+            }
+            guard let a = allowedBy else {
+                let d = first ?? .deny("default deny")
+                ticket.decided(d)
+                ticket.update { $0.path = path.rawValue }
+                logger.info("denied", metadata: [
+                    "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "action": "\(actions.map(\.rawValue).joined(separator: "|"))",
+                    "secret.path": "\(path.rawValue)", "rule": "\(d.rule)",
+                ])
+                switch d.verdict {
+                case .needsApproval(let n):
+                    throw CofferError(.approvalRequired, "\(path) needs \(n) approval\(n == 1 ? "" : "s") first", hint: d.rule)
+                case .needsFreshLogin(let s):
+                    throw CofferError(.freshLoginRequired, "\(path): sign in again: this needs a sign-in within the last \(s)s", hint: d.rule)
+                default:
+                    throw CofferError(.permissionDenied, "permission denied for \(path)",
+                                      hint: "\(actions.map(\.rawValue).joined(separator: " or ")) for \(p.displayName): \(d.rule)")
+                }
+            }
+            chosen.append(a)
+        }
+        let d = Decision.allow(paths.count == 1 ? "\(chosen[0].rawValue) \(paths[0])" : "each of \(paths.count) paths allowed (read or inject)")
+        ticket.decided(d)
+        return try await work(Grant(principal: p, decision: d, ticket: ticket), chosen)
+    }
+
+    /// Commits a request's event now, before work that cannot be taken back (a tmpfs
+    /// mounted for the caller): the server's own settle then adds nothing.
+    public func settleNow(_ t: AuditTicket) async throws(CofferError) {
+        try await settle(t, status: 200, error: nil)
+        t.markSettled()
+    }
+
     public func perform<T>(_ ticket: AuditTicket?, _ p: Principal, _ action: Action, _ path: SecretPath?, named name: String? = nil,
                            _ work: (Grant) async throws(CofferError) -> T) async throws(CofferError) -> T {
         let own = ticket == nil
@@ -137,6 +185,7 @@ public final class Gate: Sendable {
 
     /// Commits a ticket's outcome unless a transaction already did.
     func settle(_ t: AuditTicket, status: Int, error: CofferError?) async throws(CofferError) {
+        if t.settled { return }
         if let e = t.committed {
             audit.committedInTransaction(e)
             return

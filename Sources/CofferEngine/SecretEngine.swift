@@ -30,6 +30,7 @@ public final class SecretEngine: Sendable {
     public let keys: KeysService
     public let login: LoginService
     public let elevation: ElevationService
+    public let runs: RunService
     let store: Store
     let keyring: Keyring
     let policies: PolicyStore
@@ -41,7 +42,7 @@ public final class SecretEngine: Sendable {
     let startedAt: Int64
 
     init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, login: LoginService.Settings,
-         clock: any WallClock, logger: Logger) {
+         runs: RunService.Settings, clock: any WallClock, logger: Logger) {
         self.store = store
         self.audit = audit
         self.keyring = keyring
@@ -55,8 +56,10 @@ public final class SecretEngine: Sendable {
         let tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, errors: errors,
                                   principals: principals, clock: clock, logger: logger)
         self.tokens = tokens
-        self.secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
-                                      clock: clock, logger: logger)
+        let secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
+                                     clock: clock, logger: logger)
+        self.secrets = secrets
+        self.runs = RunService(settings: runs, gate: gate, secrets: secrets, clock: clock, logger: logger)
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
@@ -106,7 +109,7 @@ public final class SecretEngine: Sendable {
         return SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
-            login: LoginService.Settings(config: config), clock: clock, logger: logger)
+            login: LoginService.Settings(config: config), runs: RunService.Settings(config: config), clock: clock, logger: logger)
     }
 
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).

@@ -107,6 +107,16 @@ public final class SecretsService: Sendable {
         return ReadResult(path: path, currentVersion: current, meta: stored.meta, value: value)
     }
 
+    /// The version a read would return, without opening it (a dry run's plan).
+    public func peek(_ g: Grant, _ path: SecretPath, version: Int?) throws(CofferError) -> VersionRecord {
+        if let version, version < 1 { throw CofferError(.invalidVersion, "version must be 1 or more") }
+        guard let row = try errors.call({ try store.version(path, version) }) else { throw CofferError(.notFound, "no secret at \(path)") }
+        guard let stored = row.stored, stored.meta.state == .active else {
+            throw CofferError(.notFound, "\(path) has no readable version \(version ?? row.current)")
+        }
+        return stored.meta
+    }
+
     public func metadata(_ g: Grant, _ path: SecretPath) throws(CofferError) -> SecretRecord {
         guard let rec = try errors.call({ try store.secret(path) }) else {
             throw CofferError(.notFound, "no secret at \(path)")

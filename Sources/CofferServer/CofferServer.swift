@@ -51,7 +51,7 @@ public enum CofferServer {
             },
             logger: logger
         )
-        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
+        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -102,6 +102,25 @@ public struct ElevationClock: Service {
             guard let engine = await host.opened() else { return }
             while !Task.isCancelled {
                 await engine.expireElevations()
+                try? await Task.sleep(for: Self.interval)
+            }
+        }
+    }
+}
+
+/// Watches runs (`coffer run`): at start it adopts the runs whose runner lives and
+/// removes stale mounts; then, every 250 ms, it ends runs whose runner exited (also
+/// by SIGKILL) or whose TTL passed, unmounting what cofferd mounted.
+public struct RunWatch: Service {
+    let host: EngineHost
+    static let interval = Duration.milliseconds(250)
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            guard let engine = await host.opened() else { return }
+            await engine.runs.recover()
+            while !Task.isCancelled {
+                await engine.runs.sweep()
                 try? await Task.sleep(for: Self.interval)
             }
         }

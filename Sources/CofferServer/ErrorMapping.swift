@@ -17,6 +17,7 @@ public enum ErrorMapping {
         case 409: .conflict
         case 413: .contentTooLarge
         case 422: .unprocessableContent
+        case 429: .tooManyRequests
         case 503: .serviceUnavailable
         default: .internalServerError
         }

@@ -27,7 +27,7 @@ struct Coffer: ParsableCommand {
             Secret values are read from stdin or --file, never from the command line.
             """,
         version: CofferClientInfo.version,
-        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, UnsealCommand.self, LoginCommand.self, LogoutCommand.self, ElevateCommand.self, StatusCommand.self]
+        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, UnsealCommand.self, LoginCommand.self, LogoutCommand.self, ElevateCommand.self, RunCommand.self, BuildCommand.self, StatusCommand.self]
     )
 
     /// Global options may come before the subcommand (`coffer --format json secret get x`):
@@ -54,6 +54,8 @@ struct Coffer: ParsableCommand {
                 break
             }
         }
+        // before a `--` (coffer run … -- COMMAND): what follows it is the command's
+        if let dd = rest.firstIndex(of: "--") { return Array(rest[..<dd]) + moved + Array(rest[dd...]) }
         return rest + moved
     }
 }
@@ -156,6 +158,9 @@ func runReporting(_ body: () throws -> Void) throws {
     } catch let e as CofferError {
         report(e.message, hint: e.hint)
         throw ExitCode(Exit.invalid)
+    } catch let e as RunFailure {
+        report(e.message, hint: e.hint)
+        throw ExitCode(e.status)
     } catch let e as ExitCode {
         throw e
     }

@@ -151,3 +151,16 @@ import Testing
         #expect(!PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/prod/db")).allowed)
     }
 }
+
+@Suite struct RunConfigTests {
+    @Test func runTableIsCheckedAndDefaultsBesideTheSocket() throws {
+        let c = try CofferConfig.parse("[server]\nsocket = \"/srv/c/coffer.sock\"\n[run]\nmax_per_uid = 2\nmax_ttl = \"30m\"\nmax_size_bytes = 8192\n", file: "t.toml")
+        #expect(c.resolvedRunDir == "/srv/c/run")
+        #expect(c.maxRunsPerUID == 2 && c.maxRunTTLSeconds == 1800 && c.maxRunSizeBytes == 8192)
+        #expect(try CofferConfig.parse("[run]\ndir = \"/x/runs\"\n", file: "t.toml").resolvedRunDir == "/x/runs")
+        for bad in ["[run]\ndir = \"rel\"", "[run]\ndir = \"/a/../b\"", "[run]\nmax_per_uid = 0", "[run]\nmax_ttl = \"8d\"",
+                    "[run]\nmax_size_bytes = 1", "[run]\nunknown = 1"] {
+            #expect(throws: CofferError.self, "\(bad)") { try CofferConfig.parse(bad, file: "t.toml") }
+        }
+    }
+}

@@ -199,5 +199,10 @@ import Testing
         #expect(job?["paths"] as? [String] == ["ci/proj/**"])
         r = try run("/bin/bash", [script, "proj", carol.name, "--", "false"], env: env)
         #expect(r.status != 0)
+        // with --secret the job runs under coffer run: a tmpfs of files owned by the job user
+        r = try run("/bin/bash", [script, "proj", carol.name, "--secret", "db-password", "--", "sh", "-c",
+                                  "stat -c '%u %a' \"$COFFER_SECRETS_DIR/db-password\"; cat \"$COFFER_SECRETS_DIR/db-password\""], env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.out == "\(carol.uid) 400\npw", "\(r.out) \(r.stderr)")
     }
 }

@@ -42,4 +42,77 @@ int coffer_unix_connect(const char *path);
 /// One message to syslog (facility AUTHPRIV, identity "cofferd"), as "%s".
 void coffer_syslog(int priority, const char *message);
 
+
+/* ---- coffer run: secrets on a tmpfs for one command ---- */
+
+/// One file to write on the run's tmpfs.
+typedef struct {
+    const char *name;            /* one path segment, checked by the caller */
+    const unsigned char *data;
+    unsigned long length;
+    unsigned int mode;
+    unsigned int uid;
+    unsigned int gid;
+} coffer_run_file;
+
+/// What `coffer_run_spawn` does. With `private_mount`, the child unshares a mount
+/// namespace (and a network namespace with `private_network`), makes every mount
+/// private, mounts a tmpfs at `dir` (size, mode 0700, nosuid,nodev,noexec, noswap
+/// unless refused and `allow_swap`), writes the files, makes the directory
+/// `dir_mode` owned by dir_uid:dir_gid and the mount read-only. Without it the files
+/// are written into `dir` (an existing directory the caller owns, on a tmpfs the
+/// daemon mounted). With `pid_namespace`, a new PID namespace whose init (a small
+/// reaper forwarding signals) runs the command: when the command ends, everything it
+/// left behind is killed and the namespace, and so the mount, is freed.
+typedef struct {
+    int private_mount;
+    int private_network;
+    int pid_namespace;
+    int allow_swap;
+    const char *dir;
+    unsigned long size_bytes;
+    unsigned int dir_mode;
+    unsigned int dir_uid;
+    unsigned int dir_gid;
+    const coffer_run_file *files;
+    int file_count;
+    const char *exe;             /* absolute path, already resolved */
+    char *const *argv;
+    char *const *envp;
+} coffer_run_spec;
+
+/// Reports from the child before the command starts (read from `report_fd`).
+enum {
+    COFFER_RUN_NOTE_SWAP = 1,    /* noswap refused; went on without (allow_swap) */
+    COFFER_RUN_FAILED = 2,       /* stage + errno follow; nothing ran */
+};
+enum {
+    COFFER_STAGE_UNSHARE = 1, COFFER_STAGE_PRIVATE = 2, COFFER_STAGE_MOUNT = 3, COFFER_STAGE_NOSWAP = 4,
+    COFFER_STAGE_WRITE = 5, COFFER_STAGE_SEAL = 6, COFFER_STAGE_FORK = 7, COFFER_STAGE_EXEC = 8, COFFER_STAGE_NETWORK = 9,
+};
+typedef struct { int kind; int stage; int err; int index; } coffer_run_report;
+
+/// Forks the run. Returns the child's pid (the command itself, or the process that
+/// holds the namespaces) and a read end of the report pipe in *report_fd, or -1.
+int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd);
+
+/// Waits for `pid`, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it; after
+/// `ttl_seconds` (0: none) it is killed (SIGKILL) and *expired set. Returns the
+/// shell-style status: the exit code, or 128 + the signal that ended it.
+int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired);
+
+/// A tmpfs for an unprivileged caller's run (by cofferd): mode 0700 owned by uid:gid,
+/// nosuid,nodev,noexec, size-bounded, noswap (when `noswap`). 0 or -1 with errno.
+int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int uid, unsigned int gid, int noswap);
+
+/// Detaches a mount (MNT_DETACH|UMOUNT_NOFOLLOW). 0 or -1 with errno.
+int coffer_unmount(const char *dir);
+
+/// pidfd_open; -1 with errno.
+int coffer_pidfd_open(int pid);
+/// 1 when the process behind the pidfd has exited, 0 while it runs, -1 on error.
+int coffer_pidfd_exited(int pidfd);
+/// pidfd_send_signal; 0 or -1 with errno.
+int coffer_pidfd_kill(int pidfd, int sig);
+
 #endif

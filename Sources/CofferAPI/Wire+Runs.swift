@@ -1,0 +1,159 @@
+public import Foundation
+
+// Wire types of /v1/runs (`coffer run`, `coffer build`).
+
+/// One secret a run injects: a path, optionally a pinned version.
+public struct RunSecretRef: Codable, Sendable, Equatable {
+    public var path: String
+    public var version: Int?
+    enum CodingKeys: String, CodingKey, CaseIterable { case path, version }
+    public init(path: String, version: Int? = nil) {
+        self.path = path
+        self.version = version
+    }
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.decode(String.self, forKey: .path)
+        version = try c.decodeIfPresent(Int.self, forKey: .version)
+    }
+}
+
+/// `POST /v1/runs`: the secrets of one run, fetched in one request and audited as
+/// one event. `mount` says who makes the tmpfs: `private` (the caller, in its own
+/// mount namespace) or `daemon` (cofferd, under its run directory, for callers who
+/// may not mount). `dry_run` answers the plan without values and starts nothing.
+public struct RunStartRequest: Codable, Sendable {
+    public var secrets: [RunSecretRef]
+    public var mount: String
+    public var sizeBytes: Int?
+    /// A duration like "30m"; capped by the daemon's `run.max_ttl`.
+    public var ttl: String?
+    /// host (default) or none.
+    public var network: String?
+    public var dryRun: Bool?
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run"
+    }
+    public init(secrets: [RunSecretRef], mount: String, sizeBytes: Int? = nil, ttl: String? = nil, network: String? = nil, dryRun: Bool? = nil) {
+        self.secrets = secrets
+        self.mount = mount
+        self.sizeBytes = sizeBytes
+        self.ttl = ttl
+        self.network = network
+        self.dryRun = dryRun
+    }
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        secrets = try c.decode([RunSecretRef].self, forKey: .secrets)
+        mount = try c.decode(String.self, forKey: .mount)
+        sizeBytes = try c.decodeIfPresent(Int.self, forKey: .sizeBytes)
+        ttl = try c.decodeIfPresent(String.self, forKey: .ttl)
+        network = try c.decodeIfPresent(String.self, forKey: .network)
+        dryRun = try c.decodeIfPresent(Bool.self, forKey: .dryRun)
+    }
+}
+
+public struct RunSecretInfo: Codable, Sendable {
+    public var path: String
+    public var version: Int
+    public var createdAt: String
+    /// The capability that released it: read or inject.
+    public var allowedBy: String
+    /// Absent in a dry run.
+    public var valueBase64: String?
+    enum CodingKeys: String, CodingKey { case path, version, createdAt = "created_at", allowedBy = "allowed_by", valueBase64 = "value_base64" }
+    public init(path: String, version: Int, createdAt: String, allowedBy: String, valueBase64: String?) {
+        self.path = path
+        self.version = version
+        self.createdAt = createdAt
+        self.allowedBy = allowedBy
+        self.valueBase64 = valueBase64
+    }
+}
+
+public struct RunStartResponse: Codable, Sendable {
+    /// Absent in a dry run.
+    public var id: String?
+    public var mount: String
+    /// The tmpfs cofferd mounted (mount "daemon"), owned by the caller, mode 0700.
+    public var mountPath: String?
+    /// Whether that tmpfs is mounted noswap.
+    public var noswap: Bool?
+    public var sizeBytes: Int
+    public var ttlSeconds: Int
+    public var expiresAt: String?
+    public var network: String
+    public var secrets: [RunSecretInfo]
+    enum CodingKeys: String, CodingKey {
+        case id, mount, mountPath = "mount_path", noswap, sizeBytes = "size_bytes", ttlSeconds = "ttl_seconds", expiresAt = "expires_at"
+        case network, secrets
+    }
+    public init(id: String?, mount: String, mountPath: String?, noswap: Bool?, sizeBytes: Int, ttlSeconds: Int, expiresAt: String?,
+                network: String, secrets: [RunSecretInfo]) {
+        self.id = id
+        self.mount = mount
+        self.mountPath = mountPath
+        self.noswap = noswap
+        self.sizeBytes = sizeBytes
+        self.ttlSeconds = ttlSeconds
+        self.expiresAt = expiresAt
+        self.network = network
+        self.secrets = secrets
+    }
+}
+
+/// `POST /v1/runs/{id}/end`: the runner reports how its command ended and what
+/// became of its mount; cofferd unmounts a tmpfs it made.
+public struct RunEndRequest: Codable, Sendable {
+    public var exitStatus: Int?
+    /// What the runner saw: e.g. "namespace released", "files removed".
+    public var fate: String?
+    enum CodingKeys: String, CodingKey, CaseIterable { case exitStatus = "exit_status", fate }
+    public init(exitStatus: Int?, fate: String?) {
+        self.exitStatus = exitStatus
+        self.fate = fate
+    }
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        exitStatus = try c.decodeIfPresent(Int.self, forKey: .exitStatus)
+        fate = try c.decodeIfPresent(String.self, forKey: .fate)
+    }
+}
+
+public struct RunInfo: Codable, Sendable {
+    public var id: String
+    public var uid: UInt32
+    public var pid: Int32
+    public var mount: String
+    public var mountPath: String?
+    public var startedAt: String
+    public var expiresAt: String
+    public var paths: [String]
+    public var network: String
+    /// Set when the run has ended.
+    public var fate: String?
+    enum CodingKeys: String, CodingKey {
+        case id, uid, pid, mount, mountPath = "mount_path", startedAt = "started_at", expiresAt = "expires_at", paths, network, fate
+    }
+    public init(id: String, uid: UInt32, pid: Int32, mount: String, mountPath: String?, startedAt: String, expiresAt: String,
+                paths: [String], network: String, fate: String?) {
+        self.id = id
+        self.uid = uid
+        self.pid = pid
+        self.mount = mount
+        self.mountPath = mountPath
+        self.startedAt = startedAt
+        self.expiresAt = expiresAt
+        self.paths = paths
+        self.network = network
+        self.fate = fate
+    }
+}
+
+public struct RunListResponse: Codable, Sendable {
+    public var runs: [RunInfo]
+    public init(runs: [RunInfo]) { self.runs = runs }
+}

@@ -1,0 +1,407 @@
+public import CofferAudit
+public import CofferCore
+import CCofferLinux
+public import CofferCrypto
+public import CofferStore
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+
+/// Runs (`coffer run`, `coffer build`): the secrets of one command, released in one
+/// request and one audit event, and the life of the tmpfs they are written to.
+///
+/// cofferd knows every run by a pidfd of the runner process (the peer of the
+/// request): when the runner exits — also by SIGKILL — cofferd unmounts a tmpfs it
+/// made (mount "daemon") and records how the run ended, within a sweep (250 ms).
+/// At its TTL the runner is killed (which ends the command: the runner's child dies
+/// with it) and the tmpfs removed. Each run has a record file in the run directory
+/// (root-owned, 0711) so a restarted daemon adopts the runs whose runner still lives
+/// and removes the mounts of the others.
+public final class RunService: Sendable {
+    public struct Settings: Sendable {
+        public var dir: String
+        public var maxPerUID: Int
+        public var maxTTLSeconds: Int
+        public var maxSizeBytes: Int
+        public init(dir: String, maxPerUID: Int, maxTTLSeconds: Int, maxSizeBytes: Int) {
+            self.dir = dir
+            self.maxPerUID = maxPerUID
+            self.maxTTLSeconds = maxTTLSeconds
+            self.maxSizeBytes = maxSizeBytes
+        }
+        public init(config: CofferConfig) {
+            self.init(dir: config.resolvedRunDir, maxPerUID: config.maxRunsPerUID, maxTTLSeconds: config.maxRunTTLSeconds,
+                      maxSizeBytes: config.maxRunSizeBytes)
+        }
+    }
+
+    public enum Mount: String, Sendable, Codable { case `private`, daemon }
+    public enum Network: String, Sendable, Codable { case host, none }
+
+    /// A live run, as its record file stores it.
+    public struct Run: Sendable, Codable {
+        public var id: String
+        public var uid: UInt32
+        public var gid: UInt32
+        public var user: String?
+        public var pid: Int32
+        /// /proc/PID/stat start time: a reused pid is not the runner.
+        public var pidStart: UInt64
+        public var mount: Mount
+        public var mountPath: String?
+        public var startedAt: Int64
+        public var expiresAt: Int64
+        public var paths: [String]
+        public var network: Network
+        public var requestID: String
+        public var fate: String?
+    }
+
+    public struct Started: Sendable {
+        public var run: Run?
+        public var noswap: Bool?
+        public var sizeBytes: Int
+        public var ttlSeconds: Int
+        public var secrets: [Released]
+    }
+
+    /// One secret of a run: the version released, the capability that released it,
+    /// the value (none in a dry run).
+    public struct Released: Sendable {
+        public var path: SecretPath
+        public var meta: VersionRecord
+        public var allowedBy: Action
+        public var value: SecretBytes?
+    }
+
+    struct Live {
+        var run: Run
+        var pidfd: Int32
+    }
+
+    public static let maxSecrets = 256
+    public static let defaultSizeBytes = 1024 * 1024
+    public static let defaultTTLSeconds = 3600
+    static let sweepJob = "run-watch"
+
+    let settings: Settings
+    let gate: Gate
+    let secrets: SecretsService
+    let clock: any WallClock
+    let logger: Logger
+    private let live = Mutex<[String: Live]>([:])
+
+    init(settings: Settings, gate: Gate, secrets: SecretsService, clock: any WallClock, logger: Logger) {
+        self.settings = settings
+        self.gate = gate
+        self.secrets = secrets
+        self.clock = clock
+        self.logger = logger
+    }
+
+    // MARK: start
+
+    /// Decides each path (read or inject), reads the values, records one event with
+    /// paths and versions (durable before anything is mounted or answered), then
+    /// registers the run and, for mount "daemon", mounts its tmpfs.
+    public func start(_ ticket: AuditTicket, _ p: Principal, secrets refs: [(SecretPath, Int?)], mount: Mount, sizeBytes: Int?,
+                      ttl: Int?, network: Network, dryRun: Bool) async throws(CofferError) -> Started {
+        guard !refs.isEmpty else { throw CofferError(.invalidParameter, "a run needs at least one secret") }
+        guard refs.count <= Self.maxSecrets else { throw CofferError(.invalidParameter, "at most \(Self.maxSecrets) secrets per run") }
+        var seen = Set<String>()
+        for (path, version) in refs {
+            guard seen.insert(path.rawValue).inserted else { throw CofferError(.invalidParameter, "\(path) is named twice", hint: "give each secret once") }
+            if let version, version < 1 || version > Int(Int32.max) { throw CofferError(.invalidVersion, "version must be 1...\(Int32.max)") }
+        }
+        let size = sizeBytes ?? Self.defaultSizeBytes
+        guard size >= 4096, size <= settings.maxSizeBytes else {
+            throw CofferError(.invalidParameter, "size_bytes must be 4096...\(settings.maxSizeBytes)", hint: "cofferd's run.max_size_bytes is the ceiling")
+        }
+        let ttlSeconds = min(ttl ?? Self.defaultTTLSeconds, settings.maxTTLSeconds)
+        guard ttlSeconds >= 1 else { throw CofferError(.invalidParameter, "ttl must be at least 1s") }
+        if mount == .private && p.uid != 0 && !dryRun {
+            // a private namespace needs CAP_SYS_ADMIN: only root's runs make their own
+            throw CofferError(.invalidParameter, "only root makes a private mount namespace; use mount \"daemon\"")
+        }
+        let paths = refs.map(\.0)
+        let result = try await gate.performEach(ticket, p, anyOf: [.read, .inject], paths) { g, allowedBy throws(CofferError) -> Started in
+            var out: Started = Started(run: nil, noswap: nil, sizeBytes: size, ttlSeconds: ttlSeconds, secrets: [])
+            var total = 0
+            for (i, (path, version)) in refs.enumerated() {
+                if dryRun {
+                    let meta = try secrets.peek(g, path, version: version)
+                    out.secrets.append(Released(path: path, meta: meta, allowedBy: allowedBy[i], value: nil))
+                    total += meta.size
+                } else {
+                    let r = try secrets.get(g, path, version: version)
+                    out.secrets.append(Released(path: path, meta: r.meta, allowedBy: allowedBy[i], value: r.value))
+                    total += r.value.count
+                }
+            }
+            guard total <= size else {
+                throw CofferError(.valueTooLarge, "the secrets are \(total) bytes; the run's tmpfs holds \(size)", hint: "raise --size")
+            }
+            return out
+        }
+        var details = AuditDetails()
+        details["paths"] = .list(result.secrets.map(\.path.rawValue))
+        details[AuditDetails.versions] = .list(result.secrets.map { String($0.meta.version) })
+        details["allowed_by"] = .list(result.secrets.map(\.allowedBy.rawValue))
+        details["mount"] = .text(mount.rawValue)
+        details["network"] = .text(network.rawValue)
+        details["target_uid"] = .number(Int64(p.uid))
+        details["ttl_seconds"] = .number(Int64(ttlSeconds))
+        details["size_bytes"] = .number(Int64(size))
+        if dryRun {
+            ticket.update { $0.details = details; $0.action = "inject_plan" }
+            return result
+        }
+        // the runner: the peer of this request, known by a pidfd from now on
+        let pidfd = coffer_pidfd_open(p.pid)
+        guard pidfd >= 0, let pidStart = Self.startTime(p.pid) else {
+            throw CofferError(.invalidParameter, "the calling process is gone", hint: "coffer run asks for its secrets itself")
+        }
+        let now = clock.nowMillis()
+        var run = Run(id: "run_" + Hex.encode(Hashing.randomBytes(12)), uid: p.uid, gid: p.gid, user: p.userName, pid: p.pid,
+                      pidStart: pidStart, mount: mount, mountPath: nil, startedAt: now, expiresAt: now + Int64(ttlSeconds) * 1000,
+                      paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil)
+        let admitted = live.withLock { runs -> Bool in
+            guard runs.values.filter({ $0.run.uid == p.uid }).count < settings.maxPerUID else { return false }
+            runs[run.id] = Live(run: run, pidfd: pidfd)
+            return true
+        }
+        guard admitted else {
+            close(pidfd)
+            throw CofferError(.tooManyRuns, "uid \(p.uid) already has \(settings.maxPerUID) runs", hint: "wait for one to end (coffer run list), or raise run.max_per_uid")
+        }
+        details["run_id"] = .text(run.id)
+        ticket.update { $0.details = details }
+        var out = result
+        do throws(CofferError) {
+            // decide, audit, then act: the event is durable before the tmpfs exists
+            try await gate.settleNow(ticket)
+            if mount == .daemon {
+                let (path, noswap) = try makeMount(run.id, size: size, uid: p.uid, gid: p.gid)
+                run.mountPath = path
+                out.noswap = noswap
+            }
+            try writeRecord(run)
+            live.withLock { $0[run.id]?.run = run }
+        } catch {
+            await finish(run.id, fate: "not started: \(error.message)", exitStatus: nil, ticket: nil)
+            throw error
+        }
+        out.run = run
+        logger.info("run started", metadata: [
+            "run.id": "\(run.id)", "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "run.mount": "\(mount.rawValue)", "secrets": "\(refs.count)",
+        ])
+        return out
+    }
+
+    // MARK: end, list
+
+    /// The runner's own end of its run (or an admin's): unmounts what cofferd made.
+    public func end(_ ticket: AuditTicket, _ p: Principal, id: String, isAdmin: Bool, exitStatus: Int?, reported: String?) async throws(CofferError) -> Run {
+        guard let run = live.withLock({ $0[id]?.run }), run.uid == p.uid || isAdmin else {
+            throw CofferError(.notFound, "no run \(id) of yours", hint: "see coffer run list")
+        }
+        if let exitStatus, !(0...255).contains(exitStatus) { throw CofferError(.invalidParameter, "exit_status must be 0...255") }
+        var fate: String
+        switch run.mount {
+        case .daemon: fate = "ended by the runner; cofferd removed the tmpfs"
+        case .private: fate = "ended by the runner; the private namespace went with the command"
+        }
+        if let reported {
+            guard reported.count <= 200, !reported.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format }) else {
+                throw CofferError(.invalidParameter, "fate must be at most 200 printable characters")
+            }
+            fate += " (runner: \(reported))"
+        }
+        guard let ended = await finish(id, fate: fate, exitStatus: exitStatus, ticket: ticket) else {
+            throw CofferError(.notFound, "no run \(id) of yours", hint: "it ended meanwhile")
+        }
+        return ended
+    }
+
+    public func list(_ p: Principal, all: Bool) -> [Run] {
+        live.withLock { runs in runs.values.map(\.run).filter { all || $0.uid == p.uid }.sorted { $0.startedAt < $1.startedAt } }
+    }
+
+    // MARK: the watch
+
+    /// One sweep: runs whose runner exited, runs past their TTL.
+    public func sweep() async {
+        let now = clock.nowMillis()
+        let due = live.withLock { runs in
+            runs.values.compactMap { l -> (String, Bool)? in
+                let exited = coffer_pidfd_exited(l.pidfd) != 0
+                if exited { return (l.run.id, true) }
+                return now >= l.run.expiresAt ? (l.run.id, false) : nil
+            }
+        }
+        for (id, exited) in due {
+            if exited {
+                let fate = live.withLock { $0[id]?.run.mount } == .daemon
+                    ? "the runner exited without ending the run; cofferd removed the tmpfs"
+                    : "the runner exited without ending the run; its private namespace went with it"
+                await finish(id, fate: fate, exitStatus: nil, ticket: nil)
+            } else {
+                if let fd = live.withLock({ $0[id]?.pidfd }) { _ = coffer_pidfd_kill(fd, SIGKILL) }
+                await finish(id, fate: "ttl expired: cofferd killed the runner and removed the tmpfs", exitStatus: nil, ticket: nil)
+            }
+        }
+    }
+
+    /// At start: adopts runs whose runner still lives; removes every other mount and
+    /// directory under the run directory.
+    public func recover() async {
+        let fm = FileManager.default
+        try? prepareDir()
+        let names = (try? fm.contentsOfDirectory(atPath: settings.dir)) ?? []
+        var kept = Set<String>()
+        for name in names where name.hasSuffix(".run") {
+            let id = String(name.dropLast(4))
+            guard let data = fm.contents(atPath: settings.dir + "/" + name), let run = try? JSONDecoder().decode(Run.self, from: data),
+                  run.id == id else {
+                unlink(settings.dir + "/" + name)
+                continue
+            }
+            let fd = coffer_pidfd_open(run.pid)
+            if fd >= 0, Self.startTime(run.pid) == run.pidStart, clock.nowMillis() < run.expiresAt {
+                live.withLock { $0[id] = Live(run: run, pidfd: fd) }
+                kept.insert(id)
+                logger.info("run adopted", metadata: ["run.id": "\(id)", "run.pid": "\(run.pid)"])
+                continue
+            }
+            if fd >= 0 { close(fd) }
+            live.withLock { $0[id] = Live(run: run, pidfd: -1) }
+            await finish(id, fate: "the runner was gone when cofferd started; cofferd removed what was left", exitStatus: nil, ticket: nil)
+        }
+        // mounts and directories no record accounts for
+        for mountPoint in Self.mounts(under: settings.dir) where !kept.contains(where: { mountPoint == settings.dir + "/" + $0 }) {
+            _ = coffer_unmount(mountPoint)
+            rmdir(mountPoint)
+            logger.warning("removed a stale run mount", metadata: ["mount": "\(mountPoint)"])
+        }
+        for name in (try? fm.contentsOfDirectory(atPath: settings.dir)) ?? [] where !name.hasSuffix(".run") && !kept.contains(name) {
+            rmdir(settings.dir + "/" + name)
+        }
+    }
+
+    /// Ends a run once (whoever comes first: the runner, the watch, the TTL): closes
+    /// its pidfd, unmounts a tmpfs cofferd made, removes its record, audits.
+    @discardableResult
+    func finish(_ id: String, fate: String, exitStatus: Int?, ticket: AuditTicket?) async -> Run? {
+        guard let l = live.withLock({ $0.removeValue(forKey: id) }) else { return nil }
+        if l.pidfd >= 0 { close(l.pidfd) }
+        var run = l.run
+        var fate = fate
+        if let path = run.mountPath ?? (run.mount == .daemon ? settings.dir + "/" + run.id : nil) {
+            if coffer_unmount(path) != 0 && errno != EINVAL && errno != ENOENT {
+                fate += "; unmount failed: \(String(cString: strerror(errno)))"
+                logger.error("cannot unmount a run's tmpfs", metadata: ["run.id": "\(id)", "mount": "\(path)"])
+            }
+            rmdir(path)
+        }
+        unlink(settings.dir + "/" + id + ".run")
+        run.fate = fate
+        var details = AuditDetails()
+        details["run_id"] = .text(id)
+        details["fate"] = .text(fate)
+        details["mount"] = .text(run.mount.rawValue)
+        details["paths"] = .list(run.paths)
+        details["target_uid"] = .number(Int64(run.uid))
+        if let exitStatus { details["exit_status"] = .number(Int64(exitStatus)) }
+        if let ticket {
+            ticket.update { $0.details = details }
+        } else {
+            let t = gate.ticket(for: .system(Self.sweepJob), action: "run_end")
+            t.update { $0.details = details; $0.requestID = run.requestID }
+            t.decided(.allow("system job \(Self.sweepJob)"))
+            try? await gate.settle(t, status: 200, error: nil)
+        }
+        logger.info("run ended", metadata: ["run.id": "\(id)", "run.fate": "\(fate)"])
+        return run
+    }
+
+    // MARK: mounts and records
+
+    func prepareDir() throws(CofferError) {
+        if mkdir(settings.dir, 0o711) != 0 && errno != EEXIST {
+            throw CofferError(.mountFailed, "cannot create the run directory \(settings.dir): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard lstat(settings.dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o022 == 0 else {
+            throw CofferError(.mountFailed, "the run directory \(settings.dir) must be a directory of cofferd's user, writable by no one else")
+        }
+        if st.st_mode & 0o7777 != 0o711 { chmod(settings.dir, 0o711) }
+    }
+
+    /// A tmpfs at DIR/ID owned by the caller, mode 0700; noswap unless the kernel
+    /// refuses it (reported).
+    func makeMount(_ id: String, size: Int, uid: UInt32, gid: UInt32) throws(CofferError) -> (String, Bool) {
+        try prepareDir()
+        let path = settings.dir + "/" + id
+        guard mkdir(path, 0o700) == 0 else { throw CofferError(.mountFailed, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        if coffer_mount_tmpfs(path, UInt(size), uid, gid, 1) == 0 { return (path, true) }
+        if errno == EINVAL, coffer_mount_tmpfs(path, UInt(size), uid, gid, 0) == 0 { return (path, false) }
+        let e = errno
+        rmdir(path)
+        if e == EPERM {
+            throw CofferError(.mountFailed, "cofferd cannot mount a tmpfs for this run: it does not run as root",
+                              hint: "run `coffer run` as root (it then makes a private namespace itself), or run cofferd as root")
+        }
+        throw CofferError(.mountFailed, "cofferd cannot mount a tmpfs at \(path): \(String(cString: strerror(e)))")
+    }
+
+    func writeRecord(_ run: Run) throws(CofferError) {
+        guard let data = try? JSONEncoder().encode(run) else { throw CofferError(.internal, "cannot encode a run record") }
+        let tmp = settings.dir + "/." + run.id + ".tmp"
+        let fd = coffer_create_exclusive(tmp, 0o600)
+        guard fd >= 0 else { throw CofferError(.mountFailed, "cannot write the run record in \(settings.dir): \(String(cString: strerror(errno)))") }
+        let ok = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) == $0.count }
+        close(fd)
+        guard ok, rename(tmp, settings.dir + "/" + run.id + ".run") == 0 else {
+            unlink(tmp)
+            throw CofferError(.mountFailed, "cannot write the run record in \(settings.dir)")
+        }
+    }
+
+    /// Field 22 of /proc/PID/stat (after the command name, which may hold spaces).
+    static func startTime(_ pid: Int32) -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// Mount points below `dir` (from /proc/self/mountinfo; octal escapes decoded).
+    static func mounts(under dir: String) -> [String] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        var out: [String] = []
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 4 else { continue }
+            let point = decodeOctal(String(f[4]))
+            if point.hasPrefix(dir + "/") { out.append(point) }
+        }
+        return out.sorted().reversed()
+    }
+
+    static func decodeOctal(_ s: String) -> String {
+        var bytes: [UInt8] = []
+        let u = Array(s.utf8)
+        var i = 0
+        while i < u.count {
+            if u[i] == UInt8(ascii: "\\"), i + 3 < u.count, let n = UInt8(String(decoding: u[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                bytes.append(n)
+                i += 4
+            } else {
+                bytes.append(u[i])
+                i += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

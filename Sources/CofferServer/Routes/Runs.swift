@@ -1,0 +1,90 @@
+import CofferAPI
+import CofferCore
+import CofferEngine
+import Foundation
+import Hummingbird
+
+/// /v1/runs: the secrets of one command (`coffer run`, `coffer build`), released in
+/// one request, and the run's life until its tmpfs is gone.
+extension APIResponder {
+    static let runEndpoints: [Endpoint] = [
+        Endpoint("runs", .exact("/v1/runs"), [
+            .init(.post, "inject") { r, i throws(CofferError) in try await r.runStart(i) },
+            .init(.get, "run_list") { r, i throws(CofferError) in try await r.runList(i) },
+        ]),
+        Endpoint("run_end", .prefix("/v1/runs/", suffix: "/end", param: .accessor), [
+            .init(.post, "run_end") { r, i throws(CofferError) in try await r.runEnd(i) },
+        ]),
+    ]
+
+    func runStart(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        // any caller with a role (or a token) reaches the route; each path is decided below
+        _ = try engine.gate.check(i.ticket, principal, .status, nil)
+        guard let body: RunStartRequest = try await decodeBody(i.request, i.context, required: true) else {
+            throw CofferError(.invalidJSON, "a JSON body is required")
+        }
+        guard let mount = RunService.Mount(rawValue: body.mount) else {
+            throw CofferError(.invalidParameter, "mount must be \"private\" or \"daemon\"")
+        }
+        let network = try RunService.Network(rawValue: body.network ?? "host")
+            .orThrow(CofferError(.invalidParameter, "network must be \"host\" or \"none\""))
+        var refs: [(SecretPath, Int?)] = []
+        for s in body.secrets {
+            refs.append((try SecretPath(s.path), s.version))
+        }
+        var ttl: Int?
+        if let t = body.ttl {
+            guard let s = DurationText.seconds(t) else {
+                throw CofferError(.invalidParameter, "ttl must be a duration like \"30m\"", hint: "units s, m, h, d, each once, largest first")
+            }
+            ttl = s
+        }
+        let dryRun = body.dryRun ?? false
+        let started = try await engine.runs.start(i.ticket, principal, secrets: refs, mount: mount, sizeBytes: body.sizeBytes, ttl: ttl,
+                                                  network: network, dryRun: dryRun)
+        let secrets = started.secrets.map { s in
+            RunSecretInfo(path: s.path.rawValue, version: s.meta.version, createdAt: Timestamp.string(millis: s.meta.createdAt),
+                          allowedBy: s.allowedBy.rawValue, valueBase64: s.value.map { Data($0.copyToArray()).base64EncodedString() })
+        }
+        return ErrorMapping.json(RunStartResponse(
+            id: started.run?.id, mount: mount.rawValue, mountPath: started.run?.mountPath, noswap: started.noswap, sizeBytes: started.sizeBytes,
+            ttlSeconds: started.ttlSeconds, expiresAt: started.run.map { Timestamp.string(millis: $0.expiresAt) }, network: network.rawValue,
+            secrets: secrets))
+    }
+
+    func runList(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["all"])
+        let all = i.request.uri.queryParameters["all"].map { $0 == "true" } ?? false
+        let runs = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "run_list") { _ async throws(CofferError) in
+            engine.runs.list(principal, all: all)
+        }
+        return ErrorMapping.json(RunListResponse(runs: runs.map(runInfo)))
+    }
+
+    func runEnd(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        // the runner ends its own run: its uid decides (an admin may end any)
+        let run = try await engine.gate.perform(i.ticket, principal, .status, nil, named: "run_end") { _ async throws(CofferError) in
+            let body: RunEndRequest? = try await decodeBody(i.request, i.context, required: false)
+            return try await engine.runs.end(i.ticket, principal, id: i.param, isAdmin: isAdmin(principal), exitStatus: body?.exitStatus,
+                                             reported: body?.fate)
+        }
+        return ErrorMapping.json(runInfo(run))
+    }
+
+    func runInfo(_ r: RunService.Run) -> RunInfo {
+        RunInfo(id: r.id, uid: r.uid, pid: r.pid, mount: r.mount.rawValue, mountPath: r.mountPath, startedAt: Timestamp.string(millis: r.startedAt),
+                expiresAt: Timestamp.string(millis: r.expiresAt), paths: r.paths, network: r.network.rawValue, fate: r.fate)
+    }
+}
+
+extension Optional {
+    func orThrow(_ e: CofferError) throws(CofferError) -> Wrapped {
+        guard let v = self else { throw e }
+        return v
+    }
+}

@@ -1,0 +1,390 @@
+import Foundation
+import Testing
+
+/// `coffer run` and `coffer build` end to end: the real CLI as root (private mount
+/// and PID namespaces) and as an unprivileged user (a tmpfs cofferd mounts), checked
+/// from outside through /proc/self/mountinfo; a real buildah build.
+@Suite(.serialized) struct RunTests {
+    static let policy = """
+        [role.ci]
+        [[role.ci.rule]]
+        path = "ci/**"
+        capabilities = ["read", "list", "write"]
+        [[role.ci.rule]]
+        path = "ci/signing/**"
+        capabilities = ["inject"]
+        [[role.ci.rule]]
+        path = "ci/signing/**"
+        capabilities = ["read"]
+        effect = "deny"
+        [[role.ci.rule]]
+        path = "ci/private/**"
+        capabilities = ["read"]
+        effect = "deny"
+        [role.ops]
+        [[role.ops.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "delete", "admin", "audit", "inject"]
+        [[bind]]
+        subjects = ["user:coffer-test"]
+        roles = ["ci"]
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["ops"]
+        """
+
+    static func daemon(_ extra: String = "") throws -> Daemon {
+        let d = try Daemon(config: extra, policy: policy)
+        try d.start()
+        for (path, value) in [("ci/app/db-password", "CANARY-db-\(UUID().uuidString)"), ("ci/npm/token", "npm-tok-1"),
+                              ("ci/signing/key", "SIGNING-\(UUID().uuidString)"), ("ci/private/x", "nope")] {
+            let r = try d.coffer(["secret", "put", path], stdin: Array(value.utf8))
+            guard r.status == 0 else { throw TestError.failed("put \(path): \(r.stderr)") }
+        }
+        return d
+    }
+
+    static func value(_ d: Daemon, _ path: String) throws -> String {
+        try d.coffer(["secret", "get", path]).out.trimmingCharacters(in: .newlines)
+    }
+
+    /// tmpfs mounts under `prefix` in this (the host's) mount namespace.
+    static func mounts(under prefix: String) -> [String] {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            return f.count > 4 && f[4].hasPrefix(prefix) ? String(f[4]) : nil
+        }
+    }
+
+    static func waitFor(_ timeout: Double = 10, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
+    /// `coffer run` in the background (as root, or as `user`).
+    static func launch(_ d: Daemon, _ args: [String], as user: TestUser? = nil) throws -> Process {
+        let p = Process()
+        if let user {
+            let (exe, a) = user.wrap(Bins.sharedCoffer, ["--socket", d.socket] + args)
+            p.executableURL = URL(fileURLWithPath: exe)
+            p.arguments = a
+        } else {
+            p.executableURL = URL(fileURLWithPath: Bins.coffer)
+            p.arguments = ["--socket", d.socket] + args
+        }
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    static func shared(_ d: Daemon) -> String {
+        let dir = d.dir + "/shared"
+        mkdir(dir, 0o777)
+        chmod(dir, 0o777)
+        return dir
+    }
+
+    @Test func asRootTheFilesExistOnlyInTheCommandsNamespace() throws {
+        let d = try Self.daemon()
+        let secret = try Self.value(d, "ci/app/db-password")
+        let dir = d.dir + "/secrets"
+        let marks = Self.shared(d)
+        let script = """
+            set -e
+            cat "$COFFER_SECRETS_DIR/db-password" > \(marks)/seen
+            stat -c '%a %u' "$COFFER_SECRETS_DIR" "$COFFER_SECRETS_DIR/db-password" > \(marks)/modes
+            grep " $COFFER_SECRETS_DIR " /proc/self/mountinfo > \(marks)/mountinfo
+            echo $$ > \(marks)/pid
+            touch \(marks)/ready
+            while [ ! -e \(marks)/go ]; do sleep 0.05; done
+            exit 7
+            """
+        let p = try Self.launch(d, ["run", "--dir", dir, "--secret", "ci/app/db-password", "--", "/bin/sh", "-c", script])
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/ready") })
+        // from outside: no tmpfs at the directory, nothing in it
+        #expect(Self.mounts(under: dir).isEmpty)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? ["?"]).isEmpty)
+        let all = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+        #expect(!all.contains("coffer-run \(dir)"))
+        FileManager.default.createFile(atPath: marks + "/go", contents: nil)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 7)
+        #expect(String(decoding: fileBytes(marks + "/seen"), as: UTF8.self) == secret)
+        #expect(String(decoding: fileBytes(marks + "/modes"), as: UTF8.self) == "500 0\n400 0\n")
+        let mi = String(decoding: fileBytes(marks + "/mountinfo"), as: UTF8.self)
+        #expect(mi.contains(" - tmpfs "), "\(mi)")
+        #expect(mi.contains("noswap") && mi.contains("nosuid") && mi.contains("nodev") && mi.contains("noexec") && mi.contains(" ro,"), "\(mi)")
+        // a PID namespace: the command is not PID 1 (the reaper is) but a small number
+        #expect(Int(String(decoding: fileBytes(marks + "/pid"), as: UTF8.self).trimmingCharacters(in: .newlines)) ?? 99 <= 3)
+        // the run was audited with its path and version, and ended
+        let events = try d.coffer(["audit", "tail", "-n", "5", "--format", "json"]).out
+        #expect(events.contains("\"inject\"") && events.contains("ci/app/db-password") && events.contains("run_end"))
+    }
+
+    @Test func exitStatusSignalsAndSigkillLeaveNothingBehind() throws {
+        let d = try Self.daemon()
+        let dir = d.dir + "/secrets"
+        // non-zero exit status passes through
+        let r = try d.coffer(["run", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "exit 42"])
+        #expect(r.status == 42, "\(r.stderr)")
+        // SIGTERM to coffer run reaches the command (its trap runs)
+        let marks = Self.shared(d)
+        let trap = "trap 'echo got-term > \(marks)/term; exit 0' TERM; touch \(marks)/up; while :; do sleep 0.05; done"
+        let p = try Self.launch(d, ["run", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/sh", "-c", trap])
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/up") })
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(String(decoding: fileBytes(marks + "/term"), as: UTF8.self) == "got-term\n")
+        // SIGKILL of coffer run: the command and everything it started die with it
+        let tag = "coffer-run-test-\(UUID().uuidString.prefix(8))"
+        let sleeper = "touch \(marks)/k; (sleep 300 & exec -a \(tag) sleep 300)"
+        let k = try Self.launch(d, ["run", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/bash", "-c", sleeper])
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/k") })
+        #expect(Self.waitFor { (try? run("/usr/bin/pgrep", ["-f", tag]).status) == 0 })
+        kill(k.processIdentifier, SIGKILL)
+        k.waitUntilExit()
+        #expect(Self.waitFor(2) { (try? run("/usr/bin/pgrep", ["-f", tag]).status) == 1 }, "the command outlived coffer run")
+        // SIGKILL of the command itself: coffer run reports 137
+        let s = try d.coffer(["run", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "kill -9 $$"])
+        #expect(s.status == 137)
+        #expect(Self.mounts(under: dir).isEmpty)
+        // cofferd saw every run end
+        #expect(Self.waitFor(2) { (try? d.coffer(["run", "list"]).out) == "no live runs\n" })
+    }
+
+    @Test func anUnprivilegedCallerGetsATmpfsFromCofferdThatGoesWithTheRunner() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let marks = Self.shared(d)
+        let runDir = d.dir + "/run/run"
+        let script = """
+            stat -c '%a %u' "$COFFER_SECRETS_DIR" "$COFFER_SECRETS_DIR/token" > \(marks)/modes
+            grep " $COFFER_SECRETS_DIR " /proc/self/mountinfo > \(marks)/mountinfo
+            cat "$COFFER_SECRETS_DIR/token" > \(marks)/seen
+            exit 3
+            """
+        let (exe, args) = user.wrap(Bins.sharedCoffer, ["--socket", d.socket, "run", "--secret", "ci/npm/token=token", "--", "/bin/sh", "-c", script])
+        let r = try run(exe, args)
+        #expect(r.status == 3, "\(r.stderr)")
+        #expect(String(decoding: fileBytes(marks + "/modes"), as: UTF8.self) == "500 \(user.uid)\n400 \(user.uid)\n")
+        let mi = String(decoding: fileBytes(marks + "/mountinfo"), as: UTF8.self)
+        #expect(mi.contains(runDir + "/run_") && mi.contains("noswap") && mi.contains("noexec") && mi.contains("uid=\(user.uid)"), "\(mi)")
+        #expect(String(decoding: fileBytes(marks + "/seen"), as: UTF8.self) == "npm-tok-1")
+        #expect(Self.mounts(under: runDir).isEmpty)
+        // SIGKILL of the runner: cofferd removes the mount within a second
+        let p = try Self.launch(d, ["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "touch \(marks)/u; exec sleep 300"], as: user)
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/u") })
+        #expect(Self.mounts(under: runDir).count == 1)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        let killedAt = Date()
+        #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
+        #expect(Date().timeIntervalSince(killedAt) < 1.0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: runDir)) ?? ["?"]).isEmpty)
+        let events = try d.coffer(["audit", "tail", "-n", "3", "--format", "json"]).out
+        #expect(events.contains("the runner exited without ending the run; cofferd removed the tmpfs"), "\(events)")
+        // a private namespace is root's: asked for by others it is refused, nothing mounted
+        let priv = try d.coffer(["run", "--mount", "private", "--secret", "ci/npm/token", "--", "/bin/true"], as: user)
+        #expect(priv.status == 7 && priv.stderr.contains("coffer: error:"))
+    }
+
+    @Test func aDaemonRestartDuringARunLeavesNoMount() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let marks = Self.shared(d)
+        let runDir = d.dir + "/run/run"
+        // graceful restart: the new daemon adopts the live run and removes its mount when the runner ends
+        let p = try Self.launch(d, ["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c",
+                                    "touch \(marks)/a; while [ ! -e \(marks)/end-a ]; do sleep 0.05; done; cat $COFFER_SECRETS_DIR/token > \(marks)/a-seen"], as: user)
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/a") })
+        d.stop()
+        try d.start()
+        #expect(Self.mounts(under: runDir).count == 1)
+        FileManager.default.createFile(atPath: marks + "/end-a", contents: nil)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(String(decoding: fileBytes(marks + "/a-seen"), as: UTF8.self) == "npm-tok-1")
+        #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
+        // kill -9 of the daemon, the runner ends while it is down: the next start removes the mount
+        let q = try Self.launch(d, ["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c",
+                                    "touch \(marks)/b; while [ ! -e \(marks)/end-b ]; do sleep 0.05; done"], as: user)
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/b") })
+        d.kill9()
+        FileManager.default.createFile(atPath: marks + "/end-b", contents: nil)
+        q.waitUntilExit()
+        #expect(Self.mounts(under: runDir).count == 1)
+        try d.start()
+        #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
+        let events = try d.coffer(["audit", "tail", "-n", "5", "--format", "json"]).out
+        #expect(events.contains("the runner was gone when cofferd started"), "\(events)")
+    }
+
+    @Test func injectReleasesAValueToARunButNotToSecretGet() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let key = try Self.value(d, "ci/signing/key")
+        let get = try d.coffer(["secret", "get", "ci/signing/key"], as: user)
+        #expect(get.status == 5, "\(get.stderr)")
+        let marks = Self.shared(d)
+        let r = try d.coffer(["run", "--secret", "ci/signing/key", "--", "/bin/sh", "-c", "cat $COFFER_SECRETS_DIR/key > \(marks)/k"], as: user)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(String(decoding: fileBytes(marks + "/k"), as: UTF8.self) == key)
+        // no capability at all: nothing runs, nothing is mounted, exit code as for 403
+        let denied = try d.coffer(["run", "--secret", "ci/npm/token", "--secret", "ci/private/x", "--", "/bin/sh", "-c", "touch \(marks)/ran"], as: user)
+        #expect(denied.status == 5)
+        #expect(denied.stderr.contains("coffer: error:") && denied.stderr.contains("ci/private/x"))
+        #expect(!FileManager.default.fileExists(atPath: marks + "/ran"))
+        #expect(Self.mounts(under: d.dir).isEmpty)
+    }
+
+    @Test func templatesEnvFilesAndSystemdCredentials() throws {
+        let d = try Self.daemon()
+        let secret = try Self.value(d, "ci/app/db-password")
+        let marks = Self.shared(d)
+        let tmpl = d.dir + "/app.conf.tmpl"
+        try "[db]\npassword = {{ secret \"ci/app/db-password\" }}\nbraces = {{ \"{{\" }}x{{ \"}}\" }}\n".write(toFile: tmpl, atomically: true, encoding: .utf8)
+        // a program written for systemd credentials, run unchanged
+        let program = d.dir + "/reads-credentials.py"
+        try """
+            import os, sys
+            d = os.environ["CREDENTIALS_DIRECTORY"]
+            open(sys.argv[1], "w").write(open(os.path.join(d, "app.conf")).read() + "|" + open(os.path.join(d, "vars.env")).read())
+            """.write(toFile: program, atomically: true, encoding: .utf8)
+        let r = try d.coffer(["run", "--dir", d.dir + "/secrets", "--credentials", "--template", tmpl + ":app.conf", "--secret", "ci/npm/token=npm-token",
+                              "--env-file", "vars.env", "--", "/usr/bin/python3", program, marks + "/out"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(String(decoding: fileBytes(marks + "/out"), as: UTF8.self) == "[db]\npassword = \(secret)\nbraces = {{x}}\n|NPM_TOKEN=npm-tok-1\n")
+        // --env puts one value in one variable, when asked
+        let e = try d.coffer(["run", "--dir", d.dir + "/secrets", "--env", "TOK=ci/npm/token", "--", "/bin/sh", "-c", "printf %s \"$TOK\" > \(marks)/env"])
+        #expect(e.status == 0)
+        #expect(String(decoding: fileBytes(marks + "/env"), as: UTF8.self) == "npm-tok-1")
+    }
+
+    @Test func aDryRunReportsWithoutValuesAndStartsNothing() throws {
+        let d = try Self.daemon()
+        let r = try d.coffer(["run", "--dry-run", "--secret", "ci/app/db-password", "--secret", "ci/npm/token=.npmrc:mode=0440", "--", "/bin/true"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.out.contains("db-password  <- ci/app/db-password v1  mode 0400"), "\(r.out)")
+        #expect(r.out.contains("noswap") && r.out.contains("verdict: weak") && r.out.contains(".npmrc has mode 0440"), "\(r.out)")
+        let secure = try d.coffer(["run", "--dry-run", "--secret", "ci/app/db-password", "--", "/bin/true"])
+        #expect(secure.out.contains("verdict: secure"), "\(secure.out)")
+        // the API's dry run carries no value and starts no run
+        let (status, body) = try d.curl("POST", "/v1/runs", body: #"{"secrets":[{"path":"ci/app/db-password"}],"mount":"private","dry_run":true}"#)
+        #expect(status == 200)
+        #expect(!body.contains("value_base64") && !body.contains("CANARY"))
+        #expect(try d.coffer(["run", "list"]).out == "no live runs\n")
+    }
+
+    @Test func badInputIsRefusedBeforeAnythingRuns() throws {
+        let d = try Self.daemon("[run]\nmax_per_uid = 1")
+        let marks = Self.shared(d)
+        let touch = ["/bin/sh", "-c", "touch \(marks)/ran"]
+        let tmpl = d.dir + "/bad.tmpl"
+        let cases: [([String], Int32, String)] = [
+            (["--secret", "ci/npm/token", "--secret", "ci/app/token"], 7, "two files are named token"),
+            (["--secret", "ci/npm/token=a/b"], 7, "is not a file name"),
+            (["--secret", "ci/npm/token=.."], 7, "is not a file name"),
+            (["--secret", "ci/npm/token:mode=9999"], 7, "mode must be octal"),
+            (["--secret", "ci/npm/token:uid=-1"], 7, "uid must be a number"),
+            (["--template", tmpl + ":x"], 7, "unknown function 'env'"),
+            (["--secret", "ci/npm/token", "--size", "1"], 7, "--size must be"),
+            (["--secret", "ci/npm/token", "--network", "bridge"], 7, "--network must be"),
+            (["--secret", "ci/npm/token", "--ttl", "1x"], 7, "ttl must be a duration"),
+            (["--secret", "ci/missing/x"], 4, "no secret at ci/missing/x"),
+        ]
+        try "a = {{ env \"HOME\" }}\n".write(toFile: tmpl, atomically: true, encoding: .utf8)
+        for (args, code, message) in cases {
+            let r = try d.coffer(["run"] + args + ["--"] + touch)
+            #expect(r.status == code, "\(args): \(r.status) \(r.stderr)")
+            #expect(r.stderr.contains("coffer: error:") && r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+        try "a = {{ secret \"ci/nothing/here\" }}\n".write(toFile: tmpl, atomically: true, encoding: .utf8)
+        #expect(try d.coffer(["run", "--template", tmpl + ":x", "--"] + touch).status == 4)
+        #expect(try d.coffer(["run", "--secret", "ci/npm/token"]).stderr.contains("no command to run"))
+        #expect(try d.coffer(["run", "--secret", "ci/npm/token", "--", "no-such-command-xyz"]).status == 127)
+        let notExec = d.dir + "/not-executable"
+        FileManager.default.createFile(atPath: notExec, contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o644])
+        #expect(try d.coffer(["run", "--secret", "ci/npm/token", "--", notExec]).status == 126)
+        // the tmpfs is too small for the files
+        let big = try d.coffer(["secret", "put", "ci/app/big"], stdin: Array(repeating: 0x41, count: 60_000))
+        #expect(big.status == 0)
+        let full = try d.coffer(["run", "--size", "4k", "--secret", "ci/app/big", "--"] + touch)
+        #expect(full.status == 7 && full.stderr.contains("--size"), "\(full.stderr)")
+        // more runs than run.max_per_uid
+        let p = try Self.launch(d, ["run", "--dir", d.dir + "/secrets", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "touch \(marks)/one; sleep 30"])
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/one") })
+        let second = try d.coffer(["run", "--dir", d.dir + "/secrets", "--secret", "ci/npm/token", "--"] + touch)
+        #expect(second.status == 7 && second.stderr.contains("already has 1 runs"), "\(second.status) \(second.stderr)")
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        #expect(!FileManager.default.fileExists(atPath: marks + "/ran"))
+        #expect(Self.mounts(under: d.dir).isEmpty)
+        // the API refuses what the CLI would not send
+        for body in [#"{"secrets":[],"mount":"daemon"}"#, #"{"secrets":[{"path":"ci/npm/token"}],"mount":"elsewhere"}"#,
+                     #"{"secrets":[{"path":"ci/npm/token"}],"mount":"daemon","size_bytes":9223372036854775807}"#,
+                     #"{"secrets":[{"path":"ci/npm/token"},{"path":"ci/npm/token"}],"mount":"daemon"}"#,
+                     #"{"secrets":[{"path":"ci/npm/token","version":-1}],"mount":"daemon"}"#,
+                     #"{"secrets":[{"path":"../x"}],"mount":"daemon"}"#] {
+            let (status, text) = try d.curl("POST", "/v1/runs", body: body)
+            #expect((400..<500).contains(status) && errorCode(text) != nil, "\(body): \(status) \(text)")
+        }
+        #expect(Self.mounts(under: d.dir).isEmpty)
+    }
+
+    @Test func buildahBuildsWithTheSecretCachedPerVersionAndNoTraceInTheImage() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah"), FileManager.default.isExecutableFile(atPath: "/bin/busybox") else {
+            Issue.record("buildah and busybox-static are needed (contrib/dev/test installs them)")
+            return
+        }
+        let d = try Self.daemon()
+        let canary1 = "CANARY-npmrc-\(UUID().uuidString)"
+        #expect(try d.coffer(["secret", "put", "ci/npm/npmrc"], stdin: Array(canary1.utf8)).status == 0)
+        let ctx = d.dir + "/ctx"
+        try FileManager.default.createDirectory(atPath: ctx + "/rootfs/bin", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: ctx + "/rootfs/bin/busybox")
+        for applet in ["sh", "cat", "test", "date", "wc"] { symlink("busybox", ctx + "/rootfs/bin/" + applet) }
+        try """
+            FROM scratch
+            COPY rootfs/ /
+            ARG COFFER_SECRET_NPMRC_VERSION
+            RUN --mount=type=secret,id=npmrc,required=true test -s /run/secrets/npmrc && wc -c < /run/secrets/npmrc > /secret-size && date +%s%N > /built-at
+            """.write(toFile: ctx + "/Containerfile", atomically: true, encoding: .utf8)
+        let image = "localhost/coffer-e2e-\(UUID().uuidString.prefix(8).lowercased())"
+        let build = ["build", "--dir", d.dir + "/secrets", "--secret", "ci/npm/npmrc=npmrc", "--", "/usr/bin/buildah", "bud", "--isolation", "chroot",
+                     "--layers", "-t", image, "-f", ctx + "/Containerfile", ctx]
+        defer { _ = try? run("/usr/bin/buildah", ["rmi", "-f", image]) }
+        let first = try d.coffer(build)
+        #expect(first.status == 0, "\(first.stderr)")
+        let second = try d.coffer(build)
+        #expect(second.status == 0)
+        #expect(second.out.components(separatedBy: "Using cache").count - 1 == 3, "same version: every step from the cache\n\(second.out)")
+        #expect(try d.coffer(["secret", "put", "ci/npm/npmrc"], stdin: Array((canary1 + "-v2").utf8)).status == 0)
+        let third = try d.coffer(build)
+        #expect(third.status == 0)
+        #expect(third.out.components(separatedBy: "Using cache").count - 1 == 2, "a new version re-runs the secret's step\n\(third.out)")
+        // no layer of the image holds the secret
+        let archive = d.dir + "/image.tar"
+        let push = try run("/usr/bin/buildah", ["push", image, "oci-archive:" + archive])
+        #expect(push.status == 0, "\(push.stderr)")
+        let scan = try run("/usr/bin/python3", ["-c", """
+            import gzip, sys, tarfile
+            t = tarfile.open(sys.argv[1]); found = 0; layers = 0
+            for m in t.getmembers():
+                if not m.isfile(): continue
+                b = t.extractfile(m).read()
+                if b[:2] == b"\\x1f\\x8b": b = gzip.decompress(b); layers += 1
+                if sys.argv[2].encode() in b: found += 1
+            print(layers, found)
+            """, archive, "CANARY-npmrc-"])
+        let counts = scan.out.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(counts.count == 2 && counts[0] >= 2 && counts[1] == 0, "layers, canaries: \(scan.out) \(scan.stderr)")
+    }
+}
