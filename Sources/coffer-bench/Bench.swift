@@ -105,6 +105,23 @@ struct Bench: ParsableCommand {
             print(String(format: "sign-in (coffer login, PAM): %.1f ms per process; elevation round trip (request, 2 approvals, activate): %.1f ms", signIn, roundTrip))
         }
 
+        // coffer run against the same tmpfs work done by hand (root only: namespaces)
+        if selected?.contains("run") ?? true, geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") {
+            let value = String(repeating: "r", count: 64)
+            for i in 0..<10 { try audited.put("bench/run/s\(i)", value) }
+            let dir = audited.dir + "/run-secrets"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let secrets = (0..<10).flatMap { ["--secret", "bench/run/s\($0)"] }
+            let n = smoke ? 5 : 100
+            report.runMeanMs = try timeCommand(audited.bin + "/coffer", ["run", "--dir", dir] + secrets + ["--", "/bin/true"],
+                                               env: ["COFFER_SOCKET": audited.socket], runs: n)
+            let files = (0..<10).map { "printf %s \(value) > \(dir)/s\($0)" }.joined(separator: " && ")
+            report.tmpfsBaselineMs = try timeCommand("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c",
+                "mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec,noswap coffer-bench \(dir) && \(files) && exec /bin/true"], env: [:], runs: n)
+            print(String(format: "coffer run (10 secrets, /bin/true): %.2f ms per process; unshare+mount+10 files+exec: %.2f ms",
+                         report.runMeanMs ?? 0, report.tmpfsBaselineMs ?? 0))
+        }
+
         // scale: the same read with many secrets stored
         for n in scale.split(separator: ",").compactMap({ Int($0) }) {
             let d = try Daemon(bin: bin, name: "scale\(n)", extra: "[storage]\ndurability = \"normal\"\n")

@@ -23,6 +23,10 @@ struct Report: Codable {
     /// request → 2 approvals → activate, four CLI processes by three pre-signed-in users.
     var elevationRoundTripMs: Double?
     var redisCliMeanMs: Double?
+    /// `coffer run` with 10 secrets of 64 B running /bin/true (private namespaces),
+    /// and the same tmpfs work by unshare -m + mount + 10 files + exec /bin/true.
+    var runMeanMs: Double?
+    var tmpfsBaselineMs: Double?
     var targets: [String] = []
     var chartWritten = false
 
@@ -71,6 +75,9 @@ struct Report: Codable {
         if let cli = cliMeanMs, let redis = redisCliMeanMs {
             line(cli <= 2 * redis, String(format: "coffer secret get, whole process = %.2f × redis-cli GET (target ≤ 2)", cli / redis))
         }
+        if let run = runMeanMs, let base = tmpfsBaselineMs {
+            line(run <= 1.5 * base, String(format: "coffer run, 10 secrets, /bin/true = %.2f × unshare+mount+10 files+exec (target ≤ 1.5)", run / base))
+        }
         if let idle = rssIdleKiB {
             line(idle <= 32 * 1024, String(format: "daemon RSS idle = %.1f MiB (target ≤ 32 MiB)", Double(idle) / 1024))
         }
@@ -93,6 +100,9 @@ struct Report: Codable {
         if let v = signInMeanMs { s += String(format: "\nsign-in (`coffer login`, PAM pam_unix), whole process: %.1f ms", v) }
         if let v = elevationRoundTripMs { s += String(format: "\nelevation round trip (request, 2 approvals, activate; 4 CLI processes): %.1f ms", v) }
         if let r = redisCliMeanMs { s += String(format: "; `redis-cli GET`: %.2f ms", r) }
+        if let v = runMeanMs, let b = tmpfsBaselineMs {
+            s += String(format: "\n`coffer run` (10 secrets of 64 B, /bin/true), whole process: %.2f ms; unshare -m + mount tmpfs + 10 files + exec: %.2f ms", v, b)
+        }
         s += "\n\n" + targets.map { "    " + $0 }.joined(separator: "\n") + "\n"
         return s
     }
