@@ -89,6 +89,7 @@ int coffer_unix_connect(const char *path) {
 
 /* ---- coffer run ---------------------------------------------------------- */
 
+#include <dirent.h>
 #include <net/if.h>
 #include <pthread.h>
 #include <poll.h>
@@ -205,8 +206,14 @@ static int coffer_loopback_up(void) {
     return 0;
 }
 
-/* Runs in the forked child only: system calls, no allocation. */
-static void coffer_run_child(const coffer_run_spec *spec, const char *opts, const char *opts_swap, int fd, const sigset_t *mask) {
+/* Runs in the forked child only: system calls, no allocation.
+ *
+ * A private run's tmpfs is made with the new mount API: fsopen/fsmount give a file
+ * descriptor of a detached mount, the files are written relative to it (so no path
+ * the caller names can send a write to the host's file systems), it is made
+ * read-only, and only then attached at `dir` in the private namespace. */
+static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
+    int dfd, mfd = -1;
     if (spec->private_mount) {
         int flags = CLONE_NEWNS;
         if (spec->pid_namespace) flags |= CLONE_NEWPID;
@@ -214,16 +221,26 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *opts, cons
         if (unshare(flags) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
         if (spec->private_network && coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
-        unsigned long mflags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
-        if (mount("coffer-run", spec->dir, "tmpfs", mflags, opts) != 0) {
-            if (errno != EINVAL) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        int fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
+        if (fsfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "coffer-run", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "size", size_text, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "mode", "0700", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        if (fsconfig(fsfd, FSCONFIG_SET_FLAG, "noswap", NULL, 0) != 0) {
             if (!spec->allow_swap) coffer_fail(fd, COFFER_STAGE_NOSWAP, -1);
-            if (mount("coffer-run", spec->dir, "tmpfs", mflags, opts_swap) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-            coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, EINVAL, -1);
+            coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, errno, -1);
         }
+        if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSYMFOLLOW);
+        if (mfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        close(fsfd);
+        /* the mount fd is an O_PATH one: its root opened for fchown/fchmod */
+        dfd = openat(mfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    } else {
+        dfd = open(spec->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
     }
-    int dfd = open(spec->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
     for (int i = 0; i < spec->file_count; i++) {
         const coffer_run_file *f = &spec->files[i];
         int ffd = openat(dfd, f->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -236,9 +253,14 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *opts, cons
     if (spec->private_mount && fchown(dfd, spec->dir_uid, spec->dir_gid) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
     if (fchmod(dfd, spec->dir_mode) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
     close(dfd);
-    if (spec->private_mount &&
-        mount(NULL, spec->dir, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, NULL) != 0)
-        coffer_fail(fd, COFFER_STAGE_SEAL, -1);
+    if (spec->private_mount) {
+        struct mount_attr ro;
+        memset(&ro, 0, sizeof(ro));
+        ro.attr_set = MOUNT_ATTR_RDONLY;
+        if (mount_setattr(mfd, "", AT_EMPTY_PATH, &ro, sizeof(ro)) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
+        if (move_mount(mfd, "", AT_FDCWD, spec->dir, MOVE_MOUNT_F_EMPTY_PATH) != 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+        close(mfd);
+    }
 
     if (!spec->pid_namespace) {
         coffer_default_signals(mask);
@@ -286,9 +308,8 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *opts, cons
 }
 
 int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
-    char opts[128], opts_swap[128];
-    snprintf(opts, sizeof(opts), "size=%lu,mode=0700,noswap", spec->size_bytes);
-    snprintf(opts_swap, sizeof(opts_swap), "size=%lu,mode=0700", spec->size_bytes);
+    char size_text[32];
+    snprintf(size_text, sizeof(size_text), "%lu", spec->size_bytes);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return -1;
     sigset_t old;
@@ -307,7 +328,7 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
         close(fds[0]);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if (getppid() != parent) _exit(125);  /* coffer run died before the prctl */
-        coffer_run_child(spec, opts, opts_swap, fds[1], &old);
+        coffer_run_child(spec, size_text, fds[1], &old);
         _exit(125);
     }
     close(fds[1]);
@@ -346,6 +367,43 @@ int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int u
     char opts[160];
     snprintf(opts, sizeof(opts), "size=%lu,mode=0700,uid=%u,gid=%u%s", size_bytes, uid, gid, noswap ? ",noswap" : "");
     return mount("coffer-run", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, opts);
+}
+
+/* Empties a directory tree on one file system (never following a symbolic link,
+ * never crossing into another mount). */
+static int coffer_wipe_at(int dfd, dev_t dev, int depth) {
+    if (depth > 64) return -1;
+    DIR *d = fdopendir(dfd);
+    if (!d) { close(dfd); return -1; }
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != dev) { rc = -1; continue; }
+        if (S_ISDIR(st.st_mode)) {
+            fchmodat(dirfd(d), e->d_name, 0700, 0);
+            int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub < 0 || coffer_wipe_at(sub, dev, depth + 1) != 0) rc = -1;
+            if (unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR) != 0) rc = -1;
+        } else if (unlinkat(dirfd(d), e->d_name, 0) != 0) {
+            rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int coffer_wipe_and_seal(const char *dir) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    struct stat st;
+    if (fstat(dfd, &st) != 0) { close(dfd); return -1; }
+    fchmod(dfd, 0700);
+    int rc = coffer_wipe_at(dfd, st.st_dev, 0);
+    /* read-only from now on: what a process left behind cannot refill it */
+    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, NULL) != 0) rc = -1;
+    return rc;
 }
 
 int coffer_unmount(const char *dir) {

@@ -75,7 +75,7 @@ public struct CofferConfig: Sendable, Equatable {
     /// The longest a run may last; a longer --ttl is cut to it.
     public var maxRunTTLSeconds: Int = 12 * 3600
     /// The largest tmpfs a run may ask for.
-    public var maxRunSizeBytes: Int = 64 * 1024 * 1024
+    public var maxRunSizeBytes: Int = 16 * 1024 * 1024
     // [log]
     public var logLevel: String = "info"
     /// Set by `cofferd dev`; reported by status.

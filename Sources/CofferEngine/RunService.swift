@@ -120,6 +120,9 @@ public final class RunService: Sendable {
         }
         let ttlSeconds = min(ttl ?? Self.defaultTTLSeconds, settings.maxTTLSeconds)
         guard ttlSeconds >= 1 else { throw CofferError(.invalidParameter, "ttl must be at least 1s") }
+        if network == .none && mount != .private {
+            throw CofferError(.invalidParameter, "network \"none\" is a private namespace's: it needs mount \"private\"")
+        }
         if mount == .private && p.uid != 0 && !dryRun {
             // a private namespace needs CAP_SYS_ADMIN: only root's runs make their own
             throw CofferError(.invalidParameter, "only root makes a private mount namespace; use mount \"daemon\"")
@@ -159,7 +162,8 @@ public final class RunService: Sendable {
         }
         // the runner: the peer of this request, known by a pidfd from now on
         let pidfd = coffer_pidfd_open(p.pid)
-        guard pidfd >= 0, let pidStart = Self.startTime(p.pid) else {
+        guard pidfd >= 0, let pidStart = Self.startTime(p.pid), Self.realUID(p.pid) == p.uid else {
+            if pidfd >= 0 { close(pidfd) }
             throw CofferError(.invalidParameter, "the calling process is gone", hint: "coffer run asks for its secrets itself")
         }
         let now = clock.nowMillis()
@@ -203,22 +207,22 @@ public final class RunService: Sendable {
 
     /// The runner's own end of its run (or an admin's): unmounts what cofferd made.
     public func end(_ ticket: AuditTicket, _ p: Principal, id: String, isAdmin: Bool, exitStatus: Int?, reported: String?) async throws(CofferError) -> Run {
+        if let exitStatus, !(0...255).contains(exitStatus) { throw CofferError(.invalidParameter, "exit_status must be 0...255") }
+        if let reported {
+            // what the runner says is recorded as its claim, in its own detail, printable ASCII only
+            guard !reported.isEmpty, reported.utf8.count <= 200, reported.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
+                throw CofferError(.invalidParameter, "fate must be 1-200 printable ASCII characters")
+            }
+        }
         guard let run = live.withLock({ $0[id]?.run }), run.uid == p.uid || isAdmin else {
             throw CofferError(.notFound, "no run \(id) of yours", hint: "see coffer run list")
         }
-        if let exitStatus, !(0...255).contains(exitStatus) { throw CofferError(.invalidParameter, "exit_status must be 0...255") }
-        var fate: String
-        switch run.mount {
-        case .daemon: fate = "ended by the runner; cofferd removed the tmpfs"
-        case .private: fate = "ended by the runner; the private namespace went with the command"
+        let who = run.uid == p.uid ? "the runner" : "\(p.displayName)"
+        let fate = switch run.mount {
+        case .daemon: "ended by \(who); cofferd emptied and removed the tmpfs"
+        case .private: "ended by \(who); the private namespace ends with the command"
         }
-        if let reported {
-            guard reported.count <= 200, !reported.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format }) else {
-                throw CofferError(.invalidParameter, "fate must be at most 200 printable characters")
-            }
-            fate += " (runner: \(reported))"
-        }
-        guard let ended = await finish(id, fate: fate, exitStatus: exitStatus, ticket: ticket) else {
+        guard let ended = await finish(id, fate: fate, exitStatus: exitStatus, reported: reported, ticket: ticket) else {
             throw CofferError(.notFound, "no run \(id) of yours", hint: "it ended meanwhile")
         }
         return ended
@@ -243,12 +247,12 @@ public final class RunService: Sendable {
         for (id, exited) in due {
             if exited {
                 let fate = live.withLock { $0[id]?.run.mount } == .daemon
-                    ? "the runner exited without ending the run; cofferd removed the tmpfs"
+                    ? "the runner exited without ending the run; cofferd emptied and removed the tmpfs"
                     : "the runner exited without ending the run; its private namespace went with it"
                 await finish(id, fate: fate, exitStatus: nil, ticket: nil)
             } else {
                 if let fd = live.withLock({ $0[id]?.pidfd }) { _ = coffer_pidfd_kill(fd, SIGKILL) }
-                await finish(id, fate: "ttl expired: cofferd killed the runner and removed the tmpfs", exitStatus: nil, ticket: nil)
+                await finish(id, fate: "ttl expired: cofferd killed the runner and removed what it mounted", exitStatus: nil, ticket: nil)
             }
         }
     }
@@ -292,12 +296,17 @@ public final class RunService: Sendable {
     /// Ends a run once (whoever comes first: the runner, the watch, the TTL): closes
     /// its pidfd, unmounts a tmpfs cofferd made, removes its record, audits.
     @discardableResult
-    func finish(_ id: String, fate: String, exitStatus: Int?, ticket: AuditTicket?) async -> Run? {
+    func finish(_ id: String, fate: String, exitStatus: Int?, reported: String? = nil, ticket: AuditTicket?) async -> Run? {
         guard let l = live.withLock({ $0.removeValue(forKey: id) }) else { return nil }
         if l.pidfd >= 0 { close(l.pidfd) }
         var run = l.run
         var fate = fate
         if let path = run.mountPath ?? (run.mount == .daemon ? settings.dir + "/" + run.id : nil) {
+            // emptied and read-only first: a process the command left behind (its
+            // working directory there) keeps an empty file system it cannot refill
+            if Self.mounts(under: settings.dir).contains(path), coffer_wipe_and_seal(path) != 0 {
+                fate += "; something stayed in use (a file open for writing): the detached tmpfs lives until it is closed"
+            }
             if coffer_unmount(path) != 0 && errno != EINVAL && errno != ENOENT {
                 fate += "; unmount failed: \(String(cString: strerror(errno)))"
                 logger.error("cannot unmount a run's tmpfs", metadata: ["run.id": "\(id)", "mount": "\(path)"])
@@ -312,7 +321,8 @@ public final class RunService: Sendable {
         details["mount"] = .text(run.mount.rawValue)
         details["paths"] = .list(run.paths)
         details["target_uid"] = .number(Int64(run.uid))
-        if let exitStatus { details["exit_status"] = .number(Int64(exitStatus)) }
+        if let exitStatus { details["runner_exit_status"] = .number(Int64(exitStatus)) }
+        if let reported { details["runner_report"] = .text(reported) }
         if let ticket {
             ticket.update { $0.details = details }
         } else {
@@ -374,6 +384,16 @@ public final class RunService: Sendable {
         let fields = text[text.index(after: close)...].split(separator: " ")
         guard fields.count > 19 else { return nil }
         return UInt64(fields[19])
+    }
+
+    /// The real uid of a process (/proc/PID/status): a pid reused by another user's
+    /// process is not the caller.
+    static func realUID(_ pid: Int32) -> UInt32? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("Uid:") {
+            return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first.flatMap { UInt32($0) }
+        }
+        return nil
     }
 
     /// Mount points below `dir` (from /proc/self/mountinfo; octal escapes decoded).

@@ -53,7 +53,7 @@ public struct APIResponder: HTTPResponder {
             (endpoint, failure) = (e, error)
         case .notFound:
             failure = CofferError(.routeNotFound, "no such API route",
-                                  hint: "routes live under /v1/sys, /v1/secrets, /v1/tokens and /v1/audit; see contrib/openapi.yaml or the README")
+                                  hint: "routes live under /v1/sys, /v1/secrets, /v1/tokens, /v1/audit, /v1/auth, /v1/elevation and /v1/runs; see contrib/openapi.yaml or the README")
         }
         // the route parameter (a secret path or a token accessor) is the event's path
         let auditPath = param.isEmpty ? nil : Self.printable(param)

@@ -170,9 +170,11 @@ struct SecretSpec {
         path = try SecretPath(String(main))
         self.name = name ?? String(path.segments.last!)
         try RunNames.checkFileName(self.name)
+        var given = Set<String>()
         for opt in (opts.map { $0.split(separator: ",", omittingEmptySubsequences: false) } ?? []) {
             let kv = opt.split(separator: "=", maxSplits: 1).map(String.init)
             guard kv.count == 2 else { throw CofferError(.invalidParameter, "'\(opt)' in --secret \(text): options are mode=, uid= and gid=") }
+            guard given.insert(kv[0]).inserted else { throw CofferError(.invalidParameter, "\(kv[0]) is given twice in --secret \(text)") }
             switch kv[0] {
             case "mode":
                 guard kv[1].utf8.count <= 4, let m = UInt32(kv[1], radix: 8), m <= 0o777 else {
@@ -253,9 +255,7 @@ struct Runner {
         for s in specs where (s.uid.map { $0 != getuid() } ?? false) || (s.gid.map { $0 != getgid() } ?? false) {
             guard mode == .private else { throw CofferError(.invalidParameter, "only root gives files to another uid or gid (\(s.name))") }
         }
-        if !options.dir.hasPrefix("/") || options.dir.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) {
-            throw CofferError(.invalidParameter, "--dir must be an absolute path without . or ..")
-        }
+        if mode == .private { try checkMountPoint(options.dir) }
         var argv = options.command
         if build { argv = try buildArguments(argv, specs: specs, templates: templates, dryRun: true) }
         let exe = try resolveExecutable(argv[0])
@@ -313,8 +313,7 @@ struct Runner {
             let dir: String
             switch mode {
             case .private:
-                dir = options.dir
-                try makeDirectories(dir)
+                dir = Self.canonical(options.dir)
             case .daemon:
                 guard let p = started.mountPath else { throw ClientError(kind: .io, message: "cofferd mounted no tmpfs") }
                 dir = p
@@ -393,12 +392,33 @@ struct Runner {
         throw RunFailure(status: 127, message: "\(name): command not found", hint: "give a path, or check PATH")
     }
 
-    func makeDirectories(_ dir: String) throws {
+    static let defaultDir = "/run/coffer/secrets"
+
+    static func canonical(_ dir: String) -> String { "/" + dir.split(separator: "/").joined(separator: "/") }
+
+    /// Where a private run attaches its tmpfs (in its own namespace only): an existing
+    /// directory reached without symbolic links, never `/`. The default is made when
+    /// missing, each step checked to be a root-owned directory, not a link.
+    func checkMountPoint(_ raw: String) throws {
+        let parts = raw.split(separator: "/")
+        guard raw.hasPrefix("/"), !parts.isEmpty, !parts.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw CofferError(.invalidParameter, "--dir must be an absolute path without . or .., and not /")
+        }
+        let create = Self.canonical(raw) == Self.defaultDir
         var path = ""
-        for part in dir.split(separator: "/") {
+        for part in parts {
             path += "/" + part
-            if mkdir(path, 0o755) != 0 && errno != EEXIST {
-                throw CofferError(.invalidParameter, "cannot create \(path): \(String(cString: strerror(errno)))")
+            var st = stat()
+            if lstat(path, &st) != 0 {
+                guard create, errno == ENOENT, mkdir(path, 0o755) == 0, lstat(path, &st) == 0 else {
+                    throw CofferError(.invalidParameter, "--dir \(raw): \(path) does not exist", hint: "give an existing empty directory")
+                }
+            }
+            guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                throw CofferError(.invalidParameter, "--dir \(raw): \(path) is not a directory (symbolic links are not followed)")
+            }
+            if create && st.st_uid != 0 {
+                throw CofferError(.invalidParameter, "\(path) belongs to uid \(st.st_uid), not root", hint: "pass --dir with a directory of your own")
             }
         }
     }
@@ -524,8 +544,10 @@ struct Runner {
             return CofferError(.invalidParameter, "cannot write \(name) on the tmpfs: \(reason)")
         case COFFER_STAGE_EXEC:
             return RunFailure(status: r.err == ENOENT ? 127 : 126, message: "cannot run \(options.command[0]): \(reason)", hint: nil)
+        case COFFER_STAGE_ATTACH:
+            return CofferError(.invalidParameter, "cannot attach the tmpfs at \(dir): \(reason)")
         default:
-            return CofferError(.invalidParameter, "cannot set up the run: \(reason)")
+            return CofferError(.invalidParameter, "cannot set up the run (stage \(r.stage)): \(reason)")
         }
     }
 

@@ -36,6 +36,7 @@ import Testing
     static func daemon(_ extra: String = "") throws -> Daemon {
         let d = try Daemon(config: extra, policy: policy)
         try d.start()
+        mkdir(d.dir + "/secrets", 0o755)  // where private runs attach their tmpfs (--dir must exist)
         for (path, value) in [("ci/app/db-password", "CANARY-db-\(UUID().uuidString)"), ("ci/npm/token", "npm-tok-1"),
                               ("ci/signing/key", "SIGNING-\(UUID().uuidString)"), ("ci/private/x", "nope")] {
             let r = try d.coffer(["secret", "put", path], stdin: Array(value.utf8))
@@ -190,10 +191,49 @@ import Testing
         #expect(Date().timeIntervalSince(killedAt) < 1.0)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: runDir)) ?? ["?"]).isEmpty)
         let events = try d.coffer(["audit", "tail", "-n", "3", "--format", "json"]).out
-        #expect(events.contains("the runner exited without ending the run; cofferd removed the tmpfs"), "\(events)")
+        #expect(events.contains("the runner exited without ending the run; cofferd emptied and removed the tmpfs"), "\(events)")
         // a private namespace is root's: asked for by others it is refused, nothing mounted
         let priv = try d.coffer(["run", "--mount", "private", "--secret", "ci/npm/token", "--", "/bin/true"], as: user)
         #expect(priv.status == 7 && priv.stderr.contains("coffer: error:"))
+    }
+
+    /// What a run leaves behind gets nothing: cofferd empties the tmpfs and makes it
+    /// read-only before detaching it, even for a process whose working directory it is.
+    @Test func aLeftoverProcessKeepsAnEmptyReadOnlyTmpfs() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let marks = Self.shared(d)
+        let leftover = "cd \"$COFFER_SECRETS_DIR\"; setsid sh -c 'sleep 1; ls -A > \(marks)/left-ls; (echo x > refill) 2> \(marks)/left-err; touch \(marks)/left-done' > /dev/null 2>&1 < /dev/null &"
+        let r = try d.coffer(["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", leftover], as: user)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/left-done") })
+        #expect(String(decoding: fileBytes(marks + "/left-ls"), as: UTF8.self) == "", "the token was still there")
+        #expect(String(decoding: fileBytes(marks + "/left-err"), as: UTF8.self).contains("Read-only file system"))
+        #expect(Self.mounts(under: d.dir + "/run/run").isEmpty)
+    }
+
+    /// --dir: never /, never through a symbolic link, never created (but the default).
+    @Test func theMountPointIsCheckedAndNeverCreated() throws {
+        let d = try Self.daemon()
+        let link = d.dir + "/link"
+        let target = d.dir + "/elsewhere"
+        mkdir(target, 0o755)
+        symlink(target, link)
+        for dir in ["/", "//", link, link + "/sub", d.dir + "/missing/deep", "relative", d.dir + "/../x"] {
+            let r = try d.coffer(["run", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"])
+            #expect(r.status == 7 && r.stderr.contains("--dir"), "\(dir): \(r.status) \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: target + "/sub") && !FileManager.default.fileExists(atPath: d.dir + "/missing"))
+        var st = stat()
+        #expect(stat("/", &st) == 0 && st.st_mode & 0o777 == 0o755)
+        // network none is a private namespace's; the API refuses it with a daemon mount
+        let (status, body) = try d.curl("POST", "/v1/runs", body: #"{"secrets":[{"path":"ci/npm/token"}],"mount":"daemon","network":"none"}"#)
+        #expect(status == 422, "\(body)")
+        // what a runner reports is its own detail, printable ASCII only
+        for fate in [#"a\u2028b"#, #"x\u00a0y"#, #"\u001b[2J"#] {
+            let (s2, _) = try d.curl("POST", "/v1/runs/run_0123/end", body: "{\"fate\":\"\(fate)\"}")
+            #expect(s2 == 422, "\(fate)")
+        }
     }
 
     @Test func aDaemonRestartDuringARunLeavesNoMount() throws {
@@ -337,6 +377,42 @@ import Testing
             #expect((400..<500).contains(status) && errorCode(text) != nil, "\(body): \(status) \(text)")
         }
         #expect(Self.mounts(under: d.dir).isEmpty)
+    }
+
+    /// --network none: the command cannot reach a listener on the host, and has a
+    /// working loopback of its own; without it, the same command connects.
+    @Test func networkNoneCutsTheCommandOffTheHost() throws {
+        let d = try Self.daemon()
+        // a listener on the host's loopback, in this process (the kernel completes
+        // connections into its backlog: no accept needed)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        #expect(bound)
+        let port = String(UInt16(bigEndian: addr.sin_port))
+        let probe = """
+            import socket, sys
+            try:
+                socket.create_connection(("127.0.0.1", \(port)), timeout=2).close(); host = "host-reachable"
+            except OSError:
+                host = "host-unreachable"
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+            socket.create_connection(s.getsockname(), timeout=2).close()
+            print(host, "loopback-ok")
+            """
+        let isolated = try d.coffer(["run", "--dir", d.dir + "/secrets", "--network", "none", "--secret", "ci/npm/token", "--", "/usr/bin/python3", "-c", probe])
+        #expect(isolated.status == 0, "\(isolated.stderr)")
+        #expect(isolated.out == "host-unreachable loopback-ok\n", "\(isolated.out)")
+        let open = try d.coffer(["run", "--dir", d.dir + "/secrets", "--secret", "ci/npm/token", "--", "/usr/bin/python3", "-c", probe])
+        #expect(open.out == "host-reachable loopback-ok\n", "\(open.out) \(open.stderr)")
+        let events = try d.coffer(["audit", "tail", "-n", "6", "--format", "json"]).out
+        #expect(events.contains("\"network\":\"none\""), "the injection event records the network mode")
     }
 
     @Test func buildahBuildsWithTheSecretCachedPerVersionAndNoTraceInTheImage() throws {

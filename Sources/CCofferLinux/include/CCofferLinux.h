@@ -88,7 +88,7 @@ enum {
 };
 enum {
     COFFER_STAGE_UNSHARE = 1, COFFER_STAGE_PRIVATE = 2, COFFER_STAGE_MOUNT = 3, COFFER_STAGE_NOSWAP = 4,
-    COFFER_STAGE_WRITE = 5, COFFER_STAGE_SEAL = 6, COFFER_STAGE_FORK = 7, COFFER_STAGE_EXEC = 8, COFFER_STAGE_NETWORK = 9,
+    COFFER_STAGE_WRITE = 5, COFFER_STAGE_SEAL = 6, COFFER_STAGE_FORK = 7, COFFER_STAGE_EXEC = 8, COFFER_STAGE_NETWORK = 9, COFFER_STAGE_ATTACH = 10,
 };
 typedef struct { int kind; int stage; int err; int index; } coffer_run_report;
 
@@ -104,6 +104,12 @@ int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired);
 /// A tmpfs for an unprivileged caller's run (by cofferd): mode 0700 owned by uid:gid,
 /// nosuid,nodev,noexec, size-bounded, noswap (when `noswap`). 0 or -1 with errno.
 int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int uid, unsigned int gid, int noswap);
+
+/// Before a run's tmpfs is detached: removes everything in it (no symlink followed,
+/// no other mount entered) and remounts it read-only, so that a process the command
+/// left behind (its working directory there) holds an empty file system it cannot
+/// fill. 0, or -1 when something remained (a file open for writing: EBUSY).
+int coffer_wipe_and_seal(const char *dir);
 
 /// Detaches a mount (MNT_DETACH|UMOUNT_NOFOLLOW). 0 or -1 with errno.
 int coffer_unmount(const char *dir);

@@ -122,7 +122,8 @@ struct Router: Sendable {
             case .accessor:
                 if raw.contains("/") { continue }  // another endpoint may match (…/revoke)
                 guard !raw.isEmpty, raw.utf8.count <= 64, raw.utf8.allSatisfy(SecretPathChars.isToken) else {
-                    return .badParam(e, CofferError(.invalidParameter, "a token accessor looks like acc_0123…", hint: "see coffer token list"))
+                    return .badParam(e, CofferError(.invalidParameter, "an id looks like acc_0123…, el_0123… or run_0123… (letters, digits, _)",
+                                                    hint: "see coffer token list, coffer elevate list or coffer run list"))
                 }
                 return .found(e, param: String(raw))
             }

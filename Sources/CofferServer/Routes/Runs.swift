@@ -57,7 +57,11 @@ extension APIResponder {
     func runList(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: ["all"])
-        let all = i.request.uri.queryParameters["all"].map { $0 == "true" } ?? false
+        var all = false
+        if let v = i.request.uri.queryParameters["all"] {
+            guard v == "true" || v == "false" else { throw CofferError(.invalidParameter, "all must be true or false") }
+            all = v == "true"
+        }
         let runs = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "run_list") { _ async throws(CofferError) in
             engine.runs.list(principal, all: all)
         }
