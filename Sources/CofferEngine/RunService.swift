@@ -84,6 +84,7 @@ public final class RunService: Sendable {
     public static let defaultSizeBytes = 1024 * 1024
     public static let defaultTTLSeconds = 3600
     static let sweepJob = "run-watch"
+    static let ttlGraceMillis: Int64 = 5000
 
     let settings: Settings
     let gate: Gate
@@ -241,7 +242,8 @@ public final class RunService: Sendable {
             runs.values.compactMap { l -> (String, Bool)? in
                 let exited = coffer_pidfd_exited(l.pidfd) != 0
                 if exited { return (l.run.id, true) }
-                return now >= l.run.expiresAt ? (l.run.id, false) : nil
+                // the runner ends its command at the TTL itself; cofferd is the backstop a little later
+                return now >= l.run.expiresAt + Self.ttlGraceMillis ? (l.run.id, false) : nil
             }
         }
         for (id, exited) in due {

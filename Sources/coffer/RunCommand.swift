@@ -339,7 +339,7 @@ struct Runner {
             for k in environment.keys where envVars.contains(where: { $0.variable == k }) { environment[k] = nil }
             if status.expired {
                 end(Int(status.code), "ttl expired: coffer run killed the command")
-                throw CofferError(.invalidParameter, "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
+                throw RunFailure(status: 124, message: "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
             }
             end(Int(status.code), mode == .private ? "the private namespace was released" : "the command ended")
             return status.code

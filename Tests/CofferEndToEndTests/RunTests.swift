@@ -236,6 +236,33 @@ import Testing
         }
     }
 
+    /// --ttl ends the run: as root coffer run kills the command (exit 124); for an
+    /// unprivileged caller cofferd also kills the runner and removes the tmpfs.
+    @Test func theTTLEndsTheRun() throws {
+        let d = try Self.daemon()
+        let t0 = Date()
+        let r = try d.coffer(["run", "--dir", d.dir + "/secrets", "--ttl", "1s", "--secret", "ci/npm/token", "--", "/bin/sleep", "30"])
+        #expect(r.status == 124 && r.stderr.contains("ttl"), "\(r.status) \(r.stderr)")
+        #expect(Date().timeIntervalSince(t0) < 10)
+        let user = TestUser.nonAdmin
+        let runDir = d.dir + "/run/run"
+        let t1 = Date()
+        let u = try d.coffer(["run", "--ttl", "1s", "--secret", "ci/npm/token", "--", "/bin/sleep", "30"], as: user)
+        #expect(u.status == 124, "\(u.status) \(u.stderr)")
+        #expect(Date().timeIntervalSince(t1) < 10)
+        #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
+        #expect(Self.waitFor(2) { (try? d.coffer(["run", "list", "--all"]).out) == "no live runs\n" })
+        // a runner that cannot act (stopped) is ended by cofferd shortly after its TTL
+        let marks = Self.shared(d)
+        let p = try Self.launch(d, ["run", "--ttl", "1s", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "touch \(marks)/s; exec sleep 60"], as: user)
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/s") })
+        kill(p.processIdentifier, SIGSTOP)
+        #expect(Self.mounts(under: runDir).count == 1)
+        #expect(Self.waitFor(12) { Self.mounts(under: runDir).isEmpty }, "cofferd's TTL backstop")
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGKILL)
+    }
+
     @Test func aDaemonRestartDuringARunLeavesNoMount() throws {
         let d = try Self.daemon()
         let user = TestUser.nonAdmin
