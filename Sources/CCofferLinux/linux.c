@@ -90,6 +90,7 @@ int coffer_unix_connect(const char *path) {
 /* ---- coffer run ---------------------------------------------------------- */
 
 #include <dirent.h>
+#include <linux/openat2.h>
 #include <net/if.h>
 #include <pthread.h>
 #include <poll.h>
@@ -226,6 +227,7 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "coffer-run", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
         if (fsconfig(fsfd, FSCONFIG_SET_STRING, "size", size_text, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
         if (fsconfig(fsfd, FSCONFIG_SET_STRING, "mode", "0700", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "nr_inodes", "1024", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
         if (fsconfig(fsfd, FSCONFIG_SET_FLAG, "noswap", NULL, 0) != 0) {
             if (!spec->allow_swap) coffer_fail(fd, COFFER_STAGE_NOSWAP, -1);
             coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, errno, -1);
@@ -258,7 +260,16 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         memset(&ro, 0, sizeof(ro));
         ro.attr_set = MOUNT_ATTR_RDONLY;
         if (mount_setattr(mfd, "", AT_EMPTY_PATH, &ro, sizeof(ro)) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
-        if (move_mount(mfd, "", AT_FDCWD, spec->dir, MOVE_MOUNT_F_EMPTY_PATH) != 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+        /* the mount point opened once, without following any symbolic link, and the
+         * mount attached to that very directory */
+        struct open_how how;
+        memset(&how, 0, sizeof(how));
+        how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+        how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+        int tfd = (int)syscall(SYS_openat2, AT_FDCWD, spec->dir, &how, sizeof(how));
+        if (tfd < 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+        if (move_mount(mfd, "", tfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+        close(tfd);
         close(mfd);
     }
 
@@ -365,14 +376,14 @@ int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
 
 int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int uid, unsigned int gid, int noswap) {
     char opts[160];
-    snprintf(opts, sizeof(opts), "size=%lu,mode=0700,uid=%u,gid=%u%s", size_bytes, uid, gid, noswap ? ",noswap" : "");
+    snprintf(opts, sizeof(opts), "size=%lu,nr_inodes=1024,mode=0700,uid=%u,gid=%u%s", size_bytes, uid, gid, noswap ? ",noswap" : "");
     return mount("coffer-run", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, opts);
 }
 
 /* Empties a directory tree on one file system (never following a symbolic link,
  * never crossing into another mount). */
 static int coffer_wipe_at(int dfd, dev_t dev, int depth) {
-    if (depth > 64) return -1;
+    if (depth > 64) { close(dfd); return -1; }
     DIR *d = fdopendir(dfd);
     if (!d) { close(dfd); return -1; }
     int rc = 0;
@@ -401,8 +412,14 @@ int coffer_wipe_and_seal(const char *dir) {
     if (fstat(dfd, &st) != 0) { close(dfd); return -1; }
     fchmod(dfd, 0700);
     int rc = coffer_wipe_at(dfd, st.st_dev, 0);
-    /* read-only from now on: what a process left behind cannot refill it */
-    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, NULL) != 0) rc = -1;
+    /* read-only from now on: what a process left behind cannot refill it (a write
+     * in progress makes the remount fail with EBUSY: a few tries) */
+    int sealed = -1;
+    for (int i = 0; i < 20 && sealed != 0; i++) {
+        sealed = mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOSYMFOLLOW, NULL);
+        if (sealed != 0) usleep(5000);
+    }
+    if (sealed != 0) return -2;
     return rc;
 }
 

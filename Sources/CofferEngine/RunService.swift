@@ -218,7 +218,7 @@ public final class RunService: Sendable {
         guard let run = live.withLock({ $0[id]?.run }), run.uid == p.uid || isAdmin else {
             throw CofferError(.notFound, "no run \(id) of yours", hint: "see coffer run list")
         }
-        let who = run.uid == p.uid ? "the runner" : "\(p.displayName)"
+        let who = p.pid == run.pid ? "the runner" : (run.uid == p.uid ? "process \(p.pid) of uid \(p.uid)" : p.displayName)
         let fate = switch run.mount {
         case .daemon: "ended by \(who); cofferd emptied and removed the tmpfs"
         case .private: "ended by \(who); the private namespace ends with the command"
@@ -254,7 +254,10 @@ public final class RunService: Sendable {
                 await finish(id, fate: fate, exitStatus: nil, ticket: nil)
             } else {
                 if let fd = live.withLock({ $0[id]?.pidfd }) { _ = coffer_pidfd_kill(fd, SIGKILL) }
-                await finish(id, fate: "ttl expired: cofferd killed the runner and removed what it mounted", exitStatus: nil, ticket: nil)
+                let daemonMount = live.withLock { $0[id]?.run.mount } == .daemon
+                await finish(id, fate: daemonMount ? "ttl expired: cofferd killed the runner and removed the tmpfs"
+                                                   : "ttl expired: cofferd killed the runner (its private namespace ends with it)",
+                             exitStatus: nil, ticket: nil)
             }
         }
     }
@@ -306,8 +309,20 @@ public final class RunService: Sendable {
         if let path = run.mountPath ?? (run.mount == .daemon ? settings.dir + "/" + run.id : nil) {
             // emptied and read-only first: a process the command left behind (its
             // working directory there) keeps an empty file system it cannot refill
-            if Self.mounts(under: settings.dir).contains(path), coffer_wipe_and_seal(path) != 0 {
-                fate += "; something stayed in use (a file open for writing): the detached tmpfs lives until it is closed"
+            if Self.mounts(under: settings.dir).contains(path) {
+                var rc = coffer_wipe_and_seal(path)
+                if rc == -2 {
+                    // still written to after the run: the caller's processes that hold
+                    // it (working directory, root or open files there) are ended
+                    let killed = Self.killHolders(of: path, uid: run.uid)
+                    rc = coffer_wipe_and_seal(path)
+                    fate += "; \(killed) leftover process\(killed == 1 ? "" : "es") of uid \(run.uid) still writing there \(killed == 1 ? "was" : "were") killed"
+                }
+                switch rc {
+                case 0: break
+                case -2: fate += "; it could not be made read-only (a process of another uid writes there?)"
+                default: fate += "; it could not be emptied completely (the detached tmpfs is freed when its last user goes)"
+                }
             }
             if coffer_unmount(path) != 0 && errno != EINVAL && errno != ENOENT {
                 fate += "; unmount failed: \(String(cString: strerror(errno)))"
@@ -386,6 +401,25 @@ public final class RunService: Sendable {
         let fields = text[text.index(after: close)...].split(separator: " ")
         guard fields.count > 19 else { return nil }
         return UInt64(fields[19])
+    }
+
+    /// SIGKILLs the processes of `uid` whose working directory, root or open files
+    /// lie in the mount at `path`; returns how many.
+    static func killHolders(of path: String, uid: UInt32) -> Int {
+        let fm = FileManager.default
+        var killed = 0
+        for entry in (try? fm.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid > 1, pid != getpid(), realUID(pid) == uid else { continue }
+            let base = "/proc/\(pid)"
+            var links = [base + "/cwd", base + "/root"]
+            links += ((try? fm.contentsOfDirectory(atPath: base + "/fd")) ?? []).map { base + "/fd/" + $0 }
+            let holds = links.contains { link in
+                guard let target = try? fm.destinationOfSymbolicLink(atPath: link) else { return false }
+                return target == path || target.hasPrefix(path + "/")
+            }
+            if holds, kill(pid, SIGKILL) == 0 { killed += 1 }
+        }
+        return killed
     }
 
     /// The real uid of a process (/proc/PID/status): a pid reused by another user's

@@ -210,6 +210,28 @@ import Testing
         #expect(String(decoding: fileBytes(marks + "/left-ls"), as: UTF8.self) == "", "the token was still there")
         #expect(String(decoding: fileBytes(marks + "/left-err"), as: UTF8.self).contains("Read-only file system"))
         #expect(Self.mounts(under: d.dir + "/run/run").isEmpty)
+        // one that keeps a file open for writing and writes on: after the run it can
+        // create nothing (sealed read-only, or killed when sealing is refused)
+        let writer = "cd \"$COFFER_SECRETS_DIR\"; chmod 700 .; setsid sh -c 'exec 3>>held; echo $$ > \(marks)/writer; i=0; while :; do i=$((i+1)); echo x >&3; (echo y > n$i) 2>/dev/null && touch \(marks)/created || touch \(marks)/refused; sleep 0.05; done' > /dev/null 2>&1 < /dev/null & sleep 0.3"
+        let w = try d.coffer(["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", writer], as: user)
+        #expect(w.status == 0, "\(w.stderr)")
+        let writerPID = Int32(String(decoding: fileBytes(marks + "/writer"), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(writerPID > 0)
+        unlink(marks + "/created")
+        #expect(Self.waitFor(3) { kill(writerPID, 0) != 0 || FileManager.default.fileExists(atPath: marks + "/refused") })
+        usleep(300_000)
+        #expect(!FileManager.default.fileExists(atPath: marks + "/created"), "a leftover process refilled the tmpfs")
+        if kill(writerPID, 0) == 0 { kill(writerPID, SIGKILL) }
+        // a tree deeper than the wipe goes leaves cofferd holding nothing
+        let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(d.pid!)/fd").count) ?? -1 }
+        let before = fds()
+        let deep = "import os; os.chmod(os.environ['COFFER_SECRETS_DIR'], 0o700); os.chdir(os.environ['COFFER_SECRETS_DIR'])\nfor _ in range(80): os.mkdir('d'); os.chdir('d')"
+        for _ in 0..<3 {
+            let r = try d.coffer(["run", "--secret", "ci/npm/token", "--", "/usr/bin/python3", "-c", deep], as: user)
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        #expect(Self.waitFor(2) { fds() <= before }, "cofferd keeps \(fds() - before) more descriptors")
+        #expect(Self.mounts(under: d.dir + "/run/run").isEmpty)
     }
 
     /// --dir: never /, never through a symbolic link, never created (but the default).

@@ -108,7 +108,8 @@ int coffer_mount_tmpfs(const char *dir, unsigned long size_bytes, unsigned int u
 /// Before a run's tmpfs is detached: removes everything in it (no symlink followed,
 /// no other mount entered) and remounts it read-only, so that a process the command
 /// left behind (its working directory there) holds an empty file system it cannot
-/// fill. 0, or -1 when something remained (a file open for writing: EBUSY).
+/// fill. 0; -1 when something could not be removed; -2 when it could not be made
+/// read-only (a file held open for writing).
 int coffer_wipe_and_seal(const char *dir);
 
 /// Detaches a mount (MNT_DETACH|UMOUNT_NOFOLLOW). 0 or -1 with errno.
