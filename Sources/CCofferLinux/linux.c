@@ -146,8 +146,7 @@ static void coffer_block_forwarded(sigset_t *old) {
 
 /* The command starts as a process normally does: default handlers, nothing
  * blocked (whatever mask coffer run inherited, e.g. from a test runner's thread). */
-static void coffer_default_signals(const sigset_t *mask) {
-    (void)mask;
+static void coffer_default_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_DFL;
@@ -274,7 +273,7 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
     }
 
     if (!spec->pid_namespace) {
-        coffer_default_signals(mask);
+        coffer_default_signals();
         execve(spec->exe, spec->argv, spec->envp);
         coffer_fail(fd, COFFER_STAGE_EXEC, -1);
     }
@@ -290,7 +289,7 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         pid_t cmd = fork();
         if (cmd < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
         if (cmd == 0) {
-            coffer_default_signals(mask);
+            coffer_default_signals();
             execve(spec->exe, spec->argv, spec->envp);
             coffer_fail(fd, COFFER_STAGE_EXEC, -1);
         }

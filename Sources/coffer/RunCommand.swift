@@ -335,8 +335,7 @@ struct Runner {
 
             // 5. run
             let status = try spawn(exe: exe, argv: argv, environment: environment, files: files, dir: dir, mode: mode,
-                                   ttl: UInt32(clamping: started.ttlSeconds))
-            for k in environment.keys where envVars.contains(where: { $0.variable == k }) { environment[k] = nil }
+                                   size: size, ttl: UInt32(clamping: started.ttlSeconds))
             if status.expired {
                 end(Int(status.code), "ttl expired: coffer run killed the command")
                 throw RunFailure(status: 124, message: "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
@@ -465,7 +464,8 @@ struct Runner {
 
     struct Status { var code: Int32; var expired: Bool }
 
-    func spawn(exe: String, argv: [String], environment: [String: String], files: [RunFile], dir: String, mode: Mode, ttl: UInt32) throws -> Status {
+    func spawn(exe: String, argv: [String], environment: [String: String], files: [RunFile], dir: String, mode: Mode, size: Int,
+               ttl: UInt32) throws -> Status {
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
         defer { for p in cStrings { free(p) } }
         func c(_ s: String) -> UnsafeMutablePointer<CChar>? {
@@ -499,7 +499,7 @@ struct Runner {
                     var spec = coffer_run_spec(
                         private_mount: mode == .private ? 1 : 0, private_network: options.network == "none" ? 1 : 0,
                         pid_namespace: mode == .private && !options.keepChildren ? 1 : 0, allow_swap: options.allowSwap ? 1 : 0,
-                        dir: UnsafePointer(dirC), size_bytes: UInt(try! parseSize(options.size)), dir_mode: 0o500,
+                        dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: 0o500,
                         dir_uid: getuid(), dir_gid: getgid(), files: UnsafePointer(f.baseAddress), file_count: Int32(files.count),
                         exe: UnsafePointer(exeC), argv: a.baseAddress, envp: e.baseAddress)
                     return coffer_run_spawn(&spec, &reportFD)
