@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "cofferd", targets: ["cofferd"]),
         .executable(name: "coffer", targets: ["coffer"]),
+        .executable(name: "coffer-cli", targets: ["coffer-cli"]),
         .executable(name: "coffer-bench", targets: ["coffer-bench"]),
     ],
     dependencies: [
@@ -67,7 +68,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(name: "CofferClient", dependencies: ["CofferAPI", "CofferCore", "CCofferLinux"], swiftSettings: swiftSettings),
+        // Without Foundation: the Unix-socket HTTP client, a small JSON, coffer run/build
+        // (the lean `coffer` front starts fast on it).
+        .target(name: "CofferLite", dependencies: ["CofferCore", "CofferCrypto", "CCofferLinux"], swiftSettings: swiftSettings),
+        .target(name: "CofferClient", dependencies: ["CofferLite", "CofferAPI", "CofferCore", "CCofferLinux"], swiftSettings: swiftSettings),
 
         // Executables
         .executableTarget(
@@ -80,10 +84,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `coffer`: the lean front (run, build); hands every other command to coffer-cli.
+        // Linked static-pie (no dynamic loader, no shared libraries to map: it starts in
+        // about a millisecond, as a C program does; still position-independent for ASLR).
         .executableTarget(
-            name: "coffer",
+            name: "coffer", dependencies: ["CofferLite"], swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(["-static-executable"], .when(platforms: [.linux]))]
+        ),
+        .executableTarget(
+            name: "coffer-cli",
             dependencies: [
-                "CofferClient", "CofferAPI", "CofferCore", "CofferAudit", "CofferCrypto", "CSQLite",
+                "CofferClient", "CofferLite", "CofferAPI", "CofferCore", "CofferAudit", "CofferCrypto", "CSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -99,6 +110,7 @@ let package = Package(
         // Tests: one per module, plus end to end against the built binaries.
         .testTarget(name: "CofferCryptoTests", dependencies: ["CofferCrypto"], swiftSettings: swiftSettings),
         .testTarget(name: "CofferCoreTests", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "CofferLiteTests", dependencies: ["CofferLite"], swiftSettings: swiftSettings),
         .testTarget(name: "CofferAuditTests", dependencies: ["CofferAudit", "CofferCrypto", "CofferCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "CofferEngineTests",

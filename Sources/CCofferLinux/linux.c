@@ -215,10 +215,12 @@ static int coffer_loopback_up(void) {
 static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
     int dfd, mfd = -1;
     if (spec->private_mount) {
-        int flags = CLONE_NEWNS;
-        if (spec->pid_namespace) flags |= CLONE_NEWPID;
-        if (spec->private_network) flags |= CLONE_NEWNET;
-        if (unshare(flags) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
+        /* with a PID namespace this process was cloned into its namespaces already */
+        if (!spec->pid_namespace) {
+            int flags = CLONE_NEWNS;
+            if (spec->private_network) flags |= CLONE_NEWNET;
+            if (unshare(flags) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
+        }
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
         if (spec->private_network && coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
         int fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
@@ -278,41 +280,28 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         coffer_fail(fd, COFFER_STAGE_EXEC, -1);
     }
 
-    /* This process holds the namespaces; its child is PID 1 of the new one. */
-    pid_t init = fork();
-    if (init < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
-    if (init == 0) {
-        /* (getppid() is 0 for a namespace's init: the holder cannot be checked) */
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        /* a /proc of the new PID namespace (best effort: some hosts lock /proc) */
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-        pid_t cmd = fork();
-        if (cmd < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
-        if (cmd == 0) {
-            coffer_default_signals();
-            execve(spec->exe, spec->argv, spec->envp);
-            coffer_fail(fd, COFFER_STAGE_EXEC, -1);
-        }
-        close(fd);
-        coffer_forward_target = cmd;
-        sigprocmask(SIG_SETMASK, mask, NULL);
-        coffer_unblock_forwarded();
-        /* PID 1: reap everything; when the command ends, so does the namespace */
-        for (;;) {
-            int st;
-            pid_t w = waitpid(-1, &st, 0);
-            if (w == cmd) _exit(coffer_status_code(st));
-            if (w < 0 && errno != EINTR) _exit(1);
-        }
+    /* This process is PID 1 of the new PID namespace: it starts the command and
+     * reaps everything; when the command ends, so does the namespace (the kernel
+     * kills what is left in it). */
+    /* a /proc of the new PID namespace (best effort: some hosts lock /proc) */
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    /* a bare clone: no atfork handlers (this process may have been cloned from a
+     * multi-threaded one and must not take a glibc lock) */
+    pid_t cmd = (pid_t)syscall(SYS_clone, SIGCHLD, NULL, NULL, NULL, NULL);
+    if (cmd < 0) coffer_fail(fd, COFFER_STAGE_FORK, -1);
+    if (cmd == 0) {
+        coffer_default_signals();
+        execve(spec->exe, spec->argv, spec->envp);
+        coffer_fail(fd, COFFER_STAGE_EXEC, -1);
     }
     close(fd);
-    coffer_forward_target = init;
+    coffer_forward_target = cmd;
     sigprocmask(SIG_SETMASK, mask, NULL);
     coffer_unblock_forwarded();
     for (;;) {
         int st;
-        pid_t w = waitpid(init, &st, 0);
-        if (w == init) _exit(coffer_status_code(st));
+        pid_t w = waitpid(-1, &st, 0);
+        if (w == cmd) _exit(coffer_status_code(st));
         if (w < 0 && errno != EINTR) _exit(1);
     }
 }
@@ -326,7 +315,20 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
     coffer_block_forwarded(&old);
     coffer_install_forwarding();
     pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid;
+    int parent_fd = -1;
+    if (spec->private_mount && spec->pid_namespace) {
+        /* Straight into new mount, PID (and network) namespaces: the child is PID 1
+         * of its namespace at once (one process less than fork + unshare + fork).
+         * getppid() is 0 there: the parent is watched through a pidfd instead. */
+        parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
+        unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | SIGCHLD;
+        if (spec->private_network) flags |= CLONE_NEWNET;
+        pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, NULL);
+        if (pid < 0 && parent_fd >= 0) { int e = errno; close(parent_fd); errno = e; }
+    } else {
+        pid = fork();
+    }
     if (pid < 0) {
         int e = errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
@@ -337,10 +339,18 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
     if (pid == 0) {
         close(fds[0]);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (getppid() != parent) _exit(125);  /* coffer run died before the prctl */
+        if (parent_fd >= 0) {
+            /* coffer run died before the prctl */
+            struct pollfd pf = {parent_fd, POLLIN, 0};
+            if (poll(&pf, 1, 0) != 0) _exit(125);
+            close(parent_fd);
+        } else if (getppid() != parent) {
+            _exit(125);  /* coffer run died before the prctl */
+        }
         coffer_run_child(spec, size_text, fds[1], &old);
         _exit(125);
     }
+    if (parent_fd >= 0) close(parent_fd);
     close(fds[1]);
     coffer_forward_target = pid;
     sigprocmask(SIG_SETMASK, &old, NULL);

@@ -1,15 +1,7 @@
 public import CofferAPI
 public import CofferCore
+@_exported import CofferLite
 import Foundation
-
-/// An error answer from cofferd, decoded from its JSON error body.
-public struct APIError: Error, Sendable, CustomStringConvertible {
-    public var status: Int
-    public var code: String
-    public var message: String
-    public var hint: String?
-    public var description: String { message }
-}
 
 /// Typed calls of API v1 for the CLI (and for tests).
 public final class CofferClient {
@@ -32,12 +24,7 @@ public final class CofferClient {
         }
     }
 
-    static func apiError(_ r: HTTPResult) -> APIError {
-        if let body = try? JSONDecoder().decode(ErrorBody.self, from: Data(r.body)) {
-            return APIError(status: r.status, code: body.error.code, message: body.error.message, hint: body.error.hint)
-        }
-        return APIError(status: r.status, code: "http_\(r.status)", message: "cofferd answered HTTP \(r.status)", hint: nil)
-    }
+    static func apiError(_ r: HTTPResult) -> APIError { APIError(r) }
 
     public func health() throws -> HealthResponse {
         try decode(http.request("GET", "/v1/sys/health"), as: HealthResponse.self)

@@ -91,9 +91,14 @@ struct Bench: ParsableCommand {
 
         // whole-process CLI latency against redis-cli
         let runs = smoke ? 10 : 100
-        report.cliMeanMs = try timeCommand(audited.bin + "/coffer", ["secret", "get", "bench/s64"], env: ["COFFER_SOCKET": audited.socket], runs: runs)
         if let redis, let cli = Redis.which("redis-cli") {
-            report.redisCliMeanMs = try timeCommand(cli, ["-s", redis.socket, "GET", "bench:s64"], env: [:], runs: runs)
+            let (cliMs, redisMs) = try timePair(
+                (audited.bin + "/coffer", ["secret", "get", "bench/s64"], ["COFFER_SOCKET": audited.socket]),
+                (cli, ["-s", redis.socket, "GET", "bench:s64"], [:]), runs: runs)
+            report.cliMeanMs = cliMs
+            report.redisCliMeanMs = redisMs
+        } else {
+            report.cliMeanMs = try timeCommand(audited.bin + "/coffer", ["secret", "get", "bench/s64"], env: ["COFFER_SOCKET": audited.socket], runs: runs)
         }
         print(String(format: "coffer secret get: %.2f ms per process; redis-cli GET: %@", report.cliMeanMs ?? 0,
                      report.redisCliMeanMs.map { String(format: "%.2f ms", $0) } ?? "n/a"))
@@ -113,11 +118,14 @@ struct Bench: ParsableCommand {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let secrets = (0..<10).flatMap { ["--secret", "bench/run/s\($0)"] }
             let n = smoke ? 5 : 100
-            report.runMeanMs = try timeCommand(audited.bin + "/coffer", ["run", "--dir", dir] + secrets + ["--", "/bin/true"],
-                                               env: ["COFFER_SOCKET": audited.socket], runs: n)
             let files = (0..<10).map { "printf %s \(value) > \(dir)/s\($0)" }.joined(separator: " && ")
-            report.tmpfsBaselineMs = try timeCommand("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c",
-                "mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec,noswap coffer-bench \(dir) && \(files) && exec /bin/true"], env: [:], runs: n)
+            let (runMs, baseMs) = try timePair(
+                (audited.bin + "/coffer", ["run", "--dir", dir] + secrets + ["--", "/bin/true"], ["COFFER_SOCKET": audited.socket]),
+                ("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c",
+                 "mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec,noswap coffer-bench \(dir) && \(files) && exec /bin/true"], [:]),
+                runs: n)
+            report.runMeanMs = runMs
+            report.tmpfsBaselineMs = baseMs
             print(String(format: "coffer run (10 secrets, /bin/true): %.2f ms per process; unshare+mount+10 files+exec: %.2f ms",
                          report.runMeanMs ?? 0, report.tmpfsBaselineMs ?? 0))
         }
@@ -141,29 +149,58 @@ struct Bench: ParsableCommand {
 }
 
 /// Mean wall time of a whole process (posix_spawn + wait, no Foundation overhead).
-func timeCommand(_ exe: String, _ args: [String], env: [String: String], runs: Int) throws -> Double {
+/// One process, from spawn to exit, in nanoseconds (stdout and stderr to /dev/null).
+func timeOnce(_ exe: String, _ args: [String], envStrings: [String]) throws -> UInt64 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    let argv = ([exe] + args).map { strdup($0) } + [nil]
+    let envp = envStrings.map { strdup($0) } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var pid: pid_t = 0
+    let t0 = monotonicNanos()
+    guard posix_spawn(&pid, exe, &actions, nil, argv, envp) == 0 else { throw BenchError("cannot run \(exe)") }
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    let elapsed = monotonicNanos() - t0
+    guard status == 0 else { throw BenchError("\(exe) \(args) failed") }
+    return elapsed
+}
+
+func environmentStrings(_ env: [String: String]) -> [String] {
     var environment = ProcessInfo.processInfo.environment
     for (k, v) in env { environment[k] = v }
-    let envStrings = environment.map { "\($0.key)=\($0.value)" }
+    return environment.map { "\($0.key)=\($0.value)" }
+}
+
+/// Mean milliseconds per process.
+func timeCommand(_ exe: String, _ args: [String], env: [String: String], runs: Int) throws -> Double {
+    let envStrings = environmentStrings(env)
     var total: UInt64 = 0
-    for _ in 0..<runs {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        let argv = ([exe] + args).map { strdup($0) } + [nil]
-        let envp = envStrings.map { strdup($0) } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        let t0 = monotonicNanos()
-        guard posix_spawn(&pid, exe, &actions, nil, argv, envp) == 0 else { throw BenchError("cannot run \(exe)") }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        total += monotonicNanos() - t0
-        guard status == 0 else { throw BenchError("\(exe) \(args) failed") }
-    }
+    for _ in 0..<runs { total += try timeOnce(exe, args, envStrings: envStrings) }
     return Double(total) / Double(runs) / 1e6
+}
+
+/// A command and its baseline, alternated run by run (so both see the same machine:
+/// a noisy neighbour or a frequency change weighs on both alike), as mean
+/// milliseconds per process each.
+func timePair(_ a: (exe: String, args: [String], env: [String: String]), _ b: (exe: String, args: [String], env: [String: String]),
+              runs: Int) throws -> (Double, Double) {
+    let envA = environmentStrings(a.env), envB = environmentStrings(b.env)
+    var ta: UInt64 = 0, tb: UInt64 = 0
+    for i in 0..<runs {
+        // and which goes first alternates too
+        if i % 2 == 0 {
+            ta += try timeOnce(a.exe, a.args, envStrings: envA)
+            tb += try timeOnce(b.exe, b.args, envStrings: envB)
+        } else {
+            tb += try timeOnce(b.exe, b.args, envStrings: envB)
+            ta += try timeOnce(a.exe, a.args, envStrings: envA)
+        }
+    }
+    return (Double(ta) / Double(runs) / 1e6, Double(tb) / Double(runs) / 1e6)
 }
 
 func padded(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }

@@ -20,17 +20,19 @@ enum Bins {
         return root.appendingPathComponent(".build/debug").path
     }()
 
-    /// A copy of `coffer` that every user can execute (the build folder may sit
-    /// under a directory other users cannot enter).
+    /// A copy of `coffer` (and the `coffer-cli` it hands most commands to) that every
+    /// user can execute (the build folder may sit under a directory other users cannot enter).
     static let sharedCoffer: String = {
         let d = "/tmp/coffer-e2e-bin-\(getpid())"
         try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-        let dst = d + "/coffer"
-        try? FileManager.default.removeItem(atPath: dst)
-        try? FileManager.default.copyItem(atPath: dir + "/coffer", toPath: dst)
         chmod(d, 0o755)
-        chmod(dst, 0o755)
-        return dst
+        for name in ["coffer", "coffer-cli"] {
+            let dst = d + "/" + name
+            try? FileManager.default.removeItem(atPath: dst)
+            try? FileManager.default.copyItem(atPath: dir + "/" + name, toPath: dst)
+            chmod(dst, 0o755)
+        }
+        return d + "/coffer"
     }()
     static var cofferd: String { dir + "/cofferd" }
     static var coffer: String { dir + "/coffer" }

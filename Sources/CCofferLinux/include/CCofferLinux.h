@@ -61,9 +61,11 @@ typedef struct {
 /// unless refused and `allow_swap`), writes the files, makes the directory
 /// `dir_mode` owned by dir_uid:dir_gid and the mount read-only. Without it the files
 /// are written into `dir` (an existing directory the caller owns, on a tmpfs the
-/// daemon mounted). With `pid_namespace`, a new PID namespace whose init (a small
-/// reaper forwarding signals) runs the command: when the command ends, everything it
-/// left behind is killed and the namespace, and so the mount, is freed.
+/// daemon mounted). With `pid_namespace` (and `private_mount`), the child is cloned
+/// straight into the new namespaces and is the init of its PID namespace (a small
+/// reaper forwarding signals) that runs the command: when the command ends,
+/// everything it left behind is killed and the namespace, and so the mount, is freed.
+/// Returns the child's pid (-1 and errno when it could not be made).
 typedef struct {
     int private_mount;
     int private_network;

@@ -1,6 +1,5 @@
 import CCofferLinux
-public import CofferCore
-import Foundation
+import CofferCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,7 +12,8 @@ public struct HTTPResult: Sendable {
     public var body: [UInt8]
 
     public func header(_ name: String) -> String? {
-        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+        let n = name.lowercased()
+        return headers.first { $0.0.lowercased() == n }?.1
     }
 }
 
@@ -159,14 +159,14 @@ public final class UnixHTTPClient {
             let line = try readLine()
             if line.isEmpty { break }
             guard let colon = line.firstIndex(of: ":") else { continue }
-            headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+            headers.append((String(line[..<colon]), trimmed(line[line.index(after: colon)...])))
         }
         var result = HTTPResult(status: status, headers: headers, body: [])
         if method == "HEAD" || status == 204 || status == 304 { return result }
         if let te = result.header("Transfer-Encoding"), te.lowercased().contains("chunked") {
             while true {
                 let sizeLine = try readLine()
-                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+                guard let size = Int(trimmed(sizeLine.split(separator: ";", omittingEmptySubsequences: false)[0]), radix: 16), size >= 0 else {
                     throw ClientError(kind: .protocolError, message: "malformed chunked response")
                 }
                 if size == 0 {
@@ -184,6 +184,40 @@ public final class UnixHTTPClient {
             pending = []
         }
         return result
+    }
+}
+
+/// Spaces and tabs off both ends.
+func trimmed(_ s: Substring) -> String {
+    let u = s.utf8
+    var a = u.startIndex, b = u.endIndex
+    while a < b, u[a] == 0x20 || u[a] == 0x09 { a = u.index(after: a) }
+    while b > a, u[u.index(before: b)] == 0x20 || u[u.index(before: b)] == 0x09 { b = u.index(before: b) }
+    return String(s[a..<b])
+}
+
+/// An error answer from cofferd, decoded from its JSON error body.
+public struct APIError: Error, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var hint: String?
+    public var description: String { message }
+
+    public init(status: Int, code: String, message: String, hint: String?) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.hint = hint
+    }
+
+    /// From a response that is not 2xx: its `{"error": {code, message, hint}}`, or the status.
+    public init(_ r: HTTPResult) {
+        if let body = try? JSON.parse(r.body), let e = body["error"], let code = e["code"]?.string, let message = e["message"]?.string {
+            self.init(status: r.status, code: code, message: message, hint: e["hint"]?.string)
+        } else {
+            self.init(status: r.status, code: "http_\(r.status)", message: "cofferd answered HTTP \(r.status)", hint: nil)
+        }
     }
 }
 

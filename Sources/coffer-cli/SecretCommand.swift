@@ -71,6 +71,7 @@ func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(
 extension SecretCommand {
     struct Put: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "put",
             abstract: "Write a new version of a secret; the value comes from stdin or --file.",
             discussion: "Example: printf '%s' \"$DB_PASSWORD\" | coffer secret put ci/app/db-password")
 
@@ -97,6 +98,7 @@ extension SecretCommand {
 
     struct Get: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "get",
             abstract: "Print a secret's value (raw bytes) to stdout; --format json adds metadata.")
 
         @OptionGroup var global: GlobalOptions
@@ -117,7 +119,7 @@ extension SecretCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the keys under a prefix (folders end in '/').")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List the keys under a prefix (folders end in '/').")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Prefix (default: the root).") var prefix: String = ""
@@ -146,7 +148,7 @@ extension SecretCommand {
     }
 
     struct Versions: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a secret's versions and their metadata.")
+        static let configuration = CommandConfiguration(commandName: "versions", abstract: "Show a secret's versions and their metadata.")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Secret path.") var path: String
@@ -162,7 +164,7 @@ extension SecretCommand {
     }
 
     struct Delete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Soft-delete versions (default: the latest); undelete restores them.")
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Soft-delete versions (default: the latest); undelete restores them.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Secret path.") var path: String
         @Option(help: "Comma-separated version numbers.") var versions: VersionList?
@@ -170,7 +172,7 @@ extension SecretCommand {
     }
 
     struct Undelete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Restore soft-deleted versions (default: the latest).")
+        static let configuration = CommandConfiguration(commandName: "undelete", abstract: "Restore soft-deleted versions (default: the latest).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Secret path.") var path: String
         @Option(help: "Comma-separated version numbers.") var versions: VersionList?
@@ -179,6 +181,7 @@ extension SecretCommand {
 
     struct Destroy: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "destroy",
             abstract: "Irreversibly erase versions' data keys and ciphertext (default: every version).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Secret path.") var path: String

@@ -13,7 +13,7 @@ struct KeysCommand: ParsableCommand {
     )
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Every key with its purpose and state (never its material).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Every key with its purpose and state (never its material).")
         @OptionGroup var global: GlobalOptions
         func run() throws {
             try runReporting {
@@ -30,6 +30,7 @@ struct KeysCommand: ParsableCommand {
 
     struct Rotate: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "rotate",
             abstract: "Add a new active data key; the current one turns decrypt-only (what it sealed still opens).")
         @OptionGroup var global: GlobalOptions
         func run() throws {

@@ -39,6 +39,7 @@ func printEvents(_ events: [AuditEvent], _ format: OutputFormat) throws {
 extension AuditCommand {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "verify",
             abstract: "Walk the hash chain and checkpoint signatures: OK with count and head, or the first bad sequence number.",
             discussion: """
                 Through the daemon (it signs its current head first), or offline: --db FILE --pubkey FILE, checked against \
@@ -90,7 +91,7 @@ extension AuditCommand {
     }
 
     struct Tail: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show the latest events; -f follows new ones.")
+        static let configuration = CommandConfiguration(commandName: "tail", abstract: "Show the latest events; -f follows new ones.")
         @OptionGroup var global: GlobalOptions
         @Option(name: .short, help: "How many of the latest events to show first.") var n: Int = 20
         @Flag(name: .short, help: "Follow: keep printing new events (Ctrl-C stops).") var follow = false
@@ -123,7 +124,7 @@ extension AuditCommand {
     }
 
     struct Search: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Find events by time, user, path, action and decision.")
+        static let configuration = CommandConfiguration(commandName: "search", abstract: "Find events by time, user, path, action and decision.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "From this time (RFC 3339 or unix seconds).") var since: String?
         @Option(help: "Before this time.") var until: String?
@@ -148,7 +149,7 @@ extension AuditCommand {
     }
 
     struct Export: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write every event and checkpoint as JSON lines, for archiving.")
+        static let configuration = CommandConfiguration(commandName: "export", abstract: "Write every event and checkpoint as JSON lines, for archiving.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Write to this new file instead of stdout.") var output: String?
         func run() throws {
@@ -170,6 +171,7 @@ extension AuditCommand {
 
     struct Prune: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "prune",
             abstract: "Delete events up to a signed checkpoint; the rest still verifies from it (needs audit and admin).",
             discussion: "Export first: coffer audit export --output archive.jsonl")
         @OptionGroup var global: GlobalOptions

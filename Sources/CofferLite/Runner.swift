@@ -1,139 +1,30 @@
-import ArgumentParser
 import CCofferLinux
-import CofferAPI
-import CofferClient
 import CofferCore
 import CofferCrypto
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// The options `coffer run` and `coffer build` share.
-struct RunOptions: ParsableArguments {
-    @Option(name: .customLong("secret"), help: ArgumentHelp(
-        "A secret as a file: PATH[=NAME][:mode=0400,uid=N,gid=N] (NAME: the path's last segment).", valueName: "spec"))
-    var secrets: [String] = []
+/// `coffer run`'s options as plain values: what Runner works from, filled by
+/// ArgumentParser (RunOptions) or by the fast path (FastRun) alike.
+public struct RunSettings: Equatable, Sendable {
+    public var secrets: [String] = []
+    public var templates: [String] = []
+    public var envFile: String?
+    public var dirEnv: [String] = []
+    public var env: [String] = []
+    public var credentials = false
+    public var ttl: String?
+    public var size: String?
+    public var mount = "auto"
+    public var dir = "/run/coffer/secrets"
+    public var network = "host"
+    public var allowSwap = false
+    public var keepChildren = false
+    public var dryRun = false
+    public var command: [String] = []
 
-    @Option(name: .customLong("template"), help: ArgumentHelp(
-        "Render SRC (a local file with {{ secret \"PATH\" }}) to the file NAME on the tmpfs.", valueName: "SRC:NAME"))
-    var templates: [String] = []
-
-    @Option(name: .customLong("env-file"), help: ArgumentHelp("Also write NAME, a .env file with one VAR=value per --secret.", valueName: "NAME"))
-    var envFile: String?
-
-    @Option(name: .customLong("dir-env"), help: ArgumentHelp("Also put the directory's path in VAR (besides COFFER_SECRETS_DIR).", valueName: "VAR"))
-    var dirEnv: [String] = []
-
-    @Option(name: .customLong("env"), help: ArgumentHelp(
-        "Put a value in an environment variable. WARNING: the environment leaks (/proc/PID/environ, child processes, crash reports); prefer files.",
-        valueName: "VAR=PATH"))
-    var env: [String] = []
-
-    @Flag(name: .customLong("credentials"), help: "Also set CREDENTIALS_DIRECTORY (programs written for systemd credentials work unchanged).")
-    var credentials = false
-
-    @Option(name: .customLong("ttl"), help: "End the run (kill the command, remove the tmpfs) after this long, e.g. 30m (capped by cofferd's run.max_ttl).")
-    var ttl: String?
-
-    @Option(name: .customLong("size"), help: "The tmpfs's size: bytes, or with k or m (default 1m).")
-    var size: String?
-
-    @Option(name: .customLong("mount"), help: "Who makes the tmpfs: auto (root: private, others: daemon), private or daemon.")
-    var mount: String = "auto"
-
-    @Option(name: .customLong("dir"), help: "Where a private run mounts its tmpfs inside its own namespace (default /run/coffer/secrets).")
-    var dir: String = "/run/coffer/secrets"
-
-    @Option(name: .customLong("network"), help: "host (default) or none: a private network namespace with only loopback (root).")
-    var network: String = "host"
-
-    @Flag(name: .customLong("allow-swap"), help: "Go on when the kernel refuses noswap (before Linux 6.4); the report then says weak.")
-    var allowSwap = false
-
-    @Flag(name: .customLong("keep-children"), help: "No PID namespace: processes the command leaves behind may outlive it (and keep its tmpfs).")
-    var keepChildren = false
-
-    @Flag(name: .customLong("dry-run"), help: "Print what would be injected (no values are fetched) and whether it is secure.")
-    var dryRun = false
-
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command, after --.", valueName: "command"))
-    var command: [String] = []
-}
-
-struct RunCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "run",
-        abstract: "Run a command with secrets as files on a private tmpfs.",
-        discussion: """
-            Fetches the secrets in one request (each path needs read or inject), writes them as \
-            files (0400, owned by you) on a tmpfs mounted noswap,nosuid,nodev,noexec, runs the \
-            command with COFFER_SECRETS_DIR pointing there, and exits with its status. SIGINT, \
-            SIGTERM and SIGHUP are passed on. Nothing of the tmpfs outlives the run.
-
-            As root the tmpfs exists only in a private mount namespace of the command (invisible \
-            to every other process), with a PID namespace so nothing the command starts outlives \
-            it (--keep-children to allow that). Otherwise cofferd mounts it under its run directory \
-            for you and removes it when coffer run exits, even by SIGKILL.
-
-            Examples:
-              coffer run --secret ci/app/db-password -- ./migrate
-              coffer run --secret ci/npm/token=.npmrc:mode=0440,gid=1000 -- npm ci
-              coffer run --template app.conf.tmpl:app.conf --credentials -- ./server
-              coffer run --dry-run --secret ci/app/db-password -- ./migrate
-            """,
-        subcommands: [RunListCommand.self])
-
-    @OptionGroup var global: GlobalOptions
-    @OptionGroup var options: RunOptions
-
-    func run() throws {
-        try runReporting {
-            let status = try Runner(global: global, options: options, build: false).execute()
-            throw ExitCode(status)
-        }
-    }
-}
-
-struct BuildCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "build",
-        abstract: "Run buildah or podman build with secrets for RUN --mount=type=secret.",
-        discussion: """
-            Like coffer run, and adds to the build command `--secret id=NAME,src=FILE` for each \
-            file and `--build-arg COFFER_SECRET_<NAME>_VERSION=<hash>`: a step that declares \
-            `ARG COFFER_SECRET_<NAME>_VERSION` is rebuilt when the secret changes and cached \
-            while it does not. The hash names the version, never the value.
-
-            Examples:
-              coffer build --secret ci/npm/npmrc=npmrc -- buildah bud --isolation chroot --layers -t app .
-              coffer build --secret ci/npm/npmrc=npmrc -- podman build -t app .
-            """)
-
-    @OptionGroup var global: GlobalOptions
-    @OptionGroup var options: RunOptions
-
-    func run() throws {
-        try runReporting {
-            let status = try Runner(global: global, options: options, build: true).execute()
-            throw ExitCode(status)
-        }
-    }
-}
-
-struct RunListCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List your live runs (--all: everyone's, for admins).")
-
-    @OptionGroup var global: GlobalOptions
-    @Flag(name: .long, help: "Every user's runs (admin).") var all = false
-
-    func run() throws {
-        try runReporting {
-            let r = try global.client().runs(all: all)
-            if global.format == .json { return try printJSON(r) }
-            if r.runs.isEmpty { return try printLine("no live runs") }
-            for run in r.runs {
-                try printLine("\(run.id)  uid \(run.uid)  pid \(run.pid)  \(run.mount)\(run.mountPath.map { " " + $0 } ?? "")  until \(run.expiresAt)  \(run.paths.joined(separator: ","))")
-            }
-        }
-    }
+    public init() {}
 }
 
 /// One file of the run.
@@ -195,14 +86,20 @@ struct SecretSpec {
 
 /// Everything `coffer run` does, in order: check every input, fetch in one request,
 /// make the tmpfs and the files, run, report the end.
-struct Runner {
-    let global: GlobalOptions
-    let options: RunOptions
+public struct Runner {
+    let global: ClientSettings
+    let options: RunSettings
     let build: Bool
+
+    public init(global: ClientSettings, options: RunSettings, build: Bool) {
+        self.global = global
+        self.options = options
+        self.build = build
+    }
 
     enum Mode { case `private`, daemon }
 
-    func execute() throws -> Int32 {
+    public func execute() throws -> Int32 {
         // 1. every input, before anything is fetched or mounted
         guard !options.command.isEmpty else {
             throw CofferError(.invalidParameter, "no command to run", hint: "coffer run [--secret PATH]… -- COMMAND [ARGS…]")
@@ -213,11 +110,10 @@ struct Runner {
             guard let colon = t.lastIndex(of: ":") else { throw CofferError(.invalidParameter, "--template takes SRC:NAME") }
             let src = String(t[..<colon]), name = String(t[t.index(after: colon)...])
             try RunNames.checkFileName(name)
-            guard let data = FileManager.default.contents(atPath: src), data.count <= SecretTemplate.maxBytes,
-                  let text = String(data: data, encoding: .utf8) else {
+            guard let data = Environment.readFile(src, limit: SecretTemplate.maxBytes), let text = String(validating: data, as: UTF8.self) else {
                 throw CofferError(.invalidParameter, "cannot read the template \(src) (UTF-8 text, at most 1 MiB)")
             }
-            templates.append((name, try SecretTemplate(parsing: text, name: src), Array(data)))
+            templates.append((name, try SecretTemplate(parsing: text, name: src), data))
         }
         var envVars: [(variable: String, path: SecretPath)] = []
         for e in options.env {
@@ -264,25 +160,24 @@ struct Runner {
         var paths: [SecretPath] = []
         var seen = Set<String>()
         for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) where seen.insert(p.rawValue).inserted { paths.append(p) }
-        let client = try global.client()
-        let request = RunStartRequest(secrets: paths.map { RunSecretRef(path: $0.rawValue) }, mount: mode == .private ? "private" : "daemon",
-                                      sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun)
-        let started = try client.runStart(request)
+        let http = try global.http()
+        let started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
+                                       sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun)
         if options.dryRun { return try report(started, specs: specs, templates: templates, envVars: envVars, mode: mode, size: size) }
         guard let runID = started.id else { throw ClientError(kind: .io, message: "cofferd started no run") }
         var ended = false
         func end(_ status: Int?, _ fate: String) {
             guard !ended else { return }
             ended = true
-            _ = try? client.runEnd(runID, RunEndRequest(exitStatus: status, fate: fate))
+            try? RunAPI.end(http, runID, exitStatus: status, fate: fate)
         }
         do {
             // 3. the files
             var values: [String: [UInt8]] = [:]
-            var versions: [String: RunSecretInfo] = [:]
+            var versions: [String: RunAPI.Secret] = [:]
             for s in started.secrets {
-                guard let b64 = s.valueBase64, let data = Data(base64Encoded: b64) else { throw ClientError(kind: .io, message: "cofferd sent no value for \(s.path)") }
-                values[s.path] = [UInt8](data)
+                guard let b64 = s.valueBase64, let data = Base64.decode(b64) else { throw ClientError(kind: .io, message: "cofferd sent no value for \(s.path)") }
+                values[s.path] = data
                 versions[s.path] = s
             }
             defer { for k in Array(values.keys) { Hashing.wipe(&values[k]!) } }
@@ -322,7 +217,7 @@ struct Runner {
             if build { argv = try buildArguments(options.command, specs: specs, templates: templates, dryRun: false, dir: dir, files: files) }
 
             // 4. the environment
-            var environment = ProcessInfo.processInfo.environment
+            var environment = Environment.all()
             environment["COFFER_SECRETS_DIR"] = dir
             for v in options.dirEnv { environment[v] = dir }
             if options.credentials { environment["CREDENTIALS_DIRECTORY"] = dir }
@@ -379,7 +274,7 @@ struct Runner {
             }
         }
         var notExecutable: String?
-        for d in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") {
+        for d in (Environment.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") {
             let p = String(d) + "/" + name
             switch check(p) {
             case .some(true): return p
@@ -448,7 +343,7 @@ struct Runner {
     /// --build-arg per file.
     func buildArguments(_ command: [String], specs: [SecretSpec], templates: [(name: String, template: SecretTemplate, source: [UInt8])],
                         dryRun: Bool, dir: String = "", files: [RunFile] = []) throws -> [String] {
-        let tool = (command[0] as NSString).lastPathComponent
+        let tool = command[0].split(separator: "/").last.map(String.init) ?? command[0]
         guard command.count >= 2, (tool == "buildah" && ["bud", "build", "build-using-dockerfile"].contains(command[1])) || (tool == "podman" && command[1] == "build") else {
             throw CofferError(.invalidParameter, "coffer build runs `buildah bud|build …` or `podman build …`", hint: "for other commands use coffer run")
         }
@@ -506,7 +401,12 @@ struct Runner {
                 }
             }
         }
-        guard pid > 0 else { throw ClientError(kind: .io, message: "cannot start the command: \(String(cString: strerror(errno)))") }
+        guard pid > 0 else {
+            let e = errno
+            // a private run's first child is cloned into its namespaces: failing, it is those that failed
+            if mode == .private { throw describe(coffer_run_report(kind: Int32(COFFER_RUN_FAILED), stage: Int32(COFFER_STAGE_UNSHARE), err: e, index: -1), files: files, dir: dir) }
+            throw ClientError(kind: .io, message: "cannot start the command: \(String(cString: strerror(e)))")
+        }
         // what the child reports before the command starts (EOF: it started)
         var failure: coffer_run_report?
         while true {
@@ -552,34 +452,45 @@ struct Runner {
     }
 
     /// The dry run's report: what, where, how, and whether it is secure.
-    func report(_ r: RunStartResponse, specs: [SecretSpec], templates: [(name: String, template: SecretTemplate, source: [UInt8])],
+    func report(_ r: RunAPI.Started, specs: [SecretSpec], templates: [(name: String, template: SecretTemplate, source: [UInt8])],
                 envVars: [(variable: String, path: SecretPath)], mode: Mode, size: Int) throws -> Int32 {
         let version = { (p: SecretPath) in r.secrets.first { $0.path == p.rawValue } }
         var weak: [String] = []
         let noswap = kernelHasNoswap()
         if !noswap { weak.append("this kernel has no noswap (Linux 6.4+): the tmpfs may be swapped out") }
-        for s in specs where s.mode != 0o400 { weak.append("\(s.name) has mode \(String(format: "%04o", s.mode)), not 0400") }
+        for s in specs where s.mode != 0o400 { weak.append("\(s.name) has mode \(octal4(s.mode)), not 0400") }
         for e in envVars { weak.append("\(e.variable) puts \(e.path) in the environment") }
         if mode == .private && options.keepChildren { weak.append("--keep-children: processes the command leaves may keep the tmpfs alive") }
         let where_ = mode == .private ? "\(options.dir) in a private mount namespace\(options.keepChildren ? "" : " + PID namespace")"
             : "a directory cofferd mounts under its run directory for uid \(getuid())"
         let mountOptions = "tmpfs size=\(size),mode=0700,nosuid,nodev,noexec\(noswap ? ",noswap" : "")"
         if global.format == .json {
-            struct Entry: Encodable { var name: String; var path: String; var version: Int?; var mode: String; var uid: UInt32; var gid: UInt32; var allowedBy: String? }
-            struct Plan: Encodable { var files: [Entry]; var env: [String]; var mount: String; var options: String; var network: String; var ttlSeconds: Int; var verdict: String; var reasons: [String] }
+            // as JSONEncoder wrote it: sorted keys, absent optionals left out
+            func entry(name: String, path: String, version: Int?, mode: String, uid: UInt32, gid: UInt32, allowedBy: String?) -> JSON {
+                var m: [(String, JSON)] = []
+                if let allowedBy { m.append(("allowedBy", .string(allowedBy))) }
+                m += [("gid", .int(Int(gid))), ("mode", .string(mode)), ("name", .string(name)), ("path", .string(path)), ("uid", .int(Int(uid)))]
+                if let version { m.append(("version", .int(version))) }
+                return .object(m)
+            }
             var entries = specs.map { s in
-                Entry(name: s.name, path: s.path.rawValue, version: version(s.path)?.version, mode: String(format: "%04o", s.mode), uid: s.uid ?? getuid(),
+                entry(name: s.name, path: s.path.rawValue, version: version(s.path)?.version, mode: octal4(s.mode), uid: s.uid ?? getuid(),
                       gid: s.gid ?? getgid(), allowedBy: version(s.path)?.allowedBy)
             }
-            entries += templates.map { Entry(name: $0.name, path: $0.template.paths.map(\.rawValue).joined(separator: ","), version: nil, mode: "0400", uid: getuid(), gid: getgid(), allowedBy: nil) }
-            try printJSON(Plan(files: entries, env: envVars.map { "\($0.variable)=\($0.path)" }, mount: where_, options: mountOptions, network: r.network,
-                               ttlSeconds: r.ttlSeconds, verdict: weak.isEmpty ? "secure" : "weak", reasons: weak))
+            entries += templates.map { entry(name: $0.name, path: $0.template.paths.map(\.rawValue).joined(separator: ","), version: nil, mode: "0400",
+                                             uid: getuid(), gid: getgid(), allowedBy: nil) }
+            let plan = JSON.object([
+                ("env", .array(envVars.map { .string("\($0.variable)=\($0.path)") })), ("files", .array(entries)), ("mount", .string(where_)),
+                ("network", .string(r.network)), ("options", .string(mountOptions)), ("reasons", .array(weak.map { .string($0) })),
+                ("ttlSeconds", .int(r.ttlSeconds)), ("verdict", .string(weak.isEmpty ? "secure" : "weak")),
+            ])
+            try printLine(plan.pretty)
             return 0
         }
         var lines = ["files (directory 0500, owner uid \(getuid())):"]
         for s in specs {
             let v = version(s.path)
-            lines.append("  \(s.name)  <- \(s.path) v\(v.map { String($0.version) } ?? "?")  mode \(String(format: "%04o", s.mode))  uid \(s.uid ?? getuid()) gid \(s.gid ?? getgid())  (\(v?.allowedBy ?? "?"))")
+            lines.append("  \(s.name)  <- \(s.path) v\(v.map { String($0.version) } ?? "?")  mode \(octal4(s.mode))  uid \(s.uid ?? getuid()) gid \(s.gid ?? getgid())  (\(v?.allowedBy ?? "?"))")
         }
         for t in templates {
             let used = t.template.paths.map { p in "\(p) v\(version(p).map { String($0.version) } ?? "?")" }.joined(separator: ", ")
@@ -606,9 +517,66 @@ struct Runner {
     }
 }
 
-/// A failure with its own exit status (127: command not found, 126: not executable).
-struct RunFailure: Error {
-    var status: Int32
-    var message: String
-    var hint: String?
+
+/// 0400-style: four octal digits.
+func octal4(_ mode: UInt32) -> String {
+    let o = String(mode, radix: 8)
+    return String(repeating: "0", count: max(0, 4 - o.count)) + o
+}
+
+/// The two calls of /v1/runs a run makes, on the lean JSON (the wire types are
+/// CofferAPI's RunStartRequest, RunStartResponse and RunEndRequest; the end-to-end
+/// tests hold the two to the same daemon).
+enum RunAPI {
+    struct Secret {
+        var path: String
+        var version: Int
+        var createdAt: String
+        var allowedBy: String
+        var valueBase64: String?
+    }
+
+    struct Started {
+        var id: String?
+        var mountPath: String?
+        var noswap: Bool?
+        var ttlSeconds: Int
+        var network: String
+        var secrets: [Secret]
+    }
+
+    static func unreadable(_ status: Int) -> ClientError {
+        ClientError(kind: .protocolError, message: "cofferd sent a response this coffer cannot read (\(status))")
+    }
+
+    static func start(_ http: UnixHTTPClient, paths: [String], mount: String, sizeBytes: Int, ttl: String?, network: String,
+                      dryRun: Bool) throws -> Started {
+        var body: [(String, JSON)] = [("secrets", .array(paths.map { .object([("path", .string($0))]) })), ("mount", .string(mount)),
+                                      ("size_bytes", .int(sizeBytes))]
+        if let ttl { body.append(("ttl", .string(ttl))) }
+        body += [("network", .string(network)), ("dry_run", .bool(dryRun))]
+        let r = try http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: Array(JSON.object(body).text.utf8))
+        guard (200..<300).contains(r.status) else { throw APIError(r) }
+        var raw = r.body
+        defer { Wipe.bytes(&raw) }
+        guard let json = try? JSON.parse(raw), let ttlSeconds = json["ttl_seconds"]?.int, let network = json["network"]?.string,
+              let list = json["secrets"]?.array else { throw unreadable(r.status) }
+        var secrets: [Secret] = []
+        for s in list {
+            guard let path = s["path"]?.string, let version = s["version"]?.int, let createdAt = s["created_at"]?.string,
+                  let allowedBy = s["allowed_by"]?.string else { throw unreadable(r.status) }
+            secrets.append(Secret(path: path, version: version, createdAt: createdAt, allowedBy: allowedBy, valueBase64: s["value_base64"]?.string))
+        }
+        return Started(id: json["id"]?.string, mountPath: json["mount_path"]?.string, noswap: json["noswap"]?.bool, ttlSeconds: ttlSeconds,
+                       network: network, secrets: secrets)
+    }
+
+    static func end(_ http: UnixHTTPClient, _ id: String, exitStatus: Int?, fate: String) throws {
+        var body: [(String, JSON)] = []
+        if let exitStatus { body.append(("exit_status", .int(exitStatus))) }
+        body.append(("fate", .string(fate)))
+        let r = try http.request("POST", "/v1/runs/" + PercentDecoding.encodePath(id) + "/end", headers: [("Content-Type", "application/json")],
+                                 body: Array(JSON.object(body).text.utf8))
+        guard (200..<300).contains(r.status) else { throw APIError(r) }
+    }
 }

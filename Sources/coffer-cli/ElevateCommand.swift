@@ -52,7 +52,7 @@ struct ElevateCommand: ParsableCommand {
     )
 
     struct Request: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Ask for a role for a while; prints the request id.")
+        static let configuration = CommandConfiguration(commandName: "request", abstract: "Ask for a role for a while; prints the request id.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The role.") var role: String
         @Option(name: .customLong("for"), help: "How long, e.g. 30m, 1h.") var duration: String
@@ -83,7 +83,7 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Open requests you made or may review (--all: also closed ones).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Open requests you made or may review (--all: also closed ones).")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Only your own requests.") var mine = false
         @Flag(help: "Also closed requests (history).") var all = false
@@ -99,14 +99,14 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "One request: who asks, the role and what it grants, reviews.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "One request: who asks, the role and what it grants, reviews.")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id), global.format) } }
     }
 
     struct Approve: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Approve a request you may review (not your own).")
+        static let configuration = CommandConfiguration(commandName: "approve", abstract: "Approve a request you may review (not your own).")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         @Option var comment: String?
@@ -116,7 +116,7 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct Deny: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Deny a request you may review.")
+        static let configuration = CommandConfiguration(commandName: "deny", abstract: "Deny a request you may review.")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         @Option var comment: String?
@@ -126,14 +126,14 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct Cancel: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Withdraw your own pending or approved request.")
+        static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Withdraw your own pending or approved request.")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "cancel", body: nil), global.format) } }
     }
 
     struct Activate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start your approved elevation: a token carrying the role until the window ends (shown once).")
+        static let configuration = CommandConfiguration(commandName: "activate", abstract: "Start your approved elevation: a token carrying the role until the window ends (shown once).")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         @Option(help: "Write the token to this new file (0600) instead of stdout.") var output: String?
@@ -166,14 +166,14 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct End: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "End your active elevation now: its token stops at once.")
+        static let configuration = CommandConfiguration(commandName: "end", abstract: "End your active elevation now: its token stops at once.")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "end", body: nil), global.format) } }
     }
 
     struct History: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Every request you may see, kept after it ends (newest first).")
+        static let configuration = CommandConfiguration(commandName: "history", abstract: "Every request you may see, kept after it ends (newest first).")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only requests made since (unix seconds or RFC 3339 UTC).") var since: String?
         @Option(help: "Only this requester (user name).") var user: String?
@@ -189,6 +189,7 @@ struct ElevateCommand: ParsableCommand {
 
     struct Report: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "report",
             abstract: "Access review: who held which role, how often, how long, approved by whom; unreviewed break-glass (needs audit).")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only requests made since (unix seconds or RFC 3339 UTC).") var since: String?
@@ -206,14 +207,14 @@ struct ElevateCommand: ParsableCommand {
     }
 
     struct Ack: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Mark a break-glass elevation as reviewed (an approver of its role, or an admin; not its requester).")
+        static let configuration = CommandConfiguration(commandName: "ack", abstract: "Mark a break-glass elevation as reviewed (an approver of its role, or an admin; not its requester).")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         func run() throws { try runReporting { try printElevation(try global.sessionClient().elevation(id, "ack", body: nil), global.format) } }
     }
 
     struct Revoke: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke anyone's open request or elevation (needs admin).")
+        static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke anyone's open request or elevation (needs admin).")
         @OptionGroup var global: GlobalOptions
         @Argument var id: String
         @Option var reason: String

@@ -30,6 +30,7 @@ func describe(_ t: TokenInfo) -> String {
 extension TokenCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a token (printed once, to stdout or a 0600 --output file).",
             discussion: "A token can only narrow: its roles must be yours, its TTL within the roles' max_ttl.")
 
@@ -87,7 +88,7 @@ extension TokenCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List tokens (needs admin).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List tokens (needs admin).")
         @OptionGroup var global: GlobalOptions
         func run() throws {
             try runReporting {
@@ -104,6 +105,7 @@ extension TokenCommand {
 
     struct Lookup: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "lookup",
             abstract: "Show what you may do with your token (or identity); with an accessor, that token.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "A token accessor (default: yourself).") var accessor: String?
@@ -130,7 +132,7 @@ extension TokenCommand {
     }
 
     struct Revoke: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke a token and every token created from it.")
+        static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a token and every token created from it.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The token's accessor.") var accessor: String?
         @Flag(name: .customLong("self"), help: "Revoke the token you are using.") var revokeSelf = false
@@ -155,7 +157,7 @@ struct PolicyCommand: ParsableCommand {
     )
 
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Validate a policy file offline (no daemon needed).")
+        static let configuration = CommandConfiguration(commandName: "check", abstract: "Validate a policy file offline (no daemon needed).")
         @Argument(help: "The policy file.") var file: String
         func run() throws {
             try runReporting {
@@ -170,7 +172,7 @@ struct PolicyCommand: ParsableCommand {
     }
 
     struct Reload: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Make cofferd re-read its policy file (needs admin).")
+        static let configuration = CommandConfiguration(commandName: "reload", abstract: "Make cofferd re-read its policy file (needs admin).")
         @OptionGroup var global: GlobalOptions
         func run() throws {
             try runReporting {
@@ -183,6 +185,7 @@ struct PolicyCommand: ParsableCommand {
 
     struct Explain: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "explain",
             abstract: "Show the decision and the deciding rule for a subject, touching no secret (needs admin).",
             discussion: "Example: coffer policy explain --as user:alice read ci/app/db")
         @OptionGroup var global: GlobalOptions
