@@ -90,6 +90,7 @@ int coffer_unix_connect(const char *path) {
 /* ---- coffer run ---------------------------------------------------------- */
 
 #include <dirent.h>
+#include <linux/capability.h>
 #include <linux/openat2.h>
 #include <net/if.h>
 #include <pthread.h>
@@ -155,6 +156,8 @@ static void coffer_default_signals(void) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* and without the capabilities a user namespace's runner kept for its setup */
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
 }
 
 /* The signals forwarded (and SIGALRM, the TTL) must reach the processes that
@@ -212,6 +215,25 @@ static int coffer_loopback_up(void) {
  * descriptor of a detached mount, the files are written relative to it (so no path
  * the caller names can send a write to the host's file systems), it is made
  * read-only, and only then attached at `dir` in the private namespace. */
+/* Takes from this process, for good (bounding set too), the capabilities a root
+ * command could leave its namespaces with: setns and mount/umount (CAP_SYS_ADMIN),
+ * interfaces (CAP_NET_ADMIN), other processes (CAP_SYS_PTRACE), the kernel itself
+ * (CAP_SYS_MODULE, CAP_BPF). */
+static int coffer_drop_escape_caps(void) {
+    static const int caps[] = {CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, 39 /* CAP_BPF */};
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) != 0) return -1;
+    for (unsigned i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        if (prctl(PR_CAPBSET_DROP, caps[i], 0, 0, 0) != 0 && errno != EINVAL) return -1;
+        unsigned w = (unsigned)caps[i] / 32, b = 1u << ((unsigned)caps[i] % 32);
+        d[w].effective &= ~b;
+        d[w].permitted &= ~b;
+        d[w].inheritable &= ~b;
+    }
+    return (int)syscall(SYS_capset, &h, d);
+}
+
 static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
     int dfd, mfd = -1;
     if (spec->private_mount) {
@@ -276,6 +298,7 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
 
     if (!spec->pid_namespace) {
         coffer_default_signals();
+        if (spec->drop_escape_caps && coffer_drop_escape_caps() != 0) coffer_fail(fd, COFFER_STAGE_EXEC, -1);
         execve(spec->exe, spec->argv, spec->envp);
         coffer_fail(fd, COFFER_STAGE_EXEC, -1);
     }
@@ -358,6 +381,113 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
     return pid;
 }
 
+static int coffer_write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = write(fd, text, strlen(text));
+    int e = errno;
+    close(fd);
+    errno = e;
+    return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+/* Keeps CAP_SYS_ADMIN and CAP_NET_ADMIN (of the new user namespace) across the exec
+ * of the runner, whose uid there is not 0: ambient capabilities. */
+static int coffer_keep_setup_caps(void) {
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) != 0) return -1;
+    d[0].inheritable |= (1u << CAP_SYS_ADMIN) | (1u << CAP_NET_ADMIN);
+    if (syscall(SYS_capset, &h, d) != 0) return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0) != 0) return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN, 0, 0) != 0) return -1;
+    return 0;
+}
+
+int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int *report_fd) {
+    int fds[2], sync[2] = {-1, -1};
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    if (userns && pipe2(sync, O_CLOEXEC) != 0) { close(fds[0]); close(fds[1]); return -1; }
+    sigset_t old;
+    coffer_block_forwarded(&old);
+    coffer_install_forwarding();
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    int parent_fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    unsigned long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | SIGCHLD;
+    if (userns) flags |= CLONE_NEWUSER;
+    pid_t pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, NULL);
+    if (pid < 0) {
+        int e = errno;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        close(fds[0]); close(fds[1]);
+        if (userns) { close(sync[0]); close(sync[1]); }
+        if (parent_fd >= 0) close(parent_fd);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        int fd = fds[1];
+        close(fds[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (parent_fd >= 0) {
+            struct pollfd pf = {parent_fd, POLLIN, 0};
+            if (poll(&pf, 1, 0) != 0) _exit(125);
+            close(parent_fd);
+        }
+        if (userns) {
+            /* wait until the parent has mapped our uid and gid */
+            char c;
+            close(sync[1]);
+            ssize_t n;
+            do { n = read(sync[0], &c, 1); } while (n < 0 && errno == EINTR);
+            if (n != 1) _exit(125);
+            close(sync[0]);
+        }
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
+        /* a /proc of the new PID namespace (best effort: some hosts lock /proc) */
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        if (coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
+        if (userns && coffer_keep_setup_caps() != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        execve("/proc/self/exe", argv, envp);
+        coffer_fail(fd, COFFER_STAGE_EXEC, -1);
+    }
+    if (parent_fd >= 0) close(parent_fd);
+    close(fds[1]);
+    if (userns) {
+        close(sync[0]);
+        char path[64], map[64];
+        int ok = 1;
+        snprintf(path, sizeof(path), "/proc/%d/setgroups", pid);
+        if (coffer_write_file(path, "deny") != 0) ok = 0;
+        snprintf(path, sizeof(path), "/proc/%d/uid_map", pid);
+        snprintf(map, sizeof(map), "%u %u 1", uid, uid);
+        if (ok && coffer_write_file(path, map) != 0) ok = 0;
+        snprintf(path, sizeof(path), "/proc/%d/gid_map", pid);
+        snprintf(map, sizeof(map), "%u %u 1", gid, gid);
+        if (ok && coffer_write_file(path, map) != 0) ok = 0;
+        int e = errno;
+        if (ok) {
+            ssize_t n;
+            do { n = write(sync[1], "1", 1); } while (n < 0 && errno == EINTR);
+        }
+        close(sync[1]);
+        if (!ok) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            close(fds[0]);
+            sigprocmask(SIG_SETMASK, &old, NULL);
+            errno = e;
+            return -1;
+        }
+    }
+    coffer_forward_target = pid;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    *report_fd = fds[0];
+    return pid;
+}
+
 int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
     coffer_forward_target = pid;
     coffer_unblock_forwarded();
@@ -372,9 +502,12 @@ int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
         alarm(ttl_seconds);
     }
     int st = 0;
+    /* as a PID namespace's init (a run without network), orphans are ours to reap */
+    pid_t which = getpid() == 1 ? -1 : pid;
     for (;;) {
-        pid_t w = waitpid(pid, &st, 0);
-        if (w == pid) break;
+        int s2 = 0;
+        pid_t w = waitpid(which, &s2, 0);
+        if (w == pid) { st = s2; break; }
         if (w < 0 && errno != EINTR) return 1;
     }
     alarm(0);

@@ -29,6 +29,7 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case loginFailed = "login_failed"
         case freshLoginRequired = "fresh_login_required"
         case tooManyRuns = "too_many_runs"
+        case networkNotIsolated = "network_not_isolated"
         // daemon's state
         case sealed = "sealed"
         case mountFailed = "mount_failed"
@@ -68,7 +69,7 @@ extension CofferError.Code {
         case .notFound, .routeNotFound: 404
         case .methodNotAllowed: 405
         case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired, .loginFailed: 401
-        case .permissionDenied, .approvalRequired: 403
+        case .permissionDenied, .approvalRequired, .networkNotIsolated: 403
         case .casMismatch: 409
         case .tooManyRuns: 429
         case .sealed, .storage, .auditUnavailable, .mountFailed: 503

@@ -24,6 +24,23 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
     }
 }
 
+/// A fact about the process a value is released into, verified by cofferd itself
+/// (never taken from the client's word), that a rule may require.
+public enum Condition: String, Sendable, CaseIterable, Codable, Comparable {
+    /// The process is in a network namespace of its own with only loopback, and holds
+    /// no socket of the host's network (`coffer run --network none`).
+    case networkNone = "network:none"
+
+    public static func < (a: Condition, b: Condition) -> Bool { a.rawValue < b.rawValue }
+
+    /// How a denial tells the caller to meet it.
+    public var howToMeet: String {
+        switch self {
+        case .networkNone: "only into a run without network (coffer run --network none)"
+        }
+    }
+}
+
 /// Who a binding names.
 public enum Subject: Hashable, Sendable, CustomStringConvertible {
     case user(String)
@@ -75,10 +92,24 @@ public struct Policy: Sendable, Equatable {
         public var capabilities: Set<Capability>
         public var effect: Effect
         public var location: String  // file:line
+        /// What must be verified of the process a value goes to for this rule to allow.
+        public var requires: Set<Condition> = []
+
+        public init(role: String, index: Int, pattern: PathPattern, capabilities: Set<Capability>, effect: Effect, location: String,
+                    requires: Set<Condition> = []) {
+            self.role = role
+            self.index = index
+            self.pattern = pattern
+            self.capabilities = capabilities
+            self.effect = effect
+            self.location = location
+            self.requires = requires
+        }
 
         /// How a decision names this rule.
         public var name: String {
-            "role \(role) rule \(index) (\(location): \(effect.rawValue) \(capabilities.sorted().map(\.rawValue).joined(separator: ",")) on \(pattern))"
+            let req = requires.isEmpty ? "" : " requires \(requires.sorted().map(\.rawValue).joined(separator: ","))"
+            return "role \(role) rule \(index) (\(location): \(effect.rawValue) \(capabilities.sorted().map(\.rawValue).joined(separator: ",")) on \(pattern)\(req))"
         }
     }
 
@@ -128,17 +159,29 @@ public struct Policy: Sendable, Equatable {
         return out.sorted()
     }
 
-    /// Default deny; any matching deny wins; otherwise the first matching allow
-    /// (roles in name order, rules in file order) decides.
-    public func decide(roles names: [String], capability: Capability, path: String) -> Decision {
+    /// Default deny; any matching deny wins; then, for a release of a value (read or
+    /// inject), the conditions required by any matching rule must hold — a rule's
+    /// `require` binds every release of the paths it matches, whichever rule grants
+    /// it (the stricter rule wins, as a deny does); otherwise the first matching allow
+    /// (roles in name order, rules in file order) decides. `conditions` are what
+    /// cofferd verified of the receiving process.
+    public func decide(roles names: [String], capability: Capability, path: String, conditions: Set<Condition> = []) -> Decision {
         var allow: Rule?
+        var demanding: Rule?
+        let releases = capability == .read || capability == .inject
         for name in names {
             guard let role = roles[name] else { continue }
-            for rule in role.rules where rule.capabilities.contains(capability) {
-                guard capability.isGlobal || rule.pattern.matches(path) else { continue }
+            for rule in role.rules {
+                guard capability.isGlobal ? rule.capabilities.contains(capability) : rule.pattern.matches(path) else { continue }
+                if releases && demanding == nil && !rule.requires.isSubset(of: conditions) { demanding = rule }
+                guard rule.capabilities.contains(capability) else { continue }
                 if rule.effect == .deny { return .deny(rule.name) }
-                if allow == nil { allow = rule }
+                if allow == nil && rule.requires.isSubset(of: conditions) { allow = rule }
             }
+        }
+        if let demanding {
+            let missing = demanding.requires.subtracting(conditions).sorted()
+            return .deny("\(demanding.name) releases it \(missing.map(\.howToMeet).joined(separator: " and ")): missing \(missing.map(\.rawValue).joined(separator: ","))")
         }
         if let allow { return .allow(allow.name) }
         return .deny(names.isEmpty ? "no rule matched (no role is bound to this caller)" : "no rule matched (roles: \(names.joined(separator: ", ")))")
@@ -233,8 +276,8 @@ extension Policy {
 
     static func parseRule(_ t: TOMLTable, role: String, index: Int, file: String) throws(CofferError) -> Rule {
         func err(_ line: Int, _ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(line): \(msg)") }
-        for k in t.keys where !["path", "capabilities", "effect"].contains(k) {
-            throw err(t[k]!.line, "unknown key '\(k)' in a rule of role '\(role)' (allowed: path, capabilities, effect)")
+        for k in t.keys where !["path", "capabilities", "effect", "require"].contains(k) {
+            throw err(t[k]!.line, "unknown key '\(k)' in a rule of role '\(role)' (allowed: path, capabilities, effect, require)")
         }
         guard let p = t["path"], case .string(let ps) = p.value else { throw err(t.line, "a rule needs path = \"PATTERN\"") }
         let pattern: PathPattern
@@ -257,6 +300,21 @@ extension Policy {
             guard case .string(let s) = e.value, let v = Effect(rawValue: s) else { throw err(e.line, "effect must be \"allow\" or \"deny\"") }
             effect = v
         }
-        return Rule(role: role, index: index, pattern: pattern, capabilities: caps, effect: effect, location: "\(file):\(p.line)")
+        var requires = Set<Condition>()
+        if let r = t["require"] {
+            guard case .array(let items) = r.value, !items.isEmpty else { throw err(r.line, "require = [\"network:none\"] (a list of conditions)") }
+            for item in items {
+                guard case .string(let s) = item, let c = Condition(rawValue: s) else {
+                    throw err(r.line, "unknown requirement (known: \(Condition.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                requires.insert(c)
+            }
+            // a condition is verified of a process a value is released into: it gates read and inject only
+            guard effect == .allow else { throw err(r.line, "require belongs on allow rules (a deny applies always)") }
+            guard caps.isSubset(of: [.read, .inject]) else {
+                throw err(r.line, "require gates the release of values: use it in a rule whose capabilities are read and/or inject")
+            }
+        }
+        return Rule(role: role, index: index, pattern: pattern, capabilities: caps, effect: effect, location: "\(file):\(p.line)", requires: requires)
     }
 }

@@ -14,6 +14,10 @@ public struct Principal: Sendable, Equatable {
     /// Set only for the daemon's own background jobs (`system:NAME`), never from a
     /// request: the gate decides for them, not the policy.
     public private(set) var systemJob: String?
+    /// What cofferd verified of the requesting process for this request (e.g. that
+    /// it has no network): set by the daemon from the kernel's facts, never from a
+    /// request's word. Rules may require these.
+    public var conditions: Set<Condition> = []
 
     public init(pid: Int32, uid: UInt32, gid: UInt32, userName: String?, groups: [UInt32], groupNames: [String] = [], token: TokenGrant? = nil) {
         self.pid = pid
@@ -192,13 +196,13 @@ public struct PolicyEvaluator {
         guard let token = p.token else {
             let roles = policy.roleNames(for: p)
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
-            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
+            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "", conditions: p.conditions)
         }
         guard let capability = Capability(action: action) else { return statusDecision(token.roles) }
         let target = path?.rawValue ?? ""
         var decided: Decision?
         for layer in token.layers {
-            let d = decide(policy, layer, capability, target)
+            let d = decide(policy, layer, capability, target, p.conditions)
             guard d.allowed else {
                 return layer.accessor == token.accessor ? d : .deny("token \(token.accessor) was made from token \(layer.accessor): \(d.rule)")
             }
@@ -209,7 +213,8 @@ public struct PolicyEvaluator {
             // a role held through elevation lasts only while its rule exists and the
             // creator is still eligible (group changes reach it like any role loss)
             let elevated = origin.elevatedRoles.filter { policy.elevations[$0]?.isEligible(who) != nil }
-            let d = policy.decide(roles: Array(Set(policy.roleNames(for: who) + elevated)).sorted(), capability: capability, path: target)
+            let d = policy.decide(roles: Array(Set(policy.roleNames(for: who) + elevated)).sorted(), capability: capability, path: target,
+                                  conditions: p.conditions)
             guard d.allowed else { return .deny("token \(token.accessor) was made by \(who.displayName), whom the policy denies: \(d.rule)") }
         }
         return decided ?? .deny("default deny")
@@ -225,12 +230,13 @@ public struct PolicyEvaluator {
             if action == .ownToken { return .deny("no token was given") }
             if action == .elevate { return p.userName != nil ? .allow("elevation: the local account \(p.userName!); its rules decide") : .deny("uid \(p.uid) has no local account") }
             guard let capability = Capability(action: action) else { return statusDecision(roles) }
-            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "")
+            return policy.decide(roles: roles, capability: capability, path: path?.rawValue ?? "", conditions: p.conditions)
         }
     }
 
     /// One token's own grant: its paths (if any), then its roles.
-    static func decide(_ policy: Policy, _ layer: TokenGrant.Layer, _ capability: Capability, _ target: String) -> Decision {
+    static func decide(_ policy: Policy, _ layer: TokenGrant.Layer, _ capability: Capability, _ target: String,
+                       _ conditions: Set<Condition>) -> Decision {
         if !layer.paths.isEmpty {
             if capability.isGlobal {
                 // admin and audit reach every path: a path-limited token never carries them
@@ -241,7 +247,7 @@ public struct PolicyEvaluator {
                 return .deny("token \(layer.accessor): \(target.isEmpty ? "the root" : target) is outside the token's paths")
             }
         }
-        return policy.decide(roles: layer.roles, capability: capability, path: target)
+        return policy.decide(roles: layer.roles, capability: capability, path: target, conditions: conditions)
     }
 
     /// status: any caller holding at least one role (or a valid token).

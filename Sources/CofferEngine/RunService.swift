@@ -124,10 +124,34 @@ public final class RunService: Sendable {
         if network == .none && mount != .private {
             throw CofferError(.invalidParameter, "network \"none\" is a private namespace's: it needs mount \"private\"")
         }
-        if mount == .private && p.uid != 0 && !dryRun {
-            // a private namespace needs CAP_SYS_ADMIN: only root's runs make their own
-            throw CofferError(.invalidParameter, "only root makes a private mount namespace; use mount \"daemon\"")
+        // What is verified of the requesting process, from the kernel (a claim of the
+        // request is never taken): a run "without network" asks from inside its own
+        // network namespace, and whoever is not root makes a private mount only from
+        // inside a mount namespace of its own (a user namespace's).
+        var q = p
+        if !dryRun && (network == .none || (mount == .private && p.uid != 0)) {
+            let iso = Self.isolation(of: p.pid)
+            if mount == .private && p.uid != 0 && !iso.ownMountNamespace {
+                // a private namespace needs CAP_SYS_ADMIN: only root's runs make their own outside a user namespace
+                throw CofferError(.invalidParameter, "only root makes a private mount namespace; use mount \"daemon\"",
+                                  hint: "coffer run --network none makes one in a user namespace")
+            }
+            if network == .none {
+                if let problem = iso.networkProblem {
+                    throw CofferError(.networkNotIsolated, "the requesting process is not cut off from the network: \(problem)",
+                                      hint: "coffer run --network none asks from inside a network namespace of its own")
+                }
+                q.conditions.insert(.networkNone)
+            }
+        } else if dryRun && network == .none {
+            // a plan releases nothing: it is decided as the isolated run would be
+            q.conditions.insert(.networkNone)
         }
+        return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun)
+    }
+
+    func started(_ ticket: AuditTicket, _ p: Principal, _ refs: [(SecretPath, Int?)], _ mount: Mount, _ size: Int, _ ttlSeconds: Int,
+                 _ network: Network, dryRun: Bool = false) async throws(CofferError) -> Started {
         let paths = refs.map(\.0)
         let result = try await gate.performEach(ticket, p, anyOf: [.read, .inject], paths) { g, allowedBy throws(CofferError) -> Started in
             var out: Started = Started(run: nil, noswap: nil, sizeBytes: size, ttlSeconds: ttlSeconds, secrets: [])
@@ -424,6 +448,76 @@ public final class RunService: Sendable {
 
     /// The real uid of a process (/proc/PID/status): a pid reused by another user's
     /// process is not the caller.
+    struct Isolation {
+        var ownMountNamespace: Bool
+        /// nil: in a network namespace of its own, only loopback, no socket of the host's network
+        var networkProblem: String?
+    }
+
+    /// The requesting process's namespaces against cofferd's own (the host's), its
+    /// network interfaces, and whether any socket it holds belongs to the host's
+    /// network (one opened before it left could still carry a value out). Read
+    /// through a pidfd taken first: if the process is gone by the end, nothing holds.
+    static func isolation(of pid: Int32) -> Isolation {
+        let gone = Isolation(ownMountNamespace: false, networkProblem: "the process is gone")
+        let pidfd = coffer_pidfd_open(pid)
+        guard pidfd >= 0 else { return gone }
+        defer { close(pidfd) }
+        func ownNamespace(_ kind: String) -> Bool? {
+            var mine = stat(), theirs = stat()
+            guard stat("/proc/self/ns/\(kind)", &mine) == 0, stat("/proc/\(pid)/ns/\(kind)", &theirs) == 0 else { return nil }
+            return mine.st_ino != theirs.st_ino || mine.st_dev != theirs.st_dev
+        }
+        let mnt = ownNamespace("mnt") ?? false
+        var problem: String?
+        if ownNamespace("net") != true {
+            problem = "it shares the host's network namespace"
+        } else if let devices = try? String(contentsOfFile: "/proc/\(pid)/net/dev", encoding: .utf8) {
+            let names = devices.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) }
+            if let other = names.first(where: { $0 != "lo" }) { problem = "its network namespace has the interface \(other)" }
+        } else {
+            problem = "its network interfaces cannot be read"
+        }
+        if problem == nil {
+            let hostSockets = hostNetworkSocketInodes()
+            if let held = socketInodes(of: pid), held.contains(where: { hostSockets.contains($0) }) {
+                problem = "it holds a socket of the host's network"
+            } else if socketInodes(of: pid) == nil {
+                problem = "its open files cannot be read"
+            }
+        }
+        guard coffer_pidfd_exited(pidfd) == 0 else { return gone }
+        return Isolation(ownMountNamespace: mnt, networkProblem: problem)
+    }
+
+    /// Inodes of the sockets a process holds (nil: its fd table cannot be read).
+    static func socketInodes(of pid: Int32) -> Set<UInt64>? {
+        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return nil }
+        var out = Set<UInt64>()
+        var buf = [CChar](repeating: 0, count: 64)
+        for fd in fds {
+            let n = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
+            guard n > 0 else { continue }
+            let target = buf.withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0).prefix(n), as: UTF8.self) }
+            if target.hasPrefix("socket:["), target.hasSuffix("]"), let inode = UInt64(target.dropFirst(8).dropLast()) { out.insert(inode) }
+        }
+        return out
+    }
+
+    /// Inodes of every IP and packet socket in cofferd's (the host's) network namespace.
+    static func hostNetworkSocketInodes() -> Set<UInt64> {
+        var out = Set<UInt64>()
+        for (table, column) in [("tcp", 9), ("tcp6", 9), ("udp", 9), ("udp6", 9), ("udplite", 9), ("udplite6", 9), ("raw", 9), ("raw6", 9),
+                                ("icmp", 9), ("icmp6", 9), ("packet", 8)] {
+            guard let text = try? String(contentsOfFile: "/proc/self/net/\(table)", encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if fields.count > column, let inode = UInt64(fields[column]) { out.insert(inode) }
+            }
+        }
+        return out
+    }
+
     static func realUID(_ pid: Int32) -> UInt32? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("Uid:") {

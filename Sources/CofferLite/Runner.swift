@@ -135,26 +135,39 @@ public struct Runner {
         guard ["host", "none"].contains(options.network) else {
             throw CofferError(.invalidParameter, "--network must be host or none")
         }
+        // --network none: this program runs again inside new namespaces (runIsolated)
+        // and asks cofferd from there; `inside` is that second run
+        let isolated = options.network == "none"
+        let inside = isolated && getpid() == 1 && Environment.get(Self.insideMarker) == "1"
         let mode: Mode
         switch options.mount {
-        case "auto": mode = geteuid() == 0 ? .private : .daemon
+        case "auto": mode = geteuid() == 0 || isolated ? .private : .daemon
         case "private": mode = .private
         case "daemon": mode = .daemon
         default: throw CofferError(.invalidParameter, "--mount must be auto, private or daemon")
         }
-        if mode == .private && geteuid() != 0 {
+        if isolated && mode != .private {
+            throw CofferError(.invalidParameter, "--network none makes a private namespace of its own: not with --mount daemon")
+        }
+        if isolated && options.keepChildren {
+            throw CofferError(.invalidParameter, "--keep-children does not go with --network none", hint: "a run without network ends with everything it started")
+        }
+        if isolated && geteuid() != 0 && !options.allowSwap && !options.dryRun {
+            // (checked before anything is fetched: the kernel allows noswap only to the initial user namespace's mounts)
+            throw CofferError(.invalidParameter, "a run without network of a user who is not root makes its tmpfs in a user namespace, where the kernel does not allow noswap",
+                              hint: "add --allow-swap (the values may then reach swap: weak), or run it as root")
+        }
+        if mode == .private && geteuid() != 0 && !isolated {
             throw CofferError(.invalidParameter, "a private mount namespace needs root", hint: "leave --mount at auto: cofferd then mounts the tmpfs for you")
         }
-        if options.network == "none" && mode != .private {
-            throw CofferError(.invalidParameter, "--network none needs a private namespace (root)")
-        }
         for s in specs where (s.uid.map { $0 != getuid() } ?? false) || (s.gid.map { $0 != getgid() } ?? false) {
-            guard mode == .private else { throw CofferError(.invalidParameter, "only root gives files to another uid or gid (\(s.name))") }
+            guard mode == .private && geteuid() == 0 else { throw CofferError(.invalidParameter, "only root gives files to another uid or gid (\(s.name))") }
         }
         if mode == .private { try checkMountPoint(options.dir) }
         var argv = options.command
         if build { argv = try buildArguments(argv, specs: specs, templates: templates, dryRun: true) }
         let exe = try resolveExecutable(argv[0])
+        if isolated && !inside && !options.dryRun { return try runIsolated() }
 
         // 2. one request for every path
         var paths: [SecretPath] = []
@@ -218,6 +231,7 @@ public struct Runner {
 
             // 4. the environment
             var environment = Environment.all()
+            environment[Self.insideMarker] = nil
             environment["COFFER_SECRETS_DIR"] = dir
             for v in options.dirEnv { environment[v] = dir }
             if options.credentials { environment["CREDENTIALS_DIRECTORY"] = dir }
@@ -230,7 +244,7 @@ public struct Runner {
 
             // 5. run
             let status = try spawn(exe: exe, argv: argv, environment: environment, files: files, dir: dir, mode: mode,
-                                   size: size, ttl: UInt32(clamping: started.ttlSeconds))
+                                   size: size, ttl: UInt32(clamping: started.ttlSeconds), inside: inside)
             if status.expired {
                 end(Int(status.code), "ttl expired: coffer run killed the command")
                 throw RunFailure(status: 124, message: "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
@@ -241,6 +255,54 @@ public struct Runner {
             end(nil, "not started: the runner failed")
             throw error
         }
+    }
+
+    /// Marks the second run of a run without network (set only by runIsolated, and
+    /// believed only by PID 1 of a PID namespace; cofferd checks the isolation itself).
+    static let insideMarker = "COFFER_RUN_INSIDE"
+
+    /// A run without network: this program again, with the same arguments, as PID 1 of
+    /// new mount, PID and network namespaces (and, for a caller who is not root, of a
+    /// user namespace), so that the process cofferd releases the values to is one that
+    /// cannot reach the network — cofferd verifies that from the kernel before it
+    /// answers. This process forwards signals and exits with the run's status.
+    func runIsolated() throws -> Int32 {
+        var environment = Environment.all()
+        environment[Self.insideMarker] = "1"
+        var cStrings: [UnsafeMutablePointer<CChar>?] = []
+        defer { for p in cStrings { free(p) } }
+        let argvC = CommandLine.arguments.map { strdup($0) } + [nil]
+        let envC = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        cStrings = argvC + envC
+        var reportFD: Int32 = -1
+        let pid = argvC.withUnsafeBufferPointer { a in
+            envC.withUnsafeBufferPointer { e in coffer_run_isolated(a.baseAddress, e.baseAddress, geteuid() == 0 ? 0 : 1, &reportFD) }
+        }
+        guard pid > 0 else {
+            let e = errno
+            throw CofferError(.invalidParameter, "cannot make namespaces without network: \(String(cString: strerror(e)))",
+                              hint: geteuid() == 0 ? nil : "a caller who is not root needs user namespaces (kernel.unprivileged_userns_clone, user.max_user_namespaces)")
+        }
+        var failure: coffer_run_report?
+        while true {
+            var r = coffer_run_report()
+            let n = read(reportFD, &r, MemoryLayout<coffer_run_report>.size)
+            if n < 0 && errno == EINTR { continue }
+            guard n == MemoryLayout<coffer_run_report>.size else { break }
+            failure = r
+        }
+        close(reportFD)
+        var expired: Int32 = 0
+        let code = coffer_run_wait(pid, 0, &expired)
+        if let f = failure {
+            let reason = String(cString: strerror(f.err))
+            switch Int(f.stage) {
+            case COFFER_STAGE_NETWORK: throw CofferError(.invalidParameter, "cannot bring up loopback in the new network namespace: \(reason)")
+            case COFFER_STAGE_EXEC: throw CofferError(.invalidParameter, "cannot start coffer again inside the namespaces: \(reason)")
+            default: throw CofferError(.invalidParameter, "cannot set up the namespaces without network (stage \(f.stage)): \(reason)")
+            }
+        }
+        return code
     }
 
     /// The tmpfs size: bytes, or a number with k or m.
@@ -360,7 +422,7 @@ public struct Runner {
     struct Status { var code: Int32; var expired: Bool }
 
     func spawn(exe: String, argv: [String], environment: [String: String], files: [RunFile], dir: String, mode: Mode, size: Int,
-               ttl: UInt32) throws -> Status {
+               ttl: UInt32, inside: Bool) throws -> Status {
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
         defer { for p in cStrings { free(p) } }
         func c(_ s: String) -> UnsafeMutablePointer<CChar>? {
@@ -392,8 +454,10 @@ public struct Runner {
             envC.withUnsafeBufferPointer { e in
                 cFiles.withUnsafeMutableBufferPointer { f in
                     var spec = coffer_run_spec(
-                        private_mount: mode == .private ? 1 : 0, private_network: options.network == "none" ? 1 : 0,
-                        pid_namespace: mode == .private && !options.keepChildren ? 1 : 0, allow_swap: options.allowSwap ? 1 : 0,
+                        // inside a run without network, the network and PID namespaces are made already
+                        private_mount: mode == .private ? 1 : 0, private_network: options.network == "none" && !inside ? 1 : 0,
+                        pid_namespace: mode == .private && !options.keepChildren && !inside ? 1 : 0, allow_swap: options.allowSwap ? 1 : 0,
+                        drop_escape_caps: inside && geteuid() == 0 ? 1 : 0,
                         dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: 0o500,
                         dir_uid: getuid(), dir_gid: getgid(), files: UnsafePointer(f.baseAddress), file_count: Int32(files.count),
                         exe: UnsafePointer(exeC), argv: a.baseAddress, envp: e.baseAddress)
@@ -458,6 +522,7 @@ public struct Runner {
         var weak: [String] = []
         let noswap = kernelHasNoswap()
         if !noswap { weak.append("this kernel has no noswap (Linux 6.4+): the tmpfs may be swapped out") }
+        if options.network == "none" && geteuid() != 0 { weak.append("a user namespace's tmpfs cannot be noswap: the values may be swapped out") }
         for s in specs where s.mode != 0o400 { weak.append("\(s.name) has mode \(octal4(s.mode)), not 0400") }
         for e in envVars { weak.append("\(e.variable) puts \(e.path) in the environment") }
         if mode == .private && options.keepChildren { weak.append("--keep-children: processes the command leaves may keep the tmpfs alive") }

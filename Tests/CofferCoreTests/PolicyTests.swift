@@ -120,6 +120,69 @@ let ciPolicy = PolicyFixture.ciPolicy
         #expect(!PolicyEvaluator.decide(Self.policy, rootWithToken, .destroy, try SecretPath("x")).allowed)
     }
 
+    /// `require = ["network:none"]`: the rule allows only when cofferd verified the
+    /// condition of the receiving process; otherwise the denial names rule and condition.
+    @Test func requiredConditionsGateTheRule() throws {
+        let policy = try Policy.parse("""
+            [role.ci]
+            [[role.ci.rule]]
+            path = "ci/**"
+            capabilities = ["read"]
+            [[role.ci.rule]]
+            path = "ci/signing/**"
+            capabilities = ["inject", "read"]
+            require = ["network:none"]
+            [role.other]
+            [[role.other.rule]]
+            path = "ci/signing/public"
+            capabilities = ["read"]
+            [[bind]]
+            subjects = ["uid:1000"]
+            roles = ["ci"]
+            [[bind]]
+            subjects = ["uid:1001"]
+            roles = ["ci", "other"]
+            """, file: "p.toml")
+        let key = try SecretPath("ci/signing/key")
+        var p = principal(1000, "ci")
+        #expect(PolicyEvaluator.decide(policy, p, .read, try SecretPath("ci/app/db")).allowed)
+        let plain = PolicyEvaluator.decide(policy, p, .inject, key)
+        #expect(!plain.allowed)
+        #expect(plain.rule.contains("role ci rule 2 (p.toml:6: allow inject,read on ci/signing/** requires network:none)"), "\(plain.rule)")
+        #expect(plain.rule.contains("only into a run without network") && plain.rule.hasSuffix("missing network:none"), "\(plain.rule)")
+        // rule 1 (ci/**, read) alone would allow a read: the requirement binds every release of the path
+        let read = PolicyEvaluator.decide(policy, p, .read, key)
+        #expect(!read.allowed && read.rule.contains("rule 2"), "\(read.rule)")
+        p.conditions = [.networkNone]
+        let isolated = PolicyEvaluator.decide(policy, p, .inject, key)
+        #expect(isolated.allowed && isolated.rule.contains("rule 2"))
+        #expect(PolicyEvaluator.decide(policy, p, .read, key).allowed)
+        // through a token made of the same role: the same
+        let grant = TokenGrant(accessor: "acc_1", roles: ["ci"], paths: [], expiresAt: 0, boundUID: nil)
+        var t = principal(0, "root", token: grant)
+        #expect(!PolicyEvaluator.decide(policy, t, .inject, key).allowed)
+        t.conditions = [.networkNone]
+        #expect(PolicyEvaluator.decide(policy, t, .inject, key).allowed)
+        // nor does another role of the same caller lift it
+        #expect(!PolicyEvaluator.decide(policy, principal(1001, "o"), .read, try SecretPath("ci/signing/public")).allowed)
+    }
+
+    @Test(arguments: [
+        ("require = [\"network:open\"]", "p.toml:5: unknown requirement (known: network:none)"),
+        ("require = []", "p.toml:5: require = [\"network:none\"]"),
+        ("require = \"network:none\"", "p.toml:5: require = [\"network:none\"]"),
+        ("require = [\"network:none\"]\neffect = \"deny\"", "p.toml:5: require belongs on allow rules"),
+    ] as [(String, String)])
+    func badRequirements(_ line: String, _ message: String) {
+        let text = "[role.ci]\n[[role.ci.rule]]\npath = \"ci/**\"\ncapabilities = [\"read\"]\n\(line)\n"
+        #expect { try Policy.parse(text, file: "p.toml") } throws: { ($0 as? CofferError)?.message.hasPrefix(message) == true }
+    }
+
+    @Test func requirementsGateOnlyTheReleaseOfValues() {
+        let text = "[role.ci]\n[[role.ci.rule]]\npath = \"ci/**\"\ncapabilities = [\"read\", \"write\"]\nrequire = [\"network:none\"]\n"
+        #expect { try Policy.parse(text, file: "p.toml") } throws: { ($0 as? CofferError)?.message.contains("read and/or inject") == true }
+    }
+
     @Test func rolesMaxTTL() {
         #expect(Self.policy.maxTTL(roles: ["ci-build"]) == 3600)
         #expect(Self.policy.maxTTL(roles: ["ci-build", "deployer"]) == 900)

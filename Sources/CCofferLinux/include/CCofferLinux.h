@@ -71,6 +71,9 @@ typedef struct {
     int private_network;
     int pid_namespace;
     int allow_swap;
+    /* a root command of a run without network: no CAP_SYS_ADMIN, CAP_NET_ADMIN,
+     * CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_BPF (nothing to leave its namespaces with) */
+    int drop_escape_caps;
     const char *dir;
     unsigned long size_bytes;
     unsigned int dir_mode;
@@ -97,6 +100,15 @@ typedef struct { int kind; int stage; int err; int index; } coffer_run_report;
 /// Forks the run. Returns the child's pid (the command itself, or the process that
 /// holds the namespaces) and a read end of the report pipe in *report_fd, or -1.
 int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd);
+
+/// A run without network: starts this very program again (/proc/self/exe with argv
+/// and envp) as PID 1 of new mount, PID and network namespaces — with `userns`, of a
+/// new user namespace too, where the caller's uid and gid map to themselves and
+/// CAP_SYS_ADMIN and CAP_NET_ADMIN survive the exec as ambient capabilities (for the
+/// tmpfs; the command gets none) — with every mount private, a /proc of its own and
+/// only loopback, up. The program asks cofferd for the secrets from in there. Returns
+/// its pid and the report pipe in *report_fd, or -1 and errno.
+int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int *report_fd);
 
 /// Waits for `pid`, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it; after
 /// `ttl_seconds` (0: none) it is killed (SIGKILL) and *expired set. Returns the

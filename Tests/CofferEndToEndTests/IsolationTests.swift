@@ -1,0 +1,240 @@
+import Foundation
+import Testing
+
+/// `coffer run --network none` and `require = ["network:none"]` end to end: real
+/// network namespaces (and, for a user who is not root, a real user namespace), a
+/// TCP listener of the host, and cofferd checking the requesting process itself.
+@Suite(.serialized) struct IsolationTests {
+    static let policy = """
+        [role.ci]
+        [[role.ci.rule]]
+        path = "ci/**"
+        capabilities = ["read", "list"]
+        [[role.ci.rule]]
+        path = "ci/signing/**"
+        capabilities = ["read", "inject"]
+        require = ["network:none"]
+        [role.ops]
+        [[role.ops.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "delete", "admin", "audit", "inject"]
+        [[bind]]
+        subjects = ["user:coffer-test", "uid:0"]
+        roles = ["ci"]
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["ops"]
+        """
+
+    /// root holds ci and ops: the requirement of ci's rule binds root's reads of
+    /// ci/signing too (the stricter rule wins).
+    static func daemon() throws -> Daemon {
+        let d = try Daemon(config: "", policy: policy)
+        try d.start()
+        mkdir(d.dir + "/secrets", 0o755)
+        chmod(d.dir, 0o755)
+        for (path, value) in [("ci/app/db", "app-db-1"), ("ci/signing/key", "SIGNING-\(UUID().uuidString)")] {
+            // written over the API by root's ops role: writing is not a release
+            let (status, _) = try d.curl("PUT", "/v1/secrets/data/" + path, body: #"{"value":"\#(value)"}"#)
+            #expect(status == 200)
+        }
+        return d
+    }
+
+    static func marks(_ d: Daemon) -> String {
+        let dir = d.dir + "/marks"
+        mkdir(dir, 0o777)
+        chmod(dir, 0o777)
+        return dir
+    }
+
+    struct ListenError: Error {}
+
+    /// A TCP listener of the host's network namespace (all addresses, an ephemeral port).
+    final class Listener {
+        let fd: Int32
+        let port: UInt16
+        init() throws {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = 0
+            addr.sin_port = 0
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &len) == 0 }
+            }
+            guard ok else {
+                close(fd)
+                throw ListenError()
+            }
+            self.fd = fd
+            port = UInt16(bigEndian: addr.sin_port)
+        }
+        deinit { close(fd) }
+    }
+
+    /// The host's first IPv4 address other than loopback, if it has one.
+    static func hostAddress() -> String? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        defer { freeifaddrs(list) }
+        var p = list
+        while let i = p {
+            if let a = i.pointee.ifa_addr, a.pointee.sa_family == sa_family_t(AF_INET), String(cString: i.pointee.ifa_name) != "lo" {
+                var host = [CChar](repeating: 0, count: 64)
+                if getnameinfo(a, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 {
+                    return String(cString: host)
+                }
+            }
+            p = i.pointee.ifa_next
+        }
+        return nil
+    }
+
+    /// Connects to each target on the port, then to a listener of its own on loopback.
+    static let probe = """
+        import socket, sys
+        port = int(sys.argv[1])
+        out = []
+        for host in sys.argv[2:]:
+            try:
+                socket.create_connection((host, port), timeout=3).close()
+                out.append(host + "=ok")
+            except OSError:
+                out.append(host + "=no")
+        l = socket.socket()
+        l.bind(("127.0.0.1", 0))
+        l.listen(1)
+        c = socket.create_connection(l.getsockname(), timeout=3)
+        a, _ = l.accept()
+        c.sendall(b"y")
+        out.append("own-loopback=" + ("ok" if a.recv(1) == b"y" else "no"))
+        print(" ".join(out))
+        """
+
+    @Test func withoutNetworkNothingLeavesButItsOwnLoopbackWorks() throws {
+        let d = try Self.daemon()
+        let listener = try Listener()
+        let probe = d.dir + "/probe.py"
+        try Self.probe.write(toFile: probe, atomically: true, encoding: .utf8)
+        chmod(probe, 0o644)
+        let targets = ["127.0.0.1"] + (Self.hostAddress().map { [$0] } ?? [])
+        let args = ["--dir", d.dir + "/secrets", "--secret", "ci/app/db", "--", "/usr/bin/python3", probe, String(listener.port)] + targets
+        let open = try d.coffer(["run"] + args)
+        #expect(open.status == 0, "\(open.stderr)")
+        #expect(open.out == targets.map { "\($0)=ok" }.joined(separator: " ") + " own-loopback=ok\n", "\(open.out)")
+        let closed = try d.coffer(["run", "--network", "none"] + args)
+        #expect(closed.status == 0, "\(closed.stderr)")
+        #expect(closed.out == targets.map { "\($0)=no" }.joined(separator: " ") + " own-loopback=ok\n", "\(closed.out)")
+        // and the same for a user who is not root (a user namespace of its own)
+        let user = TestUser.nonAdmin
+        let refused = try d.coffer(["run", "--network", "none"] + args, as: user)
+        #expect(refused.status == 7 && refused.stderr.contains("does not allow noswap") && refused.stderr.contains("--allow-swap"), "\(refused.stderr)")
+        let asUser = try d.coffer(["run", "--network", "none", "--allow-swap"] + args, as: user)
+        #expect(asUser.status == 0, "\(asUser.stderr)")
+        #expect(asUser.out == targets.map { "\($0)=no" }.joined(separator: " ") + " own-loopback=ok\n", "\(asUser.out)")
+        // the injection's audit event says which network the run had, as cofferd verified it
+        let events = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out
+        #expect(events.contains(#""network":"none""#) && events.contains(#""network":"host""#), "\(events)")
+    }
+
+    /// A root command could otherwise undo its namespace (uncover the host's /proc by
+    /// unmounting its own, then setns into PID 1's network namespace): it runs without
+    /// the capabilities for that, for good.
+    @Test func aRootCommandWithoutNetworkCannotLeaveItsNamespace() throws {
+        let d = try Self.daemon()
+        let script = """
+            umount /proc 2>/dev/null && echo umount-worked
+            nsenter --net=/proc/1/ns/net true 2>/dev/null && echo nsenter-worked
+            bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
+            echo "sys_admin_bounding=$(( (0x$bnd >> 21) & 1 ))"
+            """
+        let r = try d.coffer(["run", "--network", "none", "--dir", d.dir + "/secrets", "--secret", "ci/app/db", "--", "/bin/sh", "-c", script])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.out == "sys_admin_bounding=0\n", "\(r.out)")
+        // with network, a root command keeps its capabilities (nothing changes for it)
+        let open = try d.coffer(["run", "--dir", d.dir + "/secrets", "--secret", "ci/app/db", "--", "/bin/sh", "-c",
+                                 "bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status); echo $(( (0x$bnd >> 21) & 1 ))"])
+        #expect(open.out == "1\n", "\(open.out) \(open.stderr)")
+    }
+
+    @Test func aValueThatRequiresNoNetworkReachesOnlyARunWithout() throws {
+        let d = try Self.daemon()
+        let key = try d.coffer(["secret", "get", "ci/app/db"]).out
+        #expect(key == "app-db-1")
+        let marks = Self.marks(d)
+        let dir = d.dir + "/secrets"
+        // not to secret get, even for root whose ci/** rule alone would allow the read
+        for user in [nil, TestUser.nonAdmin] as [TestUser?] {
+            let get = try d.coffer(["secret", "get", "ci/signing/key"], as: user)
+            #expect(get.status == 5, "\(get.stderr)")
+            #expect(get.stderr.contains("requires network:none") && get.stderr.contains("missing network:none"), "\(get.stderr)")
+            // not to a run with network: nothing runs
+            let withNet = try d.coffer(["run", "--dir", dir, "--secret", "ci/signing/key", "--", "/bin/sh", "-c", "touch \(marks)/ran"], as: user)
+            #expect(withNet.status == 5, "\(withNet.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: marks + "/ran"))
+            // to a run without network, yes
+            let name = user == nil ? "root" : "user"
+            let isolated = try d.coffer(["run", "--network", "none", "--allow-swap", "--dir", dir, "--secret", "ci/signing/key", "--", "/bin/sh", "-c",
+                                         "cat $COFFER_SECRETS_DIR/key > \(marks)/\(name)"], as: user)
+            #expect(isolated.status == 0, "\(isolated.stderr)")
+            #expect(String(decoding: fileBytes(marks + "/" + name), as: UTF8.self).hasPrefix("SIGNING-"))
+        }
+        // the explanation names the requirement
+        let explain = try d.coffer(["policy", "explain", "--as", "user:coffer-test", "inject", "ci/signing/key"])
+        #expect(explain.out.contains("requires network:none"), "\(explain.out)")
+        // nothing is left mounted on the host
+        #expect(RunTests.mounts(under: dir).isEmpty)
+        #expect(try d.coffer(["run", "list", "--all"]).out == "no live runs\n")
+    }
+
+    /// cofferd believes no claim: a request that says "network none" from the host's
+    /// network namespace, or from a new one while holding a socket of the host's, is refused.
+    @Test func aClaimOfIsolationIsCheckedNotBelieved() throws {
+        let d = try Self.daemon()
+        let body = #"{"secrets":[{"path":"ci/signing/key"}],"mount":"private","network":"none"}"#
+        let (status, text) = try d.curl("POST", "/v1/runs", body: body)
+        #expect(status == 403 && errorCode(text) == "network_not_isolated", "\(status) \(text)")
+        #expect(text.contains("shares the host's network namespace"), "\(text)")
+        #expect(!text.contains("SIGNING-"))
+        // a process in a network namespace of its own that kept a TCP socket of the host's
+        let listener = try Listener()
+        let keep = """
+            import os, socket, sys
+            s = socket.create_connection(("127.0.0.1", \(listener.port)))
+            os.set_inheritable(s.fileno(), True)
+            os.execv("/usr/bin/unshare", ["unshare", "-n", "--", "/usr/bin/curl", "-s", "--unix-socket", sys.argv[1], "-X", "POST",
+                     "-H", "Content-Type: application/json", "-d", sys.argv[2], "-w", "\\n%{http_code}", "http://coffer/v1/runs"])
+            """
+        let script = d.dir + "/keep.py"
+        try keep.write(toFile: script, atomically: true, encoding: .utf8)
+        let held = try run("/usr/bin/python3", [script, d.socket, body])
+        #expect(held.out.hasSuffix("\n403") && held.out.contains("holds a socket of the host's network"), "\(held.out) \(held.stderr)")
+        #expect(!held.out.contains("SIGNING-"))
+        // the same without the socket: a process with no network receives it
+        let clean = try run("/usr/bin/unshare", ["-n", "--", "/usr/bin/curl", "-s", "--unix-socket", d.socket, "-X", "POST",
+                                                 "-H", "Content-Type: application/json", "-d", body, "-w", "\n%{http_code}", "http://coffer/v1/runs"])
+        #expect(clean.out.hasSuffix("\n200") && clean.out.contains("value_base64"), "\(clean.out) \(clean.stderr)")
+    }
+
+    @Test func badInputIsRefused() throws {
+        let d = try Self.daemon()
+        let dir = d.dir + "/secrets"
+        var r = try d.coffer(["run", "--network", "none", "--mount", "daemon", "--secret", "ci/app/db", "--", "/bin/true"])
+        #expect(r.status == 7 && r.stderr.contains("not with --mount daemon"), "\(r.stderr)")
+        r = try d.coffer(["run", "--network", "none", "--keep-children", "--dir", dir, "--secret", "ci/app/db", "--", "/bin/true"])
+        #expect(r.status == 7 && r.stderr.contains("--keep-children"), "\(r.stderr)")
+        r = try d.coffer(["run", "--network", "moon", "--secret", "ci/app/db", "--", "/bin/true"])
+        #expect(r.status == 7 && r.stderr.contains("--network must be host or none"), "\(r.stderr)")
+        let bad = d.dir + "/bad.toml"
+        try "[role.ci]\n[[role.ci.rule]]\npath = \"ci/**\"\ncapabilities = [\"read\"]\nrequire = [\"network:offline\"]\n"
+            .write(toFile: bad, atomically: true, encoding: .utf8)
+        r = try run(Bins.coffer, ["policy", "check", bad])
+        #expect(r.status != 0 && r.stderr.contains("\(bad):5: unknown requirement (known: network:none)"), "\(r.stderr)")
+        // the dry run of a run without network plans it as such, releasing nothing
+        r = try d.coffer(["run", "--dry-run", "--network", "none", "--dir", dir, "--secret", "ci/signing/key", "--", "/bin/true"])
+        #expect(r.status == 0 && r.out.contains("network: none"), "\(r.out) \(r.stderr)")
+        #expect(!r.out.contains("SIGNING-"))
+    }
+}
