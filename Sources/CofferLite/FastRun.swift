@@ -46,7 +46,7 @@ public enum FastRun {
                 }
                 i += 1
                 continue
-            case "--secret", "--template", "--dir-env", "--env",
+            case "--secret", "--template", "--dir-env", "--env", "--registry-auth",
                  "--env-file", "--ttl", "--size", "--mount", "--dir", "--network", "--socket", "--format", "--token-file":
                 break
             default:
@@ -58,6 +58,7 @@ public enum FastRun {
             case "--template": o.templates.append(v)
             case "--dir-env": o.dirEnv.append(v)
             case "--env": o.env.append(v)
+            case "--registry-auth": o.registryAuth.append(v)
             default:
                 // single values: a repeated one is ArgumentParser's to judge
                 guard seen.insert(name).inserted else { return nil }

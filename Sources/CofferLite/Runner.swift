@@ -22,6 +22,8 @@ public struct RunSettings: Equatable, Sendable {
     public var allowSwap = false
     public var keepChildren = false
     public var dryRun = false
+    /// [REGISTRY=]PATH: containers auth JSON, or user:password for REGISTRY
+    public var registryAuth: [String] = []
     public var command: [String] = []
 
     public init() {}
@@ -124,12 +126,13 @@ public struct Runner {
         }
         for v in options.dirEnv { try RunNames.checkVariable(v) }
         if let n = options.envFile { try RunNames.checkFileName(n) }
+        let registryAuth = try options.registryAuth.map { a throws(CofferError) in try RegistryAuth.Source(a) }
         var names = Set<String>()
-        for n in specs.map(\.name) + templates.map(\.name) + (options.envFile.map { [$0] } ?? []) {
+        for n in specs.map(\.name) + templates.map(\.name) + (options.envFile.map { [$0] } ?? []) + (registryAuth.isEmpty ? [] : [RegistryAuth.fileName]) {
             guard names.insert(n).inserted else { throw CofferError(.invalidParameter, "two files are named \(n)", hint: "give one a name: --secret PATH=NAME") }
         }
-        guard !specs.isEmpty || !templates.isEmpty || !envVars.isEmpty else {
-            throw CofferError(.invalidParameter, "no secret to inject", hint: "add --secret PATH (or --template, --env)")
+        guard !specs.isEmpty || !templates.isEmpty || !envVars.isEmpty || !registryAuth.isEmpty else {
+            throw CofferError(.invalidParameter, "no secret to inject", hint: "add --secret PATH (or --template, --env, --registry-auth)")
         }
         let size = try parseSize(options.size)
         guard ["host", "none"].contains(options.network) else {
@@ -172,11 +175,14 @@ public struct Runner {
         // 2. one request for every path
         var paths: [SecretPath] = []
         var seen = Set<String>()
-        for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) where seen.insert(p.rawValue).inserted { paths.append(p) }
+        for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) + registryAuth.map(\.path)
+            where seen.insert(p.rawValue).inserted { paths.append(p) }
         let http = try global.http()
         let started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
                                        sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun)
-        if options.dryRun { return try report(started, specs: specs, templates: templates, envVars: envVars, mode: mode, size: size) }
+        if options.dryRun {
+            return try report(started, specs: specs, templates: templates, envVars: envVars, registryAuth: registryAuth, mode: mode, size: size)
+        }
         guard let runID = started.id else { throw ClientError(kind: .io, message: "cofferd started no run") }
         var ended = false
         func end(_ status: Int?, _ fate: String) {
@@ -213,6 +219,10 @@ public struct Runner {
                 for s in specs { text += try envLine(RunNames.variable(for: s.name), values[s.path.rawValue] ?? []) }
                 files.append(RunFile(name: name, bytes: text, mode: 0o400, uid: getuid(), gid: getgid(), versionKey: versionKey(specs.map(\.path), [])))
             }
+            if !registryAuth.isEmpty {
+                files.append(RunFile(name: RegistryAuth.fileName, bytes: try RegistryAuth.file(registryAuth, values: values), mode: 0o400,
+                                     uid: getuid(), gid: getgid(), versionKey: versionKey(registryAuth.map(\.path), [])))
+            }
             defer { for i in files.indices { Hashing.wipe(&files[i].bytes) } }
             let total = files.reduce(0) { $0 + $1.bytes.count + 512 }
             guard total <= size else {
@@ -227,7 +237,11 @@ public struct Runner {
                 dir = p
                 if started.noswap == false { writeStderr("coffer: warning: the kernel refused noswap: the tmpfs may be swapped out\n") }
             }
-            if build { argv = try buildArguments(options.command, specs: specs, templates: templates, dryRun: false, dir: dir, files: files) }
+            if build {
+                // (registry credentials are for pushes and pulls, not a build secret)
+                argv = try buildArguments(options.command, specs: specs, templates: templates, dryRun: false, dir: dir,
+                                          files: files.filter { registryAuth.isEmpty || $0.name != RegistryAuth.fileName })
+            }
 
             // 4. the environment
             var environment = Environment.all()
@@ -235,6 +249,8 @@ public struct Runner {
             environment["COFFER_SECRETS_DIR"] = dir
             for v in options.dirEnv { environment[v] = dir }
             if options.credentials { environment["CREDENTIALS_DIRECTORY"] = dir }
+            // buildah, podman and skopeo read push and pull credentials from there
+            if !registryAuth.isEmpty { environment["REGISTRY_AUTH_FILE"] = dir + "/" + RegistryAuth.fileName }
             for e in envVars {
                 guard let text = String(validating: values[e.path.rawValue] ?? [], as: UTF8.self), !text.contains("\0") else {
                     throw CofferError(.invalidParameter, "\(e.path) is not text: it cannot go in \(e.variable)", hint: "use it as a file")
@@ -517,7 +533,7 @@ public struct Runner {
 
     /// The dry run's report: what, where, how, and whether it is secure.
     func report(_ r: RunAPI.Started, specs: [SecretSpec], templates: [(name: String, template: SecretTemplate, source: [UInt8])],
-                envVars: [(variable: String, path: SecretPath)], mode: Mode, size: Int) throws -> Int32 {
+                envVars: [(variable: String, path: SecretPath)], registryAuth: [RegistryAuth.Source], mode: Mode, size: Int) throws -> Int32 {
         let version = { (p: SecretPath) in r.secrets.first { $0.path == p.rawValue } }
         var weak: [String] = []
         let noswap = kernelHasNoswap()
@@ -544,6 +560,10 @@ public struct Runner {
             }
             entries += templates.map { entry(name: $0.name, path: $0.template.paths.map(\.rawValue).joined(separator: ","), version: nil, mode: "0400",
                                              uid: getuid(), gid: getgid(), allowedBy: nil) }
+            if !registryAuth.isEmpty {
+                entries.append(entry(name: RegistryAuth.fileName, path: registryAuth.map(\.path.rawValue).joined(separator: ","), version: nil, mode: "0400",
+                                     uid: getuid(), gid: getgid(), allowedBy: nil))
+            }
             let plan = JSON.object([
                 ("env", .array(envVars.map { .string("\($0.variable)=\($0.path)") })), ("files", .array(entries)), ("mount", .string(where_)),
                 ("network", .string(r.network)), ("options", .string(mountOptions)), ("reasons", .array(weak.map { .string($0) })),
@@ -562,6 +582,10 @@ public struct Runner {
             lines.append("  \(t.name)  <- template (\(used.isEmpty ? "no secrets" : used))  mode 0400")
         }
         if let n = options.envFile { lines.append("  \(n)  <- .env of the --secret values  mode 0400") }
+        if !registryAuth.isEmpty {
+            let from = registryAuth.map { a in "\(a.path) v\(version(a.path).map { String($0.version) } ?? "?")" }.joined(separator: ", ")
+            lines.append("  \(RegistryAuth.fileName)  <- registry auth (\(from))  mode 0400  (REGISTRY_AUTH_FILE)")
+        }
         for e in envVars { lines.append("env \(e.variable) <- \(e.path) v\(version(e.path).map { String($0.version) } ?? "?")") }
         lines.append("mount: \(where_)")
         lines.append("options: \(mountOptions)")
@@ -643,5 +667,79 @@ enum RunAPI {
         let r = try http.request("POST", "/v1/runs/" + PercentDecoding.encodePath(id) + "/end", headers: [("Content-Type", "application/json")],
                                  body: Array(JSON.object(body).text.utf8))
         guard (200..<300).contains(r.status) else { throw APIError(r) }
+    }
+}
+
+/// `--registry-auth [REGISTRY=]PATH`: push and pull credentials for buildah, podman
+/// and skopeo as a containers-auth file (auth.json) on the run's tmpfs, named by
+/// REGISTRY_AUTH_FILE — never in ~/.docker/config.json or $XDG_RUNTIME_DIR/containers.
+/// A stored value is either such a file ({"auths": {"HOST": {"auth": base64(user:password)}}})
+/// or `user:password` for the REGISTRY given.
+enum RegistryAuth {
+    static let fileName = "auth.json"
+
+    struct Source {
+        var registry: String?
+        var path: SecretPath
+
+        init(_ text: String) throws(CofferError) {
+            var p = Substring(text)
+            if let eq = text.firstIndex(of: "=") {
+                let r = String(text[..<eq])
+                guard RegistryAuth.isRegistry(r) else {
+                    throw CofferError(.invalidParameter, "--registry-auth \(text): '\(r)' is not a registry (HOST[:PORT][/PATH])")
+                }
+                registry = r
+                p = text[text.index(after: eq)...]
+            }
+            path = try SecretPath(String(p))
+        }
+    }
+
+    static func isRegistry(_ r: String) -> Bool {
+        !r.isEmpty && r.utf8.count <= 255 && !r.hasPrefix("/") && !r.hasPrefix("-")
+            && r.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || "-._:/[]".utf8.contains($0) }
+    }
+
+    /// The auth.json of every source (the values never appear in an error).
+    static func file(_ sources: [Source], values: [String: [UInt8]]) throws(CofferError) -> [UInt8] {
+        var auths: [(String, JSON)] = []
+        func add(_ host: String, _ auth: String, from path: SecretPath) throws(CofferError) {
+            guard !auths.contains(where: { $0.0 == host }) else {
+                throw CofferError(.invalidParameter, "two --registry-auth give credentials for \(host) (the second from \(path))")
+            }
+            auths.append((host, .object([("auth", .string(auth))])))
+        }
+        for s in sources {
+            var value = values[s.path.rawValue] ?? []
+            defer { Wipe.bytes(&value) }
+            if let json = try? JSON.parse(value), case .object = json {
+                guard s.registry == nil else {
+                    throw CofferError(.invalidParameter, "\(s.path) holds an auth file: give it without REGISTRY= (its hosts are in it)")
+                }
+                guard let auths = json["auths"], case .object(let entries) = auths, !entries.isEmpty else {
+                    throw CofferError(.invalidParameter, "\(s.path) is JSON but no containers auth file: {\"auths\": {\"HOST\": {\"auth\": \"…\"}}} expected")
+                }
+                for (host, entry) in entries {
+                    guard isRegistry(host), let a = entry["auth"]?.string, let decoded = Base64.decode(a), let colon = decoded.firstIndex(of: UInt8(ascii: ":")),
+                          colon > 0 else {
+                        throw CofferError(.invalidParameter, "\(s.path): the entry for a registry has no valid \"auth\" (base64 of user:password)")
+                    }
+                    try add(host, a, from: s.path)
+                }
+            } else {
+                var text = value
+                while let last = text.last, last == 0x0A || last == 0x0D { text.removeLast() }
+                defer { Wipe.bytes(&text) }
+                guard let colon = text.firstIndex(of: UInt8(ascii: ":")), colon > 0, !text.contains(0x0A), !text.contains(0), String(validating: text, as: UTF8.self) != nil else {
+                    throw CofferError(.invalidParameter, "\(s.path) is neither a containers auth file (JSON) nor user:password")
+                }
+                guard let registry = s.registry else {
+                    throw CofferError(.invalidParameter, "\(s.path) holds user:password: say for which registry", hint: "--registry-auth REGISTRY=\(s.path)")
+                }
+                try add(registry, Base64.encode(text), from: s.path)
+            }
+        }
+        return Array(JSON.object([("auths", .object(auths))]).text.utf8)
     }
 }

@@ -22,6 +22,11 @@ struct RunOptions: ParsableArguments {
         valueName: "VAR=PATH"))
     var env: [String] = []
 
+    @Option(name: .customLong("registry-auth"), help: ArgumentHelp(
+        "Registry credentials for buildah/podman/skopeo as auth.json on the tmpfs (REGISTRY_AUTH_FILE); the value: auth JSON, or user:password for REGISTRY.",
+        valueName: "[REGISTRY=]PATH"))
+    var registryAuth: [String] = []
+
     @Flag(name: .customLong("credentials"), help: "Also set CREDENTIALS_DIRECTORY (programs written for systemd credentials work unchanged).")
     var credentials = false
 
@@ -71,6 +76,7 @@ extension RunOptions {
         s.allowSwap = allowSwap
         s.keepChildren = keepChildren
         s.dryRun = dryRun
+        s.registryAuth = registryAuth
         s.command = command
         return s
     }

@@ -238,3 +238,112 @@ import Testing
         #expect(!r.out.contains("SIGNING-"))
     }
 }
+
+/// `--registry-auth`: push credentials as auth.json on the run's tmpfs, against a real
+/// registry (Debian's docker-registry, the CNCF distribution registry) with htpasswd
+/// authentication on loopback, and a real `buildah push`.
+@Suite(.serialized) struct RegistryAuthTests {
+    /// A background process (stdio to /dev/null), killed at the end.
+    final class Background {
+        let pid: pid_t
+        init(_ exe: String, _ args: [String]) throws {
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            for fd in [0, 1, 2] as [Int32] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+            let argv = ([exe] + args).map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            var p: pid_t = 0
+            guard posix_spawn(&p, exe, &actions, nil, argv, environ) == 0 else { throw IsolationTests.ListenError() }
+            pid = p
+        }
+        deinit {
+            kill(pid, SIGKILL)
+            var st: Int32 = 0
+            waitpid(pid, &st, 0)
+        }
+    }
+
+    static func freePort() throws -> UInt16 {
+        let l = try IsolationTests.Listener()
+        return l.port  // closed when l goes: the registry takes it next
+    }
+
+    @Test func pushCredentialsOnlyForThePushAndNoAuthFileLeft() throws {
+        for tool in ["/usr/bin/docker-registry", "/usr/bin/htpasswd", "/usr/bin/buildah", "/bin/busybox"] where !FileManager.default.isExecutableFile(atPath: tool) {
+            Issue.record("\(tool) is needed (contrib/dev/test installs docker-registry, apache2-utils, buildah, busybox-static)")
+            return
+        }
+        let d = try IsolationTests.daemon()
+        let password = "push-\(UUID().uuidString)"
+        let reg = d.dir + "/registry"
+        mkdir(reg, 0o700)
+        let hash = try run("/usr/bin/htpasswd", ["-Bbn", "pusher", password])
+        #expect(hash.status == 0)
+        try hash.out.write(toFile: reg + "/htpasswd", atomically: true, encoding: .utf8)
+        let port = try Self.freePort()
+        let host = "127.0.0.1:\(port)"
+        try """
+            version: 0.1
+            log:
+              level: error
+            storage:
+              filesystem:
+                rootdirectory: \(reg)/data
+            http:
+              addr: \(host)
+            auth:
+              htpasswd:
+                realm: coffer-test
+                path: \(reg)/htpasswd
+            """.write(toFile: reg + "/config.yml", atomically: true, encoding: .utf8)
+        let registry = try Background("/usr/bin/docker-registry", ["serve", reg + "/config.yml"])
+        var up = false
+        for _ in 0..<100 where !up {
+            up = (try? run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(host)/v2/"]).out) == "401"
+            if !up { usleep(100_000) }
+        }
+        #expect(up, "the registry did not start")
+        // an image to push
+        let ctr = try run("/usr/bin/buildah", ["from", "scratch"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try run("/usr/bin/buildah", ["copy", ctr, "/bin/busybox", "/busybox"]).status == 0)
+        let image = "localhost/coffer-push-test:\(port)"
+        #expect(try run("/usr/bin/buildah", ["commit", "-q", ctr, image]).status == 0)
+        defer {
+            _ = try? run("/usr/bin/buildah", ["rm", ctr])
+            _ = try? run("/usr/bin/buildah", ["rmi", "-f", image])
+        }
+        #expect(try d.coffer(["secret", "put", "ci/registry/push"], stdin: Array("pusher:\(password)\n".utf8)).status == 0)
+        let auth = Data("pusher:\(password)".utf8).base64EncodedString()
+        #expect(try d.coffer(["secret", "put", "ci/registry/auth"], stdin: Array(#"{"auths":{"\#(host)":{"auth":"\#(auth)"}}}"#.utf8)).status == 0)
+        let push = ["/usr/bin/buildah", "push", "--tls-verify=false", image]
+        // without credentials the registry refuses the push
+        let nobody = try run(push[0], Array(push.dropFirst()) + ["docker://\(host)/coffer/app:0"], env: ["REGISTRY_AUTH_FILE": d.dir + "/none.json"])
+        #expect(nobody.status != 0)
+        // with them, for this command only: user:password for a registry, and an auth file as stored
+        let dir = d.dir + "/secrets"
+        var r = try d.coffer(["run", "--dir", dir, "--registry-auth", "\(host)=ci/registry/push", "--"] + push + ["docker://\(host)/coffer/app:1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try d.coffer(["run", "--dir", dir, "--registry-auth", "ci/registry/auth", "--", "/bin/sh", "-c",
+                          "test \"$REGISTRY_AUTH_FILE\" = \"$COFFER_SECRETS_DIR/auth.json\" && " + push.joined(separator: " ") + " docker://\(host)/coffer/app:2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let tags = try run("/usr/bin/curl", ["-s", "-u", "pusher:\(password)", "http://\(host)/v2/coffer/app/tags/list"]).out
+        #expect(tags.contains("\"1\"") && tags.contains("\"2\"") && !tags.contains("\"0\""), "\(tags)")
+        // no auth file is left anywhere a tool would keep one, and nothing mounted
+        #expect(RunTests.mounts(under: dir).isEmpty)
+        for place in ["/run/containers", "/root/.docker", "/root/.config/containers", d.dir] {
+            let found = try run("/bin/grep", ["-rlF", password, place])
+            #expect(found.out.isEmpty, "\(place): \(found.out)")
+        }
+        // bad values: refused before anything runs
+        #expect(try d.coffer(["secret", "put", "ci/registry/bad"], stdin: Array("no-colon-here".utf8)).status == 0)
+        r = try d.coffer(["run", "--dir", dir, "--registry-auth", "\(host)=ci/registry/bad", "--", "/bin/sh", "-c", "touch \(d.dir)/ran"])
+        #expect(r.status == 7 && r.stderr.contains("neither a containers auth file (JSON) nor user:password"), "\(r.stderr)")
+        r = try d.coffer(["run", "--dir", dir, "--registry-auth", "ci/registry/push", "--", "/bin/sh", "-c", "touch \(d.dir)/ran"])
+        #expect(r.status == 7 && r.stderr.contains("say for which registry") && !r.stderr.contains(password), "\(r.stderr)")
+        r = try d.coffer(["run", "--dir", dir, "--registry-auth", "bad host=ci/registry/push", "--", "/bin/true"])
+        #expect(r.status == 7 && r.stderr.contains("is not a registry"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d.dir + "/ran"))
+        _ = registry
+    }
+}

@@ -397,6 +397,8 @@ import Testing
             ["run", "--dir", dir, "--", "/bin/true"],
             ["run", "--dir", dir, "--ttl", "1s", "--secret", "ci/npm/token", "--", "/bin/sleep", "5"],
             ["build", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"],
+            ["run", "--dry-run", "--dir", dir, "--registry-auth", "reg.example:5000=ci/npm/token", "--registry-auth=ci/app/db-password", "--", "/bin/true"],
+            ["run", "--dir", dir, "--registry-auth", "reg.example:5000=ci/npm/token", "--", "/bin/true"],
             // what the front leaves to ArgumentParser: help, a value like an option, a repeated single option
             ["run", "--help"],
             ["run", "--dir", dir, "--ttl", "-5", "--secret", "ci/npm/token", "--", "/bin/true"],

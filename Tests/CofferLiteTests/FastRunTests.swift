@@ -6,10 +6,11 @@ import Testing
         let p = try #require(FastRun.parse(["run", "--secret", "a/b", "--secret=c/d=n:mode=0440", "--template", "t:x", "--env", "V=a/b",
                                             "--dir-env", "D", "--env-file", "e", "--credentials", "--ttl", "5m", "--size=2m", "--mount", "private",
                                             "--dir", "/s", "--network", "none", "--allow-swap", "--keep-children", "--socket", "/x.sock",
-                                            "--format", "json", "--token-file", "/t", "--", "cmd", "--secret", "--", "x"]))
+                                            "--format", "json", "--token-file", "/t", "--registry-auth", "r:5000=a/b", "--", "cmd", "--secret", "--", "x"]))
         #expect(!p.build)
         #expect(p.options.secrets == ["a/b", "c/d=n:mode=0440"])
         #expect(p.options.templates == ["t:x"] && p.options.env == ["V=a/b"] && p.options.dirEnv == ["D"] && p.options.envFile == "e")
+        #expect(p.options.registryAuth == ["r:5000=a/b"])
         #expect(p.options.credentials && p.options.allowSwap && p.options.keepChildren && !p.options.dryRun)
         #expect(p.options.ttl == "5m" && p.options.size == "2m" && p.options.mount == "private" && p.options.dir == "/s" && p.options.network == "none")
         #expect(p.global == ClientSettings(socket: "/x.sock", format: .json, tokenFile: "/t"))
