@@ -91,6 +91,7 @@ int coffer_unix_connect(const char *path) {
 
 #include <dirent.h>
 #include <linux/capability.h>
+#include <linux/close_range.h>
 #include <linux/openat2.h>
 #include <net/if.h>
 #include <pthread.h>
@@ -234,9 +235,49 @@ static int coffer_drop_escape_caps(void) {
     return (int)syscall(SYS_capset, &h, d);
 }
 
+/* `dir` (absolute) inside the directory `root`, every component resolved as if root
+ * were / (RESOLVE_IN_ROOT: no symbolic link or .. leads out), missing directories
+ * made 0755; an O_PATH descriptor of it, or -1. */
+static int coffer_open_in_root(const char *root, const char *dir) {
+    int rootfd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (rootfd < 0) return -1;
+    char part[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof(part) || dir[0] != '/') { close(rootfd); errno = EINVAL; return -1; }
+    int cur = -1;
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && dir[i] != '/') continue;
+        memcpy(part, dir, i);
+        part[i] = 0;
+        struct open_how how;
+        memset(&how, 0, sizeof(how));
+        how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+        how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+        int fd = (int)syscall(SYS_openat2, rootfd, part, &how, sizeof(how));
+        if (fd < 0 && errno == ENOENT) {
+            /* made in the directory resolved so far (cur, or the root) */
+            const char *name = strrchr(part, '/') + 1;
+            if (mkdirat(cur >= 0 ? cur : rootfd, name, 0755) != 0 && errno != EEXIST) { int e = errno; if (cur >= 0) close(cur); close(rootfd); errno = e; return -1; }
+            fd = (int)syscall(SYS_openat2, rootfd, part, &how, sizeof(how));
+        }
+        if (fd < 0) { int e = errno; if (cur >= 0) close(cur); close(rootfd); errno = e; return -1; }
+        if (cur >= 0) close(cur);
+        cur = fd;
+    }
+    close(rootfd);
+    return cur;
+}
+
 static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
     int dfd, mfd = -1;
-    if (spec->private_mount) {
+    if (spec->private_mount && spec->container_pid > 0) {
+        /* into the container's mount namespace (its propagation is the runtime's) */
+        char ns[64];
+        snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", spec->container_pid);
+        int nsfd = open(ns, O_RDONLY | O_CLOEXEC);
+        if (nsfd < 0 || setns(nsfd, CLONE_NEWNS) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
+        close(nsfd);
+    } else if (spec->private_mount) {
         /* with a PID namespace this process was cloned into its namespaces already */
         if (!spec->pid_namespace) {
             int flags = CLONE_NEWNS;
@@ -244,6 +285,8 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
             if (unshare(flags) != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
         }
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
+    }
+    if (spec->private_mount) {
         if (spec->private_network && coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
         int fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
         if (fsfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
@@ -274,6 +317,9 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         if (spec->private_mount && fchown(ffd, f->uid, f->gid) != 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
         if (fchmod(ffd, f->mode) != 0) coffer_fail(fd, COFFER_STAGE_WRITE, i);
         close(ffd);
+        /* this process's copy of the value is no longer needed: zeroed (it lives on as
+         * the reaper or namespace holder while the command runs) */
+        memset((void *)f->data, 0, f->length);
     }
     if (spec->private_mount && fchown(dfd, spec->dir_uid, spec->dir_gid) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
     if (fchmod(dfd, spec->dir_mode) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
@@ -283,19 +329,26 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
         memset(&ro, 0, sizeof(ro));
         ro.attr_set = MOUNT_ATTR_RDONLY;
         if (mount_setattr(mfd, "", AT_EMPTY_PATH, &ro, sizeof(ro)) != 0) coffer_fail(fd, COFFER_STAGE_SEAL, -1);
-        /* the mount point opened once, without following any symbolic link, and the
-         * mount attached to that very directory */
-        struct open_how how;
-        memset(&how, 0, sizeof(how));
-        how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-        how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-        int tfd = (int)syscall(SYS_openat2, AT_FDCWD, spec->dir, &how, sizeof(how));
+        /* the mount point opened once, without following any symbolic link (in a
+         * container: resolved inside its root only, missing directories made), and
+         * the mount attached to that very directory */
+        int tfd;
+        if (spec->container_pid > 0) {
+            tfd = coffer_open_in_root(spec->container_root, spec->dir);
+        } else {
+            struct open_how how;
+            memset(&how, 0, sizeof(how));
+            how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+            how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+            tfd = (int)syscall(SYS_openat2, AT_FDCWD, spec->dir, &how, sizeof(how));
+        }
         if (tfd < 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
         if (move_mount(mfd, "", tfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
         close(tfd);
         close(mfd);
     }
 
+    if (spec->exe == NULL) _exit(0);  /* an injection only: the container is the consumer */
     if (!spec->pid_namespace) {
         coffer_default_signals();
         if (spec->drop_escape_caps && coffer_drop_escape_caps() != 0) coffer_fail(fd, COFFER_STAGE_EXEC, -1);
@@ -450,6 +503,9 @@ int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int 
         if (coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
         if (userns && coffer_keep_setup_caps() != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
         sigprocmask(SIG_SETMASK, &old, NULL);
+        /* nothing but stdin, stdout and stderr goes in: a socket opened outside the
+         * namespace would still reach the network it came from */
+        syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
         execve("/proc/self/exe", argv, envp);
         coffer_fail(fd, COFFER_STAGE_EXEC, -1);
     }
@@ -582,4 +638,36 @@ int coffer_pidfd_exited(int pidfd) {
 
 int coffer_pidfd_kill(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+#ifndef SIOCGSKNS
+#define SIOCGSKNS 0x894C
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long *netns_inode, int *peer_pid) {
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
+    if (fd < 0) return -1;
+    int d = 0;
+    socklen_t len = sizeof(d);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &d, &len) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    *domain = d;
+    *netns_inode = 0;
+    *peer_pid = 0;
+    if (d == AF_UNIX) {
+        struct ucred cred;
+        len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) *peer_pid = cred.pid;
+    } else {
+        int ns = ioctl(fd, SIOCGSKNS);
+        if (ns >= 0) {
+            struct stat st;
+            if (fstat(ns, &st) == 0) *netns_inode = (unsigned long long)st.st_ino;
+            close(ns);
+        }
+    }
+    close(fd);
+    return 0;
 }

@@ -32,16 +32,24 @@ public struct RunStartRequest: Codable, Sendable {
     /// host (default) or none.
     public var network: String?
     public var dryRun: Bool?
+    /// The process whose life bounds the run instead of the caller's (a container's
+    /// init, for the OCI hook): the caller's own uid's, or anyone's for root.
+    public var holderPID: Int?
+    /// What the run is for, e.g. "container:ID" (recorded, listed; [A-Za-z0-9._:-], ≤ 128).
+    public var label: String?
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run"
+        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run", holderPID = "holder_pid", label
     }
-    public init(secrets: [RunSecretRef], mount: String, sizeBytes: Int? = nil, ttl: String? = nil, network: String? = nil, dryRun: Bool? = nil) {
+    public init(secrets: [RunSecretRef], mount: String, sizeBytes: Int? = nil, ttl: String? = nil, network: String? = nil, dryRun: Bool? = nil,
+                holderPID: Int? = nil, label: String? = nil) {
         self.secrets = secrets
         self.mount = mount
         self.sizeBytes = sizeBytes
         self.ttl = ttl
         self.network = network
         self.dryRun = dryRun
+        self.holderPID = holderPID
+        self.label = label
     }
     public init(from decoder: any Decoder) throws {
         try StrictKeys.check(decoder, CodingKeys.self)
@@ -52,6 +60,8 @@ public struct RunStartRequest: Codable, Sendable {
         ttl = try c.decodeIfPresent(String.self, forKey: .ttl)
         network = try c.decodeIfPresent(String.self, forKey: .network)
         dryRun = try c.decodeIfPresent(Bool.self, forKey: .dryRun)
+        holderPID = try c.decodeIfPresent(Int.self, forKey: .holderPID)
+        label = try c.decodeIfPresent(String.self, forKey: .label)
     }
 }
 
@@ -133,13 +143,15 @@ public struct RunInfo: Codable, Sendable {
     public var expiresAt: String
     public var paths: [String]
     public var network: String
+    public var label: String?
     /// Set when the run has ended.
     public var fate: String?
     enum CodingKeys: String, CodingKey {
-        case id, uid, pid, mount, mountPath = "mount_path", startedAt = "started_at", expiresAt = "expires_at", paths, network, fate
+        case id, uid, pid, mount, mountPath = "mount_path", startedAt = "started_at", expiresAt = "expires_at", paths, network, label, fate
     }
     public init(id: String, uid: UInt32, pid: Int32, mount: String, mountPath: String?, startedAt: String, expiresAt: String,
-                paths: [String], network: String, fate: String?) {
+                paths: [String], network: String, label: String? = nil, fate: String?) {
+        self.label = label
         self.id = id
         self.uid = uid
         self.pid = pid

@@ -50,6 +50,10 @@ public final class CofferClient {
         if let version { target += "?version=\(version)" }
         let r = try http.request("GET", target, headers: [("Accept", "application/octet-stream")])
         guard r.status == 200 else { throw Self.apiError(r) }
+        guard r.header("Content-Type")?.lowercased().hasPrefix("application/octet-stream") == true,
+              version.map({ String($0) == r.header("Coffer-Version") }) ?? true else {
+            throw ClientError(kind: .protocolError, message: "cofferd sent a response this coffer cannot read (200)")
+        }
         return (r.body, r.header("Coffer-Version").flatMap { Int($0) })
     }
 
@@ -125,10 +129,13 @@ extension CofferClient {
     }
 
     public func auditVerify() throws -> AuditVerifyResponse {
-        try decode(http.request("GET", "/v1/audit/verify"), as: AuditVerifyResponse.self)
+        http.timeoutSeconds = 600  // a long trail takes a while to walk
+        return try decode(http.request("GET", "/v1/audit/verify"), as: AuditVerifyResponse.self)
     }
 
     public func auditExport() throws -> [UInt8] {
+        http.timeoutSeconds = 600
+        http.maxBodyBytes = 1 << 40  // the whole trail, as large as it is
         let r = try http.request("GET", "/v1/audit/export")
         guard r.status == 200 else { throw Self.apiError(r) }
         return r.body

@@ -16,7 +16,7 @@ public struct SecretPath: Hashable, Sendable, Comparable, CustomStringConvertibl
     public var segments: [Substring] { rawValue.split(separator: "/") }
     public static func < (a: SecretPath, b: SecretPath) -> Bool { a.rawValue < b.rawValue }
 
-    static func isAllowed(_ b: UInt8) -> Bool {
+    public static func isAllowed(_ b: UInt8) -> Bool {
         switch b {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
              UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):

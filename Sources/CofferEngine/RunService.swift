@@ -56,6 +56,8 @@ public final class RunService: Sendable {
         public var network: Network
         public var requestID: String
         public var fate: String?
+        /// What the run is for (e.g. "container:ID"); absent in records of older versions.
+        public var label: String?
     }
 
     public struct Started: Sendable {
@@ -107,7 +109,7 @@ public final class RunService: Sendable {
     /// paths and versions (durable before anything is mounted or answered), then
     /// registers the run and, for mount "daemon", mounts its tmpfs.
     public func start(_ ticket: AuditTicket, _ p: Principal, secrets refs: [(SecretPath, Int?)], mount: Mount, sizeBytes: Int?,
-                      ttl: Int?, network: Network, dryRun: Bool) async throws(CofferError) -> Started {
+                      ttl: Int?, network: Network, dryRun: Bool, holder: Int32? = nil, label: String? = nil) async throws(CofferError) -> Started {
         guard !refs.isEmpty else { throw CofferError(.invalidParameter, "a run needs at least one secret") }
         guard refs.count <= Self.maxSecrets else { throw CofferError(.invalidParameter, "at most \(Self.maxSecrets) secrets per run") }
         var seen = Set<String>()
@@ -131,27 +133,34 @@ public final class RunService: Sendable {
         var q = p
         if !dryRun && (network == .none || (mount == .private && p.uid != 0)) {
             let iso = Self.isolation(of: p.pid)
+            if network == .none, let problem = iso.networkProblem {
+                throw CofferError(.networkNotIsolated, "the requesting process is not cut off from the network: \(problem)",
+                                  hint: "coffer run --network none asks from inside a network namespace of its own")
+            }
             if mount == .private && p.uid != 0 && !iso.ownMountNamespace {
                 // a private namespace needs CAP_SYS_ADMIN: only root's runs make their own outside a user namespace
                 throw CofferError(.invalidParameter, "only root makes a private mount namespace; use mount \"daemon\"",
                                   hint: "coffer run --network none makes one in a user namespace")
             }
             if network == .none {
-                if let problem = iso.networkProblem {
-                    throw CofferError(.networkNotIsolated, "the requesting process is not cut off from the network: \(problem)",
-                                      hint: "coffer run --network none asks from inside a network namespace of its own")
-                }
-                q.conditions.insert(.networkNone)
+                // root can undo any namespace (/proc/sys, devices, the host's files): its
+                // runs go without network, but never count as cut off
+                if p.uid != 0 { q.conditions.insert(.networkNone) }
             }
         } else if dryRun && network == .none {
             // a plan releases nothing: it is decided as the isolated run would be
             q.conditions.insert(.networkNone)
         }
-        return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun)
+        do {
+            return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun, holder: holder, label: label)
+        } catch where error.code == .permissionDenied && network == .none && p.uid == 0 && !dryRun {
+            throw CofferError(.permissionDenied, error.message, hint: (error.hint.map { $0 + "; " } ?? "")
+                + "a run of root is never counted as cut off from the network (root can undo namespaces): run the step as another user, e.g. runuser -u USER -- coffer run --network none …")
+        }
     }
 
     func started(_ ticket: AuditTicket, _ p: Principal, _ refs: [(SecretPath, Int?)], _ mount: Mount, _ size: Int, _ ttlSeconds: Int,
-                 _ network: Network, dryRun: Bool = false) async throws(CofferError) -> Started {
+                 _ network: Network, dryRun: Bool, holder: Int32?, label: String?) async throws(CofferError) -> Started {
         let paths = refs.map(\.0)
         let result = try await gate.performEach(ticket, p, anyOf: [.read, .inject], paths) { g, allowedBy throws(CofferError) -> Started in
             var out: Started = Started(run: nil, noswap: nil, sizeBytes: size, ttlSeconds: ttlSeconds, secrets: [])
@@ -181,20 +190,32 @@ public final class RunService: Sendable {
         details["target_uid"] = .number(Int64(p.uid))
         details["ttl_seconds"] = .number(Int64(ttlSeconds))
         details["size_bytes"] = .number(Int64(size))
+        if let label { details["label"] = .text(label) }
+        if let holder { details["holder_pid"] = .number(Int64(holder)) }
         if dryRun {
             ticket.update { $0.details = details; $0.action = "inject_plan" }
             return result
         }
-        // the runner: the peer of this request, known by a pidfd from now on
-        let pidfd = coffer_pidfd_open(p.pid)
-        guard pidfd >= 0, let pidStart = Self.startTime(p.pid), Self.realUID(p.pid) == p.uid else {
+        // the runner: the peer of this request (or the holder it names: a container's
+        // init), known by a pidfd from now on; someone else's process only for root
+        let runner = holder ?? p.pid
+        // a kernel thread (no executable) holds nothing
+        var exe = [CChar](repeating: 0, count: 8)
+        if holder != nil && readlink("/proc/\(runner)/exe", &exe, exe.count) < 0 {
+            throw CofferError(.invalidParameter, "holder_pid \(runner) is gone or not a process of a program")
+        }
+        let pidfd = coffer_pidfd_open(runner)
+        guard pidfd >= 0, let pidStart = Self.startTime(runner), let owner = Self.realUID(runner), owner == p.uid || (holder != nil && p.uid == 0) else {
             if pidfd >= 0 { close(pidfd) }
+            if holder != nil {
+                throw CofferError(.invalidParameter, "holder_pid \(runner) is gone or not the caller's", hint: "root may name any process; others their own")
+            }
             throw CofferError(.invalidParameter, "the calling process is gone", hint: "coffer run asks for its secrets itself")
         }
         let now = clock.nowMillis()
-        var run = Run(id: "run_" + Hex.encode(Hashing.randomBytes(12)), uid: p.uid, gid: p.gid, user: p.userName, pid: p.pid,
+        var run = Run(id: "run_" + Hex.encode(Hashing.randomBytes(12)), uid: p.uid, gid: p.gid, user: p.userName, pid: runner,
                       pidStart: pidStart, mount: mount, mountPath: nil, startedAt: now, expiresAt: now + Int64(ttlSeconds) * 1000,
-                      paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil)
+                      paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil, label: label)
         let admitted = live.withLock { runs -> Bool in
             guard runs.values.filter({ $0.run.uid == p.uid }).count < settings.maxPerUID else { return false }
             runs[run.id] = Live(run: run, pidfd: pidfd)
@@ -361,6 +382,7 @@ public final class RunService: Sendable {
         details["fate"] = .text(fate)
         details["mount"] = .text(run.mount.rawValue)
         details["paths"] = .list(run.paths)
+        if let label = run.label { details["label"] = .text(label) }
         details["target_uid"] = .number(Int64(run.uid))
         if let exitStatus { details["runner_exit_status"] = .number(Int64(exitStatus)) }
         if let reported { details["runner_report"] = .text(reported) }
@@ -450,72 +472,71 @@ public final class RunService: Sendable {
     /// process is not the caller.
     struct Isolation {
         var ownMountNamespace: Bool
-        /// nil: in a network namespace of its own, only loopback, no socket of the host's network
+        /// nil: in a network namespace with only loopback, every thread in it, no
+        /// socket of another network namespace held, and the connection to cofferd held
         var networkProblem: String?
     }
 
-    /// The requesting process's namespaces against cofferd's own (the host's), its
-    /// network interfaces, and whether any socket it holds belongs to the host's
-    /// network (one opened before it left could still carry a value out). Read
-    /// through a pidfd taken first: if the process is gone by the end, nothing holds.
+    /// At most this many open files are examined (more: refused, not waited for).
+    static let maxFilesChecked = 1024
+
+    /// The requesting process, from the kernel: its network namespace and every
+    /// thread's, its interfaces, and every socket it holds — each copied with
+    /// pidfd_getfd and asked for its own network namespace (SIOCGSKNS): one made
+    /// elsewhere, connected or not, could still carry a value out. It must also hold
+    /// a connection to cofferd (a process that merely got the requester's pid number
+    /// does not). Read through a pidfd taken first: if the process is gone by the
+    /// end, nothing holds.
     static func isolation(of pid: Int32) -> Isolation {
         let gone = Isolation(ownMountNamespace: false, networkProblem: "the process is gone")
         let pidfd = coffer_pidfd_open(pid)
         guard pidfd >= 0 else { return gone }
         defer { close(pidfd) }
-        func ownNamespace(_ kind: String) -> Bool? {
-            var mine = stat(), theirs = stat()
-            guard stat("/proc/self/ns/\(kind)", &mine) == 0, stat("/proc/\(pid)/ns/\(kind)", &theirs) == 0 else { return nil }
-            return mine.st_ino != theirs.st_ino || mine.st_dev != theirs.st_dev
+        func inode(_ path: String) -> (UInt64, UInt64)? {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            return (UInt64(st.st_ino), UInt64(st.st_dev))
         }
-        let mnt = ownNamespace("mnt") ?? false
-        var problem: String?
-        if ownNamespace("net") != true {
-            problem = "it shares the host's network namespace"
-        } else if let devices = try? String(contentsOfFile: "/proc/\(pid)/net/dev", encoding: .utf8) {
+        let mnt = inode("/proc/\(pid)/ns/mnt").map { $0 != inode("/proc/self/ns/mnt").map { $0 } ?? (0, 0) } ?? false
+        func problem() -> String? {
+            guard let net = inode("/proc/\(pid)/ns/net"), let host = inode("/proc/1/ns/net") ?? inode("/proc/self/ns/net") else {
+                return "its network namespace cannot be read"
+            }
+            if net == host || net == (inode("/proc/self/ns/net") ?? (0, 0)) { return "it shares the host's network namespace" }
+            // every thread in the same namespace (a thread elsewhere could send for it)
+            guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"), !tasks.isEmpty else {
+                return "its threads cannot be read"
+            }
+            for t in tasks where inode("/proc/\(pid)/task/\(t)/ns/net").map({ $0 != net }) ?? true {
+                return "a thread of it is in another network namespace"
+            }
+            guard let devices = try? String(contentsOfFile: "/proc/\(pid)/net/dev", encoding: .utf8) else {
+                return "its network interfaces cannot be read"
+            }
             let names = devices.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) }
-            if let other = names.first(where: { $0 != "lo" }) { problem = "its network namespace has the interface \(other)" }
-        } else {
-            problem = "its network interfaces cannot be read"
-        }
-        if problem == nil {
-            let hostSockets = hostNetworkSocketInodes()
-            if let held = socketInodes(of: pid), held.contains(where: { hostSockets.contains($0) }) {
-                problem = "it holds a socket of the host's network"
-            } else if socketInodes(of: pid) == nil {
-                problem = "its open files cannot be read"
+            if let other = names.first(where: { $0 != "lo" }) { return "its network namespace has the interface \(other)" }
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return "its open files cannot be read" }
+            guard fds.count <= maxFilesChecked else { return "it holds more than \(maxFilesChecked) open files (too many to check)" }
+            var holdsConnection = false
+            for name in fds {
+                guard let fd = Int32(name) else { continue }
+                var domain: Int32 = 0, netns: UInt64 = 0, peer: Int32 = 0
+                guard coffer_socket_facts(pidfd, fd, &domain, &netns, &peer) == 0 else {
+                    if errno == ENOTSOCK || errno == EBADF { continue }
+                    return "its sockets cannot be examined"
+                }
+                if domain == AF_UNIX {
+                    if peer == getpid() { holdsConnection = true }
+                } else if netns != net.0 {
+                    return "it holds a socket of another network namespace"
+                }
             }
+            guard holdsConnection else { return "it holds no connection to cofferd" }
+            return nil
         }
+        let p = problem()
         guard coffer_pidfd_exited(pidfd) == 0 else { return gone }
-        return Isolation(ownMountNamespace: mnt, networkProblem: problem)
-    }
-
-    /// Inodes of the sockets a process holds (nil: its fd table cannot be read).
-    static func socketInodes(of pid: Int32) -> Set<UInt64>? {
-        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return nil }
-        var out = Set<UInt64>()
-        var buf = [CChar](repeating: 0, count: 64)
-        for fd in fds {
-            let n = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
-            guard n > 0 else { continue }
-            let target = buf.withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0).prefix(n), as: UTF8.self) }
-            if target.hasPrefix("socket:["), target.hasSuffix("]"), let inode = UInt64(target.dropFirst(8).dropLast()) { out.insert(inode) }
-        }
-        return out
-    }
-
-    /// Inodes of every IP and packet socket in cofferd's (the host's) network namespace.
-    static func hostNetworkSocketInodes() -> Set<UInt64> {
-        var out = Set<UInt64>()
-        for (table, column) in [("tcp", 9), ("tcp6", 9), ("udp", 9), ("udp6", 9), ("udplite", 9), ("udplite6", 9), ("raw", 9), ("raw6", 9),
-                                ("icmp", 9), ("icmp6", 9), ("packet", 8)] {
-            guard let text = try? String(contentsOfFile: "/proc/self/net/\(table)", encoding: .utf8) else { continue }
-            for line in text.split(separator: "\n").dropFirst() {
-                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                if fields.count > column, let inode = UInt64(fields[column]) { out.insert(inode) }
-            }
-        }
-        return out
+        return Isolation(ownMountNamespace: mnt, networkProblem: p)
     }
 
     static func realUID(_ pid: Int32) -> UInt32? {

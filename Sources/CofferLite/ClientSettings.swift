@@ -80,10 +80,18 @@ public struct ClientSettings: Equatable, Sendable {
             }
             let t = Environment.trimmingWhitespace(text)
             guard !t.isEmpty else { throw CofferError(.invalidParameter, "the token file \(file) is empty") }
-            return t
+            return try Self.checked(t)
         }
-        if let t = Environment.get("COFFER_TOKEN"), !t.isEmpty { return Environment.trimmingWhitespace(t) }
+        if let t = Environment.get("COFFER_TOKEN"), !t.isEmpty { return try Self.checked(Environment.trimmingWhitespace(t)) }
         return nil
+    }
+
+    /// A token goes into a request header: printable ASCII without spaces only.
+    static func checked(_ token: String) throws(CofferError) -> String {
+        guard token.utf8.count <= 4096, token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw CofferError(.invalidParameter, "the token has characters no token has (spaces, control characters, non-ASCII)")
+        }
+        return token
     }
 }
 

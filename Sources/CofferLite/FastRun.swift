@@ -171,6 +171,10 @@ public enum FastGet {
             var r = try http.request("GET", target, headers: [("Accept", "application/octet-stream")])
             defer { Wipe.bytes(&r.body) }
             guard r.status == 200 else { throw APIError(r) }
+            guard r.header("Content-Type")?.lowercased().hasPrefix("application/octet-stream") == true,
+                  p.version.map({ String($0) == r.header("Coffer-Version") }) ?? true else {
+                throw ClientError(kind: .protocolError, message: "cofferd sent a response this coffer cannot read (200)")
+            }
             try writeStdout(r.body)
         } catch {
             if let code = Exit.reporting(error) { exit(code) }
@@ -195,6 +199,8 @@ enum OptionScan {
     static func value(_ args: [String], _ i: inout Int, attached: String?) -> String? {
         let v: String
         if let attached {
+            // `--opt=` gives no value: ArgumentParser says so
+            guard !attached.isEmpty else { return nil }
             v = attached
             i += 1
         } else {

@@ -171,6 +171,7 @@ public enum JSON: Equatable, Sendable {
                 default: throw ParseError()
                 }
             }
+            defer { out.withUnsafeMutableBytes { if let b = $0.baseAddress, $0.count > 0 { explicit_bzero(b, $0.count) } } }
             guard let s = String(validating: out, as: UTF8.self) else { throw ParseError() }
             return s
         }

@@ -44,9 +44,32 @@ public enum Exit {
 }
 
 public func report(_ message: String, hint: String?) {
-    var text = "coffer: error: \(message)\n"
-    if let hint { text += "coffer: hint: \(hint)\n" }
+    var text = "coffer: error: \(printable(message))\n"
+    if let hint { text += "coffer: hint: \(printable(hint))\n" }
     writeStderr(text)
+}
+
+/// Text from elsewhere (cofferd's messages) as one line without control characters:
+/// no forged lines, no terminal escapes.
+public func printable(_ s: String) -> String {
+    var out = ""
+    for u in s.unicodeScalars {
+        if u.value < 0x20 || u.value == 0x7F || (0x80...0x9F).contains(u.value) { out += "?" } else { out.unicodeScalars.append(u) }
+    }
+    return out
+}
+
+/// Descriptors 0, 1 and 2 open (on /dev/null when closed): otherwise the first socket
+/// opened would become stdout, and a secret printed "to stdout" would go to cofferd.
+public func ensureStandardDescriptors() {
+    for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 && errno == EBADF {
+        let n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY)
+        if n != fd {
+            // the lowest free descriptor is this one; anything else cannot hold
+            report("cannot open /dev/null for descriptor \(fd)", hint: nil)
+            exit(Exit.failure)
+        }
+    }
 }
 
 public func writeStderr(_ s: String) {

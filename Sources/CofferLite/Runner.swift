@@ -168,7 +168,17 @@ public struct Runner {
         }
         if mode == .private { try checkMountPoint(options.dir) }
         var argv = options.command
-        if build { argv = try buildArguments(argv, specs: specs, templates: templates, dryRun: true) }
+        if build {
+            argv = try buildArguments(argv, specs: specs, templates: templates, dryRun: true)
+            // each file's build argument must be its own (a.b and a_b would share one)
+            var variables: [String: String] = [:]
+            for n in specs.map(\.name) + templates.map(\.name) + (options.envFile.map { [$0] } ?? []) {
+                if let other = variables.updateValue(n, forKey: RunNames.variable(for: n)) {
+                    throw CofferError(.invalidParameter, "\(other) and \(n) would share the build argument COFFER_SECRET_\(RunNames.variable(for: n))_VERSION",
+                                      hint: "rename one: --secret PATH=NAME")
+                }
+            }
+        }
         let exe = try resolveExecutable(argv[0])
         if isolated && !inside && !options.dryRun { return try runIsolated() }
 
@@ -178,7 +188,7 @@ public struct Runner {
         for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) + registryAuth.map(\.path)
             where seen.insert(p.rawValue).inserted { paths.append(p) }
         let http = try global.http()
-        let started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
+        var started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
                                        sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun)
         if options.dryRun {
             return try report(started, specs: specs, templates: templates, envVars: envVars, registryAuth: registryAuth, mode: mode, size: size)
@@ -188,18 +198,31 @@ public struct Runner {
         func end(_ status: Int?, _ fate: String) {
             guard !ended else { return }
             ended = true
-            try? RunAPI.end(http, runID, exitStatus: status, fate: fate)
+            // over a connection of its own: cofferd closes an idle keep-alive one after a
+            // minute, and a long run must still report its end
+            guard let fresh = try? global.http() else { return }
+            try? RunAPI.end(fresh, runID, exitStatus: status, fate: fate)
         }
         do {
             // 3. the files
             var values: [String: [UInt8]] = [:]
             var versions: [String: RunAPI.Secret] = [:]
-            for s in started.secrets {
-                guard let b64 = s.valueBase64, let data = Base64.decode(b64) else { throw ClientError(kind: .io, message: "cofferd sent no value for \(s.path)") }
-                values[s.path] = data
+            for i in started.secrets.indices {
+                let s = started.secrets[i]
+                guard let v = s.value else { throw ClientError(kind: .io, message: "cofferd sent no value for \(s.path)") }
+                values[s.path] = v
+                Wipe.bytes(&started.secrets[i].value!)
+                started.secrets[i].value = nil
                 versions[s.path] = s
+                versions[s.path]?.value = nil
             }
-            defer { for k in Array(values.keys) { Hashing.wipe(&values[k]!) } }
+            // every path asked for, and only values asked for (a broken or hostile peer
+            // must not turn a missing secret into an empty file)
+            for p in paths where values[p.rawValue] == nil {
+                throw ClientError(kind: .protocolError, message: "cofferd sent no value for \(p)")
+            }
+            func wipeValues() { for k in Array(values.keys) { Wipe.bytes(&values[k]!) } }
+            defer { wipeValues() }
             func versionKey(_ paths: [SecretPath], _ extra: [UInt8]) -> [UInt8] {
                 var key = extra
                 for p in paths { key += LengthPrefixed.encode("", [Array(p.rawValue.utf8), Array(String(versions[p.rawValue]?.version ?? 0).utf8),
@@ -259,8 +282,8 @@ public struct Runner {
             }
 
             // 5. run
-            let status = try spawn(exe: exe, argv: argv, environment: environment, files: files, dir: dir, mode: mode,
-                                   size: size, ttl: UInt32(clamping: started.ttlSeconds), inside: inside)
+            let status = try spawn(exe: exe, argv: argv, environment: environment, files: &files, dir: dir, mode: mode,
+                                   size: size, ttl: UInt32(clamping: started.ttlSeconds), inside: inside, beforeFork: wipeValues)
             if status.expired {
                 end(Int(status.code), "ttl expired: coffer run killed the command")
                 throw RunFailure(status: 124, message: "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
@@ -339,6 +362,7 @@ public struct Runner {
 
     /// PATH lookup as the shell does it; a clear error for missing or non-executable.
     func resolveExecutable(_ name: String) throws -> String {
+        guard !name.isEmpty else { throw RunFailure(status: 127, message: "the command is empty", hint: "coffer run [--secret PATH]… -- COMMAND [ARGS…]") }
         func check(_ p: String) -> Bool? {
             var st = stat()
             guard stat(p, &st) == 0 else { return nil }
@@ -437,10 +461,14 @@ public struct Runner {
 
     struct Status { var code: Int32; var expired: Bool }
 
-    func spawn(exe: String, argv: [String], environment: [String: String], files: [RunFile], dir: String, mode: Mode, size: Int,
-               ttl: UInt32, inside: Bool) throws -> Status {
+    /// Copies the files for the C side and wipes every Swift copy of the values before
+    /// the fork (the child would inherit them); the C copies are zeroed by the child
+    /// once written and by this process once the child reported.
+    func spawn(exe: String, argv: [String], environment: [String: String], files: inout [RunFile], dir: String, mode: Mode, size: Int,
+               ttl: UInt32, inside: Bool, beforeFork: () -> Void) throws -> Status {
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
-        defer { for p in cStrings { free(p) } }
+        // (the environment may hold values: --env)
+        defer { for p in cStrings { if let p { memset(p, 0, strlen(p)) }; free(p) } }
         func c(_ s: String) -> UnsafeMutablePointer<CChar>? {
             let p = strdup(s)
             cStrings.append(p)
@@ -456,15 +484,20 @@ public struct Runner {
             _ = b.initialize(from: f.bytes)
             return b
         }
+        let lengths = files.map(\.bytes.count)
         defer {
             for (i, b) in buffers.enumerated() {
-                memset(b.baseAddress!, 0, max(files[i].bytes.count, 1))
+                memset(b.baseAddress!, 0, max(lengths[i], 1))
                 b.deallocate()
             }
         }
         var cFiles = files.enumerated().map { i, f in
             coffer_run_file(name: nameC[i], data: UnsafePointer(buffers[i].baseAddress), length: UInt(f.bytes.count), mode: f.mode, uid: f.uid, gid: f.gid)
         }
+        beforeFork()
+        for i in files.indices { Wipe.bytes(&files[i].bytes) }
+        // whoever may read a file given to another owner must be able to reach it
+        let shared = files.contains { $0.uid != getuid() || $0.gid != getgid() }
         var reportFD: Int32 = -1
         let pid: Int32 = argvC.withUnsafeBufferPointer { a in
             envC.withUnsafeBufferPointer { e in
@@ -473,8 +506,8 @@ public struct Runner {
                         // inside a run without network, the network and PID namespaces are made already
                         private_mount: mode == .private ? 1 : 0, private_network: options.network == "none" && !inside ? 1 : 0,
                         pid_namespace: mode == .private && !options.keepChildren && !inside ? 1 : 0, allow_swap: options.allowSwap ? 1 : 0,
-                        drop_escape_caps: inside && geteuid() == 0 ? 1 : 0,
-                        dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: 0o500,
+                        drop_escape_caps: inside && geteuid() == 0 ? 1 : 0, container_pid: 0, container_root: nil,
+                        dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: shared ? 0o511 : 0o500,
                         dir_uid: getuid(), dir_gid: getgid(), files: UnsafePointer(f.baseAddress), file_count: Int32(files.count),
                         exe: UnsafePointer(exeC), argv: a.baseAddress, envp: e.baseAddress)
                     return coffer_run_spawn(&spec, &reportFD)
@@ -501,6 +534,7 @@ public struct Runner {
             }
         }
         close(reportFD)
+        for (i, b) in buffers.enumerated() { memset(b.baseAddress!, 0, max(lengths[i], 1)) }
         var expired: Int32 = 0
         let code = coffer_run_wait(pid, failure == nil ? ttl : 0, &expired)
         if let f = failure { throw describe(f, files: files, dir: dir) }
@@ -572,7 +606,8 @@ public struct Runner {
             try printLine(plan.pretty)
             return 0
         }
-        var lines = ["files (directory 0500, owner uid \(getuid())):"]
+        let shared = specs.contains { ($0.uid.map { $0 != getuid() } ?? false) || ($0.gid.map { $0 != getgid() } ?? false) }
+        var lines = ["files (directory \(shared ? "0511" : "0500"), owner uid \(getuid())):"]
         for s in specs {
             let v = version(s.path)
             lines.append("  \(s.name)  <- \(s.path) v\(v.map { String($0.version) } ?? "?")  mode \(octal4(s.mode))  uid \(s.uid ?? getuid()) gid \(s.gid ?? getgid())  (\(v?.allowedBy ?? "?"))")
@@ -622,7 +657,8 @@ enum RunAPI {
         var version: Int
         var createdAt: String
         var allowedBy: String
-        var valueBase64: String?
+        /// Decoded from value_base64 (absent in a dry run); wiped by whoever holds it.
+        var value: [UInt8]?
     }
 
     struct Started {
@@ -639,11 +675,13 @@ enum RunAPI {
     }
 
     static func start(_ http: UnixHTTPClient, paths: [String], mount: String, sizeBytes: Int, ttl: String?, network: String,
-                      dryRun: Bool) throws -> Started {
+                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil) throws -> Started {
         var body: [(String, JSON)] = [("secrets", .array(paths.map { .object([("path", .string($0))]) })), ("mount", .string(mount)),
                                       ("size_bytes", .int(sizeBytes))]
         if let ttl { body.append(("ttl", .string(ttl))) }
         body += [("network", .string(network)), ("dry_run", .bool(dryRun))]
+        if let holderPID { body.append(("holder_pid", .int(Int(holderPID)))) }
+        if let label { body.append(("label", .string(label))) }
         let r = try http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: Array(JSON.object(body).text.utf8))
         guard (200..<300).contains(r.status) else { throw APIError(r) }
         var raw = r.body
@@ -654,7 +692,17 @@ enum RunAPI {
         for s in list {
             guard let path = s["path"]?.string, let version = s["version"]?.int, let createdAt = s["created_at"]?.string,
                   let allowedBy = s["allowed_by"]?.string else { throw unreadable(r.status) }
-            secrets.append(Secret(path: path, version: version, createdAt: createdAt, allowedBy: allowedBy, valueBase64: s["value_base64"]?.string))
+            var value: [UInt8]?
+            if let b64 = s["value_base64"]?.string {
+                guard let v = Base64.decode(b64) else { throw unreadable(r.status) }
+                value = v
+            }
+            guard !secrets.contains(where: { $0.path == path }) else { throw unreadable(r.status) }
+            secrets.append(Secret(path: path, version: version, createdAt: createdAt, allowedBy: allowedBy, value: value))
+        }
+        // a run id goes into a URL: only what cofferd makes ([A-Za-z0-9_])
+        if let id = json["id"]?.string, id.isEmpty || id.utf8.count > 64 || !id.utf8.allSatisfy({ SecretPath.isAllowed($0) && $0 != UInt8(ascii: ".") && $0 != UInt8(ascii: "-") }) {
+            throw unreadable(r.status)
         }
         return Started(id: json["id"]?.string, mountPath: json["mount_path"]?.string, noswap: json["noswap"]?.bool, ttlSeconds: ttlSeconds,
                        network: network, secrets: secrets)
@@ -696,24 +744,32 @@ enum RegistryAuth {
         }
     }
 
+    /// HOST[:PORT][/PATH]: starts with a letter, digit or [ (IPv6), no empty or .. part.
     static func isRegistry(_ r: String) -> Bool {
-        !r.isEmpty && r.utf8.count <= 255 && !r.hasPrefix("/") && !r.hasPrefix("-")
-            && r.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || "-._:/[]".utf8.contains($0) }
+        guard let first = r.utf8.first, r.utf8.count <= 255 else { return false }
+        let alnum = { (b: UInt8) in (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) }
+        return (alnum(first) || first == UInt8(ascii: "["))
+            && r.utf8.allSatisfy { alnum($0) || "-._:/[]".utf8.contains($0) }
+            && !r.split(separator: "/", omittingEmptySubsequences: false).contains { $0.isEmpty || $0 == ".." || $0 == "." }
     }
 
     /// The auth.json of every source (the values never appear in an error).
     static func file(_ sources: [Source], values: [String: [UInt8]]) throws(CofferError) -> [UInt8] {
         var auths: [(String, JSON)] = []
-        func add(_ host: String, _ auth: String, from path: SecretPath) throws(CofferError) {
+        func add(_ host: String, _ entry: JSON, from path: SecretPath) throws(CofferError) {
             guard !auths.contains(where: { $0.0 == host }) else {
                 throw CofferError(.invalidParameter, "two --registry-auth give credentials for \(host) (the second from \(path))")
             }
-            auths.append((host, .object([("auth", .string(auth))])))
+            auths.append((host, entry))
         }
         for s in sources {
             var value = values[s.path.rawValue] ?? []
             defer { Wipe.bytes(&value) }
-            if let json = try? JSON.parse(value), case .object = json {
+            // what looks like JSON must be JSON (a truncated auth file is no user:password)
+            if value.first(where: { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }) == UInt8(ascii: "{") {
+                guard let json = try? JSON.parse(value), case .object = json else {
+                    throw CofferError(.invalidParameter, "\(s.path) starts like JSON but is not valid JSON")
+                }
                 guard s.registry == nil else {
                     throw CofferError(.invalidParameter, "\(s.path) holds an auth file: give it without REGISTRY= (its hosts are in it)")
                 }
@@ -721,11 +777,20 @@ enum RegistryAuth {
                     throw CofferError(.invalidParameter, "\(s.path) is JSON but no containers auth file: {\"auths\": {\"HOST\": {\"auth\": \"…\"}}} expected")
                 }
                 for (host, entry) in entries {
-                    guard isRegistry(host), let a = entry["auth"]?.string, let decoded = Base64.decode(a), let colon = decoded.firstIndex(of: UInt8(ascii: ":")),
+                    guard isRegistry(host) else { throw CofferError(.invalidParameter, "\(s.path): an entry is not for a registry (HOST[:PORT][/PATH])") }
+                    if let token = entry["identitytoken"]?.string, entry["auth"] == nil {
+                        // an OAuth refresh token, as containers-auth.json(5) keeps it
+                        guard !token.isEmpty, token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                            throw CofferError(.invalidParameter, "\(s.path): an identitytoken is not printable text")
+                        }
+                        try add(host, .object([("identitytoken", .string(token))]), from: s.path)
+                        continue
+                    }
+                    guard let a = entry["auth"]?.string, let decoded = Base64.decode(a), let colon = decoded.firstIndex(of: UInt8(ascii: ":")),
                           colon > 0 else {
                         throw CofferError(.invalidParameter, "\(s.path): the entry for a registry has no valid \"auth\" (base64 of user:password)")
                     }
-                    try add(host, a, from: s.path)
+                    try add(host, .object([("auth", .string(a))]), from: s.path)
                 }
             } else {
                 var text = value
@@ -737,9 +802,19 @@ enum RegistryAuth {
                 guard let registry = s.registry else {
                     throw CofferError(.invalidParameter, "\(s.path) holds user:password: say for which registry", hint: "--registry-auth REGISTRY=\(s.path)")
                 }
-                try add(registry, Base64.encode(text), from: s.path)
+                try add(registry, .object([("auth", .string(Base64.encode(text)))]), from: s.path)
             }
         }
         return Array(JSON.object([("auths", .object(auths))]).text.utf8)
+    }
+}
+
+extension RunAPI {
+    /// The live runs of the caller: id and label.
+    static func list(_ http: UnixHTTPClient) throws -> [(id: String, label: String?)] {
+        let r = try http.request("GET", "/v1/runs")
+        guard (200..<300).contains(r.status) else { throw APIError(r) }
+        guard let json = try? JSON.parse(r.body), let runs = json["runs"]?.array else { throw unreadable(r.status) }
+        return runs.compactMap { run in run["id"]?.string.map { ($0, run["label"]?.string) } }
     }
 }

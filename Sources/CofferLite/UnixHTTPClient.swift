@@ -35,6 +35,10 @@ public final class UnixHTTPClient {
     let socketPath: String
     var fd: Int32 = -1
     public var timeoutSeconds: Int = 30
+    /// The largest response body accepted (a hostile or broken peer cannot fill memory).
+    public var maxBodyBytes: Int = 64 << 20
+    /// When the response being read must be complete (a trickling peer cannot hold us).
+    var deadline: UInt64 = 0
     /// Sent as X-Coffer-Token on every request (never on the command line).
     public var token: String?
     /// When set, the server's uid as the kernel reports it (SO_PEERCRED) must be one
@@ -81,6 +85,7 @@ public final class UnixHTTPClient {
     /// Sends one request and reads one response (Content-Length or chunked).
     public func request(_ method: String, _ target: String, headers: [(String, String)] = [], body: [UInt8]? = nil) throws(ClientError) -> HTTPResult {
         try connectIfNeeded()
+        deadline = Self.monotonicNanos() + UInt64(timeoutSeconds) * 1_000_000_000
         var head = "\(method) \(target) HTTP/1.1\r\nHost: coffer\r\nUser-Agent: coffer/\(CofferClientInfo.version)\r\n"
         for (k, v) in headers { head += "\(k): \(v)\r\n" }
         if let token { head += "X-Coffer-Token: \(token)\r\n" }
@@ -111,7 +116,17 @@ public final class UnixHTTPClient {
 
     var pending: [UInt8] = []
 
+    static func monotonicNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
     func fill() throws(ClientError) -> Bool {
+        guard Self.monotonicNanos() < deadline else { throw ClientError(kind: .io, message: "timed out waiting for cofferd (\(timeoutSeconds)s)") }
+        guard pending.count <= maxBodyBytes + (64 << 10) else {
+            throw ClientError(kind: .protocolError, message: "cofferd's response is larger than \(maxBodyBytes) bytes")
+        }
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -155,15 +170,34 @@ public final class UnixHTTPClient {
             throw ClientError(kind: .protocolError, message: "malformed response from cofferd")
         }
         var headers: [(String, String)] = []
+        var headerBytes = 0
         while true {
             let line = try readLine()
             if line.isEmpty { break }
+            headerBytes += line.utf8.count
+            guard headers.count < 100, headerBytes <= 64 << 10 else { throw ClientError(kind: .protocolError, message: "cofferd sent too many headers") }
             guard let colon = line.firstIndex(of: ":") else { continue }
             headers.append((String(line[..<colon]), trimmed(line[line.index(after: colon)...])))
         }
         var result = HTTPResult(status: status, headers: headers, body: [])
         if method == "HEAD" || status == 204 || status == 304 { return result }
-        if let te = result.header("Transfer-Encoding"), te.lowercased().contains("chunked") {
+        // framing as RFC 9112 wants it, or no answer: one Content-Length (decimal, the
+        // same if repeated), or Transfer-Encoding exactly chunked, never both
+        let lengths = headers.filter { $0.0.lowercased() == "content-length" }.map(\.1)
+        let codings = headers.filter { $0.0.lowercased() == "transfer-encoding" }.map { $0.1.lowercased() }
+        var length: Int?
+        if let first = lengths.first {
+            guard lengths.allSatisfy({ $0 == first }), !first.isEmpty, first.utf8.count <= 15, first.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                  let n = Int(first) else { throw ClientError(kind: .protocolError, message: "malformed response from cofferd (Content-Length)") }
+            length = n
+        }
+        if !codings.isEmpty {
+            guard codings == ["chunked"], length == nil else {
+                throw ClientError(kind: .protocolError, message: "malformed response from cofferd (Transfer-Encoding)")
+            }
+        }
+        if let n = length, n > maxBodyBytes { throw ClientError(kind: .protocolError, message: "cofferd's response is larger than \(maxBodyBytes) bytes") }
+        if !codings.isEmpty {
             while true {
                 let sizeLine = try readLine()
                 guard let size = Int(trimmed(sizeLine.split(separator: ";", omittingEmptySubsequences: false)[0]), radix: 16), size >= 0 else {
@@ -173,10 +207,13 @@ public final class UnixHTTPClient {
                     while try !readLine().isEmpty {}
                     break
                 }
+                guard result.body.count + size <= maxBodyBytes else {
+                    throw ClientError(kind: .protocolError, message: "cofferd's response is larger than \(maxBodyBytes) bytes")
+                }
                 result.body += try readExactly(size)
-                _ = try readLine()
+                guard try readLine().isEmpty else { throw ClientError(kind: .protocolError, message: "malformed chunked response") }
             }
-        } else if let cl = result.header("Content-Length"), let n = Int(cl), n >= 0 {
+        } else if let n = length {
             result.body = try readExactly(n)
         } else {
             while try fill() {}

@@ -22,6 +22,7 @@ struct Coffer: ParsableCommand {
     /// (`coffer run` and `coffer build` are parsed by the lean `coffer` front first:
     /// what reaches this binary is what the front hands on.)
     static func main() {
+        ensureStandardDescriptors()
         main(FastRun.hoistGlobalOptions(Array(CommandLine.arguments.dropFirst())))
     }
 }

@@ -10,12 +10,15 @@ import Glibc
 // recognise — is handed, unchanged, to `coffer-cli` installed next to it, which
 // parses and reports with ArgumentParser. COFFER_CLI_FAST=0 hands over everything.
 
+ensureStandardDescriptors()
 let args = Array(CommandLine.arguments.dropFirst())
 if Environment.get("COFFER_CLI_FAST") != "0" {
     let hoisted = FastRun.hoistGlobalOptions(args)
     if let run = FastRun.parse(hoisted) { FastRun.execute(run) }
     if let get = FastGet.parse(hoisted) { FastGet.execute(get) }
 }
+// the OCI runtime hook (contrib/oci/): runs at every container start, so it lives here
+if args.first == "oci-hook" { OCIHook.main(Array(args.dropFirst())) }
 
 /// coffer-cli beside this executable (found through /proc/self/exe, not PATH or
 /// the environment: which program runs must not depend on where the caller stands).

@@ -174,12 +174,18 @@ import Testing
             let withNet = try d.coffer(["run", "--dir", dir, "--secret", "ci/signing/key", "--", "/bin/sh", "-c", "touch \(marks)/ran"], as: user)
             #expect(withNet.status == 5, "\(withNet.stderr)")
             #expect(!FileManager.default.fileExists(atPath: marks + "/ran"))
-            // to a run without network, yes
+            // to a run without network, yes — of a user who is not root: root can undo
+            // any namespace, so its runs never count as cut off
             let name = user == nil ? "root" : "user"
             let isolated = try d.coffer(["run", "--network", "none", "--allow-swap", "--dir", dir, "--secret", "ci/signing/key", "--", "/bin/sh", "-c",
                                          "cat $COFFER_SECRETS_DIR/key > \(marks)/\(name)"], as: user)
-            #expect(isolated.status == 0, "\(isolated.stderr)")
-            #expect(String(decoding: fileBytes(marks + "/" + name), as: UTF8.self).hasPrefix("SIGNING-"))
+            if user == nil {
+                #expect(isolated.status == 5 && isolated.stderr.contains("a run of root is never counted as cut off"), "\(isolated.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: marks + "/root"))
+            } else {
+                #expect(isolated.status == 0, "\(isolated.stderr)")
+                #expect(String(decoding: fileBytes(marks + "/" + name), as: UTF8.self).hasPrefix("SIGNING-"))
+            }
         }
         // the explanation names the requirement
         let explain = try d.coffer(["policy", "explain", "--as", "user:coffer-test", "inject", "ci/signing/key"])
@@ -190,32 +196,67 @@ import Testing
     }
 
     /// cofferd believes no claim: a request that says "network none" from the host's
-    /// network namespace, or from a new one while holding a socket of the host's, is refused.
+    /// network namespace, or from a new one while holding a socket made in the host's
+    /// (connected or not), is refused; so is one from root's process for a path that
+    /// requires it.
     @Test func aClaimOfIsolationIsCheckedNotBelieved() throws {
         let d = try Self.daemon()
+        let user = TestUser.nonAdmin
         let body = #"{"secrets":[{"path":"ci/signing/key"}],"mount":"private","network":"none"}"#
-        let (status, text) = try d.curl("POST", "/v1/runs", body: body)
+        let (status, text) = try d.curl("POST", "/v1/runs", body: body, as: user)
         #expect(status == 403 && errorCode(text) == "network_not_isolated", "\(status) \(text)")
         #expect(text.contains("shares the host's network namespace"), "\(text)")
         #expect(!text.contains("SIGNING-"))
-        // a process in a network namespace of its own that kept a TCP socket of the host's
+        let curl = ["/usr/bin/curl", "-s", "--unix-socket", d.socket, "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+                    "-w", "\n%{http_code}", "http://coffer/v1/runs"]
+        // in a network namespace of its own (a user namespace's), holding a UDP socket
+        // of the host's that is not even bound, or a connected TCP one
         let listener = try Listener()
-        let keep = """
-            import os, socket, sys
-            s = socket.create_connection(("127.0.0.1", \(listener.port)))
-            os.set_inheritable(s.fileno(), True)
-            os.execv("/usr/bin/unshare", ["unshare", "-n", "--", "/usr/bin/curl", "-s", "--unix-socket", sys.argv[1], "-X", "POST",
-                     "-H", "Content-Type: application/json", "-d", sys.argv[2], "-w", "\\n%{http_code}", "http://coffer/v1/runs"])
-            """
-        let script = d.dir + "/keep.py"
-        try keep.write(toFile: script, atomically: true, encoding: .utf8)
-        let held = try run("/usr/bin/python3", [script, d.socket, body])
-        #expect(held.out.hasSuffix("\n403") && held.out.contains("holds a socket of the host's network"), "\(held.out) \(held.stderr)")
-        #expect(!held.out.contains("SIGNING-"))
+        for kind in ["udp", "tcp"] {
+            let keep = """
+                import os, socket, sys
+                if sys.argv[1] == "udp":
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                else:
+                    s = socket.create_connection(("127.0.0.1", \(listener.port)))
+                os.set_inheritable(s.fileno(), True)
+                os.execv("/usr/bin/unshare", ["unshare", "-rnm", "--"] + sys.argv[2:])
+                """
+            let script = d.dir + "/keep.py"
+            try keep.write(toFile: script, atomically: true, encoding: .utf8)
+            chmod(script, 0o644)
+            let (exe, args) = user.wrap("/usr/bin/python3", [script, kind] + curl)
+            let held = try run(exe, args)
+            #expect(held.out.hasSuffix("\n403") && held.out.contains("holds a socket of another network namespace"), "\(kind): \(held.out) \(held.stderr)")
+            #expect(!held.out.contains("SIGNING-"))
+        }
         // the same without the socket: a process with no network receives it
-        let clean = try run("/usr/bin/unshare", ["-n", "--", "/usr/bin/curl", "-s", "--unix-socket", d.socket, "-X", "POST",
-                                                 "-H", "Content-Type: application/json", "-d", body, "-w", "\n%{http_code}", "http://coffer/v1/runs"])
+        let (exe, args) = user.wrap("/usr/bin/unshare", ["-rnm", "--"] + curl)
+        let clean = try run(exe, args)
         #expect(clean.out.hasSuffix("\n200") && clean.out.contains("value_base64"), "\(clean.out) \(clean.stderr)")
+        // root's process in a namespace of its own: a run without network, but not counted as cut off
+        let rootClean = try run("/usr/bin/unshare", ["-n", "--"] + curl)
+        #expect(rootClean.out.hasSuffix("\n403") && rootClean.out.contains("never counted as cut off"), "\(rootClean.out)")
+    }
+
+    /// What `coffer run` inherits stays outside: descriptors beyond 0-2 do not reach a
+    /// run without network (an inherited socket would still reach the host's).
+    @Test func inheritedDescriptorsDoNotCrossIntoARunWithoutNetwork() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let script = d.dir + "/inherit.py"
+        try """
+            import os, socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            os.set_inheritable(s.fileno(), True)
+            fd = str(s.fileno())
+            os.execv(sys.argv[1], sys.argv[1:] + ["/bin/sh", "-c", "if [ -e /proc/self/fd/" + fd + " ]; then echo inherited; else echo closed; fi"])
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o644)
+        let (exe, args) = user.wrap("/usr/bin/python3", [script, Bins.sharedCoffer, "--socket", d.socket, "run", "--network", "none", "--allow-swap",
+                                                        "--dir", d.dir + "/secrets", "--secret", "ci/signing/key", "--"])
+        let r = try run(exe, args)
+        #expect(r.status == 0 && r.out == "closed\n", "\(r.out) \(r.stderr)")
     }
 
     @Test func badInputIsRefused() throws {

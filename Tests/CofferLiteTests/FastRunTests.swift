@@ -38,6 +38,7 @@ import Testing
             ["run", "--format", "yaml", "--", "x"],
             ["run", "positional", "--", "x"],
             ["run", "-s", "a", "--", "x"],
+            ["run", "--ttl=", "--", "x"],                     // an empty attached value: ArgumentParser says it is missing
         ]
         for args in declined { #expect(FastRun.parse(args) == nil, "\(args)") }
     }

@@ -74,6 +74,12 @@ typedef struct {
     /* a root command of a run without network: no CAP_SYS_ADMIN, CAP_NET_ADMIN,
      * CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_BPF (nothing to leave its namespaces with) */
     int drop_escape_caps;
+    /* a container's injection (the OCI hook): the tmpfs is made in the mount namespace
+     * of container_pid and attached at `dir` resolved inside container_root (an
+     * absolute path there, before pivot_root), creating missing directories; no
+     * command runs (exe NULL) */
+    int container_pid;
+    const char *container_root;
     const char *dir;
     unsigned long size_bytes;
     unsigned int dir_mode;
@@ -135,5 +141,11 @@ int coffer_pidfd_open(int pid);
 int coffer_pidfd_exited(int pidfd);
 /// pidfd_send_signal; 0 or -1 with errno.
 int coffer_pidfd_kill(int pidfd, int sig);
+
+/// Of descriptor `targetfd` of the process behind `pidfd` (a copy taken with
+/// pidfd_getfd, closed again): its socket domain, for a socket of the IP family (or
+/// any but AF_UNIX) the inode of its network namespace (SIOCGSKNS), for AF_UNIX the
+/// pid of its peer (SO_PEERCRED). 0, or -1 and errno (not a socket: ENOTSOCK).
+int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long *netns_inode, int *peer_pid);
 
 #endif

@@ -42,8 +42,19 @@ extension APIResponder {
             ttl = s
         }
         let dryRun = body.dryRun ?? false
+        var holder: Int32?
+        if let h = body.holderPID {
+            guard h > 1, h <= Int(Int32.max) else { throw CofferError(.invalidParameter, "holder_pid must be a process id above 1") }
+            guard mount == .private else { throw CofferError(.invalidParameter, "holder_pid goes with mount \"private\" (a container's own namespace)") }
+            holder = Int32(h)
+        }
+        if let l = body.label {
+            guard !l.isEmpty, l.utf8.count <= 128, l.utf8.allSatisfy({ SecretPath.isAllowed($0) || $0 == UInt8(ascii: ":") }) else {
+                throw CofferError(.invalidParameter, "label must be 1-128 of [A-Za-z0-9._:-]")
+            }
+        }
         let started = try await engine.runs.start(i.ticket, principal, secrets: refs, mount: mount, sizeBytes: body.sizeBytes, ttl: ttl,
-                                                  network: network, dryRun: dryRun)
+                                                  network: network, dryRun: dryRun, holder: holder, label: body.label)
         let secrets = started.secrets.map { s in
             RunSecretInfo(path: s.path.rawValue, version: s.meta.version, createdAt: Timestamp.string(millis: s.meta.createdAt),
                           allowedBy: s.allowedBy.rawValue, valueBase64: s.value.map { Data($0.copyToArray()).base64EncodedString() })
@@ -82,7 +93,7 @@ extension APIResponder {
 
     func runInfo(_ r: RunService.Run) -> RunInfo {
         RunInfo(id: r.id, uid: r.uid, pid: r.pid, mount: r.mount.rawValue, mountPath: r.mountPath, startedAt: Timestamp.string(millis: r.startedAt),
-                expiresAt: Timestamp.string(millis: r.expiresAt), paths: r.paths, network: r.network.rawValue, fate: r.fate)
+                expiresAt: Timestamp.string(millis: r.expiresAt), paths: r.paths, network: r.network.rawValue, label: r.label, fate: r.fate)
     }
 }
 

@@ -1,0 +1,159 @@
+import Foundation
+import Testing
+
+/// `coffer oci-hook` with real runc: a busybox-static rootfs whose config.json runs the
+/// hook at createRuntime and poststop; the container reads /run/secrets.
+@Suite(.serialized) struct ContainerTests {
+    static let policy = """
+        [role.ops]
+        [[role.ops.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "admin", "audit"]
+        [[role.ops.rule]]
+        path = "ci/private/**"
+        capabilities = ["read"]
+        effect = "deny"
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["ops"]
+        """
+
+    /// A bundle: rootfs with busybox and its applets, config.json from `runc spec`
+    /// with the hooks, the annotations and the command given.
+    static func bundle(_ d: Daemon, _ name: String, script: String, annotations: [String: String]) throws -> String {
+        let bundle = d.dir + "/" + name
+        let rootfs = bundle + "/rootfs"
+        for sub in ["bin", "proc", "sys", "dev", "run", "tmp"] {
+            try FileManager.default.createDirectory(atPath: rootfs + "/" + sub, withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+        for applet in ["sh", "cat", "grep", "touch", "ls", "stat", "echo"] {
+            try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
+        }
+        let spec = try run("/usr/sbin/runc", ["spec", "--bundle", bundle])
+        #expect(spec.status == 0, "\(spec.stderr)")
+        let url = URL(fileURLWithPath: bundle + "/config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        var process = config["process"] as! [String: Any]
+        process["terminal"] = false
+        process["args"] = ["/bin/sh", "-c", script]
+        config["process"] = process
+        var root = config["root"] as! [String: Any]
+        root["readonly"] = false
+        config["root"] = root
+        config["annotations"] = annotations
+        let hook = { (stage: String) -> [String: Any] in
+            ["path": Bins.coffer, "args": ["coffer", "oci-hook", stage], "env": ["COFFER_SOCKET=\(d.socket)"], "timeout": 20]
+        }
+        config["hooks"] = ["createRuntime": [hook("createRuntime")], "poststop": [hook("poststop")]]
+        try JSONSerialization.data(withJSONObject: config).write(to: url)
+        return bundle
+    }
+
+    static func daemon() throws -> Daemon {
+        let d = try Daemon(config: "", policy: policy)
+        try d.start()
+        chmod(d.dir, 0o755)
+        for (path, value) in [("ci/app/db", "db-\(UUID().uuidString)"), ("ci/app/tls", "tls-key"), ("ci/private/x", "nope")] {
+            #expect(try d.coffer(["secret", "put", path], stdin: Array(value.utf8)).status == 0)
+        }
+        return d
+    }
+
+    static func hostMounts(under prefix: String) -> [String] {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").filter { $0.contains(prefix) || $0.contains("coffer-run") }.map(String.init)
+    }
+
+    static var available: Bool {
+        FileManager.default.isExecutableFile(atPath: "/usr/sbin/runc") && FileManager.default.isExecutableFile(atPath: "/bin/busybox")
+    }
+
+    @Test func theContainerReadsItsSecretsFromAReadOnlyNoswapTmpfs() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let db = try d.coffer(["secret", "get", "ci/app/db"]).out
+        let id = "coffer-test-\(getpid())-ok"
+        let b = try Self.bundle(d, "ok", script: "cat /run/secrets/db; echo; cat /run/secrets/tls; echo; stat -c '%a %u' /run/secrets/db /run/secrets/tls; grep ' /run/secrets ' /proc/mounts",
+                                annotations: ["io.coffer.secrets": "ci/app/db=db,ci/app/tls:uid=1000:mode=0440"])
+        let r = try run("/usr/sbin/runc", ["run", "--bundle", b, id], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.out.split(separator: "\n").map(String.init)
+        #expect(lines.count == 5, "\(r.out)")
+        guard lines.count == 5 else { return }
+        #expect(lines[0] == db && lines[1] == "tls-key")
+        #expect(lines[2] == "400 0" && lines[3] == "440 1000", "\(lines[2]) \(lines[3])")
+        #expect(lines[4].hasPrefix("coffer-run /run/secrets tmpfs ro,") && lines[4].contains("noswap") && lines[4].contains("nosuid,nodev,noexec"), "\(lines[4])")
+        // nothing of it on the host, and cofferd recorded both ends, labelled with the container
+        #expect(Self.hostMounts(under: b).isEmpty, "\(Self.hostMounts(under: b))")
+        let events = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out
+        #expect(events.contains("container:\(id)") && events.contains("ci/app/tls"), "\(events)")
+        let ends = try d.coffer(["audit", "search", "--action", "run_end", "--format", "json"]).out
+        #expect(ends.contains("the container stopped") && ends.contains("container:\(id)"), "\(ends)")
+        #expect(try d.coffer(["run", "list", "--all"]).out == "no live runs\n")
+    }
+
+    @Test func aDeniedOrMalformedRequestKeepsTheContainerFromStarting() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let cases: [(String, [String: String], String)] = [
+            ("denied", ["io.coffer.secrets": "ci/app/db,ci/private/x"], "permission denied"),
+            ("missing", ["io.coffer.secrets": "ci/app/nothing"], "no secret at ci/app/nothing"),
+            ("dotdot", ["io.coffer.secrets": "ci/app/db=.."], "is not a file name"),
+            ("twice", ["io.coffer.secrets": "ci/app/db=x,ci/app/tls=x"], "names x twice"),
+            ("mode", ["io.coffer.secrets": "ci/app/db:mode=999"], "mode must be octal"),
+            ("uid", ["io.coffer.secrets": "ci/app/db:uid=99999999999"], "uid must be a number"),
+            ("unknown", ["io.coffer.secrets": "ci/app/db", "io.coffer.colour": "blue"], "unknown annotation io.coffer.colour"),
+            ("target", ["io.coffer.secrets": "ci/app/db", "io.coffer.target": "/run/../etc"], "io.coffer.target must be"),
+        ]
+        for (name, annotations, message) in cases {
+            let b = try Self.bundle(d, name, script: "touch /ran", annotations: annotations)
+            let r = try run("/usr/sbin/runc", ["run", "--bundle", b, "coffer-test-\(getpid())-\(name)"], timeout: 60)
+            #expect(r.status != 0, "\(name)")
+            #expect(r.stderr.contains(message), "\(name): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: b + "/rootfs/ran"), "\(name): the container ran")
+            #expect(Self.hostMounts(under: b).isEmpty, "\(name)")
+        }
+        #expect(try d.coffer(["run", "list", "--all"]).out == "no live runs\n")
+    }
+
+    /// The target is resolved inside the container's root: a symbolic link in the
+    /// rootfs to an absolute path leads to that path inside the rootfs, never to the
+    /// host's; one that leads nowhere there fails the hook.
+    @Test func theTargetStaysInsideTheRootfs() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let outside = d.dir + "/outside"
+        mkdir(outside, 0o755)
+        // /run/link -> /tmp: <rootfs>/tmp/secrets, not the host's /tmp/secrets
+        let b = try Self.bundle(d, "link", script: "cat /run/link/secrets/db >/dev/null && echo read",
+                                annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.target": "/run/link/secrets"])
+        try FileManager.default.createSymbolicLink(atPath: b + "/rootfs/run/link", withDestinationPath: "/tmp")
+        let hostHad = FileManager.default.fileExists(atPath: "/tmp/secrets")
+        var r = try run("/usr/sbin/runc", ["run", "--bundle", b, "coffer-test-\(getpid())-link"], timeout: 60)
+        #expect(r.status == 0 && r.out == "read\n", "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: b + "/rootfs/tmp/secrets"))
+        #expect(FileManager.default.fileExists(atPath: "/tmp/secrets") == hostHad)
+        #expect(Self.hostMounts(under: b).isEmpty)
+        // /run/away -> a host directory that does not exist in the rootfs: refused
+        let b2 = try Self.bundle(d, "away", script: "touch /ran",
+                                 annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.target": "/run/away/secrets"])
+        try FileManager.default.createSymbolicLink(atPath: b2 + "/rootfs/run/away", withDestinationPath: outside)
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b2, "coffer-test-\(getpid())-away"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("cannot attach the tmpfs at /run/away/secrets inside the container's root"), "\(r.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: b2 + "/rootfs/ran"))
+        #expect(Self.hostMounts(under: b2).isEmpty)
+    }
+
+    @Test func aStateThatIsNotOneIsRefused() throws {
+        for (input, message) in [("not json", "is not an OCI state"), (#"{"id":"x","pid":1,"bundle":"/tmp"}"#, "is not a container's"),
+                                 (#"{"id":"x/y","pid":5,"bundle":"/tmp"}"#, "no valid container id"),
+                                 (#"{"id":"x","pid":999999999,"bundle":"/nonexistent","annotations":{"io.coffer.secrets":"a/b"}}"#, "not a directory")] {
+            let r = try run(Bins.coffer, ["oci-hook", "createRuntime"], stdin: Array(input.utf8))
+            #expect(r.status != 0 && r.stderr.contains(message), "\(input): \(r.stderr)")
+        }
+        let usage = try run(Bins.coffer, ["oci-hook"])
+        #expect(usage.status == 7 && usage.stderr.contains("usage: coffer oci-hook createRuntime|poststop"))
+    }
+}
