@@ -227,23 +227,9 @@ public enum OCIHook {
             return p
         }
         let rootC = c(root), dirC = c(target)
-        let nameC = files.map { c($0.name) }
-        let buffers = files.map { f -> UnsafeMutableBufferPointer<UInt8> in
-            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(f.bytes.count, 1))
-            _ = b.initialize(from: f.bytes)
-            return b
-        }
-        defer {
-            for (i, b) in buffers.enumerated() {
-                memset(b.baseAddress!, 0, max(files[i].bytes.count, 1))
-                b.deallocate()
-            }
-        }
-        var cFiles = files.enumerated().map { i, f in
-            coffer_run_file(name: nameC[i], data: UnsafePointer(buffers[i].baseAddress), length: UInt(f.bytes.count), mode: f.mode, uid: f.uid, gid: f.gid)
-        }
+        let spawnFiles = SpawnFiles(files)
         var reportFD: Int32 = -1
-        let child: Int32 = cFiles.withUnsafeMutableBufferPointer { f in
+        let child: Int32 = spawnFiles.entries.withUnsafeMutableBufferPointer { f in
             var spec = coffer_run_spec(
                 private_mount: 1, private_network: 0, pid_namespace: 0, allow_swap: 0, drop_escape_caps: 0,
                 container_pid: pid, container_root: UnsafePointer(rootC), dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: 0o555,
@@ -252,15 +238,8 @@ public enum OCIHook {
             return coffer_run_spawn(&spec, &reportFD)
         }
         guard child > 0 else { throw CofferError(.mountFailed, "cannot start the injection: \(String(cString: strerror(errno)))") }
-        var failure: coffer_run_report?
-        while true {
-            var r = coffer_run_report()
-            let n = read(reportFD, &r, MemoryLayout<coffer_run_report>.size)
-            if n < 0 && errno == EINTR { continue }
-            guard n == MemoryLayout<coffer_run_report>.size else { break }
-            if r.kind == Int32(COFFER_RUN_FAILED) { failure = r }
-        }
-        close(reportFD)
+        let failure = readSpawnReports(reportFD)
+        spawnFiles.zero()
         var expired: Int32 = 0
         let status = coffer_run_wait(child, 30, &expired)
         if let f = failure {

@@ -296,6 +296,17 @@ public struct Runner {
         }
     }
 
+    /// The command after `--` as the kernel gave it to this process: bytes, since not
+    /// every argument is UTF-8 (a String would replace such bytes).
+    static func rawCommand() -> [[CChar]]? {
+        let v = CommandLine.unsafeArgv
+        let argc = Int(CommandLine.argc)
+        for i in 1..<max(argc, 1) where v[i].map({ strcmp($0, "--") == 0 }) ?? false {
+            return (i + 1..<argc).compactMap { j in v[j].map { Array(UnsafeBufferPointer(start: $0, count: strlen($0) + 1)) } }
+        }
+        return nil
+    }
+
     /// Marks the second run of a run without network (set only by runIsolated, and
     /// believed only by PID 1 of a PID namespace; cofferd checks the isolation itself).
     static let insideMarker = "COFFER_RUN_INSIDE"
@@ -310,7 +321,7 @@ public struct Runner {
         environment[Self.insideMarker] = "1"
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
         defer { for p in cStrings { free(p) } }
-        let argvC = CommandLine.arguments.map { strdup($0) } + [nil]
+        let argvC = (0..<Int(CommandLine.argc)).map { CommandLine.unsafeArgv[$0].map { strdup($0) } ?? nil } + [nil]
         let envC = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         cStrings = argvC + envC
         var reportFD: Int32 = -1
@@ -322,15 +333,7 @@ public struct Runner {
             throw CofferError(.invalidParameter, "cannot make namespaces without network: \(String(cString: strerror(e)))",
                               hint: geteuid() == 0 ? nil : "a caller who is not root needs user namespaces (kernel.unprivileged_userns_clone, user.max_user_namespaces)")
         }
-        var failure: coffer_run_report?
-        while true {
-            var r = coffer_run_report()
-            let n = read(reportFD, &r, MemoryLayout<coffer_run_report>.size)
-            if n < 0 && errno == EINTR { continue }
-            guard n == MemoryLayout<coffer_run_report>.size else { break }
-            failure = r
-        }
-        close(reportFD)
+        let failure = readSpawnReports(reportFD)
         var expired: Int32 = 0
         let code = coffer_run_wait(pid, 0, &expired)
         if let f = failure {
@@ -474,26 +477,22 @@ public struct Runner {
             cStrings.append(p)
             return p
         }
-        let argvC = argv.map(c) + [nil]
+        // the command's own bytes where they are its arguments unchanged (coffer build adds some)
+        let rawArgs = argv == options.command ? Self.rawCommand().flatMap { $0.count == argv.count ? $0 : nil } : nil
+        let argvC: [UnsafeMutablePointer<CChar>?]
+        if let rawArgs {
+            argvC = rawArgs.map { bytes -> UnsafeMutablePointer<CChar>? in
+                let p = bytes.withUnsafeBufferPointer { strdup($0.baseAddress!) }
+                cStrings.append(p)
+                return p
+            } + [nil]
+        } else {
+            argvC = argv.map(c) + [nil]
+        }
         let envC = environment.map { c("\($0.key)=\($0.value)") } + [nil]
         let exeC = c(exe), dirC = c(dir)
-        let nameC = files.map { c($0.name) }
-        // value copies for the C side, wiped after the fork (the child has its own)
-        let buffers = files.map { f -> UnsafeMutableBufferPointer<UInt8> in
-            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(f.bytes.count, 1))
-            _ = b.initialize(from: f.bytes)
-            return b
-        }
-        let lengths = files.map(\.bytes.count)
-        defer {
-            for (i, b) in buffers.enumerated() {
-                memset(b.baseAddress!, 0, max(lengths[i], 1))
-                b.deallocate()
-            }
-        }
-        var cFiles = files.enumerated().map { i, f in
-            coffer_run_file(name: nameC[i], data: UnsafePointer(buffers[i].baseAddress), length: UInt(f.bytes.count), mode: f.mode, uid: f.uid, gid: f.gid)
-        }
+        // value copies for the C side, zeroed once the child reported (it has its own)
+        let spawnFiles = SpawnFiles(files)
         beforeFork()
         for i in files.indices { Wipe.bytes(&files[i].bytes) }
         // whoever may read a file given to another owner must be able to reach it
@@ -501,7 +500,7 @@ public struct Runner {
         var reportFD: Int32 = -1
         let pid: Int32 = argvC.withUnsafeBufferPointer { a in
             envC.withUnsafeBufferPointer { e in
-                cFiles.withUnsafeMutableBufferPointer { f in
+                spawnFiles.entries.withUnsafeMutableBufferPointer { f in
                     var spec = coffer_run_spec(
                         // inside a run without network, the network and PID namespaces are made already
                         private_mount: mode == .private ? 1 : 0, private_network: options.network == "none" && !inside ? 1 : 0,
@@ -521,20 +520,12 @@ public struct Runner {
             throw ClientError(kind: .io, message: "cannot start the command: \(String(cString: strerror(e)))")
         }
         // what the child reports before the command starts (EOF: it started)
-        var failure: coffer_run_report?
-        while true {
-            var r = coffer_run_report()
-            let n = read(reportFD, &r, MemoryLayout<coffer_run_report>.size)
-            if n < 0 && errno == EINTR { continue }
-            guard n == MemoryLayout<coffer_run_report>.size else { break }
+        let failure = readSpawnReports(reportFD) { r in
             if r.kind == Int32(COFFER_RUN_NOTE_SWAP) {
                 writeStderr("coffer: warning: the kernel refused noswap (--allow-swap): the tmpfs may be swapped out\n")
-            } else {
-                failure = r
             }
         }
-        close(reportFD)
-        for (i, b) in buffers.enumerated() { memset(b.baseAddress!, 0, max(lengths[i], 1)) }
+        spawnFiles.zero()
         var expired: Int32 = 0
         let code = coffer_run_wait(pid, failure == nil ? ttl : 0, &expired)
         if let f = failure { throw describe(f, files: files, dir: dir) }
@@ -817,4 +808,51 @@ extension RunAPI {
         guard let json = try? JSON.parse(r.body), let runs = json["runs"]?.array else { throw unreadable(r.status) }
         return runs.compactMap { run in run["id"]?.string.map { ($0, run["label"]?.string) } }
     }
+}
+
+/// The files of a run as the C spawner takes them: names and value copies outside
+/// Swift's heap, zeroed by `zero()` (once the child has its own) and on release.
+final class SpawnFiles {
+    private var names: [UnsafeMutablePointer<CChar>?]
+    private var buffers: [UnsafeMutableBufferPointer<UInt8>]
+    var entries: [coffer_run_file]
+
+    init(_ files: [RunFile]) {
+        names = files.map { strdup($0.name) }
+        buffers = files.map { f in
+            let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(f.bytes.count, 1))
+            _ = b.initialize(from: f.bytes)
+            return b
+        }
+        entries = []
+        for (i, f) in files.enumerated() {
+            entries.append(coffer_run_file(name: names[i], data: UnsafePointer(buffers[i].baseAddress), length: UInt(f.bytes.count),
+                                           mode: f.mode, uid: f.uid, gid: f.gid))
+        }
+    }
+
+    func zero() {
+        for b in buffers { memset(b.baseAddress!, 0, b.count) }
+    }
+
+    deinit {
+        zero()
+        for b in buffers { b.deallocate() }
+        for n in names { free(n) }
+    }
+}
+
+/// What the spawner's child reports before its work is done (EOF: it is): notes go
+/// to `note`, the failure (if any) is returned. The descriptor is closed.
+func readSpawnReports(_ fd: Int32, note: (coffer_run_report) -> Void = { _ in }) -> coffer_run_report? {
+    var failure: coffer_run_report?
+    while true {
+        var r = coffer_run_report()
+        let n = read(fd, &r, MemoryLayout<coffer_run_report>.size)
+        if n < 0 && errno == EINTR { continue }
+        guard n == MemoryLayout<coffer_run_report>.size else { break }
+        if r.kind == Int32(COFFER_RUN_FAILED) { failure = r } else { note(r) }
+    }
+    close(fd)
+    return failure
 }

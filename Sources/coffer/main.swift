@@ -30,7 +30,8 @@ guard n > 0 else {
 }
 let selfPath = buf.withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0).prefix(n), as: UTF8.self) }
 let cli = String(selfPath[..<(selfPath.lastIndex(of: "/") ?? selfPath.startIndex)]) + "/coffer-cli"
-var argv: [UnsafeMutablePointer<CChar>?] = (["coffer"] + args).map { strdup($0) } + [nil]
+// the arguments as the kernel gave them (not every one is UTF-8: a command's may not be)
+var argv: [UnsafeMutablePointer<CChar>?] = [strdup("coffer")] + (1..<Int(CommandLine.argc)).map { CommandLine.unsafeArgv[$0] } + [nil]
 execv(cli, &argv)
 report("cannot run \(cli): \(String(cString: strerror(errno)))", hint: "install coffer-cli in the same directory as coffer")
 exit(Exit.failure)

@@ -413,6 +413,9 @@ import Testing
             #expect(fast.stdout == slow.stdout, "\(args): \(fast.out) | \(slow.out)")
             #expect(fast.stderr == slow.stderr, "\(args)")
         }
+        // an argument that is not UTF-8 reaches the command byte for byte
+        let bytes = try run("/bin/sh", ["-c", "COFFER_SOCKET=\(d.socket) \(Bins.coffer) run --dir \(dir) --secret ci/npm/token -- /bin/sh -c 'printf %s \"$1\" | od -An -tx1' x \"$(printf '\\377\\376')\""])
+        #expect(bytes.out.trimmingCharacters(in: .whitespacesAndNewlines) == "ff fe", "\(bytes.out) \(bytes.stderr)")
         // and what they print is what each case is about
         let ok = try run(Bins.coffer, cases[0], env: ["COFFER_SOCKET": d.socket])
         #expect(ok.status == 3 && ok.out == "npm-tok-1\n", "\(ok.out) \(ok.stderr)")
