@@ -157,8 +157,16 @@ static void coffer_default_signals(void) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    /* and without the capabilities a user namespace's runner kept for its setup */
+    /* and without the capabilities a user namespace's runner kept for its setup
+     * (ambient and inheritable: nothing carries into a program's file capabilities) */
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) == 0 && (d[0].inheritable || d[1].inheritable)) {
+        d[0].inheritable = 0;
+        d[1].inheritable = 0;
+        syscall(SYS_capset, &h, d);
+    }
 }
 
 /* The signals forwarded (and SIGALRM, the TTL) must reach the processes that
@@ -647,12 +655,30 @@ int coffer_pidfd_kill(int pidfd, int sig) {
 #define SYS_pidfd_getfd 438
 #endif
 
+/* A copy of a requester's socket is closed on a thread of its own: if the requester
+ * closed its descriptor meanwhile, ours is the last and close() waits out SO_LINGER,
+ * which the requester chose — never on a thread that serves requests. */
+static void *coffer_close_later(void *arg) {
+    close((int)(intptr_t)arg);
+    return NULL;
+}
+
+static void coffer_close_detached(int fd) {
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    if (pthread_create(&t, &a, coffer_close_later, (void *)(intptr_t)fd) != 0) close(fd);
+    pthread_attr_destroy(&a);
+}
+
 int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long *netns_inode, int *peer_pid) {
     int fd = (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
     if (fd < 0) return -1;
     int d = 0;
     socklen_t len = sizeof(d);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &d, &len) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &d, &len) != 0) { int e = errno; coffer_close_detached(fd); errno = e; return -1; }
     *domain = d;
     *netns_inode = 0;
     *peer_pid = 0;
@@ -668,6 +694,6 @@ int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long
             close(ns);
         }
     }
-    close(fd);
+    coffer_close_detached(fd);
     return 0;
 }

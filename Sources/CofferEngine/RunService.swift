@@ -191,6 +191,10 @@ public final class RunService: Sendable {
         details["ttl_seconds"] = .number(Int64(ttlSeconds))
         details["size_bytes"] = .number(Int64(size))
         if let label { details["label"] = .text(label) }
+        if network == .none && !dryRun {
+            // what cofferd found of the requester: cut off (the condition network:none), or root's (never counted)
+            details["isolation"] = .text(p.conditions.contains(.networkNone) ? "verified" : "root: not counted")
+        }
         if let holder { details["holder_pid"] = .number(Int64(holder)) }
         if dryRun {
             ticket.update { $0.details = details; $0.action = "inject_plan" }
@@ -518,8 +522,13 @@ public final class RunService: Sendable {
             guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return "its open files cannot be read" }
             guard fds.count <= maxFilesChecked else { return "it holds more than \(maxFilesChecked) open files (too many to check)" }
             var holdsConnection = false
+            var link = [CChar](repeating: 0, count: 64)
             for name in fds {
                 guard let fd = Int32(name) else { continue }
+                // only sockets are copied (closing a copy of anything else may block:
+                // a lingering socket closed by its owner meanwhile, a FUSE file)
+                let n = readlink("/proc/\(pid)/fd/\(fd)", &link, link.count - 1)
+                guard n > 8, link.withUnsafeBufferPointer({ strncmp($0.baseAddress!, "socket:[", 8) == 0 }) else { continue }
                 var domain: Int32 = 0, netns: UInt64 = 0, peer: Int32 = 0
                 guard coffer_socket_facts(pidfd, fd, &domain, &netns, &peer) == 0 else {
                     if errno == ENOTSOCK || errno == EBADF { continue }

@@ -137,6 +137,8 @@ import Testing
         // the injection's audit event says which network the run had, as cofferd verified it
         let events = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out
         #expect(events.contains(#""network":"none""#) && events.contains(#""network":"host""#), "\(events)")
+        // and whether cofferd counted it as cut off: the user's run yes, root's never
+        #expect(events.contains(#""isolation":"verified""#) && events.contains(#""isolation":"root: not counted""#), "\(events)")
     }
 
     /// A root command could otherwise undo its namespace (uncover the host's /proc by
