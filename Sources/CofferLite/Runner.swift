@@ -198,8 +198,9 @@ public struct Runner {
         func end(_ status: Int?, _ fate: String) {
             guard !ended else { return }
             ended = true
-            // over a connection of its own: cofferd closes an idle keep-alive one after a
-            // minute, and a long run must still report its end
+            if (try? RunAPI.end(http, runID, exitStatus: status, fate: fate)) != nil { return }
+            // cofferd closes an idle keep-alive connection after a minute: a long run
+            // reports its end over a new one (a repeat of an end that did arrive is a 404)
             guard let fresh = try? global.http() else { return }
             try? RunAPI.end(fresh, runID, exitStatus: status, fate: fate)
         }
