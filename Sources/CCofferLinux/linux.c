@@ -390,6 +390,20 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
     }
 }
 
+/* In a forked child: killed when coffer run dies (PDEATHSIG), and gone at once if it
+ * died before that was set — watched through a pidfd of it where getppid() cannot
+ * tell (PID 1 of a new namespace sees 0), else by getppid() against `parent` (0: not). */
+static void coffer_die_with_parent(int parent_fd, pid_t parent) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (parent_fd >= 0) {
+        struct pollfd pf = {parent_fd, POLLIN, 0};
+        if (poll(&pf, 1, 0) != 0) _exit(125);
+        close(parent_fd);
+    } else if (parent > 0 && getppid() != parent) {
+        _exit(125);
+    }
+}
+
 int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
     char size_text[32];
     snprintf(size_text, sizeof(size_text), "%lu", spec->size_bytes);
@@ -422,15 +436,7 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
     }
     if (pid == 0) {
         close(fds[0]);
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (parent_fd >= 0) {
-            /* coffer run died before the prctl */
-            struct pollfd pf = {parent_fd, POLLIN, 0};
-            if (poll(&pf, 1, 0) != 0) _exit(125);
-            close(parent_fd);
-        } else if (getppid() != parent) {
-            _exit(125);  /* coffer run died before the prctl */
-        }
+        coffer_die_with_parent(parent_fd, parent);
         coffer_run_child(spec, size_text, fds[1], &old);
         _exit(125);
     }
@@ -490,12 +496,7 @@ int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int 
     if (pid == 0) {
         int fd = fds[1];
         close(fds[0]);
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (parent_fd >= 0) {
-            struct pollfd pf = {parent_fd, POLLIN, 0};
-            if (poll(&pf, 1, 0) != 0) _exit(125);
-            close(parent_fd);
-        }
+        coffer_die_with_parent(parent_fd, 0);
         if (userns) {
             /* wait until the parent has mapped our uid and gid */
             char c;

@@ -501,7 +501,8 @@ public final class RunService: Sendable {
             guard stat(path, &st) == 0 else { return nil }
             return (UInt64(st.st_ino), UInt64(st.st_dev))
         }
-        let mnt = inode("/proc/\(pid)/ns/mnt").map { $0 != inode("/proc/self/ns/mnt").map { $0 } ?? (0, 0) } ?? false
+        var mnt = false
+        if let theirs = inode("/proc/\(pid)/ns/mnt"), let mine = inode("/proc/self/ns/mnt") { mnt = theirs != mine }
         func problem() -> String? {
             guard let net = inode("/proc/\(pid)/ns/net"), let host = inode("/proc/1/ns/net") ?? inode("/proc/self/ns/net") else {
                 return "its network namespace cannot be read"
