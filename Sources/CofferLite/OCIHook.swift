@@ -264,7 +264,12 @@ public enum OCIHook {
         let http = try settings(state).http()
         let label = "container:" + state.id
         for run in try RunAPI.list(http) where run.label == label {
-            try RunAPI.end(http, run.id, exitStatus: nil, fate: "the container stopped")
+            do {
+                try RunAPI.end(http, run.id, exitStatus: nil, fate: "the container stopped")
+            } catch let e as APIError where e.status == 404 {
+                // cofferd watches the container's process too, and may have ended the
+                // run when it exited, between the list and this end: nothing is left to do
+            }
         }
     }
 }

@@ -90,7 +90,11 @@ import Testing
         let events = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out
         #expect(events.contains("container:\(id)") && events.contains("ci/app/tls"), "\(events)")
         let ends = try d.coffer(["audit", "search", "--action", "run_end", "--format", "json"]).out
-        #expect(ends.contains("the container stopped") && ends.contains("container:\(id)"), "\(ends)")
+        // one end, from the poststop hook or from cofferd's watch of the container's
+        // process (it exits before runc calls poststop: either may come first)
+        let allowed = ends.split(separator: "\n").filter { $0.contains("\"decision\":\"allow\"") && $0.contains("\"outcome\":\"ok\"") }
+        #expect(allowed.count == 1 && allowed[0].contains("container:\(id)")
+                && (allowed[0].contains("the container stopped") || allowed[0].contains("the runner exited without ending the run")), "\(ends)")
         #expect(try d.coffer(["run", "list", "--all"]).out == "no live runs\n")
     }
 
