@@ -34,6 +34,8 @@ enum Bins {
         }
         return d + "/coffer"
     }()
+    /// The package's folder (contrib/ files the tests use as shipped).
+    static let packageRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     static var cofferd: String { dir + "/cofferd" }
     static var coffer: String { dir + "/coffer" }
 }
