@@ -151,6 +151,69 @@ import Testing
         #expect(Self.hostMounts(under: b2).isEmpty)
     }
 
+    /// `io.coffer.token-file`: the hook acts with the token of the person starting the
+    /// container (here one limited to ci/app/db), not with the runtime's uid 0.
+    @Test func aTokenFileNarrowsWhatTheContainerGets() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let tokenFile = d.dir + "/starter.token"
+        let created = try d.coffer(["token", "create", "--role", "ops", "--paths", "ci/app/db", "--output", tokenFile])
+        #expect(created.status == 0, "\(created.stderr)")
+        // uid 0 itself may read ci/app/tls; with the token the container may not
+        let b = try Self.bundle(d, "tok", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db,ci/app/tls", "io.coffer.token-file": tokenFile])
+        var r = try run("/usr/sbin/runc", ["run", "--bundle", b, "coffer-test-\(getpid())-tok"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("permission denied"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: b + "/rootfs/ran"))
+        let b2 = try Self.bundle(d, "tok2", script: "cat /run/secrets/db >/dev/null && echo ok", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.token-file": tokenFile])
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b2, "coffer-test-\(getpid())-tok2"], timeout: 60)
+        #expect(r.status == 0 && r.out == "ok\n", "\(r.stderr)")
+        let events = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out
+        #expect(events.contains("\"token_accessor\""), "the injection was not made with the token: \(events)")
+        // a token file others can read is refused, and so is one that is not there
+        chmod(tokenFile, 0o644)
+        let b3 = try Self.bundle(d, "tok3", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.token-file": tokenFile])
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b3, "coffer-test-\(getpid())-tok3"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("is readable by others"), "\(r.stderr)")
+        let b4 = try Self.bundle(d, "tok4", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.token-file": d.dir + "/none"])
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b4, "coffer-test-\(getpid())-tok4"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("cannot read the token file"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: b3 + "/rootfs/ran") && !FileManager.default.fileExists(atPath: b4 + "/rootfs/ran"))
+    }
+
+    /// Twenty containers started at once: each reads its own values, every run ends,
+    /// nothing is left mounted on the host.
+    @Test func twentyConcurrentStarts() async throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let db = try d.coffer(["secret", "get", "ci/app/db"]).out
+        var bundles: [String] = []
+        for i in 0..<20 {
+            bundles.append(try Self.bundle(d, "c\(i)", script: "cat /run/secrets/db", annotations: ["io.coffer.secrets": "ci/app/db"]))
+        }
+        let results = try await withThrowingTaskGroup(of: (Int, RunResult).self) { group in
+            for (i, b) in bundles.enumerated() {
+                group.addTask { (i, try run("/usr/sbin/runc", ["run", "--bundle", b, "coffer-test-\(getpid())-c\(i)"], timeout: 120)) }
+            }
+            var out: [(Int, RunResult)] = []
+            for try await r in group { out.append(r) }
+            return out
+        }
+        #expect(results.count == 20)
+        for (i, r) in results {
+            #expect(r.status == 0 && r.out == db, "container \(i): \(r.stderr)")
+        }
+        for b in bundles { #expect(Self.hostMounts(under: b).isEmpty) }
+        let injects = try d.coffer(["audit", "search", "--action", "inject", "--decision", "allow", "--format", "json"]).out
+        #expect(injects.split(separator: "\n").count == 20, "\(injects)")
+        var live = ""
+        for _ in 0..<50 {
+            live = try d.coffer(["run", "list", "--all"]).out
+            if live == "no live runs\n" { break }
+            usleep(100_000)
+        }
+        #expect(live == "no live runs\n")
+    }
+
     @Test func aStateThatIsNotOneIsRefused() throws {
         for (input, message) in [("not json", "is not an OCI state"), (#"{"id":"x","pid":1,"bundle":"/tmp"}"#, "is not a container's"),
                                  (#"{"id":"x/y","pid":5,"bundle":"/tmp"}"#, "no valid container id"),
