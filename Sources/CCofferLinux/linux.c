@@ -698,3 +698,165 @@ int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long
     coffer_close_detached(fd);
     return 0;
 }
+
+/* Live rotation (cofferd, as root): writes NAME in the run's tmpfs at TARGET as seen by
+ * the process behind PIDFD (pid PID; 0: cofferd's own namespace and root) — a new file
+ * with the owner and mode given, then renamed over the old one, so a reader sees the old
+ * value or the new one, never part of either. The tmpfs is made writable only for the
+ * swap when it was read-only. Done in a child (setns into the holder's mount namespace
+ * needs a process of one thread); 0, or -1 with errno (stage in *stage). */
+#include <stdlib.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <linux/magic.h>
+/* 1 when FD is the root of a mount whose line in this process's mountinfo (its
+ * current mount namespace) says "- tmpfs coffer-run". */
+static int coffer_is_run_mount(int fd, int procfd) {
+    struct statx sx;
+    memset(&sx, 0, sizeof(sx));
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &sx) != 0 || !(sx.stx_mask & STATX_MNT_ID)) return 0;
+    if (!(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) || !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT)) return 0;
+    /* this process's entry of the host's /proc (opened before setns: the namespace's
+     * own /proc may be another PID namespace's); its mountinfo shows the namespace
+     * this process is in when it opens it */
+    int mi = openat(procfd, "mountinfo", O_RDONLY | O_CLOEXEC);
+    if (mi < 0) return 0;
+    static char buf[1 << 16];
+    static char line[8192];
+    size_t used = 0;
+    int found = 0, skipping = 0;
+    for (;;) {
+        ssize_t n = read(mi, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n && !found; i++) {
+            char c = buf[i];
+            if (c != '\n') {
+                if (used + 1 < sizeof(line)) line[used++] = c; else skipping = 1;
+                continue;
+            }
+            line[used] = 0;
+            if (!skipping) {
+                char *end;
+                unsigned long long id = strtoull(line, &end, 10);
+                char *sep = strstr(line, " - ");
+                if (end != line && *end == ' ' && id == sx.stx_mnt_id && sep) {
+                    found = strncmp(sep + 3, "tmpfs coffer-run ", 17) == 0 ? 1 : -1;
+                }
+            }
+            used = 0;
+            skipping = 0;
+        }
+        if (found) break;
+    }
+    close(mi);
+    return found == 1;
+}
+
+static void coffer_rotate_child(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+                                unsigned int mode, unsigned int uid, unsigned int gid, int report) {
+    int stage = 1, rootfd, nsfd = -1;
+    char path[64];
+    if (pid > 0) {
+        snprintf(path, sizeof(path), "/proc/%d/root", pid);
+        rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        snprintf(path, sizeof(path), "/proc/%d/ns/mnt", pid);
+        nsfd = open(path, O_RDONLY | O_CLOEXEC);
+    } else {
+        rootfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    }
+    int procfd = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0 || procfd < 0 || (pid > 0 && nsfd < 0)) goto fail;
+    /* both opened while the holder lived: they are its, not a reused pid's */
+    if (pidfd >= 0) {
+        struct pollfd pf = {pidfd, POLLIN, 0};
+        if (poll(&pf, 1, 0) != 0) { errno = ESRCH; goto fail; }
+    }
+    stage = 2;
+    if (nsfd >= 0 && setns(nsfd, CLONE_NEWNS) != 0) goto fail;
+    stage = 3;
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    /* resolved inside the holder's root only (a link there cannot lead out of it);
+     * cofferd's own tmpfs by its path, without following any link */
+    how.resolve = pid > 0 ? (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) : (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    int dfd = (int)syscall(SYS_openat2, rootfd, target[0] == '/' ? target + 1 : target, &how, sizeof(how));
+    if (dfd < 0) goto fail;
+    struct statfs sfs;
+    if (fstatfs(dfd, &sfs) != 0) goto fail;
+    if (sfs.f_type != TMPFS_MAGIC) { errno = ENOTDIR; goto fail; }
+    /* and the root of a tmpfs Coffer made (source coffer-run), not whatever the holder
+     * may have mounted or uncovered there since */
+    if (!coffer_is_run_mount(dfd, procfd)) { errno = EPERM; goto fail; }
+    stage = 4;
+    struct statvfs vfs;
+    int wasReadOnly = fstatvfs(dfd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY);
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.attr_clr = MOUNT_ATTR_RDONLY;
+    if (wasReadOnly && mount_setattr(dfd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) != 0) goto fail;
+    stage = 5;
+    char tmp[300];
+    if (strlen(name) > 255) { errno = ENAMETOOLONG; goto reseal; }
+    snprintf(tmp, sizeof(tmp), ".%s.coffer-new", name);
+    unlinkat(dfd, tmp, 0);
+    int ffd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (ffd < 0) goto reseal;
+    if (coffer_write_all(ffd, data, length) != 0 || fchown(ffd, uid, gid) != 0 || fchmod(ffd, mode) != 0) {
+        int e = errno;
+        close(ffd);
+        unlinkat(dfd, tmp, 0);
+        errno = e;
+        goto reseal;
+    }
+    close(ffd);
+    memset((void *)data, 0, length);
+    if (renameat(dfd, tmp, dfd, name) != 0) { int e = errno; unlinkat(dfd, tmp, 0); errno = e; goto reseal; }
+    stage = 6;
+    attr.attr_clr = 0;
+    attr.attr_set = MOUNT_ATTR_RDONLY;
+    if (wasReadOnly && mount_setattr(dfd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) != 0) goto fail;
+    _exit(0);
+reseal:
+    {
+        int e = errno;
+        memset((void *)data, 0, length);
+        attr.attr_clr = 0;
+        attr.attr_set = MOUNT_ATTR_RDONLY;
+        if (wasReadOnly) mount_setattr(dfd, "", AT_EMPTY_PATH, &attr, sizeof(attr));
+        errno = e;
+    }
+fail:
+    {
+        int e = errno;
+        int msg[2] = {stage, e};
+        (void)!write(report, msg, sizeof(msg));
+        _exit(1);
+    }
+}
+
+int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+                       unsigned int mode, unsigned int uid, unsigned int gid, int *stage) {
+    int fds[2];
+    *stage = 0;
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    pid_t child = fork();
+    if (child < 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
+    if (child == 0) {
+        close(fds[0]);
+        coffer_rotate_child(pidfd, pid, target, name, data, length, mode, uid, gid, fds[1]);
+        _exit(1);
+    }
+    close(fds[1]);
+    int msg[2] = {0, 0};
+    ssize_t n;
+    do { n = read(fds[0], msg, sizeof(msg)); } while (n < 0 && errno == EINTR);
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+    *stage = n == (ssize_t)sizeof(msg) ? msg[0] : 0;
+    errno = n == (ssize_t)sizeof(msg) ? msg[1] : EIO;
+    return -1;
+}

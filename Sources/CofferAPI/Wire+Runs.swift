@@ -37,11 +37,15 @@ public struct RunStartRequest: Codable, Sendable {
     public var holderPID: Int?
     /// What the run is for, e.g. "container:ID" (recorded, listed; [A-Za-z0-9._:-], ≤ 128).
     public var label: String?
+    /// Live rotation: cofferd writes each new version of these files into the run's
+    /// tmpfs while the run lives.
+    public var follow: RunFollow?
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run", holderPID = "holder_pid", label
+        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run", holderPID = "holder_pid", label, follow
     }
     public init(secrets: [RunSecretRef], mount: String, sizeBytes: Int? = nil, ttl: String? = nil, network: String? = nil, dryRun: Bool? = nil,
-                holderPID: Int? = nil, label: String? = nil) {
+                holderPID: Int? = nil, label: String? = nil, follow: RunFollow? = nil) {
+        self.follow = follow
         self.secrets = secrets
         self.mount = mount
         self.sizeBytes = sizeBytes
@@ -62,6 +66,54 @@ public struct RunStartRequest: Codable, Sendable {
         dryRun = try c.decodeIfPresent(Bool.self, forKey: .dryRun)
         holderPID = try c.decodeIfPresent(Int.self, forKey: .holderPID)
         label = try c.decodeIfPresent(String.self, forKey: .label)
+        follow = try c.decodeIfPresent(RunFollow.self, forKey: .follow)
+    }
+}
+
+/// What a followed run's files are: where the tmpfs is as the holder sees it, each
+/// file (path, name, owner, mode) and a signal for the holder after an update.
+public struct RunFollow: Codable, Sendable {
+    public var target: String
+    public var files: [RunFollowFile]
+    /// SIGHUP, SIGUSR1 or SIGUSR2 (a run's runner forwards SIGHUP to its command).
+    public var signal: String?
+    enum CodingKeys: String, CodingKey, CaseIterable { case target, files, signal }
+    public init(target: String, files: [RunFollowFile], signal: String?) {
+        self.target = target
+        self.files = files
+        self.signal = signal
+    }
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        target = try c.decode(String.self, forKey: .target)
+        files = try c.decode([RunFollowFile].self, forKey: .files)
+        signal = try c.decodeIfPresent(String.self, forKey: .signal)
+    }
+}
+
+public struct RunFollowFile: Codable, Sendable, Equatable {
+    public var path: String
+    public var name: String
+    public var mode: Int
+    public var uid: Int
+    public var gid: Int
+    enum CodingKeys: String, CodingKey, CaseIterable { case path, name, mode, uid, gid }
+    public init(path: String, name: String, mode: Int, uid: Int, gid: Int) {
+        self.path = path
+        self.name = name
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+    }
+    public init(from decoder: any Decoder) throws {
+        try StrictKeys.check(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.decode(String.self, forKey: .path)
+        name = try c.decode(String.self, forKey: .name)
+        mode = try c.decode(Int.self, forKey: .mode)
+        uid = try c.decode(Int.self, forKey: .uid)
+        gid = try c.decode(Int.self, forKey: .gid)
     }
 }
 

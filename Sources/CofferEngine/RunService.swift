@@ -58,6 +58,35 @@ public final class RunService: Sendable {
         public var fate: String?
         /// What the run is for (e.g. "container:ID"); absent in records of older versions.
         public var label: String?
+        /// Files cofferd keeps current (live rotation), while cofferd runs.
+        public var follow: Follow?
+    }
+
+    /// A followed run: where its tmpfs is as its holder sees it, and each file to
+    /// rewrite when its secret gets a new version.
+    public struct Follow: Sendable, Codable {
+        public struct File: Sendable, Codable, Equatable {
+            public var path: String
+            public var name: String
+            public var mode: UInt32
+            public var uid: UInt32
+            public var gid: UInt32
+            public init(path: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32) {
+                self.path = path
+                self.name = name
+                self.mode = mode
+                self.uid = uid
+                self.gid = gid
+            }
+        }
+        public var target: String
+        public var files: [File]
+        public var signal: Int32?
+        public init(target: String, files: [File], signal: Int32?) {
+            self.target = target
+            self.files = files
+            self.signal = signal
+        }
     }
 
     public struct Started: Sendable {
@@ -80,6 +109,11 @@ public final class RunService: Sendable {
     struct Live {
         var run: Run
         var pidfd: Int32
+        /// Who the run's values were released to (decided again for each update of a
+        /// followed run); nil for runs adopted after a restart (no longer followed).
+        var principal: Principal? = nil
+        /// The version each followed path last had in the tmpfs.
+        var written: [String: Int] = [:]
     }
 
     public static let maxSecrets = 256
@@ -93,7 +127,9 @@ public final class RunService: Sendable {
     let secrets: SecretsService
     let clock: any WallClock
     let logger: Logger
-    private let live = Mutex<[String: Live]>([:])
+    let live = Mutex<[String: Live]>([:])
+    /// Paths with a new version for followed runs, and whether a task is writing them.
+    let rotation = Mutex<(pending: Set<String>, draining: Bool)>(([], false))
 
     init(settings: Settings, gate: Gate, secrets: SecretsService, clock: any WallClock, logger: Logger) {
         self.settings = settings
@@ -109,7 +145,8 @@ public final class RunService: Sendable {
     /// paths and versions (durable before anything is mounted or answered), then
     /// registers the run and, for mount "daemon", mounts its tmpfs.
     public func start(_ ticket: AuditTicket, _ p: Principal, secrets refs: [(SecretPath, Int?)], mount: Mount, sizeBytes: Int?,
-                      ttl: Int?, network: Network, dryRun: Bool, holder: Int32? = nil, label: String? = nil) async throws(CofferError) -> Started {
+                      ttl: Int?, network: Network, dryRun: Bool, holder: Int32? = nil, label: String? = nil,
+                      follow: Follow? = nil) async throws(CofferError) -> Started {
         guard !refs.isEmpty else { throw CofferError(.invalidParameter, "a run needs at least one secret") }
         guard refs.count <= Self.maxSecrets else { throw CofferError(.invalidParameter, "at most \(Self.maxSecrets) secrets per run") }
         var seen = Set<String>()
@@ -126,6 +163,7 @@ public final class RunService: Sendable {
         if network == .none && mount != .private {
             throw CofferError(.invalidParameter, "network \"none\" is a private namespace's: it needs mount \"private\"")
         }
+        if let follow { try checkFollow(follow, p, refs.map(\.0), mount: mount, network: network) }
         // What is verified of the requesting process, from the kernel (a claim of the
         // request is never taken): a run "without network" asks from inside its own
         // network namespace, and whoever is not root makes a private mount only from
@@ -152,7 +190,7 @@ public final class RunService: Sendable {
             q.conditions.insert(.networkNone)
         }
         do {
-            return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun, holder: holder, label: label)
+            return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun, holder: holder, label: label, follow: follow)
         } catch where error.code == .permissionDenied && network == .none && p.uid == 0 && !dryRun {
             throw CofferError(.permissionDenied, error.message, hint: (error.hint.map { $0 + "; " } ?? "")
                 + "a run of root is never counted as cut off from the network (root can undo namespaces): run the step as another user, e.g. runuser -u USER -- coffer run --network none …")
@@ -160,7 +198,7 @@ public final class RunService: Sendable {
     }
 
     func started(_ ticket: AuditTicket, _ p: Principal, _ refs: [(SecretPath, Int?)], _ mount: Mount, _ size: Int, _ ttlSeconds: Int,
-                 _ network: Network, dryRun: Bool, holder: Int32?, label: String?) async throws(CofferError) -> Started {
+                 _ network: Network, dryRun: Bool, holder: Int32?, label: String?, follow: Follow?) async throws(CofferError) -> Started {
         let paths = refs.map(\.0)
         let result = try await gate.performEach(ticket, p, anyOf: [.read, .inject], paths) { g, allowedBy throws(CofferError) -> Started in
             var out: Started = Started(run: nil, noswap: nil, sizeBytes: size, ttlSeconds: ttlSeconds, secrets: [])
@@ -219,10 +257,14 @@ public final class RunService: Sendable {
         let now = clock.nowMillis()
         var run = Run(id: "run_" + Hex.encode(Hashing.randomBytes(12)), uid: p.uid, gid: p.gid, user: p.userName, pid: runner,
                       pidStart: pidStart, mount: mount, mountPath: nil, startedAt: now, expiresAt: now + Int64(ttlSeconds) * 1000,
-                      paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil, label: label)
+                      paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil, label: label,
+                      follow: follow)
+        if follow != nil { details["follow"] = .text("yes") }
+        var written: [String: Int] = [:]
+        for s in result.secrets { written[s.path.rawValue] = s.meta.version }
         let admitted = live.withLock { runs -> Bool in
             guard runs.values.filter({ $0.run.uid == p.uid }).count < settings.maxPerUID else { return false }
-            runs[run.id] = Live(run: run, pidfd: pidfd)
+            runs[run.id] = Live(run: run, pidfd: pidfd, principal: follow == nil ? nil : p, written: written)
             return true
         }
         guard admitted else {
@@ -238,6 +280,7 @@ public final class RunService: Sendable {
             if mount == .daemon {
                 let (path, noswap) = try makeMount(run.id, size: size, uid: p.uid, gid: p.gid)
                 run.mountPath = path
+                run.follow?.target = path  // (cofferd's own namespace: rewritten there)
                 out.noswap = noswap
             }
             try writeRecord(run)

@@ -59,7 +59,9 @@ public final class SecretEngine: Sendable {
         let secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
                                      clock: clock, logger: logger)
         self.secrets = secrets
-        self.runs = RunService(settings: runs, gate: gate, secrets: secrets, clock: clock, logger: logger)
+        let runService = RunService(settings: runs, gate: gate, secrets: secrets, clock: clock, logger: logger)
+        self.runs = runService
+        secrets.observeWrites { [weak runService] path in runService?.secretWritten(path) }
         self.trail = AuditTrail(store: store, log: audit, tokens: tokens, errors: errors, logger: logger)
         self.keys = KeysService(store: store, keyring: keyring, tokens: tokens, errors: errors, clock: clock, logger: logger)
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)

@@ -3,6 +3,7 @@ public import CofferCore
 public import CofferCrypto
 public import CofferStore
 import Foundation
+import Synchronization
 import Logging
 
 /// Versioned secrets behind the gate: every function takes the grant the gate made.
@@ -17,6 +18,10 @@ public final class SecretsService: Sendable {
     let clock: any WallClock
     let logger: Logger
     let cache = CiphertextCache(limit: 10_000)
+    /// Told of every committed write (live rotation of followed runs).
+    let writeObservers = Mutex<[@Sendable (SecretPath) -> Void]>([])
+
+    func observeWrites(_ f: @escaping @Sendable (SecretPath) -> Void) { writeObservers.withLock { $0.append(f) } }
 
     init(store: Store, keyring: Keyring, gate: Gate, tokens: TokenService, limits: SecretEngine.Limits, errors: StoreErrorMapper,
          clock: any WallClock, logger: Logger) {
@@ -55,6 +60,8 @@ public final class SecretsService: Sendable {
             }
         }
         logger.info("secret written", metadata: ["peer.uid": "\(p.uid)", "secret.path": "\(path)", "secret.version": "\(record.version)"])
+        cache.invalidate(path)  // (before observers read it back)
+        for f in writeObservers.withLock({ $0 }) { f(path) }
         return record
     }
 

@@ -36,18 +36,19 @@ public enum FastRun {
             guard arg.hasPrefix("--") else { return nil }
             let (name, attached) = OptionScan.split(arg)
             switch name {
-            case "--credentials", "--allow-swap", "--keep-children", "--dry-run":
+            case "--credentials", "--allow-swap", "--keep-children", "--dry-run", "--follow":
                 guard attached == nil, seen.insert(name).inserted else { return nil }
                 switch name {
                 case "--credentials": o.credentials = true
                 case "--allow-swap": o.allowSwap = true
                 case "--keep-children": o.keepChildren = true
+                case "--follow": o.follow = true
                 default: o.dryRun = true
                 }
                 i += 1
                 continue
             case "--secret", "--template", "--dir-env", "--env", "--registry-auth",
-                 "--env-file", "--ttl", "--size", "--mount", "--dir", "--network", "--socket", "--format", "--token-file":
+                 "--env-file", "--ttl", "--size", "--mount", "--dir", "--network", "--signal", "--socket", "--format", "--token-file":
                 break
             default:
                 return nil
@@ -68,6 +69,7 @@ public enum FastRun {
                 case "--size": o.size = v
                 case "--mount": o.mount = v
                 case "--dir": o.dir = v
+                case "--signal": o.signal = v
                 case "--network": o.network = v
                 case "--socket": global.socket = v
                 case "--token-file": global.tokenFile = v

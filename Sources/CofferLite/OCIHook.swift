@@ -31,7 +31,7 @@ public enum OCIHook {
         var mode: UInt32 = 0o400
     }
 
-    static let known: Set<String> = ["io.coffer.secrets", "io.coffer.target", "io.coffer.size", "io.coffer.token-file"]
+    static let known: Set<String> = ["io.coffer.secrets", "io.coffer.target", "io.coffer.size", "io.coffer.token-file", "io.coffer.follow", "io.coffer.signal"]
 
     public static func main(_ args: [String]) -> Never {
         do {
@@ -187,6 +187,16 @@ public enum OCIHook {
             }
             size = n
         }
+        var follow = false
+        if let f = state.annotations["io.coffer.follow"] {
+            guard f == "true" || f == "false" else { throw CofferError(.invalidParameter, "io.coffer.follow must be true or false") }
+            follow = f == "true"
+        }
+        let signal = state.annotations["io.coffer.signal"]
+        if let signal {
+            guard ["SIGHUP", "SIGUSR1", "SIGUSR2"].contains(signal) else { throw CofferError(.invalidParameter, "io.coffer.signal must be SIGHUP, SIGUSR1 or SIGUSR2") }
+            guard follow else { throw CofferError(.invalidParameter, "io.coffer.signal goes with io.coffer.follow=true") }
+        }
         let root = try rootfs(state.bundle)
         // the process must still be there, and be the container's (its root is in the bundle)
         let pidfd = coffer_pidfd_open(pid)
@@ -198,8 +208,11 @@ public enum OCIHook {
         }
         let http = try settings(state).http()
         let label = "container:" + state.id
+        let followed = follow ? RunAPI.Follow(target: target, files: items.map {
+            RunAPI.Follow.File(path: $0.path.rawValue, name: $0.name, mode: $0.mode, uid: $0.uid, gid: $0.gid)
+        }, signal: signal) : nil
         let started = try RunAPI.start(http, paths: items.map(\.path.rawValue), mount: "private", sizeBytes: size, ttl: "365d",
-                                       network: "host", dryRun: false, holderPID: pid, label: label)
+                                       network: "host", dryRun: false, holderPID: pid, label: label, follow: followed)
         guard let runID = started.id else { throw ClientError(kind: .io, message: "cofferd started no run") }
         do {
             var files: [RunFile] = []

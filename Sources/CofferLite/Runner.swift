@@ -21,6 +21,10 @@ public struct RunSettings: Equatable, Sendable {
     public var network = "host"
     public var allowSwap = false
     public var keepChildren = false
+    /// Live rotation: cofferd writes each new version of the --secret files while the run lives.
+    public var follow = false
+    /// SIGHUP (forwarded to the command by the runner) after each update of a followed run.
+    public var signal: String?
     public var dryRun = false
     /// [REGISTRY=]PATH: containers auth JSON, or user:password for REGISTRY
     public var registryAuth: [String] = []
@@ -152,6 +156,20 @@ public struct Runner {
         if isolated && mode != .private {
             throw CofferError(.invalidParameter, "--network none makes a private namespace of its own: not with --mount daemon")
         }
+        if options.follow && isolated {
+            throw CofferError(.invalidParameter, "--follow does not go with --network none", hint: "a run without network keeps the versions it started with")
+        }
+        if options.follow && specs.isEmpty {
+            throw CofferError(.invalidParameter, "--follow rewrites --secret files: give at least one", hint: "templates, --env-file and --env are made once")
+        }
+        var signal: String?
+        if let s = options.signal {
+            guard options.follow else { throw CofferError(.invalidParameter, "--signal goes with --follow") }
+            guard s == "SIGHUP" || s == "HUP" else {
+                throw CofferError(.invalidParameter, "--signal must be SIGHUP", hint: "coffer run forwards SIGHUP to the command; other signals would reach coffer run itself")
+            }
+            signal = "SIGHUP"
+        }
         if isolated && options.keepChildren {
             throw CofferError(.invalidParameter, "--keep-children does not go with --network none", hint: "a run without network ends with everything it started")
         }
@@ -188,8 +206,11 @@ public struct Runner {
         for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) + registryAuth.map(\.path)
             where seen.insert(p.rawValue).inserted { paths.append(p) }
         let http = try global.http()
+        let follow = options.follow ? RunAPI.Follow(target: Self.canonical(options.dir), files: specs.map {
+            RunAPI.Follow.File(path: $0.path.rawValue, name: $0.name, mode: $0.mode, uid: $0.uid ?? getuid(), gid: $0.gid ?? getgid())
+        }, signal: signal) : nil
         var started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
-                                       sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun)
+                                       sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun, follow: follow)
         if options.dryRun {
             return try report(started, specs: specs, templates: templates, envVars: envVars, registryAuth: registryAuth, mode: mode, size: size)
         }
@@ -666,14 +687,32 @@ enum RunAPI {
         ClientError(kind: .protocolError, message: "cofferd sent a response this coffer cannot read (\(status))")
     }
 
+    /// Live rotation: the tmpfs as its holder sees it, each file, a signal after an update.
+    public struct Follow: Sendable {
+        public struct File: Sendable {
+            public var path: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32
+        }
+        public var target: String
+        public var files: [File]
+        public var signal: String?
+    }
+
     static func start(_ http: UnixHTTPClient, paths: [String], mount: String, sizeBytes: Int, ttl: String?, network: String,
-                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil) throws -> Started {
+                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil, follow: Follow? = nil) throws -> Started {
         var body: [(String, JSON)] = [("secrets", .array(paths.map { .object([("path", .string($0))]) })), ("mount", .string(mount)),
                                       ("size_bytes", .int(sizeBytes))]
         if let ttl { body.append(("ttl", .string(ttl))) }
         body += [("network", .string(network)), ("dry_run", .bool(dryRun))]
         if let holderPID { body.append(("holder_pid", .int(Int(holderPID)))) }
         if let label { body.append(("label", .string(label))) }
+        if let follow {
+            var f: [(String, JSON)] = [("target", .string(follow.target)), ("files", .array(follow.files.map { file in
+                .object([("path", .string(file.path)), ("name", .string(file.name)), ("mode", .int(Int(file.mode))),
+                         ("uid", .int(Int(file.uid))), ("gid", .int(Int(file.gid)))])
+            }))]
+            if let signal = follow.signal { f.append(("signal", .string(signal))) }
+            body.append(("follow", .object(f)))
+        }
         let r = try http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: Array(JSON.object(body).text.utf8))
         guard (200..<300).contains(r.status) else { throw APIError(r) }
         var raw = r.body

@@ -54,6 +54,12 @@ struct RunOptions: ParsableArguments {
     @Flag(name: .customLong("dry-run"), help: "Print what would be injected (no values are fetched) and whether it is secure.")
     var dryRun = false
 
+    @Flag(name: .customLong("follow"), help: "Live rotation: cofferd rewrites each --secret file (new file, then rename: never half written) when its secret gets a new version, while the run lives.")
+    var follow = false
+
+    @Option(name: .customLong("signal"), help: "With --follow: SIGHUP to the command after each update.")
+    var signal: String?
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command, after --.", valueName: "command"))
     var command: [String] = []
 }
@@ -76,6 +82,8 @@ extension RunOptions {
         s.allowSwap = allowSwap
         s.keepChildren = keepChildren
         s.dryRun = dryRun
+        s.follow = follow
+        s.signal = signal
         s.registryAuth = registryAuth
         s.command = command
         return s

@@ -27,7 +27,7 @@ import Testing
             try FileManager.default.createDirectory(atPath: rootfs + "/" + sub, withIntermediateDirectories: true)
         }
         try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
-        for applet in ["sh", "cat", "grep", "touch", "ls", "stat", "echo"] {
+        for applet in ["sh", "cat", "grep", "touch", "ls", "stat", "echo", "sleep"] {
             try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
         }
         let spec = try run("/usr/sbin/runc", ["spec", "--bundle", bundle])
@@ -212,6 +212,72 @@ import Testing
             usleep(100_000)
         }
         #expect(live == "no live runs\n")
+    }
+
+    /// Live rotation: a container reading /run/secrets/x in a loop sees only whole old
+    /// or whole new values across 100 updates, each new one within a second (read from
+    /// the host through /proc/PID/root), gets SIGHUP after each, and the mount stays
+    /// read-only, noswap.
+    @Test func aFollowedContainerSeesEveryNewVersionWhole() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        func value(_ n: Int) -> String { "v\(n)-" + String(repeating: String(UnicodeScalar(UInt8(97 + n % 26))), count: 3000 + 37 * n) + "-end" }
+        #expect(try d.coffer(["secret", "put", "ci/app/x"], stdin: Array(value(0).utf8)).status == 0)
+        let id = "coffer-test-\(getpid())-follow"
+        let b = try Self.bundle(d, "follow", script: """
+            trap 'echo hup >> /tmp/hups' HUP
+            while [ ! -e /tmp/stop ]; do cat /run/secrets/x; echo; sleep 0.02; done
+            grep ' /run/secrets ' /proc/mounts > /tmp/mounts
+            """, annotations: ["io.coffer.secrets": "ci/app/x=x:uid=1000:mode=0440", "io.coffer.follow": "true", "io.coffer.signal": "SIGHUP"])
+        let runc = Process()
+        runc.executableURL = URL(fileURLWithPath: "/usr/sbin/runc")
+        runc.arguments = ["run", "--bundle", b, id]
+        let outPath = d.dir + "/follow.out"
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        runc.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        runc.standardError = FileHandle.nullDevice
+        try runc.run()
+        defer { if runc.isRunning { _ = try? run("/usr/sbin/runc", ["kill", id, "KILL"]); runc.waitUntilExit() } }
+        // the container's init, from runc
+        var pid: Int32 = 0
+        for _ in 0..<100 {
+            let state = try run("/usr/sbin/runc", ["state", id])
+            if let j = try? JSONSerialization.jsonObject(with: Data(state.stdout)) as? [String: Any], let p = j["pid"] as? Int, p > 0,
+               FileManager.default.fileExists(atPath: "/proc/\(p)/root/run/secrets/x") { pid = Int32(p); break }
+            usleep(50_000)
+        }
+        #expect(pid > 0, "the container did not start")
+        guard pid > 0 else { return }
+        let seen = "/proc/\(pid)/root/run/secrets/x"
+        var slowest = 0.0
+        for n in 1...100 {
+            #expect(try d.coffer(["secret", "put", "ci/app/x"], stdin: Array(value(n).utf8)).status == 0)
+            let t0 = Date()
+            while (try? String(contentsOfFile: seen, encoding: .utf8)) != value(n) && Date().timeIntervalSince(t0) < 1.0 { usleep(2_000) }
+            let took = Date().timeIntervalSince(t0)
+            slowest = max(slowest, took)
+            #expect((try? String(contentsOfFile: seen, encoding: .utf8)) == value(n), "version \(n + 1) not in the container after \(took)s")
+        }
+        var st = stat()
+        #expect(stat(seen, &st) == 0 && st.st_mode & 0o7777 == 0o440 && st.st_uid == 1000, "owner or mode changed")
+        FileManager.default.createFile(atPath: b + "/rootfs/tmp/stop", contents: nil)
+        runc.waitUntilExit()
+        #expect(runc.terminationStatus == 0)
+        let lines = try String(contentsOfFile: outPath, encoding: .utf8).split(separator: "\n").map(String.init)
+        let valid = Set((0...100).map(value))
+        let torn = lines.filter { !valid.contains($0) }
+        #expect(lines.count > 20 && torn.isEmpty, "\(lines.count) reads, \(torn.count) not a whole value: \(torn.first?.prefix(40) ?? "")")
+        #expect(Set(lines).count > 5, "the container saw too few versions: \(Set(lines).count)")
+        let hups = (try? String(contentsOfFile: b + "/rootfs/tmp/hups", encoding: .utf8)) ?? ""
+        #expect(hups.contains("hup"), "no SIGHUP reached the container")
+        let mounts = (try? String(contentsOfFile: b + "/rootfs/tmp/mounts", encoding: .utf8)) ?? ""
+        #expect(mounts.contains("tmpfs ro,") && mounts.contains("noswap"), "\(mounts)")
+        let rotations = try d.coffer(["audit", "search", "--action", "inject_rotate", "--format", "json"]).out
+        #expect(rotations.contains("container:\(id)") && rotations.contains("\"decision\":\"allow\""), "\(rotations.prefix(500))")
+        let done = try d.coffer(["audit", "search", "--action", "inject_rotate_done", "--format", "json"]).out
+        #expect(done.contains("\"versions\":[\"101\"]") && done.contains("written; signal") && !done.contains("not written"), "\(done.suffix(800))")
+        print("live rotation: 100 updates, slowest seen after \(Int(slowest * 1000)) ms; \(lines.count) reads in the container, \(Set(lines).count) versions seen")
+        #expect(Self.hostMounts(under: b).isEmpty)
     }
 
     @Test func aStateThatIsNotOneIsRefused() throws {

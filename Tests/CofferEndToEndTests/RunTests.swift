@@ -376,6 +376,111 @@ import Testing
     /// `coffer` parses run/build itself (FastRun) and hands what it does not know to
     /// coffer-cli (ArgumentParser): for every input both paths must act alike — same
     /// output, same errors, same exit code. COFFER_CLI_FAST=0 forces the second.
+    /// `coffer run --follow`: as root (private namespace) and as a user (cofferd's
+    /// tmpfs), the command sees each new version within a second, never a part of one,
+    /// and gets SIGHUP after each update; the owner and mode stay.
+    @Test(arguments: [false, true]) func aFollowedRunSeesEveryNewVersionWhole(asUser: Bool) throws {
+        let d = try Self.daemon()
+        let out = Self.shared(d)
+        func value(_ n: Int) -> String { "tok\(n)-" + String(repeating: "z", count: 2000 + 53 * n) + "-end" }
+        #expect(try d.coffer(["secret", "put", "ci/npm/token"], stdin: Array(value(0).utf8)).status == 0)
+        let script = """
+            trap 'echo hup >> \(out)/hups' HUP
+            stat -c '%a %u' "$COFFER_SECRETS_DIR/tok" > \(out)/mode
+            while [ ! -e \(out)/stop ]; do
+              cat "$COFFER_SECRETS_DIR/tok" > \(out)/cur.tmp && mv \(out)/cur.tmp \(out)/cur
+              cat "$COFFER_SECRETS_DIR/tok" >> \(out)/all; echo >> \(out)/all; sleep 0.02
+            done
+            """
+        let args = ["run", "--follow", "--signal", "SIGHUP"] + (asUser ? [] : ["--dir", d.dir + "/secrets"])
+            + ["--secret", "ci/npm/token=tok", "--", "/bin/sh", "-c", script]
+        let p = try Self.launch(d, args, as: asUser ? TestUser.nonAdmin : nil)
+        defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
+        func current() -> String? { try? String(contentsOfFile: out + "/cur", encoding: .utf8) }
+        for _ in 0..<100 where current() != value(0) { usleep(50_000) }
+        #expect(current() == value(0), "the command did not start")
+        for n in 1...20 {
+            #expect(try d.coffer(["secret", "put", "ci/npm/token"], stdin: Array(value(n).utf8)).status == 0)
+            let t0 = Date()
+            while current() != value(n) && Date().timeIntervalSince(t0) < 1.0 { usleep(2_000) }
+            #expect(current() == value(n), "version \(n + 1) not seen after \(Date().timeIntervalSince(t0))s")
+        }
+        FileManager.default.createFile(atPath: out + "/stop", contents: nil)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let uid = asUser ? TestUser.nonAdmin.uid : 0
+        #expect((try? String(contentsOfFile: out + "/mode", encoding: .utf8)) == "400 \(uid)\n")
+        let lines = ((try? String(contentsOfFile: out + "/all", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        let valid = Set((0...20).map(value))
+        #expect(lines.count > 10 && lines.allSatisfy(valid.contains), "\(lines.count) reads, \(lines.filter { !valid.contains($0) }.count) torn")
+        #expect(((try? String(contentsOfFile: out + "/hups", encoding: .utf8)) ?? "").contains("hup"), "no SIGHUP reached the command")
+        let done = try d.coffer(["audit", "search", "--action", "inject_rotate_done", "--format", "json"]).out
+        #expect(done.contains("\"versions\":[\"22\"]") && !done.contains("not written"), "\(done.suffix(600))")
+        #expect(Self.mounts(under: d.dir).isEmpty)
+    }
+
+    /// cofferd writes only into a tmpfs it or coffer run made: a command that puts a
+    /// mount of its own over the directory gets nothing written there.
+    @Test func aFollowedRunWritesOnlyIntoItsOwnTmpfs() throws {
+        let d = try Self.daemon()
+        let out = Self.shared(d)
+        let script = """
+            umount -l "$COFFER_SECRETS_DIR" && mount -t tmpfs -o size=64k,mode=0700 elsewhere "$COFFER_SECRETS_DIR" && touch \(out)/swapped
+            while [ ! -e \(out)/stop ]; do sleep 0.02; done
+            ls -A "$COFFER_SECRETS_DIR" > \(out)/listing
+            """
+        let p = try Self.launch(d, ["run", "--follow", "--dir", d.dir + "/secrets", "--secret", "ci/npm/token=tok", "--", "/bin/sh", "-c", script])
+        defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: out + "/swapped") { usleep(50_000) }
+        #expect(FileManager.default.fileExists(atPath: out + "/swapped"))
+        #expect(try d.coffer(["secret", "put", "ci/npm/token"], stdin: Array("new-token".utf8)).status == 0)
+        var done = ""
+        for _ in 0..<50 {
+            done = try d.coffer(["audit", "search", "--action", "inject_rotate_done", "--format", "json"]).out
+            if !done.isEmpty { break }
+            usleep(100_000)
+        }
+        #expect(done.contains("not written: tok: Operation not permitted"), "\(done)")
+        FileManager.default.createFile(atPath: out + "/stop", contents: nil)
+        p.waitUntilExit()
+        #expect((try? String(contentsOfFile: out + "/listing", encoding: .utf8)) == "", "something was written into the command's own mount")
+    }
+
+    @Test func followIsRefusedWhereItCannotHold() throws {
+        let d = try Self.daemon()
+        let dir = d.dir + "/secrets"
+        let cases: [([String], String)] = [
+            (["run", "--follow", "--network", "none", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"], "--follow does not go with --network none"),
+            (["run", "--signal", "SIGHUP", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"], "--signal goes with --follow"),
+            (["run", "--follow", "--signal", "SIGKILL", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"], "--signal must be SIGHUP"),
+            (["run", "--follow", "--dir", dir, "--env", "T=ci/npm/token", "--", "/bin/true"], "--follow rewrites --secret files"),
+        ]
+        for (args, message) in cases {
+            let r = try d.coffer(args)
+            #expect(r.status != 0 && r.stderr.contains("coffer: error: " + message), "\(args): \(r.stderr)")
+        }
+        // a token's run is not followed (its revocation could not stop the updates)
+        let tokenFile = d.dir + "/t.token"
+        #expect(try d.coffer(["token", "create", "--role", "ops", "--output", tokenFile]).status == 0)
+        let r = try d.coffer(["--token-file", tokenFile, "run", "--follow", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"])
+        #expect(r.status != 0 && r.stderr.contains("a run started with a token is not followed"), "\(r.stderr)")
+        // the API checks what the front checks, and more
+        for (body, message) in [
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x/../etc","files":[{"path":"ci/npm/token","name":"t","mode":256,"uid":0,"gid":0}]}}"#, "follow.target must be"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[{"path":"ci/app/db-password","name":"t","mode":256,"uid":0,"gid":0}]}}"#, "which the run does not ask for"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[{"path":"ci/npm/token","name":"..","mode":256,"uid":0,"gid":0}]}}"#, "each name must be"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[{"path":"ci/npm/token","name":"t","mode":4096,"uid":0,"gid":0}]}}"#, "mode 0...0777"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[{"path":"ci/npm/token","name":"t","mode":256,"uid":-1,"gid":0}]}}"#, "uid and gid"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[],"signal":"SIGHUP"}}"#, "follow.files must name"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[{"path":"ci/npm/token","name":"t","mode":256,"uid":0,"gid":0}],"signal":"SIGKILL"}}"#, "follow.signal must be"),
+            (#"{"secrets":[{"path":"ci/npm/token"}],"mount":"private","follow":{"target":"/x","files":[],"colour":1}}"#, "colour"),
+        ] {
+            let c = try run("/usr/bin/curl", ["-s", "--unix-socket", d.socket, "-X", "POST", "-H", "Content-Type: application/json", "--data", body, "http://coffer/v1/runs"])
+            #expect(c.out.contains("\"error\"") && c.out.contains(message), "\(body): \(c.out)")
+        }
+        #expect(try d.coffer(["run", "list", "--all"]).out == "no live runs\n")
+    }
+
     @Test func theFastFrontAndArgumentParserAgree() throws {
         let d = try Self.daemon()
         let dir = d.dir + "/secrets"

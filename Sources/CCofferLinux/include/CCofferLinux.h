@@ -141,6 +141,10 @@ int coffer_pidfd_open(int pid);
 int coffer_pidfd_exited(int pidfd);
 /// pidfd_send_signal; 0 or -1 with errno.
 int coffer_pidfd_kill(int pidfd, int sig);
+/* Live rotation: NAME written anew (new file + rename) in the tmpfs at TARGET as the
+ * process PID (0: cofferd itself) sees it; PIDFD must still be that process's. */
+int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+                       unsigned int mode, unsigned int uid, unsigned int gid, int *stage);
 
 /// Of descriptor `targetfd` of the process behind `pidfd` (a copy taken with
 /// pidfd_getfd, closed again): its socket domain, for a socket of the IP family (or

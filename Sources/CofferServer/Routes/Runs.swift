@@ -53,8 +53,23 @@ extension APIResponder {
                 throw CofferError(.invalidParameter, "label must be 1-128 of [A-Za-z0-9._:-]")
             }
         }
+        var follow: RunService.Follow?
+        if let f = body.follow {
+            var signal: Int32?
+            if let name = f.signal {
+                signal = try RunService.followSignals[name].orThrow(CofferError(.invalidParameter, "follow.signal must be SIGHUP, SIGUSR1 or SIGUSR2"))
+            }
+            var files: [RunService.Follow.File] = []
+            for file in f.files {
+                guard (0...0o777).contains(file.mode), (0..<Int(UInt32.max)).contains(file.uid), (0..<Int(UInt32.max)).contains(file.gid) else {
+                    throw CofferError(.invalidParameter, "follow.files: mode 0...0777, uid and gid 0...4294967294")
+                }
+                files.append(.init(path: file.path, name: file.name, mode: UInt32(file.mode), uid: UInt32(file.uid), gid: UInt32(file.gid)))
+            }
+            follow = RunService.Follow(target: f.target, files: files, signal: signal)
+        }
         let started = try await engine.runs.start(i.ticket, principal, secrets: refs, mount: mount, sizeBytes: body.sizeBytes, ttl: ttl,
-                                                  network: network, dryRun: dryRun, holder: holder, label: body.label)
+                                                  network: network, dryRun: dryRun, holder: holder, label: body.label, follow: follow)
         let secrets = started.secrets.map { s in
             RunSecretInfo(path: s.path.rawValue, version: s.meta.version, createdAt: Timestamp.string(millis: s.meta.createdAt),
                           allowedBy: s.allowedBy.rawValue, valueBase64: s.value.map { Data($0.copyToArray()).base64EncodedString() })
