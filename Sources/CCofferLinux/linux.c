@@ -709,20 +709,18 @@ int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <linux/magic.h>
-/* 1 when FD is the root of a mount whose line in this process's mountinfo (its
- * current mount namespace) says "- tmpfs coffer-run". */
-static int coffer_is_run_mount(int fd, int procfd) {
+/* The mountinfo line (this process's current mount namespace, read through PROCFD, its
+ * entry of the host's /proc) of the mount FD is the root of: 1 and LINE filled, else 0. */
+static int coffer_mount_line(int fd, int procfd, char *line, size_t cap) {
     struct statx sx;
     memset(&sx, 0, sizeof(sx));
     if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &sx) != 0 || !(sx.stx_mask & STATX_MNT_ID)) return 0;
     if (!(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) || !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT)) return 0;
-    /* this process's entry of the host's /proc (opened before setns: the namespace's
-     * own /proc may be another PID namespace's); its mountinfo shows the namespace
-     * this process is in when it opens it */
+    /* (the namespace's own /proc may be another PID namespace's; this process's entry
+     * shows the namespace it is in when it opens mountinfo) */
     int mi = openat(procfd, "mountinfo", O_RDONLY | O_CLOEXEC);
     if (mi < 0) return 0;
     static char buf[1 << 16];
-    static char line[8192];
     size_t used = 0;
     int found = 0, skipping = 0;
     for (;;) {
@@ -732,31 +730,38 @@ static int coffer_is_run_mount(int fd, int procfd) {
         for (ssize_t i = 0; i < n && !found; i++) {
             char c = buf[i];
             if (c != '\n') {
-                if (used + 1 < sizeof(line)) line[used++] = c; else skipping = 1;
+                if (used + 1 < cap) line[used++] = c; else skipping = 1;
                 continue;
             }
             line[used] = 0;
             if (!skipping) {
                 char *end;
                 unsigned long long id = strtoull(line, &end, 10);
-                char *sep = strstr(line, " - ");
-                if (end != line && *end == ' ' && id == sx.stx_mnt_id && sep) {
-                    found = strncmp(sep + 3, "tmpfs coffer-run ", 17) == 0 ? 1 : -1;
-                }
+                if (end != line && *end == ' ' && id == sx.stx_mnt_id) found = 1;
             }
-            used = 0;
-            skipping = 0;
+            if (!found) { used = 0; skipping = 0; }
         }
         if (found) break;
     }
     close(mi);
-    return found == 1;
+    return found;
 }
 
-static void coffer_rotate_child(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
-                                unsigned int mode, unsigned int uid, unsigned int gid, int report) {
-    int stage = 1, rootfd, nsfd = -1;
+/* The root of a tmpfs Coffer made (source coffer-run). */
+static int coffer_is_run_mount(int fd, int procfd) {
+    static char line[8192];
+    if (!coffer_mount_line(fd, procfd, line, sizeof(line))) return 0;
+    char *sep = strstr(line, " - ");
+    return sep && strncmp(sep + 3, "tmpfs coffer-run ", 17) == 0;
+}
+
+/* In a child of cofferd: into the mount namespace of the holder (PID behind PIDFD; 0:
+ * cofferd's own) and TARGET opened as it sees it (inside its root only; cofferd's own
+ * tmpfs by path without any link). The O_PATH fd, or -1 with errno and *stage. */
+static int coffer_enter_holder(int pidfd, int pid, const char *target, int *procfd, int *stage) {
+    int rootfd, nsfd = -1;
     char path[64];
+    *stage = 1;
     if (pid > 0) {
         snprintf(path, sizeof(path), "/proc/%d/root", pid);
         rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -765,23 +770,27 @@ static void coffer_rotate_child(int pidfd, int pid, const char *target, const ch
     } else {
         rootfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
     }
-    int procfd = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (rootfd < 0 || procfd < 0 || (pid > 0 && nsfd < 0)) goto fail;
+    *procfd = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0 || *procfd < 0 || (pid > 0 && nsfd < 0)) return -1;
     /* both opened while the holder lived: they are its, not a reused pid's */
     if (pidfd >= 0) {
         struct pollfd pf = {pidfd, POLLIN, 0};
-        if (poll(&pf, 1, 0) != 0) { errno = ESRCH; goto fail; }
+        if (poll(&pf, 1, 0) != 0) { errno = ESRCH; return -1; }
     }
-    stage = 2;
-    if (nsfd >= 0 && setns(nsfd, CLONE_NEWNS) != 0) goto fail;
-    stage = 3;
+    *stage = 2;
+    if (nsfd >= 0 && setns(nsfd, CLONE_NEWNS) != 0) return -1;
+    *stage = 3;
     struct open_how how;
     memset(&how, 0, sizeof(how));
     how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    /* resolved inside the holder's root only (a link there cannot lead out of it);
-     * cofferd's own tmpfs by its path, without following any link */
     how.resolve = pid > 0 ? (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) : (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-    int dfd = (int)syscall(SYS_openat2, rootfd, target[0] == '/' ? target + 1 : target, &how, sizeof(how));
+    return (int)syscall(SYS_openat2, rootfd, target[0] == '/' ? target + 1 : target, &how, sizeof(how));
+}
+
+static void coffer_rotate_child(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+                                unsigned int mode, unsigned int uid, unsigned int gid, int report) {
+    int stage = 1, procfd = -1;
+    int dfd = coffer_enter_holder(pidfd, pid, target, &procfd, &stage);
     if (dfd < 0) goto fail;
     struct statfs sfs;
     if (fstatfs(dfd, &sfs) != 0) goto fail;
@@ -858,5 +867,75 @@ int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name,
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
     *stage = n == (ssize_t)sizeof(msg) ? msg[0] : 0;
     errno = n == (ssize_t)sizeof(msg) ? msg[1] : EIO;
+    return -1;
+}
+
+/* `coffer inject list`: what the kernel says of a run's tmpfs as its holder sees it —
+ * "M <mountinfo line>" then "F <mode> <uid> <gid> <size> <name>" per entry (names with
+ * bytes outside printable ASCII shown as ?), in OUT (at most CAP-1 bytes, NUL-ended).
+ * 0, or -1 with errno (no such mount, the holder gone). */
+#include <dirent.h>
+static void coffer_inspect_child(int pidfd, int pid, const char *target, int report) {
+    int stage = 0, procfd = -1;
+    int dfd = coffer_enter_holder(pidfd, pid, target, &procfd, &stage);
+    if (dfd < 0) _exit(10 + (errno & 0x7f) % 100);
+    static char line[8192];
+    if (!coffer_mount_line(dfd, procfd, line, sizeof(line))) _exit(3);
+    static char out[1 << 16];
+    size_t used = 0;
+    int n = snprintf(out, sizeof(out), "M %s\n", line);
+    used = n > 0 && (size_t)n < sizeof(out) ? (size_t)n : 0;
+    int rfd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = rfd >= 0 ? fdopendir(rfd) : NULL;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+            char name[256];
+            size_t k = 0;
+            for (; e->d_name[k] && k < sizeof(name) - 1; k++) {
+                unsigned char c = (unsigned char)e->d_name[k];
+                name[k] = (c > 0x20 && c < 0x7f) ? (char)c : '?';
+            }
+            name[k] = 0;
+            n = snprintf(out + used, sizeof(out) - used, "F %o %u %u %lld %s\n", (unsigned)(st.st_mode & 0177777), st.st_uid, st.st_gid,
+                         (long long)st.st_size, name);
+            if (n < 0 || (size_t)n >= sizeof(out) - used) break;
+            used += (size_t)n;
+        }
+    }
+    (void)!write(report, out, used);
+    _exit(0);
+}
+
+int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsigned long cap) {
+    int fds[2];
+    if (cap == 0) { errno = EINVAL; return -1; }
+    out[0] = 0;
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    pid_t child = fork();
+    if (child < 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
+    if (child == 0) {
+        close(fds[0]);
+        coffer_inspect_child(pidfd, pid, target, fds[1]);
+        _exit(1);
+    }
+    close(fds[1]);
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fds[0], out + used, cap - 1 - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        used += (size_t)n;
+        if (used >= cap - 1) break;
+    }
+    out[used] = 0;
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+    errno = WIFEXITED(st) && WEXITSTATUS(st) >= 10 ? WEXITSTATUS(st) - 10 : ENOENT;
     return -1;
 }

@@ -40,12 +40,15 @@ public struct RunStartRequest: Codable, Sendable {
     /// Live rotation: cofferd writes each new version of these files into the run's
     /// tmpfs while the run lives.
     public var follow: RunFollow?
+    /// Where the tmpfs is as the holder sees it (for `coffer inject list`, which checks it).
+    public var target: String?
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run", holderPID = "holder_pid", label, follow
+        case secrets, mount, sizeBytes = "size_bytes", ttl, network, dryRun = "dry_run", holderPID = "holder_pid", label, follow, target
     }
     public init(secrets: [RunSecretRef], mount: String, sizeBytes: Int? = nil, ttl: String? = nil, network: String? = nil, dryRun: Bool? = nil,
-                holderPID: Int? = nil, label: String? = nil, follow: RunFollow? = nil) {
+                holderPID: Int? = nil, label: String? = nil, follow: RunFollow? = nil, target: String? = nil) {
         self.follow = follow
+        self.target = target
         self.secrets = secrets
         self.mount = mount
         self.sizeBytes = sizeBytes
@@ -67,6 +70,7 @@ public struct RunStartRequest: Codable, Sendable {
         holderPID = try c.decodeIfPresent(Int.self, forKey: .holderPID)
         label = try c.decodeIfPresent(String.self, forKey: .label)
         follow = try c.decodeIfPresent(RunFollow.self, forKey: .follow)
+        target = try c.decodeIfPresent(String.self, forKey: .target)
     }
 }
 
@@ -220,4 +224,79 @@ public struct RunInfo: Codable, Sendable {
 public struct RunListResponse: Codable, Sendable {
     public var runs: [RunInfo]
     public init(runs: [RunInfo]) { self.runs = runs }
+}
+
+/// GET /v1/injections: every live injection with what the kernel says of its tmpfs.
+public struct InjectionListResponse: Codable, Sendable {
+    public var injections: [InjectionInfo]
+    public init(injections: [InjectionInfo]) { self.injections = injections }
+}
+
+public struct InjectionInfo: Codable, Sendable {
+    public struct Secret: Codable, Sendable {
+        public var path: String
+        public var version: Int?
+        public init(path: String, version: Int?) {
+            self.path = path
+            self.version = version
+        }
+    }
+    public struct File: Codable, Sendable {
+        public var name: String
+        public var mode: String
+        public var uid: UInt32
+        public var gid: UInt32
+        public var size: Int
+        public init(name: String, mode: String, uid: UInt32, gid: UInt32, size: Int) {
+            self.name = name
+            self.mode = mode
+            self.uid = uid
+            self.gid = gid
+            self.size = size
+        }
+    }
+    public var id: String
+    public var label: String?
+    public var uid: UInt32
+    public var pid: Int32
+    public var mount: String
+    public var target: String?
+    public var startedAt: String
+    public var expiresAt: String
+    public var follow: Bool
+    public var secrets: [Secret]
+    /// From the holder's mountinfo: file system type, source, mount and super-block options.
+    public var fsType: String?
+    public var source: String?
+    public var mountOptions: [String]
+    public var superOptions: [String]
+    public var files: [File]
+    /// "secure" (tmpfs + noswap + read-only + files 0400) or "weak"; why, when weak.
+    public var verdict: String
+    public var reasons: [String]
+    enum CodingKeys: String, CodingKey {
+        case id, label, uid, pid, mount, target, startedAt = "started_at", expiresAt = "expires_at", follow, secrets, fsType = "fs_type", source,
+             mountOptions = "mount_options", superOptions = "super_options", files, verdict, reasons
+    }
+    public init(id: String, label: String?, uid: UInt32, pid: Int32, mount: String, target: String?, startedAt: String, expiresAt: String,
+                follow: Bool, secrets: [Secret], fsType: String?, source: String?, mountOptions: [String], superOptions: [String],
+                files: [File], verdict: String, reasons: [String]) {
+        self.id = id
+        self.label = label
+        self.uid = uid
+        self.pid = pid
+        self.mount = mount
+        self.target = target
+        self.startedAt = startedAt
+        self.expiresAt = expiresAt
+        self.follow = follow
+        self.secrets = secrets
+        self.fsType = fsType
+        self.source = source
+        self.mountOptions = mountOptions
+        self.superOptions = superOptions
+        self.files = files
+        self.verdict = verdict
+        self.reasons = reasons
+    }
 }

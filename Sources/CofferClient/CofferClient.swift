@@ -260,4 +260,8 @@ extension CofferClient {
     public func runs(all: Bool) throws -> RunListResponse {
         try decode(http.request("GET", all ? "/v1/runs?all=true" : "/v1/runs"), as: RunListResponse.self)
     }
+
+    public func injections(all: Bool) throws -> InjectionListResponse {
+        try decode(http.request("GET", all ? "/v1/injections?all=true" : "/v1/injections"), as: InjectionListResponse.self)
+    }
 }

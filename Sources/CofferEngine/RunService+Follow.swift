@@ -30,9 +30,7 @@ extension RunService {
         guard mount == .daemon || geteuid() == 0 else {
             throw CofferError(.invalidParameter, "live rotation into a private namespace needs cofferd to run as root")
         }
-        let parts = f.target.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
-        guard f.target.hasPrefix("/"), f.target.utf8.count < 1024, !parts.isEmpty,
-              parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." && $0.utf8.allSatisfy(SecretPath.isAllowed) }) else {
+        guard Self.validTarget(f.target) else {
             throw CofferError(.invalidParameter, "follow.target must be an absolute path of plain names")
         }
         guard !f.files.isEmpty, f.files.count <= Self.maxSecrets else {

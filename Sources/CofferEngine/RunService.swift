@@ -60,6 +60,8 @@ public final class RunService: Sendable {
         public var label: String?
         /// Files cofferd keeps current (live rotation), while cofferd runs.
         public var follow: Follow?
+        /// Where the tmpfs is as the holder sees it (the runner's claim; checked by inspect).
+        public var target: String?
     }
 
     /// A followed run: where its tmpfs is as its holder sees it, and each file to
@@ -146,7 +148,7 @@ public final class RunService: Sendable {
     /// registers the run and, for mount "daemon", mounts its tmpfs.
     public func start(_ ticket: AuditTicket, _ p: Principal, secrets refs: [(SecretPath, Int?)], mount: Mount, sizeBytes: Int?,
                       ttl: Int?, network: Network, dryRun: Bool, holder: Int32? = nil, label: String? = nil,
-                      follow: Follow? = nil) async throws(CofferError) -> Started {
+                      follow: Follow? = nil, target: String? = nil) async throws(CofferError) -> Started {
         guard !refs.isEmpty else { throw CofferError(.invalidParameter, "a run needs at least one secret") }
         guard refs.count <= Self.maxSecrets else { throw CofferError(.invalidParameter, "at most \(Self.maxSecrets) secrets per run") }
         var seen = Set<String>()
@@ -164,6 +166,7 @@ public final class RunService: Sendable {
             throw CofferError(.invalidParameter, "network \"none\" is a private namespace's: it needs mount \"private\"")
         }
         if let follow { try checkFollow(follow, p, refs.map(\.0), mount: mount, network: network) }
+        if let target, !Self.validTarget(target) { throw CofferError(.invalidParameter, "target must be an absolute path of plain names") }
         // What is verified of the requesting process, from the kernel (a claim of the
         // request is never taken): a run "without network" asks from inside its own
         // network namespace, and whoever is not root makes a private mount only from
@@ -190,7 +193,8 @@ public final class RunService: Sendable {
             q.conditions.insert(.networkNone)
         }
         do {
-            return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun, holder: holder, label: label, follow: follow)
+            return try await started(ticket, q, refs, mount, size, ttlSeconds, network, dryRun: dryRun, holder: holder, label: label, follow: follow,
+                                     target: target)
         } catch where error.code == .permissionDenied && network == .none && p.uid == 0 && !dryRun {
             throw CofferError(.permissionDenied, error.message, hint: (error.hint.map { $0 + "; " } ?? "")
                 + "a run of root is never counted as cut off from the network (root can undo namespaces): run the step as another user, e.g. runuser -u USER -- coffer run --network none …")
@@ -198,7 +202,7 @@ public final class RunService: Sendable {
     }
 
     func started(_ ticket: AuditTicket, _ p: Principal, _ refs: [(SecretPath, Int?)], _ mount: Mount, _ size: Int, _ ttlSeconds: Int,
-                 _ network: Network, dryRun: Bool, holder: Int32?, label: String?, follow: Follow?) async throws(CofferError) -> Started {
+                 _ network: Network, dryRun: Bool, holder: Int32?, label: String?, follow: Follow?, target: String?) async throws(CofferError) -> Started {
         let paths = refs.map(\.0)
         let result = try await gate.performEach(ticket, p, anyOf: [.read, .inject], paths) { g, allowedBy throws(CofferError) -> Started in
             var out: Started = Started(run: nil, noswap: nil, sizeBytes: size, ttlSeconds: ttlSeconds, secrets: [])
@@ -258,7 +262,7 @@ public final class RunService: Sendable {
         var run = Run(id: "run_" + Hex.encode(Hashing.randomBytes(12)), uid: p.uid, gid: p.gid, user: p.userName, pid: runner,
                       pidStart: pidStart, mount: mount, mountPath: nil, startedAt: now, expiresAt: now + Int64(ttlSeconds) * 1000,
                       paths: result.secrets.map(\.path.rawValue), network: network, requestID: ticket.draft.requestID, fate: nil, label: label,
-                      follow: follow)
+                      follow: follow, target: mount == .daemon ? nil : (target ?? follow?.target))
         if follow != nil { details["follow"] = .text("yes") }
         var written: [String: Int] = [:]
         for s in result.secrets { written[s.path.rawValue] = s.meta.version }
@@ -281,6 +285,7 @@ public final class RunService: Sendable {
                 let (path, noswap) = try makeMount(run.id, size: size, uid: p.uid, gid: p.gid)
                 run.mountPath = path
                 run.follow?.target = path  // (cofferd's own namespace: rewritten there)
+                run.target = path
                 out.noswap = noswap
             }
             try writeRecord(run)

@@ -212,7 +212,7 @@ public enum OCIHook {
             RunAPI.Follow.File(path: $0.path.rawValue, name: $0.name, mode: $0.mode, uid: $0.uid, gid: $0.gid)
         }, signal: signal) : nil
         let started = try RunAPI.start(http, paths: items.map(\.path.rawValue), mount: "private", sizeBytes: size, ttl: "365d",
-                                       network: "host", dryRun: false, holderPID: pid, label: label, follow: followed)
+                                       network: "host", dryRun: false, holderPID: pid, label: label, follow: followed, target: target)
         guard let runID = started.id else { throw ClientError(kind: .io, message: "cofferd started no run") }
         do {
             var files: [RunFile] = []

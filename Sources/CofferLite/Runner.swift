@@ -210,7 +210,8 @@ public struct Runner {
             RunAPI.Follow.File(path: $0.path.rawValue, name: $0.name, mode: $0.mode, uid: $0.uid ?? getuid(), gid: $0.gid ?? getgid())
         }, signal: signal) : nil
         var started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
-                                       sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun, follow: follow)
+                                       sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun, follow: follow,
+                                       target: mode == .private ? Self.canonical(options.dir) : nil)
         if options.dryRun {
             return try report(started, specs: specs, templates: templates, envVars: envVars, registryAuth: registryAuth, mode: mode, size: size)
         }
@@ -698,13 +699,14 @@ enum RunAPI {
     }
 
     static func start(_ http: UnixHTTPClient, paths: [String], mount: String, sizeBytes: Int, ttl: String?, network: String,
-                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil, follow: Follow? = nil) throws -> Started {
+                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil, follow: Follow? = nil, target: String? = nil) throws -> Started {
         var body: [(String, JSON)] = [("secrets", .array(paths.map { .object([("path", .string($0))]) })), ("mount", .string(mount)),
                                       ("size_bytes", .int(sizeBytes))]
         if let ttl { body.append(("ttl", .string(ttl))) }
         body += [("network", .string(network)), ("dry_run", .bool(dryRun))]
         if let holderPID { body.append(("holder_pid", .int(Int(holderPID)))) }
         if let label { body.append(("label", .string(label))) }
+        if let target { body.append(("target", .string(target))) }
         if let follow {
             var f: [(String, JSON)] = [("target", .string(follow.target)), ("files", .array(follow.files.map { file in
                 .object([("path", .string(file.path)), ("name", .string(file.name)), ("mode", .int(Int(file.mode))),

@@ -168,3 +168,44 @@ struct RunListCommand: ParsableCommand {
     }
 }
 
+
+struct InjectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inject",
+        abstract: "Live injections (coffer run, containers) as the kernel shows them.",
+        subcommands: [List.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "list",
+            abstract: "Every live injection: its secrets and versions, its tmpfs's mount options, each file's owner and mode, and a verdict.",
+            discussion: """
+                cofferd reads each run's tmpfs from the mount namespace of the process that
+                holds it (never the runner's word): "secure" is a tmpfs Coffer made, noswap,
+                read-only, nosuid/nodev/noexec, every file 0400; "weak" says why not.
+                --all shows every user's (admin).
+                """)
+
+        @OptionGroup var global: GlobalOptions
+        @Flag(name: .long, help: "Every user's injections (admin).") var all = false
+
+        func run() throws {
+            try runReporting {
+                let r = try global.client().injections(all: all)
+                if global.format == .json { return try printJSON(r) }
+                if r.injections.isEmpty { return try printLine("no live injections") }
+                var lines: [String] = []
+                for x in r.injections {
+                    lines.append("\(x.id)  \(x.label ?? "run")  uid \(x.uid)  pid \(x.pid)  \(x.mount)  \(x.target ?? "?")\(x.follow ? "  follow" : "")  \(x.verdict.uppercased())")
+                    lines.append("  secrets: " + x.secrets.map { "\($0.path) v\($0.version.map(String.init) ?? "?")" }.joined(separator: ", "))
+                    if let t = x.fsType {
+                        lines.append("  mount: \(t) \(x.source ?? "") \(x.mountOptions.joined(separator: ",")) (\(x.superOptions.joined(separator: ",")))")
+                    }
+                    for f in x.files { lines.append("  file: \(f.name) \(f.mode) uid \(f.uid) gid \(f.gid) \(f.size) bytes") }
+                    for why in x.reasons { lines.append("  weak: \(why)") }
+                }
+                try printLine(lines.joined(separator: "\n"))
+            }
+        }
+    }
+}

@@ -260,6 +260,19 @@ import Testing
         }
         var st = stat()
         #expect(stat(seen, &st) == 0 && st.st_mode & 0o7777 == 0o440 && st.st_uid == 1000, "owner or mode changed")
+        // coffer inject list: what the kernel shows of the container's tmpfs
+        let listed = try d.coffer(["inject", "list", "--all", "--format", "json"])
+        let j = try JSONSerialization.jsonObject(with: Data(listed.stdout)) as? [String: Any]
+        let x = (j?["injections"] as? [[String: Any]])?.first { ($0["label"] as? String) == "container:\(id)" }
+        #expect(x?["verdict"] as? String == "weak" && (x?["reasons"] as? [String]) == ["x is 440 (not 0400)"], "\(listed.out)")
+        #expect((x?["mount_options"] as? [String])?.contains("ro") == true && (x?["super_options"] as? [String])?.contains("noswap") == true
+                && x?["fs_type"] as? String == "tmpfs" && x?["source"] as? String == "coffer-run" && x?["follow"] as? Bool == true, "\(listed.out)")
+        let xs = (x?["secrets"] as? [[String: Any]]) ?? []
+        #expect(xs.count == 1 && xs[0]["path"] as? String == "ci/app/x" && xs[0]["version"] as? Int == 101, "\(xs)")
+        let xf = (x?["files"] as? [[String: Any]]) ?? []
+        #expect(xf.count == 1 && xf[0]["name"] as? String == "x" && xf[0]["mode"] as? String == "0440" && xf[0]["uid"] as? Int == 1000, "\(xf)")
+        let text = try d.coffer(["inject", "list", "--all"]).out
+        #expect(text.contains("container:\(id)") && text.contains("WEAK") && text.contains("weak: x is 440"), "\(text)")
         FileManager.default.createFile(atPath: b + "/rootfs/tmp/stop", contents: nil)
         runc.waitUntilExit()
         #expect(runc.terminationStatus == 0)

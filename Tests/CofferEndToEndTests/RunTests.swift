@@ -405,9 +405,24 @@ import Testing
             while current() != value(n) && Date().timeIntervalSince(t0) < 1.0 { usleep(2_000) }
             #expect(current() == value(n), "version \(n + 1) not seen after \(Date().timeIntervalSince(t0))s")
         }
+        // coffer inject list, as the run's owner: root's private tmpfs is secure; a
+        // user's, cofferd's tmpfs the runner writes into, is weak and says why
+        let listed = asUser ? try d.coffer(["inject", "list", "--format", "json"], as: TestUser.nonAdmin) : try d.coffer(["inject", "list", "--format", "json"])
+        let j = try JSONSerialization.jsonObject(with: Data(listed.stdout)) as? [String: Any]
+        let x = (j?["injections"] as? [[String: Any]])?.first
+        let files = (x?["files"] as? [[String: Any]]) ?? []
+        #expect(files.count == 1 && files.first?["name"] as? String == "tok" && files.first?["mode"] as? String == "0400", "\(listed.out)")
+        #expect((x?["secrets"] as? [[String: Any]])?.first?["version"] as? Int == 22, "\(listed.out)")
+        if asUser {
+            #expect(x?["verdict"] as? String == "weak" && ((x?["reasons"] as? [String]) ?? []).first?.hasPrefix("writable by its owner") == true, "\(listed.out)")
+        } else {
+            #expect(x?["verdict"] as? String == "secure" && (x?["reasons"] as? [String]) == [], "\(listed.out)")
+            #expect(x?["target"] as? String == d.dir + "/secrets", "\(listed.out)")
+        }
         FileManager.default.createFile(atPath: out + "/stop", contents: nil)
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
+        #expect(try d.coffer(["inject", "list"]).out == "no live injections\n")
         let uid = asUser ? TestUser.nonAdmin.uid : 0
         #expect((try? String(contentsOfFile: out + "/mode", encoding: .utf8)) == "400 \(uid)\n")
         let lines = ((try? String(contentsOfFile: out + "/all", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)

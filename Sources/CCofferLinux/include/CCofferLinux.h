@@ -145,6 +145,9 @@ int coffer_pidfd_kill(int pidfd, int sig);
  * process PID (0: cofferd itself) sees it; PIDFD must still be that process's. */
 int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
                        unsigned int mode, unsigned int uid, unsigned int gid, int *stage);
+/* What the kernel says of a run's tmpfs as its holder sees it: "M <mountinfo line>",
+ * then "F <mode octal> <uid> <gid> <size> <name>" per entry, NUL-ended in OUT. 0 or -1. */
+int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsigned long cap);
 
 /// Of descriptor `targetfd` of the process behind `pidfd` (a copy taken with
 /// pidfd_getfd, closed again): its socket domain, for a socket of the IP family (or

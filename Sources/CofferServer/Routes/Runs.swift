@@ -12,6 +12,9 @@ extension APIResponder {
             .init(.post, "inject") { r, i throws(CofferError) in try await r.runStart(i) },
             .init(.get, "run_list") { r, i throws(CofferError) in try await r.runList(i) },
         ]),
+        Endpoint("injections", .exact("/v1/injections"), [
+            .init(.get, "inject_list") { r, i throws(CofferError) in try await r.injectList(i) },
+        ]),
         Endpoint("run_end", .prefix("/v1/runs/", suffix: "/end", param: .accessor), [
             .init(.post, "run_end") { r, i throws(CofferError) in try await r.runEnd(i) },
         ]),
@@ -69,7 +72,8 @@ extension APIResponder {
             follow = RunService.Follow(target: f.target, files: files, signal: signal)
         }
         let started = try await engine.runs.start(i.ticket, principal, secrets: refs, mount: mount, sizeBytes: body.sizeBytes, ttl: ttl,
-                                                  network: network, dryRun: dryRun, holder: holder, label: body.label, follow: follow)
+                                                  network: network, dryRun: dryRun, holder: holder, label: body.label, follow: follow,
+                                                  target: body.target)
         let secrets = started.secrets.map { s in
             RunSecretInfo(path: s.path.rawValue, version: s.meta.version, createdAt: Timestamp.string(millis: s.meta.createdAt),
                           allowedBy: s.allowedBy.rawValue, valueBase64: s.value.map { Data($0.copyToArray()).base64EncodedString() })
@@ -92,6 +96,27 @@ extension APIResponder {
             engine.runs.list(principal, all: all)
         }
         return ErrorMapping.json(RunListResponse(runs: runs.map(runInfo)))
+    }
+
+    func injectList(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: ["all"])
+        var all = false
+        if let v = i.request.uri.queryParameters["all"] {
+            guard v == "true" || v == "false" else { throw CofferError(.invalidParameter, "all must be true or false") }
+            all = v == "true"
+        }
+        let found = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "inject_list") { _ async throws(CofferError) in
+            engine.runs.injections(principal, all: all)
+        }
+        return ErrorMapping.json(InjectionListResponse(injections: found.map { x in
+            InjectionInfo(id: x.run.id, label: x.run.label, uid: x.run.uid, pid: x.run.pid, mount: x.run.mount.rawValue, target: x.target,
+                          startedAt: Timestamp.string(millis: x.run.startedAt), expiresAt: Timestamp.string(millis: x.run.expiresAt),
+                          follow: x.run.follow != nil, secrets: x.run.paths.map { .init(path: $0, version: x.versions[$0]) },
+                          fsType: x.fsType, source: x.source, mountOptions: x.mountOptions, superOptions: x.superOptions,
+                          files: x.files.map { .init(name: $0.name, mode: "0" + String($0.mode & 0o7777, radix: 8), uid: $0.uid, gid: $0.gid, size: $0.size) },
+                          verdict: x.verdict, reasons: x.reasons)
+        }))
     }
 
     func runEnd(_ i: RouteInput) async throws(CofferError) -> Response {
