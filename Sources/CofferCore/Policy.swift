@@ -46,6 +46,10 @@ public enum Subject: Hashable, Sendable, CustomStringConvertible {
     case user(String)
     case uid(UInt32)
     case group(String)
+    /// A container by its OCI id (runc's container name; podman's 64-hex id), `*` and
+    /// `?` as wildcards: matches only an injection cofferd verified was requested by
+    /// root for a process in namespaces of its own (see RunService).
+    case container(String)
 
     public init(_ text: String) throws(CofferError) {
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
@@ -58,8 +62,13 @@ public enum Subject: Hashable, Sendable, CustomStringConvertible {
         case "uid":
             guard let n = UInt32(parts[1]) else { throw CofferError(.invalidParameter, "subject '\(text.prefix(64))': uid must be a number") }
             self = .uid(n)
+        case "container":
+            guard parts[1].utf8.count <= 128, parts[1].utf8.allSatisfy({ SecretPath.isAllowed($0) || $0 == UInt8(ascii: "*") || $0 == UInt8(ascii: "?") }) else {
+                throw CofferError(.invalidParameter, "subject '\(text.prefix(64))': a container pattern is 1-128 of [A-Za-z0-9._-] with * and ?")
+            }
+            self = .container(parts[1])
         default:
-            throw CofferError(.invalidParameter, "subject '\(text.prefix(64))' must be user:NAME, uid:N or group:NAME")
+            throw CofferError(.invalidParameter, "subject '\(text.prefix(64))' must be user:NAME, uid:N, group:NAME or container:PATTERN")
         }
     }
 
@@ -68,6 +77,7 @@ public enum Subject: Hashable, Sendable, CustomStringConvertible {
         case .user(let n): "user:\(n)"
         case .uid(let n): "uid:\(n)"
         case .group(let n): "group:\(n)"
+        case .container(let n): "container:\(n)"
         }
     }
 
@@ -76,7 +86,27 @@ public enum Subject: Hashable, Sendable, CustomStringConvertible {
         case .user(let n): p.userName == n
         case .uid(let n): p.uid == n
         case .group(let n): p.groupNames.contains(n)
+        case .container(let pattern): p.container.map { Self.glob(Array(pattern.utf8)[...], Array($0.utf8)[...]) } ?? false
         }
+    }
+
+    /// `*` any run of bytes, `?` one byte, anything else itself.
+    static func glob(_ p: ArraySlice<UInt8>, _ s: ArraySlice<UInt8>) -> Bool {
+        var pi = p.startIndex, si = s.startIndex
+        var star: ArraySlice<UInt8>.Index? = nil, mark = s.startIndex
+        while si < s.endIndex {
+            if pi < p.endIndex && (p[pi] == UInt8(ascii: "?") || p[pi] == s[si]) {
+                pi += 1; si += 1
+            } else if pi < p.endIndex && p[pi] == UInt8(ascii: "*") {
+                star = pi; mark = si; pi += 1
+            } else if let st = star {
+                pi = st + 1; mark += 1; si = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.endIndex && p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.endIndex
     }
 }
 
@@ -249,7 +279,7 @@ extension Policy {
                     subjects = try reader.strings("subjects") ?? []
                     names = try reader.strings("roles") ?? []
                 } catch { throw CofferError(.invalidPolicy, error.message) }
-                guard !subjects.isEmpty else { throw err(t.line, "[[bind]] needs subjects = [\"user:NAME\", \"uid:N\", \"group:NAME\"]") }
+                guard !subjects.isEmpty else { throw err(t.line, "[[bind]] needs subjects = [\"user:NAME\", \"uid:N\", \"group:NAME\", \"container:PATTERN\"]") }
                 guard !names.isEmpty else { throw err(t.line, "[[bind]] needs roles = [\"ROLE\"]") }
                 var parsed: [Subject] = []
                 for s in subjects {

@@ -18,6 +18,9 @@ public struct Principal: Sendable, Equatable {
     /// it has no network): set by the daemon from the kernel's facts, never from a
     /// request's word. Rules may require these.
     public var conditions: Set<Condition> = []
+    /// The container (OCI id) an injection is for, when cofferd verified it: root asked,
+    /// for a process in mount and PID namespaces of its own. Set only by the daemon.
+    public var container: String?
 
     public init(pid: Int32, uid: UInt32, gid: UInt32, userName: String?, groups: [UInt32], groupNames: [String] = [], token: TokenGrant? = nil) {
         self.pid = pid

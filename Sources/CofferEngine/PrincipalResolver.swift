@@ -86,6 +86,11 @@ public final class PrincipalResolver: Sendable {
             // a caller whose only group is this one, with no user bindings
             return Principal(pid: 0, uid: UInt32.max - 1, gid: PrincipalResolver.gid(ofGroup: name) ?? UInt32.max - 1,
                              userName: nil, groups: [], groupNames: [name])
+        case .container(let name):
+            // an injection for that container by a rootful runtime: root's roles and the container's
+            var p = principal(pid: 0, uid: 0, gid: 0)
+            p.container = name
+            return p
         }
     }
 

@@ -172,6 +172,13 @@ public final class RunService: Sendable {
         // network namespace, and whoever is not root makes a private mount only from
         // inside a mount namespace of its own (a user namespace's).
         var q = p
+        // a container's identity, for `container:` bindings: the runtime's claim,
+        // accepted only from root (who could start any container anyway) and only for
+        // a holder in mount and PID namespaces other than the requester's and cofferd's
+        if let label, label.hasPrefix("container:"), let holder, p.uid == 0, p.token == nil, !dryRun,
+           Self.ownNamespaces(holder, than: p.pid) {
+            q.container = String(label.dropFirst("container:".count))
+        }
         if !dryRun && (network == .none || (mount == .private && p.uid != 0)) {
             let iso = Self.isolation(of: p.pid)
             if network == .none, let problem = iso.networkProblem {
@@ -238,6 +245,7 @@ public final class RunService: Sendable {
             details["isolation"] = .text(p.conditions.contains(.networkNone) ? "verified" : "root: not counted")
         }
         if let holder { details["holder_pid"] = .number(Int64(holder)) }
+        if let c = p.container { details["container"] = .text(c) }
         if dryRun {
             ticket.update { $0.details = details; $0.action = "inject_plan" }
             return result
@@ -299,6 +307,20 @@ public final class RunService: Sendable {
             "run.id": "\(run.id)", "peer.uid": "\(p.uid)", "peer.pid": "\(p.pid)", "run.mount": "\(mount.rawValue)", "secrets": "\(refs.count)",
         ])
         return out
+    }
+
+    /// The holder is in mount and PID namespaces of its own: neither the requester's
+    /// nor cofferd's.
+    static func ownNamespaces(_ holder: Int32, than requester: Int32) -> Bool {
+        func ns(_ pid: Int32, _ kind: String) -> String? {
+            var buf = [CChar](repeating: 0, count: 64)
+            let n = readlink(pid == 0 ? "/proc/self/ns/\(kind)" : "/proc/\(pid)/ns/\(kind)", &buf, buf.count - 1)
+            return n > 0 ? String(cString: buf) : nil
+        }
+        for kind in ["mnt", "pid"] {
+            guard let h = ns(holder, kind), let r = ns(requester, kind), let own = ns(0, kind), h != r, h != own else { return false }
+        }
+        return true
     }
 
     // MARK: end, list

@@ -189,7 +189,7 @@ struct PolicyCommand: ParsableCommand {
             abstract: "Show the decision and the deciding rule for a subject, touching no secret (needs admin).",
             discussion: "Example: coffer policy explain --as user:alice read ci/app/db")
         @OptionGroup var global: GlobalOptions
-        @Option(name: .customLong("as"), help: "user:NAME, uid:N or group:NAME.") var subject: String
+        @Option(name: .customLong("as"), help: "user:NAME, uid:N, group:NAME or container:ID (an injection for that container by a rootful runtime).") var subject: String
         @Argument(help: "Capability: read, list, write, delete, destroy, admin, audit.") var capability: String
         @Argument(help: "Secret path (or prefix for list).") var path: String = ""
         func run() throws {

@@ -225,3 +225,24 @@ let ciPolicy = PolicyFixture.ciPolicy
         #expect(!PolicyEvaluator.decide(p, principal(1002, "c"), .status, nil).allowed)
     }
 }
+
+@Suite struct ContainerSubjectTests {
+    @Test(arguments: [
+        ("ci-*", "ci-1", true), ("ci-*", "ci-", true), ("ci-*", "cd-1", false), ("ci-?", "ci-12", false), ("ci-?", "ci-1", true),
+        ("*", "anything", true), ("web", "web", true), ("web", "web2", false), ("*-prod-*", "a-prod-b", true), ("*-prod-*", "a-prodb", false),
+        ("a*b*c", "axxbyyc", true), ("a*b*c", "axxbyy", false),
+    ])
+    func containerPatterns(_ pattern: String, _ id: String, _ expected: Bool) throws {
+        var p = Principal(pid: 1, uid: 0, gid: 0, userName: "root", groups: [0])
+        let s = try Subject("container:" + pattern)
+        #expect(!s.matches(p), "no container: no match")
+        p.container = id
+        #expect(s.matches(p) == expected)
+        #expect(s.description == "container:" + pattern)
+    }
+
+    @Test(arguments: ["container:", "container:a/b", "container:a b", "container:" + String(repeating: "a", count: 129), "container:ü"])
+    func badContainerSubjects(_ text: String) {
+        #expect(throws: CofferError.self) { try Subject(text) }
+    }
+}

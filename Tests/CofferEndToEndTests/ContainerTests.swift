@@ -293,6 +293,58 @@ import Testing
         #expect(Self.hostMounts(under: b).isEmpty)
     }
 
+    /// `container:PATTERN` bindings: root itself may not read ci/app/db, containers
+    /// named coffer-ci-* get it injected; another name, or root claiming a container
+    /// for a process in its own namespaces, does not.
+    @Test func containerSubjectsGrantToContainersByName() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Daemon(config: "", policy: """
+            [role.host]
+            [[role.host.rule]]
+            path = "**"
+            capabilities = ["write", "list", "admin", "audit"]
+            [role.ci-containers]
+            [[role.ci-containers.rule]]
+            path = "ci/app/**"
+            capabilities = ["inject"]
+            [[bind]]
+            subjects = ["uid:0"]
+            roles = ["host"]
+            [[bind]]
+            subjects = ["container:coffer-ci-*"]
+            roles = ["ci-containers"]
+            """)
+        try d.start()
+        chmod(d.dir, 0o755)
+        let value = "db-\(UUID().uuidString)"
+        #expect(try d.coffer(["secret", "put", "ci/app/db"], stdin: Array(value.utf8)).status == 0)
+        #expect(try d.coffer(["secret", "get", "ci/app/db"]).status != 0, "root itself may not read it")
+        let ok = "coffer-ci-\(getpid())"
+        let b = try Self.bundle(d, "ci", script: "cat /run/secrets/db", annotations: ["io.coffer.secrets": "ci/app/db"])
+        var r = try run("/usr/sbin/runc", ["run", "--bundle", b, ok], timeout: 60)
+        #expect(r.status == 0 && r.out == value, "\(r.stderr)")
+        let b2 = try Self.bundle(d, "other", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db"])
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b2, "coffer-web-\(getpid())"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("permission denied"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: b2 + "/rootfs/ran"))
+        // root naming a process of its own namespaces a container gets nothing by the name
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["20"]
+        try sleeper.run()
+        defer { kill(sleeper.processIdentifier, SIGKILL); sleeper.waitUntilExit() }
+        let body = #"{"secrets":[{"path":"ci/app/db"}],"mount":"private","holder_pid":\#(sleeper.processIdentifier),"label":"container:\#(ok)"}"#
+        let c = try run("/usr/bin/curl", ["-s", "--unix-socket", d.socket, "-X", "POST", "-H", "Content-Type: application/json", "--data", body, "http://coffer/v1/runs"])
+        #expect(c.out.contains("permission_denied") && !c.out.contains("value_base64"), "\(c.out)")
+        let events = try d.coffer(["audit", "search", "--action", "inject", "--decision", "allow", "--format", "json"]).out
+        #expect(events.contains("\"container\":\"\(ok)\""), "\(events)")
+        // policy explain knows the subject
+        let e = try d.coffer(["policy", "explain", "--as", "container:coffer-ci-7", "inject", "ci/app/db"])
+        #expect(e.status == 0 && e.out.hasPrefix("ALLOW") && e.out.contains("ci-containers"), "\(e.out) \(e.stderr)")
+        let e2 = try d.coffer(["policy", "explain", "--as", "container:coffer-web-7", "inject", "ci/app/db"])
+        #expect(e2.out.hasPrefix("DENY"), "\(e2.out)")
+    }
+
     @Test func aStateThatIsNotOneIsRefused() throws {
         for (input, message) in [("not json", "is not an OCI state"), (#"{"id":"x","pid":1,"bundle":"/tmp"}"#, "is not a container's"),
                                  (#"{"id":"x/y","pid":5,"bundle":"/tmp"}"#, "no valid container id"),
