@@ -27,6 +27,10 @@ struct Report: Codable {
     /// and the same tmpfs work by unshare -m + mount + 10 files + exec /bin/true.
     var runMeanMs: Double?
     var tmpfsBaselineMs: Double?
+    /// `runc run` of a busybox container running /bin/true with the OCI hook injecting
+    /// 5 secrets, and the same container without the hook.
+    var hookRuncMs: Double?
+    var plainRuncMs: Double?
     var targets: [String] = []
     var chartWritten = false
 
@@ -78,6 +82,9 @@ struct Report: Codable {
         if let run = runMeanMs, let base = tmpfsBaselineMs {
             line(run <= 1.5 * base, String(format: "coffer run, 10 secrets, /bin/true = %.2f × unshare+mount+10 files+exec (target ≤ 1.5)", run / base))
         }
+        if let hook = hookRuncMs, let plain = plainRuncMs {
+            line(hook - plain <= 20, String(format: "OCI hook, 5 secrets: runc run + %.1f ms (%.1f vs %.1f ms; target ≤ 20 ms added)", hook - plain, hook, plain))
+        }
         if let idle = rssIdleKiB {
             line(idle <= 32 * 1024, String(format: "daemon RSS idle = %.1f MiB (target ≤ 32 MiB)", Double(idle) / 1024))
         }
@@ -102,6 +109,9 @@ struct Report: Codable {
         if let r = redisCliMeanMs { s += String(format: "; `redis-cli GET`: %.2f ms", r) }
         if let v = runMeanMs, let b = tmpfsBaselineMs {
             s += String(format: "\n`coffer run` (10 secrets of 64 B, /bin/true), whole process: %.2f ms; unshare -m + mount tmpfs + 10 files + exec: %.2f ms", v, b)
+        }
+        if let h = hookRuncMs, let p = plainRuncMs {
+            s += String(format: "\n`runc run` (busybox, /bin/true) with the OCI hook injecting 5 secrets: %.1f ms; without the hook: %.1f ms", h, p)
         }
         s += "\n\n" + targets.map { "    " + $0 }.joined(separator: "\n") + "\n"
         return s
