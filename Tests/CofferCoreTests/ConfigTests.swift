@@ -145,10 +145,17 @@ import Testing
     @Test func examplePolicyParses() throws {
         let path = Self.root.appendingPathComponent("contrib/policy.toml").path
         let p = try Policy.parse(try String(contentsOfFile: path, encoding: .utf8), file: path)
-        #expect(p.roles.keys.sorted() == ["admin", "ci-build", "release"])
+        #expect(p.roles.keys.sorted() == ["admin", "app-containers", "ci-build", "release"])
         let runner = Principal(pid: 1, uid: 1200, gid: 1200, userName: "ci-runner", groups: [1200], groupNames: ["ci-runner"])
         #expect(PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/db")).allowed)
         #expect(!PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/prod/db")).allowed)
+        // a container named app-* gets the app's secrets as files, nothing else
+        var app = Principal(pid: 1, uid: 1300, gid: 1300, userName: nil, groups: [1300])
+        app.container = "app-web-1"
+        #expect(PolicyEvaluator.decide(p, app, .inject, try SecretPath("ci/app/db")).allowed)
+        #expect(!PolicyEvaluator.decide(p, app, .read, try SecretPath("ci/app/db")).allowed)
+        app.container = "web-1"
+        #expect(!PolicyEvaluator.decide(p, app, .inject, try SecretPath("ci/app/db")).allowed)
     }
 }
 
