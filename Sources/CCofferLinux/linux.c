@@ -276,10 +276,14 @@ static int coffer_open_in_root(const char *root, const char *dir) {
     return cur;
 }
 
+static int coffer_mount_line(int fd, int procfd, char *line, size_t cap, int require_root);
+
 static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
-    int dfd, mfd = -1;
+    int dfd, mfd = -1, procfd = -1;
     if (spec->private_mount && spec->container_pid > 0) {
-        /* into the container's mount namespace (its propagation is the runtime's) */
+        /* into the container's mount namespace (its propagation is the runtime's); this
+         * process's entry of the host's /proc kept for reading that namespace's mounts */
+        procfd = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
         char ns[64];
         snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", spec->container_pid);
         int nsfd = open(ns, O_RDONLY | O_CLOEXEC);
@@ -351,6 +355,15 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
             tfd = (int)syscall(SYS_openat2, AT_FDCWD, spec->dir, &how, sizeof(how));
         }
         if (tfd < 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+        if (spec->container_pid > 0) {
+            /* a mount under a shared one would propagate to its peers (the host's, for a
+             * shared volume): refused, so nothing of it can outlive the container */
+            static char line[8192];
+            if (procfd < 0 || !coffer_mount_line(tfd, procfd, line, sizeof(line), 0)) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
+            char *sep = strstr(line, " - ");
+            if (sep) *sep = 0;
+            if (strstr(line, " shared:")) { errno = EPERM; coffer_fail(fd, COFFER_STAGE_SHARED, -1); }
+        }
         if (move_mount(mfd, "", tfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) coffer_fail(fd, COFFER_STAGE_ATTACH, -1);
         close(tfd);
         close(mfd);
@@ -711,11 +724,11 @@ int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long
 #include <linux/magic.h>
 /* The mountinfo line (this process's current mount namespace, read through PROCFD, its
  * entry of the host's /proc) of the mount FD is the root of: 1 and LINE filled, else 0. */
-static int coffer_mount_line(int fd, int procfd, char *line, size_t cap) {
+static int coffer_mount_line(int fd, int procfd, char *line, size_t cap, int require_root) {
     struct statx sx;
     memset(&sx, 0, sizeof(sx));
     if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &sx) != 0 || !(sx.stx_mask & STATX_MNT_ID)) return 0;
-    if (!(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) || !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT)) return 0;
+    if (require_root && (!(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) || !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))) return 0;
     /* (the namespace's own /proc may be another PID namespace's; this process's entry
      * shows the namespace it is in when it opens mountinfo) */
     int mi = openat(procfd, "mountinfo", O_RDONLY | O_CLOEXEC);
@@ -750,7 +763,7 @@ static int coffer_mount_line(int fd, int procfd, char *line, size_t cap) {
 /* The root of a tmpfs Coffer made (source coffer-run). */
 static int coffer_is_run_mount(int fd, int procfd) {
     static char line[8192];
-    if (!coffer_mount_line(fd, procfd, line, sizeof(line))) return 0;
+    if (!coffer_mount_line(fd, procfd, line, sizeof(line), 1)) return 0;
     char *sep = strstr(line, " - ");
     return sep && strncmp(sep + 3, "tmpfs coffer-run ", 17) == 0;
 }
@@ -758,7 +771,8 @@ static int coffer_is_run_mount(int fd, int procfd) {
 /* In a child of cofferd: into the mount namespace of the holder (PID behind PIDFD; 0:
  * cofferd's own) and TARGET opened as it sees it (inside its root only; cofferd's own
  * tmpfs by path without any link). The O_PATH fd, or -1 with errno and *stage. */
-static int coffer_enter_holder(int pidfd, int pid, const char *target, int *procfd, int *stage) {
+#include <linux/nsfs.h>
+static int coffer_enter_holder(int pidfd, int pid, const char *target, int nosymlinks, int *procfd, int *stage) {
     int rootfd, nsfd = -1;
     char path[64];
     *stage = 1;
@@ -778,20 +792,40 @@ static int coffer_enter_holder(int pidfd, int pid, const char *target, int *proc
         if (poll(&pf, 1, 0) != 0) { errno = ESRCH; return -1; }
     }
     *stage = 2;
-    if (nsfd >= 0 && setns(nsfd, CLONE_NEWNS) != 0) return -1;
+    if (nsfd >= 0) {
+        /* only a mount namespace of the initial user namespace: one a process made in a
+         * user namespace of its own is that process's to fill */
+        struct stat mine, theirs;
+        int owner = ioctl(nsfd, NS_GET_USERNS);
+        if (owner < 0 || fstat(owner, &theirs) != 0 || stat("/proc/self/ns/user", &mine) != 0) return -1;
+        close(owner);
+        if (theirs.st_ino != mine.st_ino || theirs.st_dev != mine.st_dev) { errno = EPERM; return -1; }
+        if (setns(nsfd, CLONE_NEWNS) != 0) return -1;
+    }
     *stage = 3;
     struct open_how how;
     memset(&how, 0, sizeof(how));
     how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = pid > 0 ? (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) : (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    how.resolve = pid > 0 && !nosymlinks ? (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) : (RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     return (int)syscall(SYS_openat2, rootfd, target[0] == '/' ? target + 1 : target, &how, sizeof(how));
 }
 
-static void coffer_rotate_child(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+/* the tmpfs at DFD is not one of EXCLUDED (cofferd's tmpfs of other runs, which a
+ * namespace cloned from the host's may also show) */
+static int coffer_not_excluded(int dfd, const unsigned long long *excluded, int excluded_count) {
+    struct stat st;
+    if (fstat(dfd, &st) != 0) return 0;
+    for (int i = 0; i < excluded_count; i++) if ((unsigned long long)st.st_dev == excluded[i]) return 0;
+    return 1;
+}
+
+static void coffer_rotate_child(int pidfd, int pid, const char *target, int nosymlinks, const unsigned long long *excluded, int excluded_count,
+                                const char *name, const unsigned char *data, unsigned long length,
                                 unsigned int mode, unsigned int uid, unsigned int gid, int report) {
     int stage = 1, procfd = -1;
-    int dfd = coffer_enter_holder(pidfd, pid, target, &procfd, &stage);
+    int dfd = coffer_enter_holder(pidfd, pid, target, nosymlinks, &procfd, &stage);
     if (dfd < 0) goto fail;
+    if (!coffer_not_excluded(dfd, excluded, excluded_count)) { errno = EPERM; goto fail; }
     struct statfs sfs;
     if (fstatfs(dfd, &sfs) != 0) goto fail;
     if (sfs.f_type != TMPFS_MAGIC) { errno = ENOTDIR; goto fail; }
@@ -845,7 +879,23 @@ fail:
     }
 }
 
-int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+/* waits for CHILD at most TIMEOUT_MS, then kills it; its wait status */
+static int coffer_wait_child(pid_t child, int timeout_ms) {
+    int cfd = (int)syscall(SYS_pidfd_open, child, 0);
+    if (cfd >= 0) {
+        struct pollfd pf = {cfd, POLLIN, 0};
+        int r;
+        do { r = poll(&pf, 1, timeout_ms); } while (r < 0 && errno == EINTR);
+        if (r == 0) kill(child, SIGKILL);
+        close(cfd);
+    }
+    int st = 0;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
+    return st;
+}
+
+int coffer_rotate_file(int pidfd, int pid, const char *target, int nosymlinks, const unsigned long long *excluded, int excluded_count,
+                       const char *name, const unsigned char *data, unsigned long length,
                        unsigned int mode, unsigned int uid, unsigned int gid, int *stage) {
     int fds[2];
     *stage = 0;
@@ -854,16 +904,15 @@ int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name,
     if (child < 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
     if (child == 0) {
         close(fds[0]);
-        coffer_rotate_child(pidfd, pid, target, name, data, length, mode, uid, gid, fds[1]);
+        coffer_rotate_child(pidfd, pid, target, nosymlinks, excluded, excluded_count, name, data, length, mode, uid, gid, fds[1]);
         _exit(1);
     }
     close(fds[1]);
+    int st = coffer_wait_child(child, 10000);
     int msg[2] = {0, 0};
     ssize_t n;
     do { n = read(fds[0], msg, sizeof(msg)); } while (n < 0 && errno == EINTR);
     close(fds[0]);
-    int st = 0;
-    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
     *stage = n == (ssize_t)sizeof(msg) ? msg[0] : 0;
     errno = n == (ssize_t)sizeof(msg) ? msg[1] : EIO;
@@ -875,13 +924,13 @@ int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name,
  * bytes outside printable ASCII shown as ?), in OUT (at most CAP-1 bytes, NUL-ended).
  * 0, or -1 with errno (no such mount, the holder gone). */
 #include <dirent.h>
-static void coffer_inspect_child(int pidfd, int pid, const char *target, int report) {
+static void coffer_inspect_child(int pidfd, int pid, const char *target, int nosymlinks, int report) {
     int stage = 0, procfd = -1;
-    int dfd = coffer_enter_holder(pidfd, pid, target, &procfd, &stage);
+    int dfd = coffer_enter_holder(pidfd, pid, target, nosymlinks, &procfd, &stage);
     if (dfd < 0) _exit(10 + (errno & 0x7f) % 100);
     static char line[8192];
-    if (!coffer_mount_line(dfd, procfd, line, sizeof(line))) _exit(3);
-    static char out[1 << 16];
+    if (!coffer_mount_line(dfd, procfd, line, sizeof(line), 1)) _exit(3);
+    static char out[60000];  /* below a pipe's capacity: written whole before the parent reads */
     size_t used = 0;
     int n = snprintf(out, sizeof(out), "M %s\n", line);
     used = n > 0 && (size_t)n < sizeof(out) ? (size_t)n : 0;
@@ -910,7 +959,7 @@ static void coffer_inspect_child(int pidfd, int pid, const char *target, int rep
     _exit(0);
 }
 
-int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsigned long cap) {
+int coffer_inspect_mount(int pidfd, int pid, const char *target, int nosymlinks, char *out, unsigned long cap) {
     int fds[2];
     if (cap == 0) { errno = EINVAL; return -1; }
     out[0] = 0;
@@ -919,10 +968,11 @@ int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsi
     if (child < 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
     if (child == 0) {
         close(fds[0]);
-        coffer_inspect_child(pidfd, pid, target, fds[1]);
+        coffer_inspect_child(pidfd, pid, target, nosymlinks, fds[1]);
         _exit(1);
     }
     close(fds[1]);
+    int st = coffer_wait_child(child, 10000);
     size_t used = 0;
     for (;;) {
         ssize_t n = read(fds[0], out + used, cap - 1 - used);
@@ -933,8 +983,6 @@ int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsi
     }
     out[used] = 0;
     close(fds[0]);
-    int st = 0;
-    while (waitpid(child, &st, 0) < 0 && errno == EINTR) {}
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
     errno = WIFEXITED(st) && WEXITSTATUS(st) >= 10 ? WEXITSTATUS(st) - 10 : ENOENT;
     return -1;

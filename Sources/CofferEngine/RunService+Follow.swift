@@ -106,15 +106,29 @@ extension RunService {
             ticket.update { $0.details = details }
             // decide, audit, then act: the event is durable before the value is written
             try await gate.settleNow(ticket)
-            let holder = try rotationHolder(run)
+            // (off the shared pool: entering the holder's namespaces can be held up by it)
+            guard let holder = await OffPool.run({ try? self.rotationHolder(run) }) ?? nil else {
+                throw CofferError(.mountFailed, "the run's namespace holder is gone or could not be examined")
+            }
+            // other runs' tmpfs that cofferd made: a namespace cloned from the host's shows them too
+            let excluded = otherDaemonMounts(than: id)
+            let nosymlinks: Int32 = run.label?.hasPrefix("container:") == true ? 0 : 1
             for file in follow.files where file.path == pathText {
-                var stage: Int32 = 0
-                let rc = value.value.withUnsafeBytes { raw in
-                    coffer_rotate_file(pidfd, holder, follow.target, file.name, raw.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                                       UInt(raw.count), file.mode, file.uid, file.gid, &stage)
-                }
+                let secret = value.value
+                let target = follow.target
+                let result = await OffPool.run(timeout: 15, { () -> (Int32, Int32, Int32) in
+                    var stage: Int32 = 0
+                    let rc = secret.withUnsafeBytes { raw in
+                        excluded.withUnsafeBufferPointer { ex in
+                            coffer_rotate_file(pidfd, holder, target, nosymlinks, ex.baseAddress, Int32(ex.count), file.name,
+                                               raw.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt(raw.count), file.mode, file.uid, file.gid, &stage)
+                        }
+                    }
+                    return (rc, rc == 0 ? 0 : errno, stage)
+                })
+                let (rc, err, stage) = result ?? (-1, ETIMEDOUT, 0)
                 if rc != 0 {
-                    let reason = String(cString: strerror(errno))
+                    let reason = String(cString: strerror(err))
                     logger.warning("a followed run's file could not be updated", metadata: ["run.id": "\(id)", "file": "\(file.name)", "stage": "\(stage)", "error": "\(reason)"])
                     await recordRotation(run, pathText, version, outcome: "not written: \(file.name): \(reason) (stage \(stage))")
                     return
@@ -145,6 +159,15 @@ extension RunService {
             return c
         }
         throw CofferError(.mountFailed, "the run's namespace holder is gone")
+    }
+
+    /// The devices of the tmpfs cofferd made for every live run but `id`.
+    func otherDaemonMounts(than id: String) -> [UInt64] {
+        let paths = live.withLock { runs in runs.values.filter { $0.run.id != id }.compactMap(\.run.mountPath) }
+        return paths.compactMap { path in
+            var st = stat()
+            return stat(path, &st) == 0 ? UInt64(st.st_dev) : nil
+        }
     }
 
     static func mountNamespace(_ pid: Int32) -> String? {

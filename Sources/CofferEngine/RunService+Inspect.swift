@@ -34,11 +34,21 @@ extension RunService {
             && parts.allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." && $0.utf8.allSatisfy(SecretPath.isAllowed) }
     }
 
-    public func injections(_ p: Principal, all: Bool) -> [Inspection] {
+    public func injections(_ p: Principal, all: Bool) async -> [Inspection] {
         let runs = live.withLock { runs in
             runs.values.filter { all || $0.run.uid == p.uid }.map { ($0.run, $0.written, $0.pidfd) }
         }
-        return runs.sorted { $0.0.startedAt < $1.0.startedAt }.map { inspect($0.0, $0.1, pidfd: $0.2) }
+        var out: [Inspection] = []
+        for (run, written, pidfd) in runs.sorted(by: { $0.0.startedAt < $1.0.startedAt }) {
+            // (off the shared pool: entering the holder's namespaces can be held up by it)
+            var x = await OffPool.run({ self.inspect(run, written, pidfd: pidfd) })
+            if x == nil {
+                x = Inspection(run: run, versions: written, target: run.mountPath ?? run.target)
+                x?.reasons = ["its holder could not be examined in time"]
+            }
+            out.append(x!)
+        }
+        return out
     }
 
     func inspect(_ run: Run, _ written: [String: Int], pidfd: Int32) -> Inspection {
@@ -53,7 +63,7 @@ extension RunService {
             return out
         }
         var buf = [CChar](repeating: 0, count: 1 << 16)
-        let rc = coffer_inspect_mount(pidfd, holder, target, &buf, UInt(buf.count))
+        let rc = coffer_inspect_mount(pidfd, holder, target, run.label?.hasPrefix("container:") == true ? 0 : 1, &buf, UInt(buf.count))
         guard rc == 0 else {
             out.reasons = ["no mount at \(target) as the holder sees it (\(String(cString: strerror(errno))))"]
             return out

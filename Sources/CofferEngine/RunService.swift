@@ -176,11 +176,14 @@ public final class RunService: Sendable {
         // accepted only from root (who could start any container anyway) and only for
         // a holder in mount and PID namespaces other than the requester's and cofferd's
         if let label, label.hasPrefix("container:"), let holder, p.uid == 0, p.token == nil, !dryRun,
-           Self.ownNamespaces(holder, than: p.pid) {
+           await OffPool.run({ Self.ownNamespaces(holder, than: p.pid) }) == true {
             q.container = String(label.dropFirst("container:".count))
         }
         if !dryRun && (network == .none || (mount == .private && p.uid != 0)) {
-            let iso = Self.isolation(of: p.pid)
+            let pid = p.pid
+            guard let iso = await OffPool.run({ Self.isolation(of: pid) }) else {
+                throw CofferError(.invalidParameter, "the requesting process could not be examined in time", hint: "is it held in the middle of exec?")
+            }
             if network == .none, let problem = iso.networkProblem {
                 throw CofferError(.networkNotIsolated, "the requesting process is not cut off from the network: \(problem)",
                                   hint: "coffer run --network none asks from inside a network namespace of its own")
@@ -253,13 +256,23 @@ public final class RunService: Sendable {
         // the runner: the peer of this request (or the holder it names: a container's
         // init), known by a pidfd from now on; someone else's process only for root
         let runner = holder ?? p.pid
-        // a kernel thread (no executable) holds nothing
-        var exe = [CChar](repeating: 0, count: 8)
-        if holder != nil && readlink("/proc/\(runner)/exe", &exe, exe.count) < 0 {
+        // the pidfd first: facts read while it is alive are this process's, not a reused pid's
+        let pidfd = coffer_pidfd_open(runner)
+        // (read off the shared pool: see OffPool)
+        guard let facts = await OffPool.run({ () -> (exe: Bool, start: UInt64?, owner: UInt32?) in
+            // a kernel thread (no executable) holds nothing
+            var exe = [CChar](repeating: 0, count: 8)
+            return (readlink("/proc/\(runner)/exe", &exe, exe.count) >= 0, Self.startTime(runner), Self.realUID(runner))
+        }) else {
+            if pidfd >= 0 { close(pidfd) }
+            throw CofferError(.invalidParameter, "process \(runner) could not be examined in time", hint: "is it held in the middle of exec?")
+        }
+        if holder != nil && !facts.exe {
+            if pidfd >= 0 { close(pidfd) }
             throw CofferError(.invalidParameter, "holder_pid \(runner) is gone or not a process of a program")
         }
-        let pidfd = coffer_pidfd_open(runner)
-        guard pidfd >= 0, let pidStart = Self.startTime(runner), let owner = Self.realUID(runner), owner == p.uid || (holder != nil && p.uid == 0) else {
+        guard pidfd >= 0, coffer_pidfd_exited(pidfd) == 0, let pidStart = facts.start, let owner = facts.owner,
+              owner == p.uid || (holder != nil && p.uid == 0) else {
             if pidfd >= 0 { close(pidfd) }
             if holder != nil {
                 throw CofferError(.invalidParameter, "holder_pid \(runner) is gone or not the caller's", hint: "root may name any process; others their own")
@@ -371,6 +384,10 @@ public final class RunService: Sendable {
                     ? "the runner exited without ending the run; cofferd emptied and removed the tmpfs"
                     : "the runner exited without ending the run; its private namespace went with it"
                 await finish(id, fate: fate, exitStatus: nil, ticket: nil)
+            } else if live.withLock({ $0[id]?.run.label?.hasPrefix("container:") }) == true {
+                // a container is not killed: its tmpfs lives and dies with it; cofferd
+                // stops following and listing it
+                await finish(id, fate: "ttl expired: no longer followed (the container keeps its tmpfs until it ends)", exitStatus: nil, ticket: nil)
             } else {
                 if let fd = live.withLock({ $0[id]?.pidfd }) { _ = coffer_pidfd_kill(fd, SIGKILL) }
                 let daemonMount = live.withLock { $0[id]?.run.mount } == .daemon
@@ -433,7 +450,8 @@ public final class RunService: Sendable {
                 if rc == -2 {
                     // still written to after the run: the caller's processes that hold
                     // it (working directory, root or open files there) are ended
-                    let killed = Self.killHolders(of: path, uid: run.uid)
+                    let uid = run.uid
+                    let killed = await OffPool.run(timeout: 10, { Self.killHolders(of: path, uid: uid) }) ?? 0
                     rc = coffer_wipe_and_seal(path)
                     fate += "; \(killed) leftover process\(killed == 1 ? "" : "es") of uid \(run.uid) still writing there \(killed == 1 ? "was" : "were") killed"
                 }

@@ -151,7 +151,11 @@ public final class TokenService: Sendable {
             }
             bound = parentBound
         }
-        if let name = req.name, name.utf8.count > 128 || name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+        // (no control or format characters: a right-to-left override would make a list lie)
+        if let name = req.name, name.utf8.count > 128 || name.unicodeScalars.contains(where: {
+            $0.value < 0x20 || (0x7f...0x9f).contains($0.value) || $0.properties.generalCategory == .format
+                || $0.properties.generalCategory == .lineSeparator || $0.properties.generalCategory == .paragraphSeparator
+        }) {
             throw CofferError(.invalidParameter, "name must be at most 128 printable characters")
         }
         let token = TokenService.mint()

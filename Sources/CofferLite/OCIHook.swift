@@ -202,9 +202,27 @@ public enum OCIHook {
         let pidfd = coffer_pidfd_open(pid)
         guard pidfd >= 0 else { throw CofferError(.invalidParameter, "the container's process \(pid) is gone") }
         defer { close(pidfd) }
+        // a process in the host's own mount namespace is no container: a tmpfs made
+        // there would stay on the host
+        func mountNamespace(_ path: String) -> String? {
+            var buf = [CChar](repeating: 0, count: 64)
+            let n = readlink(path, &buf, buf.count - 1)
+            return n > 0 ? String(cString: buf) : nil
+        }
+        guard let theirs = mountNamespace("/proc/\(pid)/ns/mnt"), let mine = mountNamespace("/proc/self/ns/mnt"), theirs != mine else {
+            throw CofferError(.invalidParameter, "process \(pid) is in the host's mount namespace: not a container's",
+                              hint: "the hook runs at createRuntime, for a container with a mount namespace of its own")
+        }
         for i in items.indices {
             items[i].uid = try hostID(items[i].uid, pid: pid, map: "uid_map")
             items[i].gid = try hostID(items[i].gid, pid: pid, map: "gid_map")
+        }
+        if let file = state.annotations["io.coffer.token-file"] {
+            // read as root: an absolute path to a regular file, never through a link
+            var st = stat()
+            guard file.hasPrefix("/"), lstat(file, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+                throw CofferError(.invalidParameter, "io.coffer.token-file must be an absolute path of a regular file (not a symbolic link)")
+            }
         }
         let http = try settings(state).http()
         let label = "container:" + state.id
@@ -261,6 +279,9 @@ public enum OCIHook {
             case COFFER_STAGE_UNSHARE: throw CofferError(.mountFailed, "cannot enter the container's mount namespace: \(reason)")
             case COFFER_STAGE_NOSWAP: throw CofferError(.mountFailed, "the kernel refuses a noswap tmpfs (Linux 6.4 or later has it)")
             case COFFER_STAGE_ATTACH: throw CofferError(.mountFailed, "cannot attach the tmpfs at \(target) inside the container's root: \(reason)")
+            case COFFER_STAGE_SHARED:
+                throw CofferError(.mountFailed, "\(target) is on a mount shared with other mount namespaces: the tmpfs would appear there too (the host's, for a shared volume)",
+                                  hint: "choose io.coffer.target outside shared volumes (rshared, :shared)")
             case COFFER_STAGE_WRITE:
                 let name = f.index >= 0 && Int(f.index) < files.count ? files[Int(f.index)].name : target
                 throw CofferError(.mountFailed, "cannot write \(name) on the container's tmpfs: \(reason)")

@@ -442,6 +442,12 @@ public struct Runner {
             if create && st.st_uid != 0 {
                 throw CofferError(.invalidParameter, "\(path) belongs to uid \(st.st_uid), not root", hint: "pass --dir with a directory of your own")
             }
+            // root's run: no one else may swap a step of the path for a link to theirs
+            // (the command, and live rotation, would then reach their directory)
+            if geteuid() == 0 && (st.st_uid != 0 || (st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0)) {
+                throw CofferError(.invalidParameter, "--dir \(raw): \(path) can be changed by uid \(st.st_uid) or others, not root alone",
+                                  hint: "give a directory whose every step is root's and writable by root only (or sticky, as /tmp)")
+            }
         }
     }
 

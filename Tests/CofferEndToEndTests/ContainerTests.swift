@@ -176,7 +176,13 @@ import Testing
         #expect(r.status != 0 && r.stderr.contains("is readable by others"), "\(r.stderr)")
         let b4 = try Self.bundle(d, "tok4", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.token-file": d.dir + "/none"])
         r = try run("/usr/sbin/runc", ["run", "--bundle", b4, "coffer-test-\(getpid())-tok4"], timeout: 60)
-        #expect(r.status != 0 && r.stderr.contains("cannot read the token file"), "\(r.stderr)")
+        #expect(r.status != 0 && r.stderr.contains("io.coffer.token-file must be an absolute path of a regular file"), "\(r.stderr)")
+        // nor through a symbolic link
+        try FileManager.default.createSymbolicLink(atPath: d.dir + "/link.token", withDestinationPath: tokenFile)
+        chmod(tokenFile, 0o600)
+        let b5 = try Self.bundle(d, "tok5", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.token-file": d.dir + "/link.token"])
+        r = try run("/usr/sbin/runc", ["run", "--bundle", b5, "coffer-test-\(getpid())-tok5"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("not a symbolic link"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: b3 + "/rootfs/ran") && !FileManager.default.fileExists(atPath: b4 + "/rootfs/ran"))
     }
 
@@ -345,6 +351,47 @@ import Testing
         #expect(e2.out.hasPrefix("DENY"), "\(e2.out)")
     }
 
+    /// A target on a shared mount (a volume with rshared propagation) is refused: the
+    /// tmpfs would propagate to the host and outlive the container.
+    @Test func aTargetOnASharedMountIsRefused() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Self.daemon()
+        let shared = d.dir + "/volume"
+        mkdir(shared, 0o755)
+        #expect(try run("/bin/mount", ["--bind", shared, shared]).status == 0)
+        defer { _ = try? run("/bin/umount", ["-l", shared]) }
+        #expect(try run("/bin/mount", ["--make-shared", shared]).status == 0)
+        let b = try Self.bundle(d, "shared", script: "touch /ran", annotations: ["io.coffer.secrets": "ci/app/db", "io.coffer.target": "/mnt/sh"])
+        let url = URL(fileURLWithPath: b + "/config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        var mounts = config["mounts"] as! [[String: Any]]
+        mounts.append(["destination": "/mnt/sh", "type": "bind", "source": shared, "options": ["rbind", "rshared"]])
+        config["mounts"] = mounts
+        try JSONSerialization.data(withJSONObject: config).write(to: url)
+        let r = try run("/usr/sbin/runc", ["run", "--bundle", b, "coffer-test-\(getpid())-shared"], timeout: 60)
+        #expect(r.status != 0 && r.stderr.contains("is on a mount shared with other mount namespaces"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: b + "/rootfs/ran"))
+        let host = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        #expect(!host.split(separator: "\n").contains { $0.contains(shared) && $0.contains("coffer-run") }, "a tmpfs reached the host")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: shared)) ?? []
+        #expect(left.isEmpty, "\(left)")
+    }
+
+    /// run.max_ttl does not kill a container: its run stops being followed and listed.
+    @Test func aContainerOutlivesTheRunTTL() throws {
+        guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
+        let d = try Daemon(config: "[run]\nmax_ttl = \"1s\"\n", policy: Self.policy)
+        try d.start()
+        chmod(d.dir, 0o755)
+        #expect(try d.coffer(["secret", "put", "ci/app/db"], stdin: Array("v".utf8)).status == 0)
+        let id = "coffer-test-\(getpid())-ttl"
+        let b = try Self.bundle(d, "ttl", script: "sleep 8; cat /run/secrets/db; echo; echo alive", annotations: ["io.coffer.secrets": "ci/app/db"])
+        let r = try run("/usr/sbin/runc", ["run", "--bundle", b, id], timeout: 60)
+        #expect(r.status == 0 && r.out == "v\nalive\n", "\(r.status) \(r.out) \(r.stderr)")
+        let ends = try d.coffer(["audit", "search", "--action", "run_end", "--format", "json"]).out
+        #expect(ends.contains("ttl expired: no longer followed (the container keeps its tmpfs until it ends)"), "\(ends)")
+    }
+
     @Test func aStateThatIsNotOneIsRefused() throws {
         for (input, message) in [("not json", "is not an OCI state"), (#"{"id":"x","pid":1,"bundle":"/tmp"}"#, "is not a container's"),
                                  (#"{"id":"x/y","pid":5,"bundle":"/tmp"}"#, "no valid container id"),
@@ -352,6 +399,18 @@ import Testing
             let r = try run(Bins.coffer, ["oci-hook", "createRuntime"], stdin: Array(input.utf8))
             #expect(r.status != 0 && r.stderr.contains(message), "\(input): \(r.stderr)")
         }
+        // a process of the host's own mount namespace is no container's
+        let d = try Self.daemon()
+        let b = try Self.bundle(d, "hostns", script: "true", annotations: [:])
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["20"]
+        try sleeper.run()
+        defer { kill(sleeper.processIdentifier, SIGKILL); sleeper.waitUntilExit() }
+        let state = #"{"ociVersion":"1.0.2","id":"hostns","status":"creating","pid":\#(sleeper.processIdentifier),"bundle":"\#(b)","annotations":{"io.coffer.secrets":"ci/app/db"}}"#
+        let h = try run(Bins.coffer, ["oci-hook", "createRuntime"], stdin: Array(state.utf8), env: ["COFFER_SOCKET": d.socket])
+        #expect(h.status != 0 && h.stderr.contains("is in the host's mount namespace"), "\(h.stderr)")
+        #expect(Self.hostMounts(under: b).isEmpty)
         let usage = try run(Bins.coffer, ["oci-hook"])
         #expect(usage.status == 7 && usage.stderr.contains("usage: coffer oci-hook createRuntime|poststop"))
     }

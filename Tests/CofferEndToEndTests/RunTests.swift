@@ -461,6 +461,82 @@ import Testing
         #expect((try? String(contentsOfFile: out + "/listing", encoding: .utf8)) == "", "something was written into the command's own mount")
     }
 
+    /// A process that holds its exec lock (a close-on-exec FUSE file whose flush is never
+    /// answered) while cofferd examines it cannot stall cofferd: its requests are refused
+    /// after a few seconds, and health and other callers are answered meanwhile (from
+    /// the third attack round: two such requests used to block both pool threads).
+    @Test func aProcessHeldInExecCannotStallCofferd() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/fuse") else { Issue.record("/dev/fuse is needed"); return }
+        let d = try Self.daemon()
+        let fixtures = Bins.packageRoot + "/Tests/CofferEndToEndTests/Fixtures/exec-hold"
+        let mnt = d.dir + "/fuse"
+        mkdir(mnt, 0o755)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = [fixtures + "/fuse_hang.py", mnt]
+        server.standardOutput = FileHandle.nullDevice
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+            _ = try? run("/bin/umount", ["-l", mnt])
+        }
+        #expect(Self.waitFor(5) { FileManager.default.fileExists(atPath: mnt + "/f") })
+        let user = TestUser.nonAdmin
+        var holders: [Process] = []
+        for _ in 0..<3 {
+            let (exe, args) = user.wrap("/usr/bin/python3", [fixtures + "/exec_hold.py", mnt + "/f", d.socket])
+            let h = Process()
+            h.executableURL = URL(fileURLWithPath: exe)
+            h.arguments = args
+            h.standardOutput = FileHandle.nullDevice
+            h.standardError = FileHandle.nullDevice
+            try h.run()
+            holders.append(h)
+            usleep(500_000)
+        }
+        defer { for h in holders { kill(h.processIdentifier, SIGKILL) } }
+        usleep(500_000)
+        // answered at once while three examinations are held
+        let t0 = Date()
+        let health = try run("/usr/bin/curl", ["-s", "-m", "5", "--unix-socket", d.socket, "http://coffer/v1/sys/health"])
+        #expect(health.out.contains("\"status\":\"ok\""), "\(health.out)")
+        let r = try d.coffer(["run", "--dir", d.dir + "/secrets", "--secret", "ci/npm/token", "--", "/bin/true"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Date().timeIntervalSince(t0) < 3, "cofferd answered only after \(Date().timeIntervalSince(t0)) s")
+        // and the held requests were refused (audited), not left hanging
+        var refused: [Substring] = []
+        for _ in 0..<50 {
+            refused = try d.coffer(["audit", "search", "--action", "inject", "--format", "json"]).out.split(separator: "\n")
+                .filter { $0.contains("\"uid\":\(user.uid)") && $0.contains("\"error_code\":\"invalid_parameter\"") }
+            if refused.count == 3 { break }
+            usleep(200_000)
+        }
+        #expect(refused.count == 3, "\(refused)")
+    }
+
+    /// Root's --dir: every step root's and writable by root alone (or sticky), so no one
+    /// can swap a step for a link to a directory of theirs while the run lives.
+    @Test func rootsDirMustBeRootsAlone() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let theirs = d.dir + "/theirs"
+        mkdir(theirs, 0o755)
+        chown(theirs, user.uid, user.gid)
+        mkdir(theirs + "/d", 0o755)
+        let open = d.dir + "/open"
+        mkdir(open, 0o777)
+        chmod(open, 0o777)
+        mkdir(open + "/d", 0o755)
+        for dir in [theirs + "/d", open + "/d"] {
+            let r = try d.coffer(["run", "--follow", "--dir", dir, "--secret", "ci/npm/token", "--", "/bin/true"])
+            #expect(r.status != 0 && r.stderr.contains("not root alone"), "\(dir): \(r.stderr)")
+        }
+        chmod(open, 0o1777)  // sticky, as /tmp: no one renames root's entries
+        let ok = try d.coffer(["run", "--dir", open + "/d", "--secret", "ci/npm/token", "--", "/bin/true"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+    }
+
     @Test func followIsRefusedWhereItCannotHold() throws {
         let d = try Self.daemon()
         let dir = d.dir + "/secrets"

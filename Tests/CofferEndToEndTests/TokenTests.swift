@@ -64,6 +64,16 @@ import Testing
         #expect(info["uses"] as? Int == 10 && info["uses_left"] as? Int == 0 && info["state"] as? String == "exhausted")
     }
 
+    /// A token's name cannot hide what it is: control and format characters (a
+    /// right-to-left override, a zero-width joiner, a line separator) are refused.
+    @Test(arguments: ["a\u{202E}gpj.exe", "a\u{200D}b", "a\u{2028}b", "a\u{85}b", "tab\there"])
+    func tokenNamesMustPrintAsTheyAre(_ name: String) throws {
+        let d = try AccessFixture.daemon()
+        let r = try d.coffer(["token", "create", "--role", "admin", "--name", name])
+        #expect(r.status != 0 && r.stderr.contains("name must be at most 128 printable characters"), "\(r.stderr)")
+        #expect(try mint(d, ["--role", "admin", "--name", "café ✓"]).token.hasPrefix("cfr_"))
+    }
+
     @Test func revokeCascadesToChildren() throws {
         let d = try AccessFixture.daemon()
         let a = try mint(d, ["--role", "admin", "--name", "parent"])

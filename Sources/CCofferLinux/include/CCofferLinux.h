@@ -100,6 +100,7 @@ enum {
 enum {
     COFFER_STAGE_UNSHARE = 1, COFFER_STAGE_PRIVATE = 2, COFFER_STAGE_MOUNT = 3, COFFER_STAGE_NOSWAP = 4,
     COFFER_STAGE_WRITE = 5, COFFER_STAGE_SEAL = 6, COFFER_STAGE_FORK = 7, COFFER_STAGE_EXEC = 8, COFFER_STAGE_NETWORK = 9, COFFER_STAGE_ATTACH = 10,
+    COFFER_STAGE_SHARED = 11,  /* the target is on a mount that propagates to other namespaces */
 };
 typedef struct { int kind; int stage; int err; int index; } coffer_run_report;
 
@@ -143,11 +144,12 @@ int coffer_pidfd_exited(int pidfd);
 int coffer_pidfd_kill(int pidfd, int sig);
 /* Live rotation: NAME written anew (new file + rename) in the tmpfs at TARGET as the
  * process PID (0: cofferd itself) sees it; PIDFD must still be that process's. */
-int coffer_rotate_file(int pidfd, int pid, const char *target, const char *name, const unsigned char *data, unsigned long length,
+int coffer_rotate_file(int pidfd, int pid, const char *target, int nosymlinks, const unsigned long long *excluded, int excluded_count,
+                       const char *name, const unsigned char *data, unsigned long length,
                        unsigned int mode, unsigned int uid, unsigned int gid, int *stage);
 /* What the kernel says of a run's tmpfs as its holder sees it: "M <mountinfo line>",
  * then "F <mode octal> <uid> <gid> <size> <name>" per entry, NUL-ended in OUT. 0 or -1. */
-int coffer_inspect_mount(int pidfd, int pid, const char *target, char *out, unsigned long cap);
+int coffer_inspect_mount(int pidfd, int pid, const char *target, int nosymlinks, char *out, unsigned long cap);
 
 /// Of descriptor `targetfd` of the process behind `pidfd` (a copy taken with
 /// pidfd_getfd, closed again): its socket domain, for a socket of the IP family (or

@@ -107,7 +107,7 @@ extension APIResponder {
             all = v == "true"
         }
         let found = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "inject_list") { _ async throws(CofferError) in
-            engine.runs.injections(principal, all: all)
+            await engine.runs.injections(principal, all: all)
         }
         return ErrorMapping.json(InjectionListResponse(injections: found.map { x in
             InjectionInfo(id: x.run.id, label: x.run.label, uid: x.run.uid, pid: x.run.pid, mount: x.run.mount.rawValue, target: x.target,
