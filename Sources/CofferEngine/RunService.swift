@@ -116,7 +116,13 @@ public final class RunService: Sendable {
         var principal: Principal? = nil
         /// The version each followed path last had in the tmpfs.
         var written: [String: Int] = [:]
+        /// Held by a process the caller named (a container's init), not by a runner.
+        var held = false
     }
+
+    /// Runs held by a named process (containers) per uid: a host runs more containers
+    /// at once than one user runs jobs; each costs cofferd a pidfd.
+    static let maxHeldPerUID = 1024
 
     public static let maxSecrets = 256
     public static let defaultSizeBytes = 1024 * 1024
@@ -287,13 +293,18 @@ public final class RunService: Sendable {
         if follow != nil { details["follow"] = .text("yes") }
         var written: [String: Int] = [:]
         for s in result.secrets { written[s.path.rawValue] = s.meta.version }
+        let held = holder != nil
         let admitted = live.withLock { runs -> Bool in
-            guard runs.values.filter({ $0.run.uid == p.uid }).count < settings.maxPerUID else { return false }
-            runs[run.id] = Live(run: run, pidfd: pidfd, principal: follow == nil ? nil : p, written: written)
+            let limit = held ? Self.maxHeldPerUID : settings.maxPerUID
+            guard runs.values.filter({ $0.run.uid == p.uid && $0.held == held }).count < limit else { return false }
+            runs[run.id] = Live(run: run, pidfd: pidfd, principal: follow == nil ? nil : p, written: written, held: held)
             return true
         }
         guard admitted else {
             close(pidfd)
+            if held {
+                throw CofferError(.tooManyRuns, "uid \(p.uid) already has \(Self.maxHeldPerUID) runs held by containers", hint: "wait for some to end (coffer inject list)")
+            }
             throw CofferError(.tooManyRuns, "uid \(p.uid) already has \(settings.maxPerUID) runs", hint: "wait for one to end (coffer run list), or raise run.max_per_uid")
         }
         details["run_id"] = .text(run.id)

@@ -186,15 +186,19 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: b3 + "/rootfs/ran") && !FileManager.default.fileExists(atPath: b4 + "/rootfs/ran"))
     }
 
-    /// Twenty containers started at once: each reads its own values, every run ends,
-    /// nothing is left mounted on the host.
+    /// Twenty containers started at once and alive together (more than run.max_per_uid,
+    /// which bounds a user's jobs, not a host's containers): each reads its own values,
+    /// every run ends, nothing is left mounted on the host.
     @Test func twentyConcurrentStarts() async throws {
         guard Self.available else { Issue.record("runc and busybox-static are needed (contrib/dev/test installs them)"); return }
-        let d = try Self.daemon()
+        let d = try Daemon(config: "[run]\nmax_per_uid = 4\n", policy: Self.policy)
+        try d.start()
+        chmod(d.dir, 0o755)
+        #expect(try d.coffer(["secret", "put", "ci/app/db"], stdin: Array("db-\(UUID().uuidString)".utf8)).status == 0)
         let db = try d.coffer(["secret", "get", "ci/app/db"]).out
         var bundles: [String] = []
         for i in 0..<20 {
-            bundles.append(try Self.bundle(d, "c\(i)", script: "cat /run/secrets/db", annotations: ["io.coffer.secrets": "ci/app/db"]))
+            bundles.append(try Self.bundle(d, "c\(i)", script: "sleep 2; cat /run/secrets/db", annotations: ["io.coffer.secrets": "ci/app/db"]))
         }
         let results = try await withThrowingTaskGroup(of: (Int, RunResult).self) { group in
             for (i, b) in bundles.enumerated() {
