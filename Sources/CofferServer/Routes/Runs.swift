@@ -86,12 +86,7 @@ extension APIResponder {
 
     func runList(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
-        try noQuery(i.request, allowed: ["all"])
-        var all = false
-        if let v = i.request.uri.queryParameters["all"] {
-            guard v == "true" || v == "false" else { throw CofferError(.invalidParameter, "all must be true or false") }
-            all = v == "true"
-        }
+        let all = try allQuery(i)
         let runs = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "run_list") { _ async throws(CofferError) in
             engine.runs.list(principal, all: all)
         }
@@ -100,12 +95,7 @@ extension APIResponder {
 
     func injectList(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
-        try noQuery(i.request, allowed: ["all"])
-        var all = false
-        if let v = i.request.uri.queryParameters["all"] {
-            guard v == "true" || v == "false" else { throw CofferError(.invalidParameter, "all must be true or false") }
-            all = v == "true"
-        }
+        let all = try allQuery(i)
         let found = try await engine.gate.perform(i.ticket, principal, all ? .admin : .status, nil, named: "inject_list") { _ async throws(CofferError) in
             await engine.runs.injections(principal, all: all)
         }
@@ -129,6 +119,14 @@ extension APIResponder {
                                              reported: body?.fate)
         }
         return ErrorMapping.json(runInfo(run))
+    }
+
+    /// `?all=true|false` (everyone's, for admins), the only query these lists take.
+    func allQuery(_ i: RouteInput) throws(CofferError) -> Bool {
+        try noQuery(i.request, allowed: ["all"])
+        guard let v = i.request.uri.queryParameters["all"] else { return false }
+        guard v == "true" || v == "false" else { throw CofferError(.invalidParameter, "all must be true or false") }
+        return v == "true"
     }
 
     func runInfo(_ r: RunService.Run) -> RunInfo {
