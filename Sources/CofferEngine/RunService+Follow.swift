@@ -88,8 +88,12 @@ extension RunService {
     func rotate(_ id: String, _ pathText: String) async {
         guard let (run, principal, had, pidfd) = live.withLock({ runs -> (Run, Principal, Int?, Int32)? in
             guard let l = runs[id], let p = l.principal, let f = l.run.follow, f.files.contains(where: { $0.path == pathText }) else { return nil }
-            return (l.run, p, l.written[pathText], l.pidfd)
-        }), let follow = run.follow, let path = try? SecretPath(pathText) else { return }
+            // a copy of the pidfd, taken under the lock: the run may end (and its pidfd be
+            // closed, its number reused) while this update is under way
+            return (l.run, p, l.written[pathText], fcntl(l.pidfd, F_DUPFD_CLOEXEC, 0))
+        }) else { return }
+        defer { if pidfd >= 0 { close(pidfd) } }
+        guard pidfd >= 0, let follow = run.follow, let path = try? SecretPath(pathText) else { return }
         let ticket = gate.ticket(for: principal, action: "inject_rotate", path: pathText)
         var details = AuditDetails()
         details["run_id"] = .text(id)

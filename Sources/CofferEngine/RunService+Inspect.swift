@@ -36,8 +36,10 @@ extension RunService {
 
     public func injections(_ p: Principal, all: Bool) async -> [Inspection] {
         let runs = live.withLock { runs in
-            runs.values.filter { all || $0.run.uid == p.uid }.map { ($0.run, $0.written, $0.pidfd) }
+            // copies of the pidfds, taken under the lock (a run may end meanwhile)
+            runs.values.filter { all || $0.run.uid == p.uid }.map { ($0.run, $0.written, fcntl($0.pidfd, F_DUPFD_CLOEXEC, 0)) }
         }
+        defer { for (_, _, fd) in runs where fd >= 0 { close(fd) } }
         var out: [Inspection] = []
         for (run, written, pidfd) in runs.sorted(by: { $0.0.startedAt < $1.0.startedAt }) {
             // (off the shared pool: entering the holder's namespaces can be held up by it)
