@@ -157,10 +157,10 @@ extension RunService {
     func rotationHolder(_ run: Run) throws(CofferError) -> Int32 {
         if run.mount == .daemon { return 0 }
         if run.label?.hasPrefix("container:") == true { return run.pid }
-        let own = Self.mountNamespace(run.pid)
+        let own = Self.namespace(run.pid, "mnt")
         let text = (try? String(contentsOfFile: "/proc/\(run.pid)/task/\(run.pid)/children", encoding: .utf8)) ?? ""
-        for c in text.split(separator: " ").compactMap({ Int32($0) }) where Self.mountNamespace(c) != own && Self.mountNamespace(c) != nil {
-            return c
+        for c in text.split(separator: " ").compactMap({ Int32($0) }) {
+            if let theirs = Self.namespace(c, "mnt"), theirs != own { return c }
         }
         throw CofferError(.mountFailed, "the run's namespace holder is gone")
     }
@@ -172,12 +172,6 @@ extension RunService {
             var st = stat()
             return stat(path, &st) == 0 ? UInt64(st.st_dev) : nil
         }
-    }
-
-    static func mountNamespace(_ pid: Int32) -> String? {
-        var buf = [CChar](repeating: 0, count: 64)
-        let n = readlink("/proc/\(pid)/ns/mnt", &buf, buf.count - 1)
-        return n > 0 ? String(cString: buf) : nil
     }
 
     /// The outcome of an update, as a second event of the system's rotation job.

@@ -336,15 +336,18 @@ public final class RunService: Sendable {
     /// The holder is in mount and PID namespaces of its own: neither the requester's
     /// nor cofferd's.
     static func ownNamespaces(_ holder: Int32, than requester: Int32) -> Bool {
-        func ns(_ pid: Int32, _ kind: String) -> String? {
-            var buf = [CChar](repeating: 0, count: 64)
-            let n = readlink(pid == 0 ? "/proc/self/ns/\(kind)" : "/proc/\(pid)/ns/\(kind)", &buf, buf.count - 1)
-            return n > 0 ? String(cString: buf) : nil
-        }
         for kind in ["mnt", "pid"] {
-            guard let h = ns(holder, kind), let r = ns(requester, kind), let own = ns(0, kind), h != r, h != own else { return false }
+            guard let h = namespace(holder, kind), let r = namespace(requester, kind), let own = namespace(0, kind), h != r, h != own else { return false }
         }
         return true
+    }
+
+    /// A process's namespace of a kind ("mnt:[4026531841]"), 0 for cofferd's own; nil
+    /// when it cannot be read. (Off the shared pool: see OffPool.)
+    static func namespace(_ pid: Int32, _ kind: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 64)
+        let n = readlink(pid == 0 ? "/proc/self/ns/\(kind)" : "/proc/\(pid)/ns/\(kind)", &buf, buf.count - 1)
+        return n > 0 ? String(cString: buf) : nil
     }
 
     // MARK: end, list
