@@ -265,3 +265,35 @@ extension CofferClient {
         try decode(http.request("GET", all ? "/v1/injections?all=true" : "/v1/injections"), as: InjectionListResponse.self)
     }
 }
+
+extension CofferClient {
+    static func json<T: Encodable>(_ v: T) throws -> [UInt8] { [UInt8](try JSONEncoder().encode(v)) }
+
+    public func sshCA() throws -> SSHCAResponse { try decode(http.request("GET", "/v1/ssh/ca"), as: SSHCAResponse.self) }
+
+    public func sshSign(_ id: String, publicKey: String) throws -> SSHCertificateResponse {
+        try decode(http.request("POST", "/v1/elevation/requests/" + PercentDecoding.encodePath(id) + "/ssh", headers: [("Content-Type", "application/json")],
+                                body: Self.json(SSHSignRequest(publicKey: publicKey))), as: SSHCertificateResponse.self)
+    }
+
+    public func jwtSign(_ id: String, audience: String, ttl: String?) throws -> JWTResponse {
+        try decode(http.request("POST", "/v1/elevation/requests/" + PercentDecoding.encodePath(id) + "/jwt", headers: [("Content-Type", "application/json")],
+                                body: Self.json(JWTSignRequest(audience: audience, ttl: ttl))), as: JWTResponse.self)
+    }
+
+    public func jwks() throws -> JWKSResponse { try decode(http.request("GET", "/v1/jwks"), as: JWKSResponse.self) }
+
+    /// The raw JWKS document, as served (for files that services read).
+    public func jwksRaw() throws -> [UInt8] {
+        let r = try http.request("GET", "/v1/jwks")
+        guard r.status == 200 else { throw Self.apiError(r) }
+        return r.body
+    }
+
+    public func jwksRotate() throws -> JWKSRotateResponse { try decode(http.request("POST", "/v1/jwks/rotate"), as: JWKSRotateResponse.self) }
+
+    public func sshSessionOpen(certificate: String, user: String?) throws -> SSHSessionResponse {
+        try decode(http.request("POST", "/v1/ssh/sessions", headers: [("Content-Type", "application/json")],
+                                body: Self.json(SSHSessionRequest(certificate: certificate, user: user))), as: SSHSessionResponse.self)
+    }
+}

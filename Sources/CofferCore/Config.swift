@@ -76,6 +76,14 @@ public struct CofferConfig: Sendable, Equatable {
     public var maxRunTTLSeconds: Int = 12 * 3600
     /// The largest tmpfs a run may ask for.
     public var maxRunSizeBytes: Int = 16 * 1024 * 1024
+    // [ssh]
+    /// The KRL that sshd reads through RevokedKeys (default: ssh_revoked.krl in the
+    /// state directory); rewritten atomically whenever an elevation with certificates ends.
+    public var sshKRLPath: String? = nil
+    /// Between SIGHUP and SIGKILL when a session's window ends.
+    public var sshSessionGraceSeconds: Int = 5
+    // [jwt]
+    public var jwtIssuer: String = "coffer"
     // [log]
     public var logLevel: String = "info"
     /// Set by `cofferd dev`; reported by status.
@@ -87,6 +95,7 @@ public struct CofferConfig: Sendable, Equatable {
     public init() {}
 
     public var resolvedDatabasePath: String { databasePath ?? stateDir + "/coffer.db" }
+    public var resolvedKRLPath: String { sshKRLPath ?? stateDir + "/ssh_revoked.krl" }
     public var resolvedRunDir: String {
         if let runDir { return runDir }
         guard let slash = socketPath.lastIndex(of: "/") else { return "run" }
@@ -121,7 +130,7 @@ public struct CofferConfig: Sendable, Equatable {
         }
         var c = CofferConfig()
         var r = TableReader(table: root, file: file, name: "")
-        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "run", "log"])
+        try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "run", "log", "ssh", "jwt"])
         if var t = try r.table("server") {
             try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "max_connections_per_uid", "idle_timeout",
                              "request_timeout", "max_header_bytes"])
@@ -223,6 +232,30 @@ public struct CofferConfig: Sendable, Equatable {
                     throw t.error("max_ttl", "'run.max_ttl' must be a duration like \"12h\" (at most 7d)")
                 }
                 c.maxRunTTLSeconds = s
+            }
+        }
+        if var t = try r.table("ssh") {
+            try t.allowOnly(["krl_path", "session_grace"])
+            if let v = try t.string("krl_path") {
+                guard v.hasPrefix("/"), v.count > 1, !v.hasSuffix("/"), !v.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                    throw t.error("krl_path", "'ssh.krl_path' must be an absolute file path without . or ..")
+                }
+                c.sshKRLPath = v
+            }
+            if let v = try t.string("session_grace") {
+                guard let s = DurationText.seconds(v), s <= 300 else {
+                    throw t.error("session_grace", "'ssh.session_grace' must be a duration like \"5s\" (at most 5m)")
+                }
+                c.sshSessionGraceSeconds = s
+            }
+        }
+        if var t = try r.table("jwt") {
+            try t.allowOnly(["issuer"])
+            if let v = try t.string("issuer") {
+                guard SSHCertificate.isValidName(v, max: 256) || (v.utf8.count <= 256 && !v.isEmpty && v.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }) else {
+                    throw t.error("issuer", "'jwt.issuer' must be printable ASCII (at most 256 bytes), e.g. a URL")
+                }
+                c.jwtIssuer = v
             }
         }
         if var t = try r.table("log") {

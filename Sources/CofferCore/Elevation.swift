@@ -21,6 +21,10 @@ public struct ElevationRule: Sendable, Equatable {
     /// Commands run with one JSON document on stdin per state change (argv; the
     /// first an absolute path).
     public var notify: [[String]] = []
+    /// OpenSSH certificates an active elevation of this rule may get (nil: none).
+    public var ssh: SSHGrant?
+    /// JWTs an active elevation of this rule may get (nil: none).
+    public var jwt: JWTGrant?
     public var location: String
 
     public init(role: String, eligible: [Subject], approvers: [Subject], approvals: Int, denials: Int, maxDurationSeconds: Int,
@@ -53,7 +57,7 @@ public struct ElevationRule: Sendable, Equatable {
     }
 
     static let keys: Set<String> = ["role", "eligible", "approvers", "approvals", "denials", "max_duration", "pending_ttl", "reason",
-                                    "ticket_pattern", "fresh_login", "break_glass", "notify"]
+                                    "ticket_pattern", "fresh_login", "break_glass", "notify", "ssh", "jwt"]
 
     /// `notify`: one command (["/path", "arg"]) or several ([["/a"], ["/b", "x"]]),
     /// each an absolute path and its arguments.
@@ -140,7 +144,106 @@ public struct ElevationRule: Sendable, Equatable {
             reasonRequired: reason == "required", ticketPattern: ticket, freshLoginSeconds: try duration("fresh_login", max: 86400),
             breakGlass: breakGlass, location: "\(file):\(t.line)")
         rule.notify = notify
+        if let e = t["ssh"] { rule.ssh = try SSHGrant.parse(e, file: file) }
+        if let e = t["jwt"] { rule.jwt = try JWTGrant.parse(e, file: file) }
         return rule
+    }
+}
+
+/// `ssh = { principals = ["deploy"], extensions = ["permit-pty"], force_command = "…",
+/// source_address = "10.0.0.0/8" }` on an elevation rule.
+public struct SSHGrant: Sendable, Equatable {
+    public var principals: [String]
+    public var extensions: [String]
+    public var forceCommand: String?
+    public var sourceAddress: String?
+
+    public init(principals: [String], extensions: [String], forceCommand: String? = nil, sourceAddress: String? = nil) {
+        self.principals = principals
+        self.extensions = extensions
+        self.forceCommand = forceCommand
+        self.sourceAddress = sourceAddress
+    }
+
+    /// The certificate's critical options.
+    public var criticalOptions: [String: String] {
+        var o: [String: String] = [:]
+        if let forceCommand { o["force-command"] = forceCommand }
+        if let sourceAddress { o["source-address"] = sourceAddress }
+        return o
+    }
+
+    static func parse(_ e: TOMLTable.Entry, file: String) throws(CofferError) -> SSHGrant {
+        func err(_ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(e.line): ssh: \(msg)") }
+        guard case .table(let t) = e.value else { throw err("must be a table like { principals = [\"deploy\"] }") }
+        let allowed: Set<String> = ["principals", "extensions", "force_command", "source_address"]
+        for k in t.keys where !allowed.contains(k) { throw err("unknown key '\(k)' (allowed: \(allowed.sorted().joined(separator: ", ")))") }
+        func names(_ k: String, max: Int) throws(CofferError) -> [String]? {
+            guard let v = t[k]?.value else { return nil }
+            guard case .array(let items) = v, items.count <= max else { throw err("\(k) must be a list of at most \(max) strings") }
+            var out: [String] = []
+            for i in items {
+                guard case .string(let s) = i, SSHCertificate.isValidName(s) else {
+                    throw err("\(k) must list names of printable ASCII without spaces or commas")
+                }
+                if !out.contains(s) { out.append(s) }
+            }
+            return out
+        }
+        guard let principals = try names("principals", max: 32), !principals.isEmpty else { throw err("needs principals = [\"NAME\", ...]") }
+        let extensions = try names("extensions", max: 16) ?? ["permit-pty"]
+        for x in extensions where !SSHCertificate.knownExtensions.contains(x) {
+            throw err("unknown extension '\(x)' (known: \(SSHCertificate.knownExtensions.sorted().joined(separator: ", ")))")
+        }
+        var grant = SSHGrant(principals: principals, extensions: extensions)
+        if let v = t["force_command"]?.value {
+            guard case .string(let s) = v, !s.isEmpty, s.utf8.count <= 1024, !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                throw err("force_command must be a one-line command of at most 1024 bytes")
+            }
+            grant.forceCommand = s
+        }
+        if let v = t["source_address"]?.value {
+            guard case .string(let s) = v, SSHCertificate.isValidSourceAddress(s) else {
+                throw err("source_address must be addresses or CIDR blocks separated by commas, like \"10.0.0.0/8,192.0.2.7\"")
+            }
+            grant.sourceAddress = s
+        }
+        return grant
+    }
+}
+
+/// `jwt = { audiences = ["deploy-api"], max_ttl = "15m" }` on an elevation rule.
+public struct JWTGrant: Sendable, Equatable {
+    public var audiences: [String]
+    public var maxTTLSeconds: Int
+
+    public init(audiences: [String], maxTTLSeconds: Int) {
+        self.audiences = audiences
+        self.maxTTLSeconds = maxTTLSeconds
+    }
+
+    static func parse(_ e: TOMLTable.Entry, file: String) throws(CofferError) -> JWTGrant {
+        func err(_ msg: String) -> CofferError { CofferError(.invalidPolicy, "\(file):\(e.line): jwt: \(msg)") }
+        guard case .table(let t) = e.value else { throw err("must be a table like { audiences = [\"deploy-api\"] }") }
+        for k in t.keys where k != "audiences" && k != "max_ttl" { throw err("unknown key '\(k)' (allowed: audiences, max_ttl)") }
+        guard case .array(let items)? = t["audiences"]?.value, !items.isEmpty, items.count <= 32 else {
+            throw err("needs audiences = [\"NAME\", ...] (at most 32)")
+        }
+        var audiences: [String] = []
+        for i in items {
+            guard case .string(let s) = i, SSHCertificate.isValidName(s, max: 256) else {
+                throw err("audiences must be printable ASCII without spaces or commas")
+            }
+            audiences.append(s)
+        }
+        var ttl = 900
+        if let v = t["max_ttl"]?.value {
+            guard case .string(let s) = v, let secs = DurationText.seconds(s), secs >= 5, secs <= 86400 else {
+                throw err("max_ttl must be a duration like \"15m\" (5s...24h)")
+            }
+            ttl = secs
+        }
+        return JWTGrant(audiences: audiences, maxTTLSeconds: ttl)
     }
 }
 

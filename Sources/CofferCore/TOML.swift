@@ -1,6 +1,7 @@
 /// A strict reader for the subset of TOML that Coffer's config and policy files use:
 /// comments, `[table]`, `[[array.of.tables]]`, dotted table names, `key = value` with
-/// basic and literal strings, integers, booleans and (multi-line) arrays.
+/// basic and literal strings, integers, booleans, (multi-line) arrays and one-line
+/// inline tables.
 /// Every value remembers its line so that callers can report `file:line`.
 /// Anything outside the subset is an error, never silently ignored.
 public indirect enum TOMLValue: Sendable, Equatable {
@@ -235,6 +236,7 @@ private struct Parser {
         case UInt8(ascii: "\""): return .string(try parseBasicString())
         case UInt8(ascii: "'"): return .string(try parseLiteralString())
         case UInt8(ascii: "["): return try parseArray()
+        case UInt8(ascii: "{"): return try parseInlineTable()
         case UInt8(ascii: "t"), UInt8(ascii: "f"):
             if b[i...].starts(with: Array("true".utf8)) { i += 4; return .bool(true) }
             if b[i...].starts(with: Array("false".utf8)) { i += 5; return .bool(false) }
@@ -276,6 +278,32 @@ private struct Parser {
             throw fail("unsupported number (integers only)")
         }
         return negative ? -value : value
+    }
+
+    /// `{ key = value, ... }` on one line (TOML 1.0: no newline, no trailing comma).
+    mutating func parseInlineTable() throws(TOMLError) -> TOMLValue {
+        i += 1  // {
+        var t = TOMLTable(line: line)
+        skipSpaces()
+        if peek() == UInt8(ascii: "}") { i += 1; return .table(t) }
+        while true {
+            let key = try parseDottedKey()
+            guard key.count == 1 else { throw fail("dotted keys are not supported in inline tables") }
+            skipSpaces()
+            guard peek() == UInt8(ascii: "=") else { throw fail("expected '=' after key '\(key[0])'") }
+            i += 1
+            skipSpaces()
+            guard peek() != 0x0A, peek() != 0x0D else { throw fail("an inline table must be on one line") }
+            let keyLine = line
+            let value = try parseValue()
+            guard t[key[0]] == nil else { throw fail("key '\(key[0])' defined twice") }
+            t.set(key[0], .init(value: value, line: keyLine))
+            skipSpaces()
+            if peek() == UInt8(ascii: ",") { i += 1; skipSpaces(); continue }
+            guard peek() == UInt8(ascii: "}") else { throw fail("expected ',' or '}' in inline table") }
+            i += 1
+            return .table(t)
+        }
     }
 
     mutating func parseArray() throws(TOMLError) -> TOMLValue {

@@ -18,6 +18,14 @@ public enum Hashing {
         return out
     }
 
+    /// SHA-256 (OpenSSH fingerprints, certificate digests).
+    public static func sha256(_ message: [UInt8]) -> [UInt8] {
+        Sodium.ready()
+        var out = [UInt8](repeating: 0, count: Int(crypto_hash_sha256_BYTES))
+        _ = crypto_hash_sha256(&out, message, UInt64(message.count))
+        return out
+    }
+
     /// Constant-time equality of two byte arrays (lengths are public).
     public static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         Sodium.ready()

@@ -15,6 +15,21 @@ public enum Signing {
         return (pk, sk)
     }
 
+    /// The key pair of a 32-byte seed (what the keyring stores of a signing key:
+    /// the 64-byte secret key is derived again at load).
+    public static func keyPair(seed: SecretBytes) throws(CryptoError) -> (publicKey: [UInt8], secretKey: SecretBytes) {
+        Sodium.ready()
+        guard seed.count == Int(crypto_sign_SEEDBYTES) else { throw .badLength(expected: Int(crypto_sign_SEEDBYTES), actual: seed.count) }
+        var pk = [UInt8](repeating: 0, count: publicKeyBytes)
+        let sk = try SecretBytes(count: secretKeyBytes)
+        seed.withUnsafeBytes { s in
+            _ = sk.withUnsafeMutableBytes {
+                crypto_sign_seed_keypair(&pk, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), s.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        return (pk, sk)
+    }
+
     /// The public half of a secret key (libsodium keeps it in the last 32 bytes).
     public static func publicKey(of secretKey: SecretBytes) throws(CryptoError) -> [UInt8] {
         guard secretKey.count == secretKeyBytes else { throw .badLength(expected: secretKeyBytes, actual: secretKey.count) }

@@ -4,6 +4,7 @@ import CofferCrypto
 public import CofferStore
 import Foundation
 import Logging
+import Synchronization
 
 /// Time-boxed elevation (PIM): an eligible caller asks for a role for a while, with
 /// a reason; approvers review; the requester activates and gets a token carrying the
@@ -21,6 +22,11 @@ public final class ElevationService: Sendable {
 
     let principals: PrincipalResolver
     static let maxOpenPerRequester = 16
+    let closedObservers = Mutex<[@Sendable (ElevationRecord) -> Void]>([])
+
+    /// Called after a transition that closed an active request (ended, revoked,
+    /// expired): its credentials are revoked and its sessions ended.
+    func observeClosed(_ f: @escaping @Sendable (ElevationRecord) -> Void) { closedObservers.withLock { $0.append(f) } }
 
     init(store: Store, policies: PolicyStore, tokens: TokenService, principals: PrincipalResolver, errors: StoreErrorMapper,
          clock: any WallClock, logger: Logger) {
@@ -414,6 +420,7 @@ public final class ElevationService: Sendable {
             })
             logger.info("elevation changed", metadata: ["elevation.id": "\(id)", "state": "\(e.state.rawValue)", "peer.uid": "\(g.principal.uid)"])
             notify(e)
+            if e.activatedAt != nil, !e.state.isOpen { for f in closedObservers.withLock({ $0 }) { f(e) } }
             return e
         } catch let r as ElevationRefusal {
             throw CofferError(r.code, r.message)

@@ -71,6 +71,28 @@ public struct RootKey: Sendable {
         return try Checked.crypto { () throws(CryptoError) in try SecretBytes(consuming: &derived) }
     }
 
+    /// A signing key's seed (the SSH CA, a JWT key), bound to (key id, purpose, root key id).
+    func sealSigning(_ seed: SecretBytes, id: String, purpose: SigningKeyRecord.Purpose) throws(CofferError) -> Data {
+        Data(try Checked.crypto { () throws(CryptoError) in
+            try AEAD.seal(seed, key: bytes, associatedData: AssociatedData.signingKey(keyID: id, purpose: purpose, rootKeyID: keyID))
+        })
+    }
+
+    func openSigning(_ sealed: Data, id: String, purpose: SigningKeyRecord.Purpose) throws(CofferError) -> SecretBytes {
+        try Checked.crypto { () throws(CryptoError) in
+            try AEAD.open([UInt8](sealed), key: bytes, associatedData: AssociatedData.signingKey(keyID: id, purpose: purpose, rootKeyID: keyID))
+        }
+    }
+
+    /// A new signing key of `purpose`: a random seed, sealed under this root.
+    func newSigningKey(_ purpose: SigningKeyRecord.Purpose, now: Int64) throws(CofferError) -> SigningKeyRecord {
+        let seed = try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: 32) }
+        let pair = try Checked.crypto { () throws(CryptoError) in try Signing.keyPair(seed: seed) }
+        let id = Hex.encode(Hashing.randomBytes(8))
+        return SigningKeyRecord(keyID: id, purpose: purpose, state: .active, createdAt: now, retiredAt: nil, publicKey: Data(pair.publicKey),
+                                rootKeyID: keyID, sealed: try sealSigning(seed, id: id, purpose: purpose))
+    }
+
     /// Seals the audit signing key (bound to this root key's id).
     func sealAuditKey(_ secret: SecretBytes) throws(CryptoError) -> [UInt8] {
         try AEAD.seal(secret, key: bytes, associatedData: Array("coffer/v1/audit-signing-key".utf8) + Array(keyID.utf8))
@@ -152,6 +174,11 @@ public final class Keyring: Sendable {
                 try store.completeKeyring(seal: seal, add: add)
                 records = try store.keyRecords()
             }
+            // the SSH user CA and the first JWT key, made once
+            let signing = try store.signingKeys()
+            let missing = try SigningKeyRecord.Purpose.allCases.filter { p in !signing.contains { $0.purpose == p && $0.state == .active } }
+                .map { p throws(CofferError) in try root.newSigningKey(p, now: now) }
+            if !missing.isEmpty { try store.addSigningKeys(missing) }
             return try Keyring(root: root, records: records)
         } catch let e as CofferError {
             throw e
@@ -244,8 +271,14 @@ public final class Keyring: Sendable {
                 let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
                 audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
             }
+            var signing: [(keyID: String, sealed: Data)] = []
+            for k in try store.signingKeys() {
+                guard k.rootKeyID == old.keyID else { throw CofferError(.integrity, "signing key \(k.keyID) is not sealed under the current root key") }
+                let seed = try old.openSigning(k.sealed, id: k.keyID, purpose: k.purpose)
+                signing.append((k.keyID, try newRoot.sealSigning(seed, id: k.keyID, purpose: k.purpose)))
+            }
             try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed, auditKey: audit,
-                                     demoteLegacy: fresh.map { (legacy: old.keyID, fresh: $0) })
+                                     demoteLegacy: fresh.map { (legacy: old.keyID, fresh: $0) }, signingKeys: signing)
             // keys derived from the root before the keyring: same values, so the old key still derives them
             let legacyPurpose = try [KeyRecord.Purpose.tokenHash, .auditMAC].contains { p in
                 guard let r = records.first(where: { $0.purpose == p && $0.state == .active }), let sealed = r.sealed else { return false }
@@ -279,6 +312,10 @@ enum AssociatedData {
 
     static func keyCheck(keyID: String) -> [UInt8] {
         encode("coffer/v1/key-check", [Array(keyID.utf8)])
+    }
+
+    static func signingKey(keyID: String, purpose: SigningKeyRecord.Purpose, rootKeyID: String) -> [UInt8] {
+        encode("coffer/v1/signing-key", [Array(keyID.utf8), Array(purpose.rawValue.utf8), Array(rootKeyID.utf8)])
     }
 
     static func keyringKey(keyID: String, purpose: KeyRecord.Purpose, rootKeyID: String) -> [UInt8] {

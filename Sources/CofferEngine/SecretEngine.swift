@@ -31,6 +31,7 @@ public final class SecretEngine: Sendable {
     public let login: LoginService
     public let elevation: ElevationService
     public let runs: RunService
+    public let credentials: CredentialService
     let store: Store
     let keyring: Keyring
     let policies: PolicyStore
@@ -42,7 +43,8 @@ public final class SecretEngine: Sendable {
     let startedAt: Int64
 
     init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, login: LoginService.Settings,
-         runs: RunService.Settings, clock: any WallClock, logger: Logger) {
+         runs: RunService.Settings, credentials: CredentialService.Settings, signingKeys: CredentialService.ActiveKeys, clock: any WallClock,
+         logger: Logger) {
         self.store = store
         self.audit = audit
         self.keyring = keyring
@@ -67,6 +69,10 @@ public final class SecretEngine: Sendable {
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
         self.elevation = ElevationService(store: store, policies: policies, tokens: tokens, principals: principals, errors: errors,
                                           clock: clock, logger: logger)
+        let credentialService = CredentialService(settings: credentials, keys: signingKeys, store: store, root: keyring.root, policies: policies,
+                                                  gate: gate, errors: errors, clock: clock, logger: logger)
+        self.credentials = credentialService
+        elevation.observeClosed { [weak credentialService] e in credentialService?.elevationClosed(e) }
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()
@@ -108,10 +114,12 @@ public final class SecretEngine: Sendable {
                             checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
             clock: clock, logger: logger)
         try await audit.recoverTail()
+        let signingKeys = try CredentialService.loadKeys(store: store, root: root)
         return SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
-            login: LoginService.Settings(config: config), runs: RunService.Settings(config: config), clock: clock, logger: logger)
+            login: LoginService.Settings(config: config), runs: RunService.Settings(config: config),
+            credentials: CredentialService.Settings(config: config), signingKeys: signingKeys, clock: clock, logger: logger)
     }
 
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).

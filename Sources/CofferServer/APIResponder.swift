@@ -29,7 +29,7 @@ public struct APIResponder: HTTPResponder {
     let engine: SecretEngine
     let settings: Settings
     /// Every endpoint of API v1: adding a route is one entry in one of these tables.
-    static let router = Router([secretEndpoints, tokenEndpoints, auditEndpoints, sysEndpoints, keyEndpoints, authEndpoints, elevationEndpoints, runEndpoints])
+    static let router = Router([secretEndpoints, tokenEndpoints, auditEndpoints, sysEndpoints, keyEndpoints, authEndpoints, elevationEndpoints, runEndpoints, credentialEndpoints])
 
     public init(engine: SecretEngine, settings: Settings) {
         self.engine = engine

@@ -51,7 +51,7 @@ public enum CofferServer {
             },
             logger: logger
         )
-        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
+        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), CredentialWatch(host: host, logger: logger), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -121,6 +121,28 @@ public struct RunWatch: Service {
             await engine.runs.recover()
             while !Task.isCancelled {
                 await engine.runs.sweep()
+                try? await Task.sleep(for: Self.interval)
+            }
+        }
+    }
+}
+
+/// SSH credentials: at start it writes the KRL (sshd refuses every key while its
+/// RevokedKeys file is missing); then, every second, it ends the SSH sessions whose
+/// elevation is over (the moment an elevation is ended or revoked, too).
+public struct CredentialWatch: Service {
+    let host: EngineHost
+    let logger: Logger
+    static let interval = Duration.seconds(1)
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            guard let engine = await host.opened() else { return }
+            do throws(CofferError) { try engine.credentials.writeKRL() } catch {
+                logger.error("cannot write the SSH KRL", metadata: ["error": "\(error.message)"])
+            }
+            while !Task.isCancelled {
+                await engine.credentials.endDueSessions()
                 try? await Task.sleep(for: Self.interval)
             }
         }

@@ -141,7 +141,8 @@ extension Store {
     /// new root, whose check replaces the old one. All or nothing; secret versions
     /// and tokens are untouched (they depend on the keys, not on the root).
     public func replaceRootKey(oldID: String, newID: String, check: Data, now: Int64,
-                               keys: [(keyID: String, sealed: Data)], auditKey: Data?, demoteLegacy: (legacy: String, fresh: KeyRecord)? = nil) throws {
+                               keys: [(keyID: String, sealed: Data)], auditKey: Data?, demoteLegacy: (legacy: String, fresh: KeyRecord)? = nil,
+                               signingKeys: [(keyID: String, sealed: Data)] = []) throws {
         try pool.write { db in
             try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
             if let d = demoteLegacy {
@@ -158,6 +159,14 @@ extension Store {
             }
             if let auditKey {
                 try db.execute(sql: "UPDATE audit_key SET sealed_secret = ?", arguments: [auditKey])
+            }
+            for k in signingKeys {
+                try db.execute(sql: "UPDATE signing_key SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
+                               arguments: [k.sealed, newID, k.keyID, oldID])
+                guard db.changesCount == 1 else { throw CofferError(.integrity, "a signing key changed during the root-key change") }
+            }
+            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
+                throw CofferError(.integrity, "a signing key was not re-sealed")
             }
             try db.execute(sql: "DELETE FROM root_key WHERE key_id = ?", arguments: [oldID])
         }

@@ -114,6 +114,7 @@ public final class Store: Sendable {
         registerAuditMigration(&m)
         registerKeyringMigration(&m)
         registerElevationMigration(&m)
+        registerCredentialMigration(&m)
         return m
     }
 

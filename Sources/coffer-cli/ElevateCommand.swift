@@ -48,7 +48,7 @@ struct ElevateCommand: ParsableCommand {
         abstract: "Time-boxed elevation: ask for a role for a while, review others' requests, activate, end.",
         discussion: "Uses the session `coffer login` keeps (a recent sign-in may be required). See the README, \"Time-boxed elevation\".",
         subcommands: [Request.self, List.self, Show.self, Approve.self, Deny.self, Cancel.self, Activate.self, End.self, Revoke.self,
-                      History.self, Report.self, Ack.self]
+                      History.self, Report.self, Ack.self, JWT.self]
     )
 
     struct Request: ParsableCommand {
@@ -162,6 +162,35 @@ struct ElevateCommand: ParsableCommand {
             }
             if format == .json { return try printJSON(r) }
             try printLine(r.token)
+        }
+    }
+
+    struct JWT: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "jwt", abstract: "A signed JWT (EdDSA) for your active elevation, for a service that trusts Coffer's JWKS.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The elevation request id (el_…).") var id: String
+        @Option(help: "The service it is for (the rule's jwt.audiences list the allowed ones).") var audience: String
+        @Option(help: "How long it is valid, e.g. 5m (default: the rule's max_ttl, never past the window's end).") var ttl: String?
+        @Option(help: "Write it to this new file (0600) instead of stdout.") var output: String?
+        func run() throws {
+            try runReporting {
+                let fd = try Activate.claim(output)
+                let r: JWTResponse
+                do { r = try global.sessionClient().jwtSign(id, audience: audience, ttl: ttl) } catch {
+                    if let output, fd >= 0 { close(fd); unlink(output) }
+                    throw error
+                }
+                if let output {
+                    let bytes = Array((r.token + "\n").utf8)
+                    let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                    close(fd)
+                    guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                    return try printLine("JWT \(r.jti) for \(audience) until \(r.expiresAt): \(output)")
+                }
+                if global.format == .json { return try printJSON(r) }
+                try printLine(r.token)
+            }
         }
     }
 
