@@ -110,7 +110,7 @@ let package = Package(
         // Tests: one per module, plus end to end against the built binaries.
         .testTarget(name: "CofferCryptoTests", dependencies: ["CofferCrypto"], swiftSettings: swiftSettings),
         .testTarget(name: "CofferCoreTests", dependencies: ["CofferCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "CofferLiteTests", dependencies: ["CofferLite"], swiftSettings: swiftSettings),
+        .testTarget(name: "CofferLiteTests", dependencies: ["CofferLite", "CofferCore"], swiftSettings: swiftSettings),
         .testTarget(name: "CofferAuditTests", dependencies: ["CofferAudit", "CofferCrypto", "CofferCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "CofferEngineTests",

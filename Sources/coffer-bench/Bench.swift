@@ -79,6 +79,42 @@ struct Bench: ParsableCommand {
                 print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
             }
         }
+        // credentials for an active elevation: an OpenSSH certificate, a JWT (each a
+        // write: the credential's row and its audit event commit together)
+        let credentialRows = ["certificate issue", "JWT issue"].filter { selected?.contains($0) ?? true }
+        if !credentialRows.isEmpty {
+            let cd = try Daemon(bin: bin, name: "credentials", extra: "[storage]\ndurability = \"\(durability)\"\n", policyExtra: """
+                [role.deploy]
+                [[role.deploy.rule]]
+                path = "deploy/**"
+                capabilities = ["read"]
+                [[elevation]]
+                role = "deploy"
+                eligible = ["uid:\(getuid())"]
+                approvals = 0
+                max_duration = "2h"
+                reason = "optional"
+                ssh = { principals = ["deploy"] }
+                jwt = { audiences = ["bench"], max_ttl = "1h" }
+                """)
+            defer { cd.stop() }
+            let client = CofferClient(socketPath: cd.socket)
+            let id = try client.elevationRequest(.init(role: "deploy", duration: "2h", reason: nil, ticket: nil)).id
+            _ = try client.activateElevation(id)
+            let key = #"{"public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIADBYxmSZDpUQVhzyCUcjUEKD5goTEx1FiRwq7oh38p9 bench"}"#
+            let workloads: [String: HTTPWorkload] = [
+                "certificate issue": HTTPWorkload(make: { _ in ("POST", "/v1/elevation/requests/\(id)/ssh", Array(key.utf8)) }, token: nil, expect: 200),
+                "JWT issue": HTTPWorkload(make: { _ in ("POST", "/v1/elevation/requests/\(id)/jwt", Array(#"{"audience":"bench","ttl":"5m"}"#.utf8)) },
+                                          token: nil, expect: 200),
+            ]
+            for name in credentialRows {
+                for c in conns {
+                    let r = runLoad(workloads[name]!, socket: cd.socket, connections: c, seconds: duration, serverPID: cd.pid)
+                    report.add(name, c, r)
+                    print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
+                }
+            }
+        }
         if let redis, selected?.contains("redis GET 64 B") ?? true {
             for c in conns {
                 let r = runLoad(RedisWorkload(key: "bench:s64"), socket: redis.socket, connections: c, seconds: duration, serverPID: redis.pid)

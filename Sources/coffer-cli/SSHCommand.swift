@@ -48,9 +48,9 @@ struct SSHCommand: ParsableCommand {
             try runReporting {
                 let text = try readPublicKey(pubkey)
                 let r = try global.sessionClient().sshSign(id, publicKey: text)
+                if let output { try writeNewFile(output, r.certificate + "\n", mode: 0o644) }
                 if global.format == .json { return try printJSON(r) }
                 if let output {
-                    try writeNewFile(output, r.certificate + "\n", mode: 0o644)
                     return try printLine("serial \(r.serial), principals \(r.principals.joined(separator: ",")), valid until \(r.validBefore): \(output)")
                 }
                 try printLine(r.certificate)

@@ -1,3 +1,4 @@
+import CofferCore
 import Testing
 @testable import CofferLite
 
