@@ -123,6 +123,8 @@ import Testing
         #expect(try d.coffer(["secret", "put", "r/db"], stdin: Array("v-two".utf8)).status == 0)
         let token = try #require(json(try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--format", "json"]).out)["token"] as? String)
         let rootBefore = json(try d.curl("GET", "/v1/sys/keys").1)["root_key_id"] as? String
+        let caBefore = try d.curl("GET", "/v1/ssh/ca").1
+        let jwksBefore = try d.curl("GET", "/v1/jwks").1
         // refused while the daemon runs
         let newKey = d.dir + "/keys/root2.key"
         var r = try run(Bins.cofferd, ["rekey", "--config", d.configPath, "--new-key-file", newKey])
@@ -154,6 +156,9 @@ import Testing
         #expect(code == 200 && body.contains("v-two"), "\(code) \(body)")
         // the audit trail still verifies and is still signed by the same key
         #expect(try d.coffer(["audit", "verify"]).status == 0)
+        // the SSH CA and the JWT key were re-sealed, not replaced: sshd and services keep trusting them
+        #expect(try d.curl("GET", "/v1/ssh/ca").1 == caBefore)
+        #expect(try d.curl("GET", "/v1/jwks").1 == jwksBefore)
     }
 }
 
