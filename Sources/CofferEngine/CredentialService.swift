@@ -49,6 +49,9 @@ public final class CredentialService: Sendable {
     let krlVersion = Mutex<UInt64>(0)
     /// Sessions being ended now (one task each).
     let ending = Mutex<Set<Int64>>([])
+    /// A KRL write failed: the watch retries every second until one succeeds (the
+    /// elevation ended regardless; sshd must learn it as soon as the disk allows).
+    let krlDirty = Atomic<Bool>(false)
 
     /// The active CA and JWT keys, opened (at start).
     struct ActiveKeys: Sendable {
@@ -192,9 +195,13 @@ public final class CredentialService: Sendable {
     /// signed may still be valid.
     public func jwks() throws(CofferError) -> [JWK] {
         let keys = try errors.call { try store.signingKeys() }.filter { $0.purpose == .jwt }
-        let last = try errors.call { try store.lastExpiryByKey() }
         let now = clock.nowMillis()
-        return keys.filter { $0.state == .active || (last[$0.keyID] ?? 0) > now }.map { JWK(keyID: $0.keyID, publicKey: [UInt8]($0.publicKey)) }
+        var out: [JWK] = []
+        for k in keys {
+            if k.state != .active { guard try errors.call({ try store.lastExpiry(keyID: k.keyID) }) ?? 0 > now else { continue } }
+            out.append(JWK(keyID: k.keyID, publicKey: [UInt8](k.publicKey)))
+        }
+        return out
     }
 
     public func rotateJWTKey(_ g: Grant) async throws(CofferError) -> String {
@@ -296,11 +303,25 @@ public final class CredentialService: Sendable {
     /// reads half a list; writers are ordered, so the last write is the newest state.
     public func writeKRL() throws(CofferError) {
         let path = settings.krlPath
-        try krlVersion.withLock { version throws(CofferError) in
-            let serials = try errors.call { try store.revokedSerials(now: clock.nowMillis()) }
-            version = max(version + 1, UInt64(max(0, clock.nowMillis())))
-            let bytes = SSHKRL.encode(version: version, generatedAt: UInt64(max(0, clock.nowMillis() / 1000)), caKeyBlob: caKeyBlob, serials: serials)
-            try Self.writeAtomically(bytes, to: path, mode: 0o644)
+        do throws(CofferError) {
+            try krlVersion.withLock { version throws(CofferError) in
+                let serials = try errors.call { try store.revokedSerials(now: clock.nowMillis()) }
+                version = max(version + 1, UInt64(max(0, clock.nowMillis())))
+                let bytes = SSHKRL.encode(version: version, generatedAt: UInt64(max(0, clock.nowMillis() / 1000)), caKeyBlob: caKeyBlob, serials: serials)
+                try Self.writeAtomically(bytes, to: path, mode: 0o644)
+            }
+            krlDirty.store(false, ordering: .relaxed)
+        } catch {
+            krlDirty.store(true, ordering: .relaxed)
+            throw error
+        }
+    }
+
+    /// The watch's retry of a failed KRL write.
+    public func retryKRLIfNeeded() {
+        guard krlDirty.load(ordering: .relaxed) else { return }
+        do throws(CofferError) { try writeKRL() } catch {
+            logger.error("cannot write the KRL", metadata: ["error": "\(error.message)"])
         }
     }
 

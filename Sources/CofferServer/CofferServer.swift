@@ -129,7 +129,8 @@ public struct RunWatch: Service {
 
 /// SSH credentials: at start it writes the KRL (sshd refuses every key while its
 /// RevokedKeys file is missing); then, every second, it ends the SSH sessions whose
-/// elevation is over (the moment an elevation is ended or revoked, too).
+/// elevation is over (the moment an elevation is ended or revoked, too), and
+/// retries a KRL write that failed.
 public struct CredentialWatch: Service {
     let host: EngineHost
     let logger: Logger
@@ -142,6 +143,7 @@ public struct CredentialWatch: Service {
                 logger.error("cannot write the SSH KRL", metadata: ["error": "\(error.message)"])
             }
             while !Task.isCancelled {
+                engine.credentials.retryKRLIfNeeded()
                 await engine.credentials.endDueSessions()
                 try? await Task.sleep(for: Self.interval)
             }

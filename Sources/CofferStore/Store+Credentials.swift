@@ -107,6 +107,8 @@ extension Store {
                     CHECK ((kind = 'ssh') = (serial IS NOT NULL AND digest IS NOT NULL))
                 ) STRICT;
                 CREATE INDEX credential_elevation ON credential(elevation_id);
+                CREATE INDEX credential_key_expiry ON credential(key_id, expires_at);
+                CREATE INDEX credential_ssh_expiry ON credential(expires_at) WHERE kind = 'ssh';
                 CREATE TABLE ssh_session (
                     id INTEGER PRIMARY KEY,
                     serial INTEGER NOT NULL REFERENCES credential(serial),
@@ -164,13 +166,9 @@ extension Store {
         if let event { ticket.markCommitted(event) }
     }
 
-    /// The latest expiry of what each key signed.
-    public func lastExpiryByKey() throws -> [String: Int64] {
-        try pool.read { db in
-            var out: [String: Int64] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT key_id, max(expires_at) AS e FROM credential GROUP BY key_id") { out[r["key_id"]] = r["e"] }
-            return out
-        }
+    /// The latest expiry of what a key signed (an index lookup per key).
+    public func lastExpiry(keyID: String) throws -> Int64? {
+        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT max(expires_at) FROM credential WHERE key_id = ?", arguments: [keyID]) }
     }
 
     static func credential(_ r: Row) -> CredentialRecord {
@@ -205,7 +203,7 @@ extension Store {
         try pool.read { db in
             try Int64.fetchAll(db, sql: """
                 SELECT c.serial FROM credential c JOIN elevation_request e ON e.id = c.elevation_id
-                WHERE c.kind = 'ssh' AND e.state IN ('ended', 'revoked') AND c.expires_at > ?
+                WHERE c.kind = 'ssh' AND c.expires_at > ? AND e.state IN ('ended', 'revoked')
                 ORDER BY c.serial
                 """, arguments: [now - 300_000]).map { UInt64(bitPattern: $0) }
         }
