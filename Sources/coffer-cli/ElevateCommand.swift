@@ -154,10 +154,7 @@ struct ElevateCommand: ParsableCommand {
 
         static func finish(_ r: ElevationActivateResponse, output: String?, fd: Int32, format: OutputFormat) throws {
             if let output {
-                let bytes = Array((r.token + "\n").utf8)
-                let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-                close(fd)
-                guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                try writeAndClose(fd, r.token + "\n", path: output)
                 return try printLine("\(r.request.id) active until \(r.request.endsAt ?? "-"); token in \(output)")
             }
             if format == .json { return try printJSON(r) }
@@ -182,10 +179,7 @@ struct ElevateCommand: ParsableCommand {
                     throw error
                 }
                 if let output {
-                    let bytes = Array((r.token + "\n").utf8)
-                    let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-                    close(fd)
-                    guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(output)") }
+                    try writeAndClose(fd, r.token + "\n", path: output)
                     return try printLine("JWT \(r.jti) for \(audience) until \(r.expiresAt): \(output)")
                 }
                 if global.format == .json { return try printJSON(r) }

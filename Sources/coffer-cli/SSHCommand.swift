@@ -9,6 +9,11 @@ import Glibc
 func writeNewFile(_ path: String, _ text: String, mode: mode_t) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(path): \(String(cString: strerror(errno)))", hint: "the file must not exist yet") }
+    try writeAndClose(fd, text, path: path)
+}
+
+/// Writes all of `text` to a file claimed earlier, then closes it.
+func writeAndClose(_ fd: Int32, _ text: String, path: String) throws {
     let bytes = Array(text.utf8)
     let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
     close(fd)
