@@ -123,6 +123,15 @@ public final class CredentialService: Sendable {
         guard e.state == .active else { throw ElevationRefusal(.invalidParameter, "the request is \(e.state.rawValue), not active") }
     }
 
+    /// A refusal made by the rules behind the gate (not the requester, a narrowed
+    /// token, an audience the rule does not name) is a denial in the audit trail, not
+    /// an allowed request that failed; a request that is merely invalid (not active,
+    /// a TTL too long) stays an error of an allowed one.
+    static func refused(_ g: Grant, _ r: ElevationRefusal) -> CofferError {
+        if r.code == .permissionDenied || r.code == .notFound { g.ticket.decided(.deny(r.message)) }
+        return CofferError(r.code, r.message)
+    }
+
     func elevationRule(_ e: ElevationRecord) throws(ElevationRefusal) -> ElevationRule {
         guard let rule = policies.policy.elevations[e.role] else { throw ElevationRefusal(.permissionDenied, "role '\(e.role)' can no longer be asked for") }
         return rule
@@ -135,6 +144,7 @@ public final class CredentialService: Sendable {
             $0.details[AuditDetails.elevationID] = .text(id)
         }
         let key = try SSHPublicKey.parse(text)
+        guard key.blob != caKeyBlob else { throw CofferError(.invalidParameter, "that is Coffer's CA key, not yours") }
         let fingerprint = SSHPublicKey.fingerprint(sha256: Hashing.sha256(key.blob))
         g.ticket.update {
             $0.details["key_fingerprint"] = .text(fingerprint)
@@ -175,7 +185,7 @@ public final class CredentialService: Sendable {
                                         audience: cert.principals.joined(separator: "\n"), digest: Data(Hashing.sha256(blob)))
             }
         } catch let r as ElevationRefusal {
-            throw CofferError(r.code, r.message)
+            throw Self.refused(g, r)
         } catch {
             throw errors.map(error)
         }
@@ -288,7 +298,7 @@ public final class CredentialService: Sendable {
                                         subject: e.requesterUser ?? "uid:\(e.requesterUID)", audience: audience, digest: nil)
             }
         } catch let r as ElevationRefusal {
-            throw CofferError(r.code, r.message)
+            throw Self.refused(g, r)
         } catch {
             throw errors.map(error)
         }
@@ -373,6 +383,7 @@ public final class CredentialService: Sendable {
     public func registerSession(_ g: Grant, certificate: String, user: String?) async throws(CofferError) -> Registration {
         let p = g.principal
         guard p.uid == 0, p.token == nil, p.container == nil else {
+            g.ticket.decided(.deny("ssh sessions: only root's PAM session hook registers them"))
             throw CofferError(.permissionDenied, "only root's PAM session hook registers SSH sessions")
         }
         guard certificate.utf8.count <= 16 * 1024, let blob = Data(base64Encoded: certificate), SSHCertificate.read([UInt8](blob)) != nil else {
@@ -398,9 +409,13 @@ public final class CredentialService: Sendable {
                 }
             }
         } catch let r as ElevationRefusal {
-            throw CofferError(r.code, r.message)
+            throw Self.refused(g, r)
         } catch {
             throw errors.map(error)
+        }
+        if let s {
+            let confined = await OffPool.run({ Self.confine(sid) }) ?? false
+            ticket.update { $0.details["cgroup"] = .text(confined ? Self.cgroupDir(sid) ?? "-" : "none") }
         }
         if let s { logger.info("ssh session registered", metadata: ["elevation.id": "\(s.elevationID)", "serial": "\(s.serial)", "audit.session": "\(sid)"]) }
         return Registration(tracked: s != nil, session: s)
@@ -443,18 +458,106 @@ public final class CredentialService: Sendable {
         return out
     }
 
-    /// Signals every live process of the session, each through a pidfd opened and
-    /// then checked to still be in the session (a pid reused meanwhile is not hit).
+    /// One pass over /proc: every live process of the session is signalled the moment
+    /// it is found (a process that forks and exits to hop pids is caught by the pass
+    /// that finds its child: new pids come later in the listing), each through a pidfd
+    /// checked to still be in the session (a pid reused meanwhile is not hit); never
+    /// PID 1 or cofferd. Returns how many were signalled.
     static func signalSession(_ sid: UInt32, _ sig: Int32) -> Int {
+        guard let dir = opendir("/proc") else { return 0 }
+        defer { closedir(dir) }
         var n = 0
-        for pid in members(of: sid) {
+        let me = getpid()
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid > 1, pid != me, auditSession(of: pid) == sid else { continue }
             let fd = coffer_pidfd_open(pid)
             guard fd >= 0 else { continue }
-            defer { close(fd) }
-            guard auditSession(of: pid) == sid else { continue }
-            if coffer_pidfd_kill(fd, sig) == 0 { n += 1 }
+            if auditSession(of: pid) == sid, coffer_pidfd_kill(fd, sig) == 0 { n += 1 }
+            close(fd)
         }
         return n
+    }
+
+    /// The cgroup v2 hierarchy's mount point (nil: none mounted).
+    static let cgroup2: String? = {
+        guard let text = readFile("/proc/self/mountinfo") else { return nil }
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " - ", maxSplits: 1)
+            guard parts.count == 2, parts[1].hasPrefix("cgroup2 ") else { continue }
+            let fields = parts[0].split(separator: " ")
+            if fields.count >= 5 { return String(fields[4]) }
+        }
+        return nil
+    }()
+
+    static func readFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func cgroupDir(_ sid: UInt32) -> String? { cgroup2.map { $0 + "/coffer-ssh.\(sid)" } }
+
+    static func writeSmall(_ path: String, _ text: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let b = Array(text.utf8)
+        return write(fd, b, b.count) == b.count
+    }
+
+    /// At registration, while the login has not yet run anything of the user's: its
+    /// processes move into a cgroup of their own, which every process they make
+    /// inherits and none can leave (that needs root). At the window's end the cgroup is
+    /// killed whole (cgroup.kill), which no forking outruns. False where there is no
+    /// cgroup v2 hierarchy (then the /proc passes alone end the session).
+    static func confine(_ sid: UInt32) -> Bool {
+        guard let dir = cgroupDir(sid) else { return false }
+        guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { return false }
+        var moved = 0
+        for pid in members(of: sid) where writeSmall(dir + "/cgroup.procs", "\(pid)\n") { moved += 1 }
+        return moved > 0
+    }
+
+    /// Removes session cgroups whose processes have all exited (rmdir refuses a
+    /// cgroup that still has any).
+    public static func removeEmptyCgroups() {
+        guard let root = cgroup2, let dir = opendir(root) else { return }
+        defer { closedir(dir) }
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix("coffer-ssh."), UInt32(name.dropFirst(11)) != nil { rmdir(root + "/" + name) }
+        }
+    }
+
+    /// Kills the session's cgroup (if it has one) and removes it once empty.
+    static func killCgroup(_ sid: UInt32) -> Int {
+        guard let dir = cgroupDir(sid), access(dir, F_OK) == 0 else { return 0 }
+        let before = (readFile(dir + "/cgroup.procs") ?? "").split(separator: "\n").count
+        _ = writeSmall(dir + "/cgroup.kill", "1")
+        for _ in 0..<200 where !(readFile(dir + "/cgroup.procs") ?? "").isEmpty { usleep(10_000) }
+        rmdir(dir)
+        return before
+    }
+
+    /// SIGKILL passes until one finds no live process of the session (at most
+    /// `passes`): whatever forks while a pass runs is found by the next one.
+    static func killSession(_ sid: UInt32, passes: Int = 200) -> (killed: Int, emptied: Bool) {
+        var killed = 0
+        for _ in 0..<passes {
+            killed += signalSession(sid, SIGKILL)
+            if members(of: sid).isEmpty { return (killed, true) }
+        }
+        return (killed, false)
     }
 
     /// Ends sessions whose elevation is over (ended, revoked, expired, or past its
@@ -470,29 +573,38 @@ public final class CredentialService: Sendable {
         }
     }
 
+    /// Every ten seconds: the cgroups of logins that are over.
+    public func tidyCgroups() async { _ = await OffPool.run({ Self.removeEmptyCgroups() }) }
+
     func end(_ s: SSHSessionRecord) async {
         let grace = settings.sessionGraceSeconds
         let store = self.store
         let clock = self.clock
-        _ = try? await gate.performAuditedFirst(.system("ssh"), .admin, nil, named: "ssh_session_end") { g async throws(CofferError) in
-            g.ticket.update {
-                $0.path = s.elevationID
-                $0.details[AuditDetails.elevationID] = .text(s.elevationID)
-                $0.details["serial"] = .text(String(s.serial))
-                $0.details["audit_session"] = .number(Int64(s.auditSession))
-                if let u = s.user { $0.details["user"] = .text(u) }
-            }
+        let annotate: (inout AuditEvent) -> Void = {
+            $0.path = s.elevationID
+            $0.details[AuditDetails.elevationID] = .text(s.elevationID)
+            $0.details["serial"] = .text(String(s.serial))
+            $0.details["audit_session"] = .number(Int64(s.auditSession))
+            if let u = s.user { $0.details["user"] = .text(u) }
+        }
+        _ = try? await gate.performAuditedFirst(.system("ssh"), .admin, nil, named: "ssh_session_end", annotate: annotate) { g async throws(CofferError) in
             let sid = s.auditSession
             let hup = await OffPool.run(timeout: 10, { Self.signalSession(sid, SIGHUP) }) ?? 0
-            var killed = 0
             for _ in 0..<(grace * 10) {
                 if (await OffPool.run(timeout: 10, { Self.members(of: sid).count }) ?? 1) == 0 { break }
                 try? await Task.sleep(for: .milliseconds(100))
             }
-            killed = await OffPool.run(timeout: 10, { Self.signalSession(sid, SIGKILL) }) ?? 0
+            let inCgroup = await OffPool.run(timeout: 10, { Self.killCgroup(sid) }) ?? 0
+            var (killed, emptied) = await OffPool.run(timeout: 10, { Self.killSession(sid) }) ?? (0, false)
+            killed += inCgroup
             g.ticket.update {
                 $0.details["hangup"] = .number(Int64(hup))
                 $0.details["killed"] = .number(Int64(killed))
+            }
+            guard emptied else {
+                // still alive: the session stays open and the next sweep (a second later) goes on
+                self.logger.warning("ssh session not yet empty", metadata: ["elevation.id": "\(s.elevationID)", "audit.session": "\(sid)"])
+                throw CofferError(.internal, "processes of the session are still alive; retrying")
             }
             try await self.errors.call {
                 try await store.endSession(id: s.id, now: clock.nowMillis(), reason: "the elevation's window closed", ticket: g.ticket)

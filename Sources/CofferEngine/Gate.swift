@@ -155,8 +155,10 @@ public final class Gate: Sendable {
     /// work starts ("decide, audit, then act"); the outcome follows as a second event
     /// (`NAME_done`) with the same request id.
     public func performAuditedFirst<T>(_ p: Principal, _ action: Action, _ path: SecretPath?, named name: String,
+                                       annotate: ((inout AuditEvent) -> Void)? = nil,
                                        _ work: (Grant) async throws(CofferError) -> T) async throws(CofferError) -> T {
         let intent = ticket(for: p, action: name, path: path?.rawValue)
+        if let annotate { intent.update(annotate) }
         let d: Decision
         do { d = try check(intent, p, action, path) } catch {
             try? await settle(intent, status: error.code.httpStatus, error: error)
@@ -165,6 +167,7 @@ public final class Gate: Sendable {
         try await settle(intent, status: 202, error: nil)
         let outcome = ticket(for: p, action: name + "_done", path: path?.rawValue)
         outcome.update { $0.requestID = intent.draft.requestID }
+        if let annotate { outcome.update(annotate) }
         outcome.decided(d)
         do {
             let result = try await work(Grant(principal: p, decision: d, ticket: outcome))

@@ -142,9 +142,12 @@ public struct CredentialWatch: Service {
             do throws(CofferError) { try engine.credentials.writeKRL() } catch {
                 logger.error("cannot write the SSH KRL", metadata: ["error": "\(error.message)"])
             }
+            var tick = 0
             while !Task.isCancelled {
                 engine.credentials.retryKRLIfNeeded()
                 await engine.credentials.endDueSessions()
+                tick += 1
+                if tick % 10 == 0 { await engine.credentials.tidyCgroups() }
                 try? await Task.sleep(for: Self.interval)
             }
         }

@@ -228,6 +228,12 @@ extension Store {
             guard let e = try Store.elevation(db, c.elevationID), e.state == .active, (e.endsAt ?? 0) > now, c.expiresAt > now else {
                 throw ElevationRefusal(.permissionDenied, "the elevation of this certificate is not active")
             }
+            // the same login registered again (the hook run twice): the one row it has
+            if let id = try Int64.fetchOne(db, sql: "SELECT id FROM ssh_session WHERE audit_session = ? AND serial = ? AND ended_at IS NULL",
+                                           arguments: [Int64(auditSession), Int64(bitPattern: c.serial!)]) {
+                return (SSHSessionRecord(id: id, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid, user: user,
+                                         openedAt: now), try self.commit(ticket, db))
+            }
             try db.execute(sql: """
                 INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (?, ?, ?, ?, ?, ?)
                 """, arguments: [Int64(bitPattern: c.serial!), c.elevationID, Int64(auditSession), Int64(pid), user, now])

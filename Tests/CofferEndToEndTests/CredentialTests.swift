@@ -346,6 +346,39 @@ import Testing
         #expect(late.status != 0 && late.stderr.contains("not active"), "\(late.stderr)")
     }
 
+    /// A process that ignores SIGHUP and hops pids faster than one pass over /proc
+    /// (found, then gone before it is signalled) is still ended with the window.
+    @Test func aProcessHoppingPidsDoesNotOutliveTheWindow() throws {
+        let w = try Self.world()
+        let hop = w.home(Self.user) + "/hop.py"
+        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/hop.py").path,
+                                         toPath: hop)
+        chmod(hop, 0o755)
+        let beat = w.home(Self.user) + "/beat"
+        let id = try w.elevate(Self.user, "deploy")
+        let (cert, _) = try w.sign(Self.user, id, key: "ed")
+        let client = try Spawned("/usr/bin/ssh", w.sshArgs(key: "ed", cert: cert, user: Self.user)
+                                 + ["/usr/bin/python3 \(hop) \(beat) 90 </dev/null >/dev/null 2>&1; exec sleep 6014"])
+        defer {
+            client.stop()
+            _ = try? run("/usr/bin/pkill", ["-KILL", "-f", "^sleep 6014$"])
+            _ = try? run("/usr/bin/pkill", ["-KILL", "-f", "hop.py"])
+        }
+        func heartbeat() -> String { (try? String(contentsOfFile: beat, encoding: .utf8)) ?? "" }
+        #expect(Self.waitFor(10) { Self.remote(6014) && !heartbeat().isEmpty }, "the hopper did not start: \(w.sshdText.suffix(400))")
+        let first = heartbeat()
+        #expect(Self.waitFor(3) { heartbeat() != first }, "no heartbeat")
+        #expect(try w.coffer(Self.user, ["elevate", "end", id]).status == 0)
+        // the grace is 2 s: within a few seconds more, nothing of the session beats
+        #expect(Self.waitFor(10) {
+            let a = heartbeat()
+            usleep(600_000)
+            return a == heartbeat() && !Self.remote(6014)
+        }, "the hopping process outlived the window")
+        let end = try w.events("ssh_session_end").last
+        #expect((end?["details"] as? [String: Any])?["elevation_id"] as? String == id, "the intent event names the request: \(end ?? [:])")
+    }
+
     @Test func theKRLStaysWholeUnderConcurrentEnds() throws {
         let w = try Self.world()
         var certs: [(String, String)] = []
