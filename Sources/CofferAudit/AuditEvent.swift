@@ -372,6 +372,10 @@ extension AuditCheckpoint: Codable {
 public enum AuditVerdict: Sendable, Equatable {
     case ok(count: Int, headSeq: Int64, headHash: [UInt8], checkpoints: Int)
     case bad(seq: Int64, problem: String)
+    /// Everything up to `signedThrough` verifies; the events after it are chained but
+    /// not yet covered by a checkpoint (a live daemon signs them within
+    /// checkpoint_seconds). Only when asked for (`allowUnsignedTail`): otherwise `.bad`.
+    case unsignedTail(count: Int, signedThrough: Int64, headSeq: Int64, checkpoints: Int)
 }
 
 public enum AuditVerifier {
@@ -386,7 +390,7 @@ public enum AuditVerifier {
     /// every event after the anchor's `legacyThrough` must carry a valid MAC, so a
     /// rewritten or forged event is named even where the chain was recomputed.
     public static func verify(events: [AuditEvent], checkpoints: [AuditCheckpoint], publicKey: [UInt8],
-                              anchor: AuditAnchor? = nil, mac: AuditMAC? = nil) -> AuditVerdict {
+                              anchor: AuditAnchor? = nil, mac: AuditMAC? = nil, allowUnsignedTail: Bool = false) -> AuditVerdict {
         let cps = checkpoints.sorted { $0.seq < $1.seq }
         for cp in cps where !cp.isValid(publicKey: publicKey) {
             return .bad(seq: cp.seq, problem: "the checkpoint at seq \(cp.seq) has a bad signature")
@@ -413,10 +417,10 @@ public enum AuditVerifier {
                 return .bad(seq: e.seq, problem: "event \(e.seq) was not written by this cofferd (its MAC does not match)")
             }
         }
-        return verifyChain(events, cps)
+        return verifyChain(events, cps, allowUnsignedTail: allowUnsignedTail)
     }
 
-    static func verifyChain(_ events: [AuditEvent], _ cps: [AuditCheckpoint]) -> AuditVerdict {
+    static func verifyChain(_ events: [AuditEvent], _ cps: [AuditCheckpoint], allowUnsignedTail: Bool = false) -> AuditVerdict {
         var expected: Int64 = 1
         var running = AuditEvent.genesis
         var lastSigned: Int64 = 0
@@ -454,6 +458,7 @@ public enum AuditVerifier {
             return .bad(seq: lastSeq + 1, problem: "truncated: the checkpoint at seq \(cps[cpIndex].seq) covers events after \(lastSeq) that are missing")
         }
         if lastSigned < lastSeq {
+            if allowUnsignedTail { return .unsignedTail(count: events.count, signedThrough: lastSigned, headSeq: lastSeq, checkpoints: cps.count) }
             return .bad(seq: lastSigned + 1, problem: "events after the last checkpoint (seq \(lastSigned)) are not signed")
         }
         return .ok(count: events.count, headSeq: lastSeq, headHash: running, checkpoints: cps.count)

@@ -8,14 +8,16 @@ import Synchronization
 /// invalid file is refused and the old policy stays.
 public final class PolicyStore: Authorizer, Sendable {
     private let current: Mutex<Policy>
-    /// nil: the built-in policy from [access] in the config (no file to reload).
+    /// The configured policy file (nil: none configured, the built-in policy from
+    /// [access] stays). A configured file that does not exist yet leaves the built-in
+    /// policy in force until a reload finds it.
     public let path: String?
     let logger: Logger
 
     public init(path: String?, fallback: Policy, logger: Logger) throws(CofferError) {
         self.path = path
         self.logger = logger
-        if let path {
+        if let path, FileManager.default.fileExists(atPath: path) {
             current = Mutex(try PolicyStore.load(path))
         } else {
             current = Mutex(fallback)
@@ -39,8 +41,14 @@ public final class PolicyStore: Authorizer, Sendable {
     @discardableResult
     public func reload() throws(CofferError) -> Policy {
         guard let path else {
+            logger.error("policy reload refused: no policy file is configured")
             throw CofferError(.invalidPolicy, "no policy file is configured; the built-in policy cannot be reloaded",
                               hint: "set access.policy_file in the config")
+        }
+        guard FileManager.default.fileExists(atPath: path) else {
+            logger.error("policy reload refused: the policy file does not exist; the built-in policy stays", metadata: ["policy.file": "\(path)"])
+            throw CofferError(.invalidPolicy, "the policy file \(path) does not exist; the built-in policy stays",
+                              hint: "create it (see contrib/policy.toml), then reload again")
         }
         do {
             let p = try PolicyStore.load(path)
@@ -75,6 +83,13 @@ public final class PolicyStore: Authorizer, Sendable {
             [[bind]]
             subjects = ["\(subject)", "uid:\(uid)"]
             roles = ["admin"]
+
+            # A build job's role, for tokens: coffer token create --role ci-build --paths 'ci/app/**' ...
+            [role.ci-build]
+
+            [[role.ci-build.rule]]
+            path = "ci/**"
+            capabilities = ["read", "list", "inject"]
 
             """
         do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {

@@ -244,10 +244,27 @@ public final class SecretEngine: Sendable {
     }
 
     /// One's own token (and its descendants), or any with admin.
+    /// One's own token (ownToken), a token one minted (the capability that let one mint
+    /// it: holding a role), or anyone's (admin).
     public func revokeToken(_ p: Principal, accessor: String, ticket: AuditTicket? = nil) async throws(CofferError) -> [String] {
-        try await gate.perform(ticket, p, accessor == p.token?.accessor ? .ownToken : .admin, nil, named: "token_revoke") { g async throws(CofferError) in
+        let action: Action = accessor == p.token?.accessor ? .ownToken : minted(by: p, accessor) ? .status : .admin
+        return try await gate.perform(ticket, p, action, nil, named: "token_revoke") { g async throws(CofferError) in
             try await tokens.revoke(g, accessor: accessor)
         }
+    }
+
+    /// Whether `accessor` was minted by the caller: from the caller's token (any depth
+    /// below it), or — for a caller without a token — by its uid, from no token.
+    func minted(by p: Principal, _ accessor: String) -> Bool {
+        guard let record = try? store.token(accessor: accessor) else { return false }
+        guard let own = p.token?.accessor else { return record.parent == nil && record.createdUID == p.uid }
+        var parent = record.parent
+        for _ in 0..<64 {
+            guard let a = parent else { return false }
+            if a == own { return true }
+            parent = (try? store.token(accessor: a))?.parent
+        }
+        return false
     }
 
     /// A background job: tokens that ended more than `retainSeconds` ago are deleted,

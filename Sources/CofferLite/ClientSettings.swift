@@ -20,18 +20,28 @@ public struct ClientSettings: Equatable, Sendable {
         self.tokenFile = tokenFile
     }
 
-    /// --socket, COFFER_SOCKET, a dev daemon's socket in ./.coffer, or the installed
-    /// one. A discovered ./.coffer socket is used only when it and its directory
-    /// belong to the caller (or root) and the directory is not group/world-writable:
-    /// anyone could plant a socket in a shared directory and collect what is sent.
-    /// The path, and for a discovered socket the uids its server may run as.
+    /// --socket, COFFER_SOCKET, a dev daemon's socket in `.coffer/` of the current
+    /// directory or the nearest parent that has one (as git finds its repository: a
+    /// command run from a subdirectory of a dev checkout reaches that checkout's
+    /// daemon), or the installed one. A discovered socket is used only when it and its
+    /// directory belong to the caller (or root) and the directory is not
+    /// group/world-writable: anyone could plant a socket in a shared directory and
+    /// collect what is sent. The path, and for a discovered socket the uids its server
+    /// may run as.
     public func resolveSocket() throws(CofferError) -> (path: String, trusted: Set<UInt32>?) {
         if let socket { return (socket, nil) }
         if let env = Environment.get("COFFER_SOCKET"), !env.isEmpty { return (env, nil) }
-        let dir = Environment.currentDirectory() + "/.coffer"
-        let local = dir + "/coffer.sock"
         var st = stat()
-        guard lstat(local, &st) == 0 else { return ("/run/coffer/coffer.sock", nil) }
+        var base = Environment.currentDirectory()
+        var found: String?
+        while true {
+            let candidate = (base == "/" ? "" : base) + "/.coffer/coffer.sock"
+            if lstat(candidate, &st) == 0 { found = candidate; break }
+            guard base != "/", let slash = base.lastIndex(of: "/") else { break }
+            base = slash == base.startIndex ? "/" : String(base[..<slash])
+        }
+        guard let local = found else { return ("/run/coffer/coffer.sock", nil) }
+        let dir = String(local.dropLast("/coffer.sock".count))
         let me = getuid()
         var dirStat = stat()
         let problem: String?

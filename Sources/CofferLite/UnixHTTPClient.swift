@@ -32,7 +32,7 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
 }
 
 public final class UnixHTTPClient {
-    let socketPath: String
+    public let socketPath: String
     var fd: Int32 = -1
     public var timeoutSeconds: Int = 30
     /// The largest response body accepted (a hostile or broken peer cannot fill memory).
@@ -63,7 +63,18 @@ public final class UnixHTTPClient {
             let e = errno
             let reason = String(cString: strerror(e))
             var hint = "is cofferd running? start it with `cofferd dev`, or set COFFER_SOCKET / --socket"
-            if e == EACCES { hint = "you lack permission on the socket; ask an admin to add you to the socket's group" }
+            if e == EACCES {
+                var st = stat()
+                if stat(socketPath, &st) != 0 && errno == EACCES {
+                    hint = "the socket's directory is private to its owner (a dev daemon's is); use a daemon whose socket you may reach, or have its owner serve one with server.socket_mode and socket_group"
+                } else if stat(socketPath, &st) == 0, st.st_mode & 0o060 == 0 {
+                    hint = "the socket is its owner's alone (mode \(String(st.st_mode & 0o777, radix: 8)), as a dev daemon's is); use a daemon whose socket you may reach, or have its owner set server.socket_mode and socket_group"
+                } else if stat(socketPath, &st) == 0, let g = getgrgid(st.st_gid) {
+                    hint = "you lack permission on the socket; ask an admin to add you to the group \(String(cString: g.pointee.gr_name))"
+                } else {
+                    hint = "you lack permission on the socket; ask an admin to add you to the socket's group"
+                }
+            }
             throw ClientError(kind: .connect, message: "cannot connect to \(socketPath): \(reason)", hint: hint)
         }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)

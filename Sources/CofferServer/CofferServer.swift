@@ -72,6 +72,7 @@ public struct PolicyReloader: Service {
 
     public func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            logger.notice("SIGHUP: reloading the policy", metadata: ["policy.file": "\(policies.path ?? "-")"])
             _ = try? policies.reload()  // PolicyStore logs success and refusal
         }
     }

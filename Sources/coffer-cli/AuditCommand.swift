@@ -44,12 +44,24 @@ extension AuditCommand {
             discussion: """
                 Through the daemon (it signs its current head first), or offline: --db FILE --pubkey FILE, checked against \
                 the signed head anchor (audit.anchor beside the database, or --anchor FILE) so that a trail truncated or \
-                emptied together with its checkpoints is reported. Exit 0 when OK, 9 when the trail is broken.
+                emptied together with its checkpoints is reported. Exit 0 when OK, 9 when the trail is broken, 10 (offline \
+                only) when all is well up to the last checkpoint and newer events are not yet signed (a live daemon's \
+                newest events, signed within audit.checkpoint_seconds; not a sign of tampering, but not yet proof either).
                 """)
         @OptionGroup var global: GlobalOptions
         @Option(help: "Verify this database file offline (read-only).") var db: String?
         @Option(help: "The audit public key file (audit.pub beside the database).") var pubkey: String?
         @Option(help: "The head anchor file (default: audit.anchor beside the database).") var anchor: String?
+
+        /// Whether a cofferd holds the state directory's lock (it then signs its newest
+        /// events within checkpoint_seconds).
+        static func daemonRunning(stateDir: String) -> Bool {
+            let fd = open(stateDir + "/.cofferd.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            if flock(fd, LOCK_SH | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }
+            return errno == EWOULDBLOCK
+        }
 
         func run() throws {
             try runReporting {
@@ -71,11 +83,28 @@ extension AuditCommand {
                     guard let headAnchor = AuditAnchor(text: anchorText) else {
                         throw CofferError(.invalidParameter, "\(anchorPath) is not a Coffer audit head anchor")
                     }
-                    switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key, anchor: headAnchor) {
+                    switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key, anchor: headAnchor,
+                                                allowUnsignedTail: true) {
                     case .ok(let count, let head, let hash, let cps):
                         r = AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil)
                     case .bad(let seq, let problem):
                         r = AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem)
+                    case .unsignedTail(_, let signed, let head, _) where !Self.daemonRunning(stateDir: URL(fileURLWithPath: db).deletingLastPathComponent().path):
+                        // no daemon will sign them: a stopped daemon signed its head, so they were added since (or it crashed)
+                        r = AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: signed + 1,
+                                                problem: "events \(signed + 1)...\(head) after the last checkpoint are not signed and no cofferd runs on this database (added behind its back, or it crashed: a start refuses a tail it did not write)")
+                    case .unsignedTail(let count, let signed, let head, let cps):
+                        // a running daemon has not signed its newest events yet: not tampering, not yet proof
+                        if global.format == .json {
+                            try printJSON(AuditVerifyResponse(ok: false, count: count, headSeq: head, headHash: nil, checkpoints: cps, badSeq: signed + 1,
+                                                              problem: "unsigned tail: events \(signed + 1)...\(head) are not yet covered by a checkpoint"))
+                        } else {
+                            try printLine("""
+                                UNSIGNED TAIL: events 1...\(signed) verify (\(cps) signed checkpoints); events \(signed + 1)...\(head) are chained \
+                                but not yet signed (a running cofferd signs them within audit.checkpoint_seconds): verify again, or through the daemon
+                                """)
+                        }
+                        throw ExitCode(10)
                     }
                 } else {
                     r = try global.client().auditVerify()
@@ -126,8 +155,17 @@ extension AuditCommand {
     struct Search: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "search", abstract: "Find events by time, user, path, action and decision.")
         @OptionGroup var global: GlobalOptions
-        @Option(help: "From this time (RFC 3339 or unix seconds).") var since: String?
-        @Option(help: "Before this time.") var until: String?
+        @Option(help: "From this time: RFC 3339, unix seconds, or a duration ago (30m, 1h, 7d).") var since: String?
+        @Option(help: "Before this time (same forms).") var until: String?
+
+        /// "1h" (a duration ago) as unix seconds; other forms go to the daemon as given.
+        static func absolute(_ t: String) throws -> String {
+            guard let first = t.first, first.isNumber, let last = t.last, !last.isNumber else { return t }
+            guard let secs = DurationText.seconds(t) else {
+                throw CofferError(.invalidParameter, "cannot read the time '\(t.prefix(40))'", hint: "RFC 3339, unix seconds, or a duration ago like 1h")
+            }
+            return String(Int(Date().timeIntervalSince1970) - secs)
+        }
         @Option(help: "User name of the caller.") var user: String?
         @Option(help: "Path, or a folder and everything under it.") var path: String?
         @Option(help: "Action: read, write, delete, list, token_create, …") var action: String?
@@ -137,8 +175,8 @@ extension AuditCommand {
         func run() throws {
             try runReporting {
                 var q: [(String, String)] = [("limit", String(min(max(limit, 1), 10000)))]
-                if let since { q.append(("since", since)) }
-                if let until { q.append(("until", until)) }
+                if let since { q.append(("since", try Self.absolute(since))) }
+                if let until { q.append(("until", try Self.absolute(until))) }
                 if let user { q.append(("user", user)) }
                 if let path { q.append(("path", path)) }
                 if let action { q.append(("action", action)) }
@@ -156,12 +194,12 @@ extension AuditCommand {
             try runReporting {
                 let body = try global.client().auditExport()
                 if let output {
-                    guard FileManager.default.createFile(atPath: output, contents: nil, attributes: [.posixPermissions: 0o600]),
-                          let h = FileHandle(forWritingAtPath: output) else {
-                        throw CofferError(.invalidParameter, "cannot create \(output)")
+                    // a new file, as the help says: an archive is never overwritten
+                    let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                    guard fd >= 0 else {
+                        throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))", hint: "the file must not exist yet")
                     }
-                    h.write(Data(body))
-                    try h.close()
+                    try writeAndClose(fd, String(decoding: body, as: UTF8.self), path: output)
                     return
                 }
                 try writeStdout(body)

@@ -14,16 +14,38 @@ struct Coffer: ParsableCommand {
             ./.coffer/coffer.sock when it exists (dev mode), else /run/coffer/coffer.sock.
             Secret values are read from stdin or --file, never from the command line.
             """,
-        version: CofferClientInfo.version,
         subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, UnsealCommand.self, LoginCommand.self, LogoutCommand.self, ElevateCommand.self, SSHCommand.self, JWKSCommand.self, RunCommand.self, BuildCommand.self, PodmanDriverCommand.self, InjectCommand.self, StatusCommand.self]
     )
 
     /// Global options may come before the subcommand: FastRun.hoistGlobalOptions.
     /// (`coffer run` and `coffer build` are parsed by the lean `coffer` front first:
     /// what reaches this binary is what the front hands on.)
+    ///
+    /// `--version` is the root's alone (`coffer --version`): given to ArgumentParser as
+    /// the command's version it would also answer `coffer secret destroy P --version 1`
+    /// by printing the version and destroying nothing. Usage errors are reported as
+    /// every other error is: `coffer: error:` on stderr, exit 64.
     static func main() {
         ensureStandardDescriptors()
-        main(FastRun.hoistGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+        let args = FastRun.hoistGlobalOptions(Array(CommandLine.arguments.dropFirst()))
+        if args == ["--version"] {
+            print(CofferClientInfo.version)
+            return
+        }
+        do {
+            var command = try parseAsRoot(args)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success || error is ExitCode { exit(withError: error) }
+            var message = fullMessage(for: error)
+            if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
+            var lines = message.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            let first = lines.isEmpty ? "invalid usage" : lines.removeFirst()
+            let rest = lines.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines)
+            FileHandle.standardError.write(Data(("coffer: error: \(first)\n" + (rest.isEmpty ? "" : "coffer: hint: \(rest)\n")).utf8))
+            Foundation.exit(code.rawValue)
+        }
     }
 }
 
@@ -81,6 +103,7 @@ struct StatusCommand: ParsableCommand {
             if global.format == .json { return try printJSON(s) }
             try printLine("""
                 cofferd:       \(s.version)\(s.devMode ? " (dev mode)" : "")
+                socket:        \(client.http.socketPath)
                 unlocked:      \(s.unlocked)\(s.sealed ? "  (sealed: an admin unseals it with coffer unseal)" : "")
                 uptime:        \(s.uptimeSeconds)s
                 secrets:       \(s.secrets.map(String.init) ?? "-")

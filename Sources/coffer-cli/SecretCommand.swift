@@ -79,12 +79,17 @@ extension SecretCommand {
         @Argument(help: "Secret path, e.g. ci/app/db-password.") var path: String
         @Option(help: "Read the value from this file ('-' for stdin).") var file: String?
         @Option(help: "Check-and-set: write only if the current version is N (0: only if the secret does not exist).") var cas: Int?
+        @Flag(help: "Store an empty value (otherwise empty input is refused: usually a forgotten pipe).") var allowEmpty = false
 
         func run() throws {
             try runReporting {
                 _ = try SecretPath(path)
                 var value = try readValue(file: file, limit: CofferConfig.maxValueBytesCeiling)
                 defer { Wipe.bytes(&value) }
+                if value.isEmpty && !allowEmpty {
+                    throw CofferError(.invalidValue, "the value is empty: nothing came on stdin\(file.map { " or in \($0)" } ?? "")",
+                                      hint: "pipe the value in (printf '%s' \"$VALUE\" | coffer secret put \(path)), or pass --allow-empty")
+                }
                 let r = try global.client().put(path, value: value, cas: cas)
                 if global.format == .json { return try printJSON(r) }
                 if let v = r.version, let m = r.metadata {

@@ -48,15 +48,17 @@ func policies(for config: CofferConfig, logger: Logger) throws(CofferError) -> P
     if let path = config.policyFile, FileManager.default.fileExists(atPath: path) {
         return try PolicyStore(path: path, fallback: fallback, logger: logger)
     }
-    logger.notice("no policy file; built-in policy: uid 0, access.admin_uids and access.admin_group are admins",
+    logger.notice("no policy file yet; built-in policy: uid 0, access.admin_uids and access.admin_group are admins (a reload or SIGHUP loads the file once it exists)",
                   metadata: ["policy.file": "\(config.policyFile ?? "-")"])
-    return try PolicyStore(path: nil, fallback: fallback, logger: logger)
+    // the configured path is kept: a file created after start loads at the next reload
+    return try PolicyStore(path: config.policyFile, fallback: fallback, logger: logger)
 }
 
 func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
     let text: String
     do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-        throw CofferError(.config, "cannot read the config file \(path)",
+        let reason = access(path, F_OK) != 0 ? "it does not exist" : access(path, R_OK) != 0 ? "permission denied" : "\(error.localizedDescription)"
+        throw CofferError(.config, "cannot read the config file \(path): \(reason)",
                           hint: "see contrib/cofferd.toml for an example, or run `cofferd dev` for a local broker")
     }
     return try CofferConfig.parse(text, file: path)

@@ -81,6 +81,7 @@ import Testing
         var template = Array("/tmp/cfdev.XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw TestError.failed("mkdtemp") }
         let dir = String(cString: p)
+        chmod(dir, 0o755)  // only .coffer/ itself keeps others out
         defer { try? FileManager.default.removeItem(atPath: dir) }
         func startDev() throws -> (Process, String) {
             let proc = Process()
@@ -118,5 +119,18 @@ import Testing
         let get = try run(Bins.coffer, ["secret", "get", "demo/hello"], env: ["COFFER_SOCKET": dir + "/.coffer/coffer.sock"])
         #expect(get.stdout == Array("s3cr3t".utf8), "\(get.stderr)")
         #expect(!((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("created a dev root key"))
+        // the README's CI story works in dev mode: the dev policy has a ci-build role
+        let tok = try run(Bins.coffer, ["token", "create", "--role", "ci-build", "--paths", "ci/app/**", "--ttl", "30m"], cwd: dir)
+        #expect(tok.status == 0, "\(tok.stderr)")
+        // another local user is told why the dev socket is closed to them
+        let other = try run("/usr/bin/setpriv", ["--reuid=\(TestUser.nonAdmin.uid)", "--regid=\(TestUser.nonAdmin.gid)", "--clear-groups", "--",
+                                              Bins.sharedCoffer, "--socket", dir + "/.coffer/coffer.sock", "status"])
+        #expect(other.status == 3 && other.stderr.contains("private to its owner") && !other.stderr.contains("socket's group"), "\(other.stderr)")
+        // from a subdirectory of the checkout, the nearest .coffer/ is found (not the installed socket), and status names it
+        try FileManager.default.createDirectory(atPath: dir + "/sub/deeper", withIntermediateDirectories: true)
+        let deep = try run(Bins.coffer, ["secret", "get", "demo/hello"], cwd: dir + "/sub/deeper")
+        #expect(deep.stdout == Array("s3cr3t".utf8), "\(deep.stderr)")
+        let status = try run(Bins.coffer, ["status"], cwd: dir + "/sub/deeper")
+        #expect(status.out.contains("socket:        \(dir)/.coffer/coffer.sock"), "\(status.out)")
     }
 }

@@ -215,4 +215,28 @@ import Testing
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.out == "\(carol.uid) 400\npw", "\(r.out) \(r.stderr)")
     }
+
+    /// The runner account it is written for need not be root: alice (ci-build) runs a
+    /// job as herself; her token is revoked afterwards by her, the one who minted it.
+    @Test func ciJobWrapperAsANonRootRunner() throws {
+        let d = try AccessFixture.daemon()
+        _ = try d.coffer(["secret", "put", "ci/proj/db-password"], stdin: Array("pw".utf8))
+        let script = Bins.packageRoot + "/contrib/ci/coffer-job"
+        let shared = (Bins.sharedCoffer as NSString).deletingLastPathComponent
+        try FileManager.default.copyItem(atPath: script, toPath: shared + "/coffer-job-\(getpid())")
+        let alice = AccessFixture.alice
+        let (exe, args) = alice.wrap("/usr/bin/env", ["COFFER_SOCKET=\(d.socket)", "PATH=\(shared):/usr/sbin:/usr/bin:/sbin:/bin", "CI_JOB_ID=43",
+                                                      "/bin/bash", shared + "/coffer-job-\(getpid())", "proj", alice.name, "--", "sh", "-c",
+                                                      "coffer secret get ci/proj/db-password"])
+        let r = try run(exe, args)
+        #expect(r.status == 0 && r.out == "pw", "\(r.status) \(r.out) \(r.stderr)")
+        let list = json(try d.coffer(["--format", "json", "token", "list"]).out)["tokens"] as? [[String: Any]] ?? []
+        let job = list.first { ($0["name"] as? String) == "job:proj:43" }
+        #expect(job?["state"] as? String == "revoked", "\(job ?? [:])")
+        // a token alice did not mint stays out of her reach
+        let other = json(try d.coffer(["--format", "json", "token", "create", "--role", "ci-build", "--ttl", "5m"]).out)
+        let acc = (other["info"] as? [String: Any])?["accessor"] as? String ?? "?"
+        let refused = try d.coffer(["token", "revoke", acc], as: alice)
+        #expect(refused.status == 5, "\(refused.stderr)")
+    }
 }

@@ -57,6 +57,9 @@ extension APIResponder {
             return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
         case .bad(let seq, let problem):
             return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
+        case .unsignedTail(_, let signed, _, _):  // not asked for here: the daemon signs its head before verifying
+            return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: signed + 1,
+                                                         problem: "events after the last checkpoint (seq \(signed)) are not signed"))
         }
     }
 
