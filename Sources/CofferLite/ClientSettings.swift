@@ -32,17 +32,27 @@ public struct ClientSettings: Equatable, Sendable {
         if let socket { return (socket, nil) }
         if let env = Environment.get("COFFER_SOCKET"), !env.isEmpty { return (env, nil) }
         var st = stat()
-        var base = Environment.currentDirectory()
+        let cwd = Environment.currentDirectory()
+        var base = cwd
         var found: String?
+        let me = getuid()
         while true {
             let candidate = (base == "/" ? "" : base) + "/.coffer/coffer.sock"
-            if lstat(candidate, &st) == 0 { found = candidate; break }
+            if lstat(candidate, &st) == 0 {
+                // above the working directory, another user's .coffer/ is passed over (not
+                // refused): anyone may make /tmp/.coffer, and that must not stop every
+                // command run below /tmp
+                var d = stat()
+                let foreign = (st.st_uid != me && st.st_uid != 0)
+                    || (lstat(String(candidate.dropLast("/coffer.sock".count)), &d) == 0 && d.st_uid != me && d.st_uid != 0)
+                if base == cwd || !foreign { found = candidate; break }
+            }
             guard base != "/", let slash = base.lastIndex(of: "/") else { break }
             base = slash == base.startIndex ? "/" : String(base[..<slash])
         }
         guard let local = found else { return ("/run/coffer/coffer.sock", nil) }
+        _ = lstat(local, &st)
         let dir = String(local.dropLast("/coffer.sock".count))
-        let me = getuid()
         var dirStat = stat()
         let problem: String?
         if (st.st_mode & S_IFMT) != S_IFSOCK {

@@ -89,6 +89,24 @@ import Testing
         #expect(r.status != 0)
     }
 
+    /// Another user's `.coffer/` above the working directory is passed over (anyone
+    /// may plant /tmp/.coffer); in the working directory itself it is refused loudly.
+    @Test func aPlantedSocketAboveIsPassedOverAndRefusedHere() throws {
+        var template = Array("/tmp/cfplant.XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestError.failed("mkdtemp") }
+        let dir = String(cString: p)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        chmod(dir, 0o777)
+        let mallory = TestUser.nonAdmin
+        let (exe, args) = mallory.wrap("/usr/bin/python3", ["-c", "import os, socket; os.mkdir('\(dir)/.coffer', 0o755); socket.socket(socket.AF_UNIX).bind('\(dir)/.coffer/coffer.sock')"])
+        #expect(try run(exe, args).status == 0)
+        try FileManager.default.createDirectory(atPath: dir + "/work", withIntermediateDirectories: true)
+        let below = try run(Bins.coffer, ["status"], cwd: dir + "/work")
+        #expect(below.status == 3 && below.stderr.contains("/run/coffer/coffer.sock") && !below.stderr.contains("refusing"), "\(below.stderr)")
+        let here = try run(Bins.coffer, ["status"], cwd: dir)
+        #expect(here.status == 7 && here.stderr.contains("refusing to use the socket"), "\(here.stderr)")
+    }
+
     /// `cofferd init` names why it cannot read the config.
     @Test func aConfigThatCannotBeReadSaysWhy() throws {
         let r = try run(Bins.cofferd, ["init", "--config", "/nonexistent/cofferd.toml"])
