@@ -86,6 +86,8 @@ public struct CofferConfig: Sendable, Equatable {
     public var jwtIssuer: String = "coffer"
     // [log]
     public var logLevel: String = "info"
+    /// auto (journal under systemd, else text), text, journal or json.
+    public var logFormat: String = "auto"
     /// Set by `cofferd dev`; reported by status.
     public var devMode: Bool = false
 
@@ -259,7 +261,11 @@ public struct CofferConfig: Sendable, Equatable {
             }
         }
         if var t = try r.table("log") {
-            try t.allowOnly(["level"])
+            try t.allowOnly(["level", "format"])
+            if let v = try t.string("format") {
+                guard ["auto", "text", "journal", "json"].contains(v) else { throw t.error("format", "format must be auto, text, journal or json") }
+                c.logFormat = v
+            }
             if let v = try t.string("level") {
                 guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
                     throw t.error("level", "level must be one of trace, debug, info, notice, warning, error, critical")

@@ -25,9 +25,10 @@ func fail(_ e: CofferError) -> ExitCode {
     return ExitCode(1)
 }
 
-func makeLogger(_ level: String) -> Logger {
+func makeLogger(_ level: String, format: String = "auto") -> Logger {
+    let f = LogFormat.resolve(format)
     LoggingSystem.bootstrap { label in
-        var h = StreamLogHandler.standardError(label: label)
+        var h = CofferLogHandler(label: label, format: f)
         h.logLevel = Logger.Level(rawValue: level) ?? .info
         return h
     }
@@ -111,10 +112,13 @@ struct Dev: AsyncParsableCommand {
     @Option(help: "Log level.")
     var logLevel: String = "info"
 
+    @Option(help: "Log format: auto (journal under systemd, else text), text, journal or json.")
+    var logFormat: String = "auto"
+
     func run() async throws {
         let root = dir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? FileManager.default.currentDirectoryPath
         let config = CofferConfig.dev(directory: root, uid: getuid())
-        let logger = makeLogger(logLevel)
+        let logger = makeLogger(logLevel, format: logFormat)
         do {
             try hardenProcess()
             try makeDirectory(config.stateDir)
@@ -193,11 +197,14 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Start sealed: read no key; answer health and status, and wait for an admin's `coffer unseal`.")
     var sealed = false
 
+    @Option(help: "Log format: auto (journal under systemd, else text), text, journal or json (overrides log.format).")
+    var logFormat: String?
+
     func run() async throws {
         do {
             try hardenProcess()
             let c = try loadConfig(config)
-            let logger = makeLogger(c.logLevel)
+            let logger = makeLogger(c.logLevel, format: logFormat ?? c.logFormat)
             try StateChecks.installed(configFile: config, c)
             try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false, sealed: sealed || c.startSealed) {}
         } catch let e as CofferError {

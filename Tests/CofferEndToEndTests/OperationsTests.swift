@@ -107,6 +107,75 @@ import Testing
         #expect(here.status == 7 && here.stderr.contains("refusing to use the socket"), "\(here.stderr)")
     }
 
+    /// contrib/install into a DESTDIR: the tree, completions that bash takes, binaries
+    /// that run, configs never overwritten, and an uninstall that leaves only them.
+    @Test func installAndUninstallIntoADestdir() throws {
+        var template = Array("/tmp/cfinst.XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestError.failed("mkdtemp") }
+        let dest = String(cString: p)
+        defer { try? FileManager.default.removeItem(atPath: dest) }
+        let script = Bins.packageRoot + "/contrib/install"
+        var r = try run("/bin/bash", [script, "--destdir", dest, "--prefix", "/opt/coffer", "--bin", Bins.dir])
+        #expect(r.status == 0, "\(r.stderr)")
+        for f in ["/opt/coffer/sbin/cofferd", "/opt/coffer/bin/coffer", "/opt/coffer/bin/coffer-cli", "/lib/systemd/system/cofferd.service",
+                  "/usr/lib/tmpfiles.d/coffer.conf", "/usr/lib/sysusers.d/coffer.conf", "/etc/pam.d/coffer", "/etc/coffer/cofferd.toml",
+                  "/etc/coffer/policy.toml", "/opt/coffer/share/coffer/pam.d/sshd-coffer", "/opt/coffer/share/bash-completion/completions/coffer",
+                  "/opt/coffer/share/zsh/site-functions/_coffer", "/opt/coffer/share/fish/vendor_completions.d/coffer.fish"] {
+            #expect(FileManager.default.fileExists(atPath: dest + f), "\(f) missing")
+        }
+        let unit = try String(contentsOfFile: dest + "/lib/systemd/system/cofferd.service", encoding: .utf8)
+        #expect(unit.contains("ExecStart=/opt/coffer/sbin/cofferd serve"))
+        #expect(try String(contentsOfFile: dest + "/opt/coffer/share/coffer/pam.d/sshd-coffer", encoding: .utf8).contains("/opt/coffer/bin/coffer ssh pam-session"))
+        r = try run("/bin/bash", ["-c", "source \(dest)/opt/coffer/share/bash-completion/completions/coffer && complete -p coffer"])
+        #expect(r.status == 0 && r.out.contains("coffer"), "\(r.out) \(r.stderr)")
+        r = try run(dest + "/opt/coffer/bin/coffer", ["--version"])
+        #expect(r.status == 0 && !r.out.isEmpty, "\(r.stderr)")
+        // a second install keeps the configs in use and puts the examples beside
+        try "# mine\n".write(toFile: dest + "/etc/coffer/cofferd.toml", atomically: true, encoding: .utf8)
+        r = try run("/bin/bash", [script, "--destdir", dest, "--prefix", "/opt/coffer", "--bin", Bins.dir])
+        let mine = try String(contentsOfFile: dest + "/etc/coffer/cofferd.toml", encoding: .utf8)
+        #expect(r.status == 0 && mine == "# mine\n")
+        #expect(FileManager.default.fileExists(atPath: dest + "/opt/coffer/share/coffer/examples/cofferd.toml"))
+        r = try run("/bin/bash", [script, "--destdir", dest, "--prefix", "/opt/coffer", "--uninstall"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let left = (FileManager.default.enumerator(atPath: dest)?.allObjects as? [String] ?? []).filter { path in
+            var isDir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: dest + "/" + path, isDirectory: &isDir) && !isDir.boolValue
+        }.sorted()
+        #expect(left == ["etc/coffer/cofferd.toml", "etc/coffer/policy.toml", "etc/pam.d/coffer"], "\(left)")
+    }
+
+    /// Under systemd's journal (JOURNAL_STREAM) lines carry `<N>` priorities and no
+    /// time of their own; `--log-format json` writes one object per line.
+    @Test func logFormatsForTheJournalAndForShippers() throws {
+        let d = try Daemon()
+        for (format, env) in [("auto", ["JOURNAL_STREAM": "8:12345"]), ("json", [:])] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Bins.cofferd)
+            p.arguments = ["serve", "--config", d.configPath, "--log-format", format]
+            var e = ProcessInfo.processInfo.environment
+            for (k, v) in env { e[k] = v }
+            p.environment = e
+            let log = d.dir + "/\(format).log"
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            p.standardError = h
+            p.standardOutput = h
+            try p.run()
+            d.adopt(p)
+            #expect(CredentialTests.waitFor(20) { (try? d.curl("GET", "/v1/sys/health").0) == 200 })
+            d.stop()
+            let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+            #expect(!lines.isEmpty)
+            if format == "auto" {
+                #expect(lines.allSatisfy { $0.hasPrefix("<") && $0.dropFirst().first?.isNumber == true && !$0.contains("T0") }, "\(lines.prefix(3))")
+            } else {
+                #expect(lines.allSatisfy { l in (try? JSONSerialization.jsonObject(with: Data(l.utf8))) is [String: Any] }, "\(lines.prefix(3))")
+                #expect(lines.contains { $0.contains("\"level\":\"info\"") && $0.contains("\"message\"") })
+            }
+        }
+    }
+
     /// `cofferd init` names why it cannot read the config.
     @Test func aConfigThatCannotBeReadSaysWhy() throws {
         let r = try run(Bins.cofferd, ["init", "--config", "/nonexistent/cofferd.toml"])
