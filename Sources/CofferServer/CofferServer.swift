@@ -47,11 +47,12 @@ public enum CofferServer {
                     return
                 }
                 logger.info("cofferd ready", metadata: ["socket": "\(config.socketPath)", "socket.mode": "\(String(config.socketMode, radix: 8))"])
+                SystemdNotify.ready("serving on \(config.socketPath)")
                 onReady()
             },
             logger: logger
         )
-        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), CredentialWatch(host: host, logger: logger), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
+        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {
@@ -73,7 +74,9 @@ public struct PolicyReloader: Service {
     public func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             logger.notice("SIGHUP: reloading the policy", metadata: ["policy.file": "\(policies.path ?? "-")"])
+            SystemdNotify.reloading()
             _ = try? policies.reload()  // PolicyStore logs success and refusal
+            SystemdNotify.send("READY=1\nSTATUS=serving; policy reloaded")
         }
     }
 }

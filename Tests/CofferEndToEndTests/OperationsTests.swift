@@ -176,6 +176,60 @@ import Testing
         }
     }
 
+    /// systemd's notify protocol without systemd: a datagram socket of the test's as
+    /// NOTIFY_SOCKET hears READY=1, watchdog pings, RELOADING=1/READY=1 around a
+    /// SIGHUP reload, and STOPPING=1 at SIGTERM.
+    @Test func notifyProtocolReachesAListener() throws {
+        let d = try Daemon()
+        let path = d.dir + "/notify.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var heard: [String] = []
+        func listen(until: Double, _ done: ([String]) -> Bool) {
+            let deadline = Date().addingTimeInterval(until)
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while Date() < deadline && !done(heard) {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n > 0 { heard.append(String(decoding: buf[0..<n], as: UTF8.self)) }
+            }
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Bins.cofferd)
+        p.arguments = ["serve", "--config", d.configPath]
+        var env = ProcessInfo.processInfo.environment
+        env["NOTIFY_SOCKET"] = path
+        env["WATCHDOG_USEC"] = "400000"
+        p.environment = env
+        p.standardError = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        d.adopt(p)
+        listen(until: 20) { h in h.contains { $0.hasPrefix("READY=1") } && h.contains("WATCHDOG=1") }
+        #expect(heard.contains { $0.hasPrefix("READY=1") && $0.contains("STATUS=serving on \(d.socket)") && $0.contains("MAINPID=\(p.processIdentifier)") },
+                "\(heard)")
+        #expect(heard.contains("WATCHDOG=1"), "\(heard)")
+        try "[role.admin]\n".write(toFile: d.policyPath, atomically: true, encoding: .utf8)
+        heard = []
+        kill(p.processIdentifier, SIGHUP)
+        listen(until: 10) { h in h.contains { $0.hasPrefix("READY=1") } }
+        let reload = heard.filter { $0 != "WATCHDOG=1" }
+        #expect(reload.count >= 2 && reload[0].hasPrefix("RELOADING=1\nMONOTONIC_USEC=") && reload[1].hasPrefix("READY=1"), "\(heard)")
+        heard = []
+        kill(p.processIdentifier, SIGTERM)
+        listen(until: 10) { h in h.contains("STOPPING=1") }
+        #expect(heard.contains("STOPPING=1"), "\(heard)")
+        p.waitUntilExit()
+    }
+
     /// `cofferd init` names why it cannot read the config.
     @Test func aConfigThatCannotBeReadSaysWhy() throws {
         let r = try run(Bins.cofferd, ["init", "--config", "/nonexistent/cofferd.toml"])
