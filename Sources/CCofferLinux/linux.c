@@ -823,6 +823,11 @@ static void coffer_rotate_child(int pidfd, int pid, const char *target, int nosy
                                 const char *name, const unsigned char *data, unsigned long length,
                                 unsigned int mode, unsigned int uid, unsigned int gid, int report) {
     int stage = 1, procfd = -1;
+    /* bit 0: resolve without symbolic links; bit 1: the mount is one Coffer sealed
+     * read-only when it made it (a private or container run): it ends read-only
+     * whatever state this child finds it in */
+    int sealed = (nosymlinks & 2) != 0;
+    nosymlinks &= 1;
     int dfd = coffer_enter_holder(pidfd, pid, target, nosymlinks, &procfd, &stage);
     if (dfd < 0) goto fail;
     if (!coffer_not_excluded(dfd, excluded, excluded_count)) { errno = EPERM; goto fail; }
@@ -834,7 +839,7 @@ static void coffer_rotate_child(int pidfd, int pid, const char *target, int nosy
     if (!coffer_is_run_mount(dfd, procfd)) { errno = EPERM; goto fail; }
     stage = 4;
     struct statvfs vfs;
-    int wasReadOnly = fstatvfs(dfd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY);
+    int wasReadOnly = sealed || (fstatvfs(dfd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY));
     struct mount_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.attr_clr = MOUNT_ATTR_RDONLY;
@@ -859,7 +864,16 @@ static void coffer_rotate_child(int pidfd, int pid, const char *target, int nosy
     stage = 6;
     attr.attr_clr = 0;
     attr.attr_set = MOUNT_ATTR_RDONLY;
-    if (wasReadOnly && mount_setattr(dfd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) != 0) goto fail;
+    if (wasReadOnly) {
+        /* a write still in progress on the mount makes this fail with EBUSY: a few tries */
+        int r = -1;
+        for (int i = 0; i < 40 && r != 0; i++) {
+            r = mount_setattr(dfd, "", AT_EMPTY_PATH, &attr, sizeof(attr));
+            if (r != 0 && errno != EBUSY) break;
+            if (r != 0) usleep(5000);
+        }
+        if (r != 0) goto fail;
+    }
     _exit(0);
 reseal:
     {

@@ -116,7 +116,9 @@ extension RunService {
             }
             // other runs' tmpfs that cofferd made: a namespace cloned from the host's shows them too
             let excluded = otherDaemonMounts(than: id)
-            let nosymlinks: Int32 = run.label?.hasPrefix("container:") == true ? 0 : 1
+            // bit 0: no symbolic links (a container resolves inside its root instead);
+            // bit 1: a private mount, sealed read-only when made: it ends read-only
+            let nosymlinks: Int32 = (run.label?.hasPrefix("container:") == true ? 0 : 1) | (run.mount == .private ? 2 : 0)
             for file in follow.files where file.path == pathText {
                 let secret = value.value
                 let target = follow.target

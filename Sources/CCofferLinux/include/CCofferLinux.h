@@ -143,7 +143,9 @@ int coffer_pidfd_exited(int pidfd);
 /// pidfd_send_signal; 0 or -1 with errno.
 int coffer_pidfd_kill(int pidfd, int sig);
 /* Live rotation: NAME written anew (new file + rename) in the tmpfs at TARGET as the
- * process PID (0: cofferd itself) sees it; PIDFD must still be that process's. */
+ * process PID (0: cofferd itself) sees it; PIDFD must still be that process's. NOSYMLINKS:
+ * bit 0 resolves TARGET without symbolic links, bit 1 marks a mount Coffer sealed
+ * read-only (it is left read-only). */
 int coffer_rotate_file(int pidfd, int pid, const char *target, int nosymlinks, const unsigned long long *excluded, int excluded_count,
                        const char *name, const unsigned char *data, unsigned long length,
                        unsigned int mode, unsigned int uid, unsigned int gid, int *stage);
