@@ -481,29 +481,15 @@ public final class CredentialService: Sendable {
 
     /// The cgroup v2 hierarchy's mount point (nil: none mounted).
     static let cgroup2: String? = {
-        guard let text = readFile("/proc/self/mountinfo") else { return nil }
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " - ", maxSplits: 1)
             guard parts.count == 2, parts[1].hasPrefix("cgroup2 ") else { continue }
             let fields = parts[0].split(separator: " ")
-            if fields.count >= 5 { return String(fields[4]) }
+            if fields.count >= 5 { return RunService.decodeOctal(String(fields[4])) }
         }
         return nil
     }()
-
-    static func readFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
 
     static func cgroupDir(_ sid: UInt32) -> String? { cgroup2.map { $0 + "/coffer-ssh.\(sid)" } }
 
@@ -542,9 +528,10 @@ public final class CredentialService: Sendable {
     /// Kills the session's cgroup (if it has one) and removes it once empty.
     static func killCgroup(_ sid: UInt32) -> Int {
         guard let dir = cgroupDir(sid), access(dir, F_OK) == 0 else { return 0 }
-        let before = (readFile(dir + "/cgroup.procs") ?? "").split(separator: "\n").count
+        func procs() -> String { (try? String(contentsOfFile: dir + "/cgroup.procs", encoding: .utf8)) ?? "" }
+        let before = procs().split(separator: "\n").count
         _ = writeSmall(dir + "/cgroup.kill", "1")
-        for _ in 0..<200 where !(readFile(dir + "/cgroup.procs") ?? "").isEmpty { usleep(10_000) }
+        for _ in 0..<200 where !procs().isEmpty { usleep(10_000) }
         rmdir(dir)
         return before
     }

@@ -195,12 +195,7 @@ extension AuditCommand {
                 let body = try global.client().auditExport()
                 if let output {
                     // a new file, as the help says: an archive is never overwritten
-                    let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                    guard fd >= 0 else {
-                        throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))", hint: "the file must not exist yet")
-                    }
-                    try writeAndClose(fd, String(decoding: body, as: UTF8.self), path: output)
-                    return
+                    return try writeAndClose(try createNewFile(output, mode: 0o600), body, path: output)
                 }
                 try writeStdout(body)
             }

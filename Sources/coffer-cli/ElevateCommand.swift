@@ -147,14 +147,12 @@ struct ElevateCommand: ParsableCommand {
         /// Creates the output file (new, 0600, no symlink) or says why not.
         static func claim(_ output: String?) throws -> Int32 {
             guard let output else { return -1 }
-            let fd = open(output, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(output): \(String(cString: strerror(errno)))") }
-            return fd
+            return try createNewFile(output, mode: 0o600)
         }
 
         static func finish(_ r: ElevationActivateResponse, output: String?, fd: Int32, format: OutputFormat) throws {
             if let output {
-                try writeAndClose(fd, r.token + "\n", path: output)
+                try writeAndClose(fd, Array((r.token + "\n").utf8), path: output)
                 return try printLine("\(r.request.id) active until \(r.request.endsAt ?? "-"); token in \(output)")
             }
             if format == .json { return try printJSON(r) }
@@ -179,7 +177,7 @@ struct ElevateCommand: ParsableCommand {
                     throw error
                 }
                 if let output {
-                    try writeAndClose(fd, r.token + "\n", path: output)
+                    try writeAndClose(fd, Array((r.token + "\n").utf8), path: output)
                     return try printLine("JWT \(r.jti) for \(audience) until \(r.expiresAt): \(output)")
                 }
                 if global.format == .json { return try printJSON(r) }

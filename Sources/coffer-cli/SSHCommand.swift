@@ -5,16 +5,21 @@ import CofferCore
 import Foundation
 import Glibc
 
-/// Writes `text` to a new file (never over an existing one, never through a link).
-func writeNewFile(_ path: String, _ text: String, mode: mode_t) throws {
+/// A new file for the CLI's outputs (never over an existing one, never through a
+/// link), open for writing.
+func createNewFile(_ path: String, mode: mode_t) throws -> Int32 {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard fd >= 0 else { throw CofferError(.invalidParameter, "cannot create \(path): \(String(cString: strerror(errno)))", hint: "the file must not exist yet") }
-    try writeAndClose(fd, text, path: path)
+    return fd
 }
 
-/// Writes all of `text` to a file claimed earlier, then closes it.
-func writeAndClose(_ fd: Int32, _ text: String, path: String) throws {
-    let bytes = Array(text.utf8)
+/// Writes `text` to a new file.
+func writeNewFile(_ path: String, _ text: String, mode: mode_t) throws {
+    try writeAndClose(try createNewFile(path, mode: mode), Array(text.utf8), path: path)
+}
+
+/// Writes all of `bytes` to a file claimed earlier, then closes it.
+func writeAndClose(_ fd: Int32, _ bytes: [UInt8], path: String) throws {
     let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
     close(fd)
     guard n == bytes.count else { throw CofferError(.invalidParameter, "cannot write \(path)") }
@@ -132,7 +137,7 @@ struct JWKSCommand: ParsableCommand {
                 guard let output else { return try writeStdout(raw + [0x0A]) }
                 let tmp = output + ".coffer-tmp-\(getpid())"
                 unlink(tmp)
-                try writeNewFile(tmp, String(decoding: raw, as: UTF8.self) + "\n", mode: 0o644)
+                try writeAndClose(try createNewFile(tmp, mode: 0o644), raw + [0x0A], path: tmp)
                 guard rename(tmp, output) == 0 else {
                     unlink(tmp)
                     throw CofferError(.invalidParameter, "cannot write \(output): \(String(cString: strerror(errno)))")

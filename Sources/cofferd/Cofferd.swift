@@ -46,12 +46,11 @@ func hardenProcess() throws(CofferError) {
 /// The policy file when it exists; otherwise the built-in policy from [access].
 func policies(for config: CofferConfig, logger: Logger) throws(CofferError) -> PolicyStore {
     let fallback = Policy.adminOnly(uids: config.adminUIDs, group: config.adminGroup)
-    if let path = config.policyFile, FileManager.default.fileExists(atPath: path) {
-        return try PolicyStore(path: path, fallback: fallback, logger: logger)
+    if !(config.policyFile.map { FileManager.default.fileExists(atPath: $0) } ?? false) {
+        logger.notice("no policy file yet; built-in policy: uid 0, access.admin_uids and access.admin_group are admins (a reload or SIGHUP loads the file once it exists)",
+                      metadata: ["policy.file": "\(config.policyFile ?? "-")"])
     }
-    logger.notice("no policy file yet; built-in policy: uid 0, access.admin_uids and access.admin_group are admins (a reload or SIGHUP loads the file once it exists)",
-                  metadata: ["policy.file": "\(config.policyFile ?? "-")"])
-    // the configured path is kept: a file created after start loads at the next reload
+    // the configured path is kept even while missing: a file created after start loads at the next reload
     return try PolicyStore(path: config.policyFile, fallback: fallback, logger: logger)
 }
 
