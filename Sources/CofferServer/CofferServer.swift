@@ -14,23 +14,38 @@ public enum CofferServer {
     /// first, the audit writer last), and the socket's guard to release at exit.
     public static func services(
         config: CofferConfig, host: EngineHost, logger: Logger,
-        onReady: @escaping @Sendable () -> Void = {}
-    ) throws -> (services: [any Service], socket: SocketGuard) {
-        let guardian = try SocketGuard(socketPath: config.socketPath)
-        let socketGID = try socketGroupID(config)
+        onReady: @escaping @Sendable (_ socket: String) -> Void = { _ in }
+    ) throws -> (services: [any Service], socket: SocketGuard?) {
+        let inherited = try SocketActivation.inheritedSocket()
         let responder = CofferResponder(host: host, settings: .init(config: config), logger: logger)
         let limiter = ConnectionLimiter(perUID: config.maxConnectionsPerUID)
+        // Invariant 6: bounded headers, idle connections and slow requests.
+        let limits = HTTP1Channel.Configuration.DecoderConfiguration(
+            maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
+        let channel = { @Sendable (responder: @escaping HTTPChannelHandler.Responder) in
+            PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
+                additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), host: host)],
+                idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
+                httpDecoderConfiguration: limits)), limiter: limiter)
+        }
+        let background: [any Service] = [AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
+                                         CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger)]
+        if let fd = inherited {
+            // Socket activation: the .socket unit owns the path, its mode and group.
+            let path = SocketActivation.path(of: fd) ?? "fd \(fd)"
+            let server = InheritedSocketServer(fd: fd, child: channel(httpResponder(responder, logger: logger)),
+                                               maxConnections: config.maxConnections, logger: logger) {
+                logger.info("cofferd ready", metadata: ["socket": "\(path)", "socket.activated": "true"])
+                SystemdNotify.ready("serving on \(path) (socket-activated)")
+                onReady(path)
+            }
+            return (background + [server], nil)
+        }
+        let guardian = try SocketGuard(socketPath: config.socketPath)
+        let socketGID = try socketGroupID(config)
         let app = Application(
             responder: responder,
-            server: HTTPServerBuilder { responder in
-                // Invariant 6: bounded headers, idle connections and slow requests.
-                let limits = HTTP1Channel.Configuration.DecoderConfiguration(
-                    maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
-                return PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
-                    additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), host: host)],
-                    idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
-                    httpDecoderConfiguration: limits)), limiter: limiter)
-            },
+            server: HTTPServerBuilder { responder in channel(responder) },
             configuration: .init(
                 // A deep listen queue: connections over a uid's share are accepted and
                 // closed at once, so a connect flood from one uid is drained instead of
@@ -48,11 +63,11 @@ public enum CofferServer {
                 }
                 logger.info("cofferd ready", metadata: ["socket": "\(config.socketPath)", "socket.mode": "\(String(config.socketMode, radix: 8))"])
                 SystemdNotify.ready("serving on \(config.socketPath)")
-                onReady()
+                onReady(config.socketPath)
             },
             logger: logger
         )
-        return ([AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host), CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger), app], guardian)
+        return (background + [app], guardian)
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {

@@ -65,7 +65,9 @@ func loadConfig(_ path: String) throws(CofferError) -> CofferConfig {
 }
 
 func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, create: Bool = true, sealed: Bool = false,
-           onReady: @escaping @Sendable () -> Void) async throws {
+           onReady: @escaping @Sendable (_ socket: String) -> Void) async throws {
+    // swift-metrics → the registry GET /v1/sys/metrics writes out (once per process)
+    CofferMetrics.bootstrap()
     // one daemon per state directory, and per database (which may live elsewhere)
     let lock = try StateLock(stateDir: config.stateDir)
     let dbDir = (config.resolvedDatabasePath as NSString).deletingLastPathComponent
@@ -89,7 +91,7 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
     // Composition happens here, once: the server, the audit writer, the token reaper
     // and the policy reloader in one ServiceGroup; SIGTERM and SIGINT shut them down.
     let (services, socket) = try CofferServer.services(config: config, host: host, logger: logger, onReady: onReady)
-    defer { socket.release() }
+    defer { socket?.release() }
     try await ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)).run()
 }
 
@@ -134,8 +136,7 @@ struct Dev: AsyncParsableCommand {
             if let policy = config.policyFile {
                 try PolicyStore.writeDevPolicy(at: policy, uid: getuid(), user: PrincipalResolver.userName(getuid()))
             }
-            let socket = config.socketPath
-            try await serve(config, logger: logger) {
+            try await serve(config, logger: logger) { socket in
                 let text = """
 
                     cofferd is running in dev mode (state: \(config.stateDir), policy: \(config.policyFile ?? "built-in")).
@@ -205,7 +206,7 @@ struct Serve: AsyncParsableCommand {
             let c = try loadConfig(config)
             let logger = makeLogger(c.logLevel, format: logFormat ?? c.logFormat)
             try StateChecks.installed(configFile: config, c)
-            try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false, sealed: sealed || c.startSealed) {}
+            try await serve(c, logger: logger, reanchorAudit: reanchorAudit, create: false, sealed: sealed || c.startSealed) { _ in }
         } catch let e as CofferError {
             throw fail(e)
         }
