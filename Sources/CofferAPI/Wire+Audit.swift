@@ -26,13 +26,17 @@ public struct AuditVerifyResponse: Codable, Sendable {
     public var headSeq: Int64?
     public var headHash: String?
     public var checkpoints: Int?
+    /// The seqs of the newest signed checkpoints (at most 10): what `audit prune` takes.
+    public var latestCheckpoints: [Int64]?
     public var badSeq: Int64?
     public var problem: String?
     enum CodingKeys: String, CodingKey {
-        case ok, count, headSeq = "head_seq", headHash = "head_hash", checkpoints, badSeq = "bad_seq", problem
+        case ok, count, headSeq = "head_seq", headHash = "head_hash", checkpoints, latestCheckpoints = "latest_checkpoints", badSeq = "bad_seq", problem
     }
-    public init(ok: Bool, count: Int?, headSeq: Int64?, headHash: String?, checkpoints: Int?, badSeq: Int64?, problem: String?) {
+    public init(ok: Bool, count: Int?, headSeq: Int64?, headHash: String?, checkpoints: Int?, badSeq: Int64?, problem: String?,
+                latestCheckpoints: [Int64]? = nil) {
         self.ok = ok
+        self.latestCheckpoints = latestCheckpoints
         self.count = count
         self.headSeq = headSeq
         self.headHash = headHash

@@ -211,6 +211,13 @@ public enum DurationText {
         return total
     }
 
+    /// A duration as typed on the command line: a bare number is seconds (`--ttl 30`
+    /// is `30s`); anything else is passed on as written (and checked where it is used).
+    /// Files and the API keep the unit required.
+    public static func fromCommandLine(_ s: String) -> String {
+        !s.isEmpty && s.utf8.count <= 9 && s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) ? s + "s" : s
+    }
+
     public static func format(_ seconds: Int) -> String {
         var s = seconds
         var out = ""

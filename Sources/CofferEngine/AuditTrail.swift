@@ -24,14 +24,19 @@ public final class AuditTrail: Sendable {
         try errors.call { try store.auditEvents(filter) }
     }
 
+    public func actions(_ g: Grant) throws(CofferError) -> Set<String> {
+        try errors.call { try store.auditActions() }
+    }
+
     /// Signs the current head, then walks the whole chain (with the anchor and the
     /// MACs: only the daemon can check those).
-    public func verify(_ g: Grant) async throws(CofferError) -> AuditVerdict {
+    /// Also gives the seqs of the newest checkpoints (what a prune takes).
+    public func verify(_ g: Grant) async throws(CofferError) -> (verdict: AuditVerdict, latestCheckpoints: [Int64]) {
         // A trail that cannot be signed (tampered) is still verified, to name the problem.
         _ = try? log.checkpointNow()
         let chain = try errors.call { try store.auditChain() }
-        return AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: log.publicKey,
-                                    anchor: log.anchor, mac: log.mac)
+        return (AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: log.publicKey,
+                                     anchor: log.anchor, mac: log.mac), chain.checkpoints.suffix(10).map(\.seq))
     }
 
     /// Signs the current head first, so that an archive ends with a checkpoint.

@@ -65,7 +65,7 @@ public enum FastRun {
                 guard seen.insert(name).inserted else { return nil }
                 switch name {
                 case "--env-file": o.envFile = v
-                case "--ttl": o.ttl = v
+                case "--ttl": o.ttl = DurationText.fromCommandLine(v)
                 case "--size": o.size = v
                 case "--mount": o.mount = v
                 case "--dir": o.dir = v

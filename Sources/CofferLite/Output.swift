@@ -33,7 +33,7 @@ public enum Exit {
             return e.kind == .connect ? cannotConnect : failure
         case let e as CofferError:
             report(e.message, hint: e.hint)
-            return invalid
+            return e.code == .notFound ? notFound : invalid
         case let e as RunFailure:
             report(e.message, hint: e.hint)
             return e.status

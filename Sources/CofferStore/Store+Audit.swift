@@ -248,6 +248,11 @@ extension Store {
         return try pool.read { db in try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.event) }
     }
 
+    /// The actions the trail holds (to tell a misspelt filter from one that matches nothing yet).
+    public func auditActions() throws -> Set<String> {
+        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT DISTINCT action FROM audit_event")) }
+    }
+
     /// Everything needed to verify: all events and checkpoints, in order.
     public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
         try pool.read { db in

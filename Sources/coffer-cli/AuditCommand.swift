@@ -86,7 +86,8 @@ extension AuditCommand {
                     switch AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: key, anchor: headAnchor,
                                                 allowUnsignedTail: true) {
                     case .ok(let count, let head, let hash, let cps):
-                        r = AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil)
+                        r = AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil,
+                                                latestCheckpoints: chain.checkpoints.suffix(10).map(\.seq))
                     case .bad(let seq, let problem):
                         r = AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem)
                     case .unsignedTail(_, let signed, let head, _) where !Self.daemonRunning(stateDir: URL(fileURLWithPath: db).deletingLastPathComponent().path):
@@ -110,7 +111,12 @@ extension AuditCommand {
                     r = try global.client().auditVerify()
                 }
                 if global.format == .json { try printJSON(r) } else if r.ok {
-                    try printLine("OK: \(r.count ?? 0) events, head seq \(r.headSeq ?? 0) \(r.headHash ?? ""), \(r.checkpoints ?? 0) signed checkpoints")
+                    var line = "OK: \(r.count ?? 0) events, head seq \(r.headSeq ?? 0) \(r.headHash ?? ""), \(r.checkpoints ?? 0) signed checkpoints"
+                    if let latest = r.latestCheckpoints, !latest.isEmpty {
+                        line += "\ncheckpoints at seq \(latest.map(String.init).joined(separator: ", "))\((r.checkpoints ?? 0) > latest.count ? " (the newest)" : "")"
+                        line += "; `coffer audit prune --through SEQ` takes one"
+                    }
+                    try printLine(line)
                 } else {
                     try printLine("BAD at seq \(r.badSeq ?? 0): \(r.problem ?? "")")
                 }

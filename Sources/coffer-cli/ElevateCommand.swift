@@ -65,7 +65,7 @@ struct ElevateCommand: ParsableCommand {
         func run() throws {
             try runReporting {
                 let client = try global.sessionClient()
-                var e = try client.elevationRequest(ElevationRequestBody(role: role, duration: duration, reason: reason, ticket: ticket,
+                var e = try client.elevationRequest(ElevationRequestBody(role: role, duration: DurationText.fromCommandLine(duration), reason: reason, ticket: ticket,
                                                                          breakGlass: breakGlass ? true : nil))
                 if !wait {
                     if global.format == .json { return try printJSON(e) }
@@ -172,7 +172,7 @@ struct ElevateCommand: ParsableCommand {
             try runReporting {
                 let fd = try Activate.claim(output)
                 let r: JWTResponse
-                do { r = try global.sessionClient().jwtSign(id, audience: audience, ttl: ttl) } catch {
+                do { r = try global.sessionClient().jwtSign(id, audience: audience, ttl: ttl.map(DurationText.fromCommandLine)) } catch {
                     if let output, fd >= 0 { close(fd); unlink(output) }
                     throw error
                 }

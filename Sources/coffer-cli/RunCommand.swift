@@ -1,5 +1,6 @@
 import ArgumentParser
 import CofferClient
+import CofferCore
 
 /// The options `coffer run` and `coffer build` share.
 struct RunOptions: ParsableArguments {
@@ -74,7 +75,7 @@ extension RunOptions {
         s.dirEnv = dirEnv
         s.env = env
         s.credentials = credentials
-        s.ttl = ttl
+        s.ttl = ttl.map(DurationText.fromCommandLine)
         s.size = size
         s.mount = mount
         s.dir = dir

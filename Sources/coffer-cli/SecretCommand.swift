@@ -145,9 +145,15 @@ extension SecretCommand {
                     cursor = next
                 } while limit == nil && next != nil
                 if global.format == .json {
-                    return try printJSON(ListResponse(prefix: prefix, keys: keys, nextAfter: limit == nil ? nil : next))
+                    try printJSON(ListResponse(prefix: prefix, keys: keys, nextAfter: limit == nil ? nil : next))
+                } else if !keys.isEmpty {
+                    try printLine(keys.joined(separator: "\n"))
                 }
-                if !keys.isEmpty { try printLine(keys.joined(separator: "\n")) }
+                // a folder with nothing in it does not exist (as `ls` says of a missing
+                // directory); the root always does, even empty
+                if keys.isEmpty && after == nil && !prefix.isEmpty && prefix != "/" {
+                    throw CofferError(.notFound, "nothing under '\(prefix)'", hint: "coffer secret list shows the top level")
+                }
             }
         }
     }

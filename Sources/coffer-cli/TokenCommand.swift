@@ -19,7 +19,7 @@ func describe(_ t: TokenInfo) -> String {
         "roles:      \(t.roles.joined(separator: ", "))",
         "paths:      \(t.paths.isEmpty ? "(all the roles allow)" : t.paths.joined(separator: ", "))",
         "expires:    \(t.expiresAt) (in \(DurationText.format(t.ttlRemainingSeconds)))",
-        "uses:       \(t.uses)\(t.usesLeft.map { ", \($0) left" } ?? "")",
+        "uses:       \(t.uses) made, " + (t.usesLeft.map { "\($0) left" } ?? "no limit"),
     ]
     if let b = t.boundUID { lines.append("bound uid:  \(b)") }
     if let p = t.parent { lines.append("parent:     \(p)") }
@@ -39,7 +39,7 @@ extension TokenCommand {
         @Option(help: "Lifetime, e.g. 30m, 1h (default: 1h or the roles' max_ttl).") var ttl: String?
         @Option(help: "Number of requests the token may make.") var uses: Int?
         @Option(help: "Only this peer uid may use the token.") var bindUid: UInt32?
-        @Option(parsing: .upToNextOption, help: "Path patterns the token is limited to.") var paths: [String] = []
+        @Option(parsing: .upToNextOption, help: "Path patterns the token is limited to (space- or comma-separated, as --versions 1,2).") var paths: [String] = []
         @Option(help: "A label shown in token list.") var name: String?
         @Option(help: "Write the token to this new file (mode 0600) instead of stdout.") var output: String?
 
@@ -49,8 +49,9 @@ extension TokenCommand {
 
         func run() throws {
             try runReporting {
+                let ttl = self.ttl.map(DurationText.fromCommandLine)
                 if let ttl, DurationText.seconds(ttl) == nil {
-                    throw CofferError(.invalidParameter, "--ttl must be a duration like 30m or 1h")
+                    throw CofferError(.invalidParameter, "--ttl must be a duration like 30m, 1h or 90 (seconds)")
                 }
                 // Claim the output file first (new, 0600), so no token is minted that cannot be written.
                 var fd: Int32 = -1
@@ -65,7 +66,7 @@ extension TokenCommand {
                 let r: CreateTokenResponse
                 do {
                     r = try global.client().createToken(CreateTokenRequest(
-                        roles: roles, ttl: ttl, uses: uses, bindUID: bindUid, paths: paths.isEmpty ? nil : paths, name: name))
+                        roles: roles, ttl: ttl, uses: uses, bindUID: bindUid, paths: paths.isEmpty ? nil : paths.flatMap { $0.split(separator: ",").map(String.init) }, name: name))
                 } catch {
                     if let output { unlink(output) }
                     throw error
@@ -77,7 +78,8 @@ extension TokenCommand {
                         unlink(output)
                         throw CofferError(.invalidParameter, "cannot write \(output)", hint: "revoke the token: coffer token revoke \(r.info.accessor)")
                     }
-                    if global.format == .json { return try printJSON(r.info) }
+                    // the same shape as without --output, the file named where the token was
+                    if global.format == .json { return try printJSON(WrittenToken(info: r.info, output: output)) }
                     return try printLine("token written to \(output)\n" + describe(r.info))
                 }
                 if global.format == .json { return try printJSON(r) }
@@ -85,6 +87,11 @@ extension TokenCommand {
                 writeStderr(describe(r.info) + "\n")
             }
         }
+    }
+
+    struct WrittenToken: Encodable {
+        let info: TokenInfo
+        let output: String
     }
 
     struct List: ParsableCommand {
@@ -159,6 +166,18 @@ struct PolicyCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "check", abstract: "Validate a policy file offline (no daemon needed).")
         @Argument(help: "The policy file.") var file: String
+        @Option(name: .long, help: "Output format: text or json.") var format: OutputFormat = .text
+
+        struct Summary: Encodable {
+            let file: String
+            let ok: Bool
+            let roles: [String]
+            let rules: Int
+            let bindings: Int
+            let elevationRules: Int
+            enum CodingKeys: String, CodingKey { case file, ok, roles, rules, bindings, elevationRules = "elevation_rules" }
+        }
+
         func run() throws {
             try runReporting {
                 guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
@@ -166,6 +185,10 @@ struct PolicyCommand: ParsableCommand {
                 }
                 let p = try Policy.parse(text, file: file)
                 let rules = p.roles.values.reduce(0) { $0 + $1.rules.count }
+                if format == .json {
+                    return try printJSON(Summary(file: file, ok: true, roles: p.roles.keys.sorted(), rules: rules, bindings: p.bindings.count,
+                                                 elevationRules: p.elevations.count))
+                }
                 try printLine("\(file): OK (\(p.roles.count) roles, \(rules) rules, \(p.bindings.count) bindings, \(p.elevations.count) elevation rules)")
             }
         }

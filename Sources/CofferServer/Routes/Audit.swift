@@ -21,6 +21,15 @@ extension APIResponder {
         Endpoint("audit_pubkey", .exact("/v1/audit/pubkey"), [.init(.get, "audit_pubkey") { r, i throws(CofferError) in try await r.auditPublicKey(i) }]),
     ]
 
+    /// Every action an event can carry: the endpoint tables' and the engine's own.
+    static let knownActions: Set<String> = {
+        var known = Set(router.actions)
+        known.formUnion(["call", "elevation_approve", "elevation_deny", "elevation_cancel", "elevation_end", "elevation_expire", "elevation_ack",
+                         "elevation_activate", "elevation_revoke", "inject_plan", "inject_rotate", "inject_rotate_done", "jwt_sign", "ssh_sign",
+                         "ssh_session_end", "token_reap", "malformed_request", "sealed_refusal", "sealed_requests_dropped", "unknown_route"])
+        return known
+    }()
+
     func auditEvents(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: ["after", "limit", "since", "until", "user", "uid", "path", "action", "decision"])
@@ -36,7 +45,16 @@ extension APIResponder {
             if let v = q["user"] { f.user = String(v.prefix(256)) }
             if let v = q["uid"] { guard let n = Self.digits(v, as: UInt32.self), n != UInt32.max else { throw CofferError(.invalidParameter, "uid must be a number") }; f.uid = n }
             if let v = q["path"] { f.pathPrefix = String(v.prefix(512)).hasSuffix("/") ? String(v.dropLast()) : String(v.prefix(512)) }
-            if let v = q["action"] { f.action = String(v.prefix(64)) }
+            if let v = q["action"] {
+                let action = String(v.prefix(64))
+                // a misspelt action is an error, not an empty answer; one the trail has
+                // not seen yet is fine if Coffer knows it
+                if !Self.knownActions.contains(action), !(try engine.trail.actions(g).contains(action)) {
+                    throw CofferError(.invalidParameter, "unknown action '\(Self.printable(action))'",
+                                      hint: "actions: " + Self.knownActions.sorted().joined(separator: ", "))
+                }
+                f.action = action
+            }
             if let v = q["decision"] {
                 let known: [AuditDecision] = [.allow, .deny, .none, .needsApproval, .needsFreshLogin]
                 guard let d = known.first(where: { $0.rawValue == v }) else {
@@ -52,9 +70,11 @@ extension APIResponder {
     func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        switch try await engine.auditVerify(principal, ticket: i.ticket) {
+        let (verdict, latest) = try await engine.auditVerify(principal, ticket: i.ticket)
+        switch verdict {
         case .ok(let count, let head, let hash, let cps):
-            return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil))
+            return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil,
+                                                         latestCheckpoints: latest))
         case .bad(let seq, let problem):
             return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
         case .unsignedTail(_, let signed, _, _):  // not asked for here: the daemon signs its head before verifying

@@ -84,6 +84,10 @@ struct Router: Sendable {
     let exact: [String: Endpoint]
     let prefixed: [Endpoint]
 
+    /// The actions of every method of every endpoint, and the endpoints' names (the
+    /// action of a request with a method the endpoint does not take).
+    var actions: [String] { (Array(exact.values) + prefixed).flatMap { [$0.name] + $0.methods.map(\.action) } }
+
     init(_ tables: [[Endpoint]]) {
         var exact: [String: Endpoint] = [:]
         var prefixed: [Endpoint] = []
