@@ -3,10 +3,13 @@
 /// releases a value only into a `coffer run` tmpfs, never to `secret get`.
 public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
     case read, list, write, delete, destroy, admin, audit, inject
+    /// Reading the daemon's metrics (GET /v1/sys/metrics): counts and timings, no
+    /// secret, no path, no name; for a Prometheus scraper's token or uid.
+    case metrics
 
     public static func < (a: Capability, b: Capability) -> Bool { a.rawValue < b.rawValue }
 
-    public var isGlobal: Bool { self == .admin || self == .audit }
+    public var isGlobal: Bool { self == .admin || self == .audit || self == .metrics }
 
     /// The capability an action needs (nil: the action has its own rule, e.g. status).
     public init?(action: Action) {
@@ -18,6 +21,7 @@ public enum Capability: String, Sendable, CaseIterable, Codable, Comparable {
         case .destroy: self = .destroy
         case .admin: self = .admin
         case .audit: self = .audit
+        case .metrics: self = .metrics
         case .inject: self = .inject
         case .status, .signIn, .ownToken, .elevate: return nil
         }
@@ -323,7 +327,7 @@ extension Policy {
             caps.insert(cap)
         }
         if caps.contains(where: \.isGlobal) && ps != "**" {
-            throw err(c.line, "admin and audit are global: use them in a rule with path = \"**\"")
+            throw err(c.line, "admin, audit and metrics are global: use them in a rule with path = \"**\"")
         }
         var effect = Effect.allow
         if let e = t["effect"] {

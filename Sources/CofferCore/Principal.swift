@@ -135,6 +135,8 @@ public enum Action: String, Sendable, CaseIterable, Codable {
     case admin
     /// Reading the audit trail.
     case audit
+    /// Reading the daemon's metrics.
+    case metrics
 }
 
 /// An authorization decision names what decided it, so a denial can be explained

@@ -78,7 +78,7 @@ public final class PolicyStore: Authorizer, Sendable {
 
             [[role.admin.rule]]
             path = "**"
-            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit", "inject"]
+            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit", "inject", "metrics"]
 
             [[bind]]
             subjects = ["\(subject)", "uid:\(uid)"]

@@ -224,6 +224,21 @@ public final class SecretEngine: Sendable {
         }
     }
 
+    public struct LiveCounts: Sendable {
+        public var tokens: Int
+        public var elevations: [String: Int]
+        public var injections: Int
+    }
+
+    /// Needs the metrics capability; counts only (no path, no name).
+    public func liveCounts(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> LiveCounts {
+        try await gate.perform(ticket, p, .metrics, nil, named: "metrics") { _ throws(CofferError) in
+            let now = clock.nowMillis()
+            let counts = try StoreErrorMapper(audit: audit, logger: logger).call { try store.liveCounts(nowMillis: now) }
+            return LiveCounts(tokens: counts.tokens, elevations: counts.elevations, injections: runs.live.withLock { $0.count })
+        }
+    }
+
     // MARK: tokens
 
     public func createToken(_ p: Principal, _ req: TokenService.Request, ticket: AuditTicket? = nil) async throws(CofferError) -> TokenService.Created {
@@ -339,7 +354,7 @@ public final class SecretEngine: Sendable {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_read") { g async throws(CofferError) in try trail.events(g, filter) }
     }
 
-    public func auditVerify(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> AuditVerdict {
+    public func auditVerify(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (verdict: AuditVerdict, latestCheckpoints: [Int64]) {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_verify") { g async throws(CofferError) in try await trail.verify(g) }
     }
 

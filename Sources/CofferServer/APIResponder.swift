@@ -38,6 +38,7 @@ public struct APIResponder: HTTPResponder {
 
     public func respond(to request: Request, context: Context) async throws -> Response {
         let requestID = Hex.encode(Hashing.randomBytes(8))  // correlates logs; not secret
+        let arrived = DispatchTime.now().uptimeNanoseconds
         var endpoint: Endpoint?
         var param = ""
         var failure: CofferError?
@@ -63,6 +64,8 @@ public struct APIResponder: HTTPResponder {
         if let method, !method.audited {
             var response = await answer(request, context, method, param, ticket).response
             response.headers[Self.requestIDHeader] = requestID
+            CofferMetrics.request(action: method.action, status: Int(response.status.code), decision: "none",
+                                  nanoseconds: DispatchTime.now().uptimeNanoseconds - arrived)
             return response
         }
         let outcome: (response: Response, error: CofferError?)
@@ -80,6 +83,9 @@ public struct APIResponder: HTTPResponder {
             response = Self.errorResponse(error, context)
         }
         response.headers[Self.requestIDHeader] = requestID
+        let event = ticket.committed ?? ticket.draft
+        CofferMetrics.request(action: event.action, status: Int(response.status.code), decision: event.decision.rawValue,
+                              nanoseconds: DispatchTime.now().uptimeNanoseconds - arrived)
         return response
     }
 

@@ -56,6 +56,7 @@ public struct CofferResponder: HTTPResponder {
         switch path {
         case "/v1/sys/unseal": "unseal"
         case "/v1/sys/status": "status"
+        case "/v1/sys/metrics": "metrics"
         default: "sealed_refusal"
         }
     }
@@ -77,6 +78,12 @@ public struct CofferResponder: HTTPResponder {
                 caller: .init(pid: p.pid, uid: p.uid, gid: p.gid, user: p.userName, groups: p.groups), decision: d.rule))
         case ("/v1/sys/unseal", .post):
             return try await unseal(request, context)
+        case ("/v1/sys/metrics", .get):
+            // a scraper sees that the daemon is sealed (by uid: tokens cannot be checked now)
+            guard request.uri.query == nil else { throw CofferError(.invalidParameter, "this route takes no query parameters") }
+            let (_, d) = try caller(request, context, action: .metrics)
+            guard d.allowed else { throw CofferError(.permissionDenied, "metrics need the metrics capability", hint: d.rule) }
+            return APIResponder.metricsResponse(CofferMetrics.scrape(nil))
         default:
             throw CofferError(.sealed, "cofferd is sealed: it has no root key yet", hint: "an admin unseals it: coffer unseal [--key-file FILE]")
         }

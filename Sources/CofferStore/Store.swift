@@ -204,6 +204,23 @@ public final class Store: Sendable {
         }
     }
 
+    /// What is live now, for the metrics: tokens neither expired, revoked nor used up,
+    /// and elevation requests that are not over, by state.
+    public func liveCounts(nowMillis: Int64) throws -> (tokens: Int, elevations: [String: Int]) {
+        try pool.read { db in
+            let tokens = try Int.fetchOne(db, sql: """
+                SELECT count(*) FROM token WHERE revoked_at IS NULL AND expires_at > ? AND (uses_left IS NULL OR uses_left > 0)
+                """, arguments: [nowMillis]) ?? 0
+            var elevations = ["pending": 0, "approved": 0, "active": 0]
+            for row in try Row.fetchAll(db, sql: """
+                SELECT state, count(*) FROM elevation_request WHERE state IN ('pending', 'approved', 'active') GROUP BY state
+                """) {
+                elevations[row[0] as String] = row[1] as Int
+            }
+            return (tokens, elevations)
+        }
+    }
+
     public func secretCount() throws -> Int {
         try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM secret") ?? 0 }
     }

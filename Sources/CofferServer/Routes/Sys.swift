@@ -4,6 +4,7 @@ import CofferEngine
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 
 /// /v1/sys: health, status, policy reload and explain.
 extension APIResponder {
@@ -15,6 +16,7 @@ extension APIResponder {
             .init(.head, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
         ]),
         Endpoint("status", .exact("/v1/sys/status"), [.init(.get, "status") { r, i throws(CofferError) in try await r.status(i) }]),
+        Endpoint("metrics", .exact("/v1/sys/metrics"), [.init(.get, "metrics") { r, i throws(CofferError) in try await r.metrics(i) }]),
         Endpoint("policy_reload", .exact("/v1/sys/policy/reload"), [
             .init(.post, "policy_reload") { r, i throws(CofferError) in try await r.reloadPolicy(i) },
         ]),
@@ -35,6 +37,20 @@ extension APIResponder {
             maxVersions: engine.limits.maxVersions,
             caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
             decision: d.rule))
+    }
+
+    /// Prometheus text format (capability metrics).
+    func metrics(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let counts = try await engine.liveCounts(principal, ticket: i.ticket)
+        return Self.metricsResponse(CofferMetrics.scrape(counts))
+    }
+
+    static func metricsResponse(_ bytes: [UInt8]) -> Response {
+        var buffer = ByteBuffer()
+        buffer.writeBytes(bytes)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: buffer))
     }
 
     func reloadPolicy(_ i: RouteInput) async throws(CofferError) -> Response {
