@@ -87,6 +87,47 @@ import Testing
         #expect(r.status == 0 && r.out.contains("ops/empty"), "\(r.status) \(r.stderr)")
         r = try d.coffer(["audit", "search", "--since", "1x"])
         #expect(r.status != 0)
+        // a misspelt action is named, with the ones there are; a known one not yet seen is no error
+        r = try d.coffer(["audit", "search", "--action", "reed"])
+        #expect(r.status == 7 && r.stderr.contains("unknown action 'reed'") && r.stderr.contains("read, read_metadata"), "\(r.stderr)")
+        r = try d.coffer(["audit", "search", "--action", "destroy"])
+        #expect(r.status == 0 && r.out.isEmpty, "\(r.stderr)")
+        r = try d.coffer(["audit", "search", "--action", "write"])
+        #expect(r.status == 0 && r.out.contains("ops/empty"), "\(r.stderr)")
+        // checkpoints are named where a prune needs them
+        r = try d.coffer(["audit", "verify"])
+        #expect(r.status == 0 && r.out.contains("checkpoints at seq ") && r.out.contains("audit prune --through"), "\(r.out)")
+        r = try d.coffer(["audit", "verify", "--format", "json"])
+        #expect(r.out.contains("\"latest_checkpoints\" : ["), "\(r.out)")
+        // --ttl in bare seconds; --paths takes commas as --versions does; uses say their limit
+        r = try d.coffer(["token", "create", "--role", "admin", "--ttl", "90", "--paths", "ops/*,ci/*", "--format", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let created = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        let info = created?["info"] as? [String: Any]
+        #expect(info?["paths"] as? [String] == ["ops/*", "ci/*"] && (info?["ttl_remaining_seconds"] as? Int ?? 0) <= 90, "\(r.out)")
+        r = try d.coffer(["token", "create", "--role", "admin", "--ttl", "30"])
+        #expect(r.status == 0 && r.stderr.contains("uses:       0 made, no limit"), "\(r.stderr)")
+        r = try d.coffer(["token", "create", "--role", "admin", "--uses", "3"])
+        #expect(r.status == 0 && r.stderr.contains("uses:       0 made, 3 left"), "\(r.stderr)")
+        // token create --output keeps the shape of stdout's JSON (info), naming the file
+        let tokenFile = d.dir + "/t.token"
+        r = try d.coffer(["token", "create", "--role", "admin", "--output", tokenFile, "--format", "json"])
+        let written = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        #expect(r.status == 0 && (written?["info"] as? [String: Any])?["accessor"] != nil && written?["output"] as? String == tokenFile
+                && written?["token"] == nil, "\(r.out)")
+        // a folder with nothing in it is not found; the root always exists
+        r = try d.coffer(["secret", "list", "nope"])
+        #expect(r.status == 4 && r.stderr.contains("nothing under 'nope'"), "\(r.status) \(r.stderr)")
+        #expect(try d.coffer(["secret", "list", "ops"]).out.split(separator: "\n") == ["empty"])
+        // the offline policy check speaks JSON too
+        let policy = d.dir + "/check.toml"
+        try "[role.admin]\n[[role.admin.rule]]\npath = \"**\"\ncapabilities = [\"read\"]\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        r = try run(Bins.coffer, ["policy", "check", "--format", "json", policy])
+        let check = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        #expect(r.status == 0 && check?["ok"] as? Bool == true && (check?["roles"] as? [String])?.contains("admin") == true, "\(r.out) \(r.stderr)")
+        // global options before the subcommand
+        r = try run(Bins.coffer, ["--socket", d.socket, "secret", "get", "ops/empty"])
+        #expect(r.status == 0, "\(r.stderr)")
     }
 
     /// Another user's `.coffer/` above the working directory is passed over (anyone
@@ -120,7 +161,10 @@ import Testing
         for f in ["/opt/coffer/sbin/cofferd", "/opt/coffer/bin/coffer", "/opt/coffer/bin/coffer-cli", "/lib/systemd/system/cofferd.service",
                   "/usr/lib/tmpfiles.d/coffer.conf", "/usr/lib/sysusers.d/coffer.conf", "/etc/pam.d/coffer", "/etc/coffer/cofferd.toml",
                   "/etc/coffer/policy.toml", "/opt/coffer/share/coffer/pam.d/sshd-coffer", "/opt/coffer/share/bash-completion/completions/coffer",
-                  "/opt/coffer/share/zsh/site-functions/_coffer", "/opt/coffer/share/fish/vendor_completions.d/coffer.fish"] {
+                  "/opt/coffer/share/zsh/site-functions/_coffer", "/opt/coffer/share/fish/vendor_completions.d/coffer.fish",
+                  "/lib/systemd/system/cofferd.socket", "/opt/coffer/share/coffer/systemd/no-daemon-mounts.conf",
+                  "/opt/coffer/share/man/man1/coffer.1", "/opt/coffer/share/man/man1/coffer.secret.get.1", "/opt/coffer/share/man/man8/cofferd.8",
+                  "/opt/coffer/share/man/man8/cofferd.serve.8"] {
             #expect(FileManager.default.fileExists(atPath: dest + f), "\(f) missing")
         }
         let unit = try String(contentsOfFile: dest + "/lib/systemd/system/cofferd.service", encoding: .utf8)
@@ -128,6 +172,11 @@ import Testing
         #expect(try String(contentsOfFile: dest + "/opt/coffer/share/coffer/pam.d/sshd-coffer", encoding: .utf8).contains("/opt/coffer/bin/coffer ssh pam-session"))
         r = try run("/bin/bash", ["-c", "source \(dest)/opt/coffer/share/bash-completion/completions/coffer && complete -p coffer"])
         #expect(r.status == 0 && r.out.contains("coffer"), "\(r.out) \(r.stderr)")
+        // the pages render (man-db's man, as a reader would)
+        r = try run("/usr/bin/man", ["-l", "-P", "cat", dest + "/opt/coffer/share/man/man1/coffer.secret.get.1"], env: ["MANWIDTH": "100"])
+        #expect(r.status == 0 && r.out.contains("coffer secret get") && r.out.contains("--version"), "\(r.out) \(r.stderr)")
+        r = try run("/usr/bin/man", ["-l", "-P", "cat", dest + "/opt/coffer/share/man/man8/cofferd.8"], env: ["MANWIDTH": "100"])
+        #expect(r.status == 0 && r.out.contains("cofferd") && r.out.contains("serve"), "\(r.out) \(r.stderr)")
         r = try run(dest + "/opt/coffer/bin/coffer", ["--version"])
         #expect(r.status == 0 && !r.out.isEmpty, "\(r.stderr)")
         // a second install keeps the configs in use and puts the examples beside
@@ -143,6 +192,41 @@ import Testing
             return FileManager.default.fileExists(atPath: dest + "/" + path, isDirectory: &isDir) && !isDir.boolValue
         }.sorted()
         #expect(left == ["etc/coffer/cofferd.toml", "etc/coffer/policy.toml", "etc/pam.d/coffer"], "\(left)")
+    }
+
+    /// contrib/man is current: every command of coffer and cofferd has its page, and
+    /// every option of a command appears in it (contrib/dev/man regenerates them).
+    @Test func manPagesCoverEveryCommandAndOption() throws {
+        let man = Bins.packageRoot + "/contrib/man"
+        func walk(_ command: [String: Any], _ prefix: [String], section: String, missing: inout [String]) throws {
+            let name = prefix.joined(separator: ".")
+            let page = man + "/" + name + "." + section
+            guard let text = try? String(contentsOfFile: page, encoding: .utf8) else {
+                missing.append("no page \(name).\(section)")
+                return
+            }
+            for argument in command["arguments"] as? [[String: Any]] ?? [] {
+                guard let names = argument["names"] as? [[String: Any]], (argument["shouldDisplay"] as? Bool ?? true) else { continue }
+                for n in names where n["kind"] as? String == "long" {
+                    let option = "--" + (n["name"] as? String ?? "")
+                    // mdoc writes options as "Fl -name" (the dash of the flag macro added)
+                    if !text.contains("Fl -" + (n["name"] as? String ?? "")) && !text.contains(option) {
+                        missing.append("\(name).\(section) lacks \(option)")
+                    }
+                }
+            }
+            for sub in command["subcommands"] as? [[String: Any]] ?? [] {
+                try walk(sub, prefix + [sub["commandName"] as? String ?? "?"], section: section, missing: &missing)
+            }
+        }
+        var missing: [String] = []
+        for (bin, root, section) in [(Bins.dir + "/coffer-cli", "coffer", "1"), (Bins.cofferd, "cofferd", "8")] {
+            let dump = try run(bin, ["--experimental-dump-help"])
+            let json = try JSONSerialization.jsonObject(with: Data(dump.out.utf8)) as? [String: Any]
+            let command = try #require(json?["command"] as? [String: Any])
+            try walk(command, [root], section: section, missing: &missing)
+        }
+        #expect(missing.isEmpty, "stale man pages (run contrib/dev/man): \(missing)")
     }
 
     /// Under systemd's journal (JOURNAL_STREAM) lines carry `<N>` priorities and no
@@ -182,26 +266,8 @@ import Testing
     @Test func notifyProtocolReachesAListener() throws {
         let d = try Daemon()
         let path = d.dir + "/notify.sock"
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let bound = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        #expect(bound == 0)
-        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var heard: [String] = []
-        func listen(until: Double, _ done: ([String]) -> Bool) {
-            let deadline = Date().addingTimeInterval(until)
-            var buf = [UInt8](repeating: 0, count: 4096)
-            while Date() < deadline && !done(heard) {
-                let n = recv(fd, &buf, buf.count, 0)
-                if n > 0 { heard.append(String(decoding: buf[0..<n], as: UTF8.self)) }
-            }
-        }
+        let listener = try NotifyListener(path: path)
+        func listen(until: Double, _ done: ([String]) -> Bool) { listener.listen(until: until, done) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Bins.cofferd)
         p.arguments = ["serve", "--config", d.configPath]
@@ -214,19 +280,19 @@ import Testing
         try p.run()
         d.adopt(p)
         listen(until: 20) { h in h.contains { $0.hasPrefix("READY=1") } && h.contains("WATCHDOG=1") }
-        #expect(heard.contains { $0.hasPrefix("READY=1") && $0.contains("STATUS=serving on \(d.socket)") && $0.contains("MAINPID=\(p.processIdentifier)") },
-                "\(heard)")
-        #expect(heard.contains("WATCHDOG=1"), "\(heard)")
+        #expect(listener.heard.contains { $0.hasPrefix("READY=1") && $0.contains("STATUS=serving on \(d.socket)") && $0.contains("MAINPID=\(p.processIdentifier)") },
+                "\(listener.heard)")
+        #expect(listener.heard.contains("WATCHDOG=1"), "\(listener.heard)")
         try "[role.admin]\n".write(toFile: d.policyPath, atomically: true, encoding: .utf8)
-        heard = []
+        listener.heard = []
         kill(p.processIdentifier, SIGHUP)
         listen(until: 10) { h in h.contains { $0.hasPrefix("READY=1") } }
-        let reload = heard.filter { $0 != "WATCHDOG=1" }
-        #expect(reload.count >= 2 && reload[0].hasPrefix("RELOADING=1\nMONOTONIC_USEC=") && reload[1].hasPrefix("READY=1"), "\(heard)")
-        heard = []
+        let reload = listener.heard.filter { $0 != "WATCHDOG=1" }
+        #expect(reload.count >= 2 && reload[0].hasPrefix("RELOADING=1\nMONOTONIC_USEC=") && reload[1].hasPrefix("READY=1"), "\(listener.heard)")
+        listener.heard = []
         kill(p.processIdentifier, SIGTERM)
         listen(until: 10) { h in h.contains("STOPPING=1") }
-        #expect(heard.contains("STOPPING=1"), "\(heard)")
+        #expect(listener.heard.contains("STOPPING=1"), "\(listener.heard)")
         p.waitUntilExit()
     }
 
@@ -234,5 +300,151 @@ import Testing
     @Test func aConfigThatCannotBeReadSaysWhy() throws {
         let r = try run(Bins.cofferd, ["init", "--config", "/nonexistent/cofferd.toml"])
         #expect(r.status != 0 && r.stderr.contains("cannot read the config file /nonexistent/cofferd.toml: it does not exist"), "\(r.stderr)")
+    }
+
+    /// Socket activation as systemd does it (`systemd-socket-activate`, no systemd as
+    /// PID 1 needed): cofferd serves the inherited socket, says so with READY=1, leaves
+    /// the socket file to its owner at exit and never binds its configured path;
+    /// two sockets are refused.
+    @Test func socketActivationServesTheInheritedSocket() throws {
+        let d = try Daemon()
+        let listener = try NotifyListener(path: d.dir + "/notify.sock")
+        let activated = d.dir + "/activated.sock"
+        // posix_spawn, not Process: Foundation stops reaping the test's other children
+        // while a Process it started is exec'd into another program
+        let p = try Spawned("/usr/bin/systemd-socket-activate",
+                            ["-l", activated, "-E", "NOTIFY_SOCKET=" + listener.path, Bins.cofferd, "serve", "--config", d.configPath])
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: activated) && waited < 100 { usleep(50_000); waited += 1 }
+        // the first connection starts cofferd (systemd-socket-activate execs it then)
+        let health = try run("/usr/bin/curl", ["-s", "--max-time", "20", "--unix-socket", activated, "http://coffer/v1/sys/health"])
+        #expect(health.status == 0 && health.out.contains("\"status\":\"ok\""), "\(health.out) \(health.stderr)")
+        listener.listen(until: 10) { h in h.contains { $0.hasPrefix("READY=1") } }
+        #expect(listener.heard.contains { $0.hasPrefix("READY=1") && $0.contains("STATUS=serving on \(activated) (socket-activated)") }, "\(listener.heard)")
+        var r = try run(Bins.coffer, ["--socket", activated, "secret", "put", "ops/activated"], stdin: Array("via fd 3".utf8))
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try run(Bins.coffer, ["--socket", activated, "secret", "get", "ops/activated"])
+        #expect(r.status == 0 && r.out == "via fd 3", "\(r.out) \(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d.socket), "the configured path is not bound when a socket is inherited")
+        kill(p.pid, SIGTERM)
+        waited = 0
+        while p.isRunning && waited < 200 { usleep(50_000); waited += 1 }
+        #expect(!p.isRunning, "cofferd stops on SIGTERM")
+        #expect(FileManager.default.fileExists(atPath: activated), "the socket belongs to whoever bound it")
+        let refused = try run("/bin/sh", ["-c", "LISTEN_PID=$$ LISTEN_FDS=2 exec \(Bins.cofferd) serve --config \(d.configPath) 3</dev/null 4</dev/null"])
+        #expect(refused.status != 0 && refused.stderr.contains("cofferd serves exactly one"), "\(refused.stderr)")
+        let notSocket = try run("/bin/sh", ["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \(Bins.cofferd) serve --config \(d.configPath) 3</dev/null"])
+        #expect(notSocket.status != 0 && notSocket.stderr.contains("not a listening Unix stream socket"), "\(notSocket.stderr)")
+    }
+}
+
+/// GET /v1/sys/metrics: Prometheus text that promtool accepts, behind its own
+/// capability (admin alone is not enough), audited, with no secret, path or name in it;
+/// while sealed it still says so.
+@Suite struct MetricsTests {
+    static let policy = """
+        [role.admin]
+        [[role.admin.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "delete", "admin", "audit"]
+        [role.metrics]
+        [[role.metrics.rule]]
+        path = "**"
+        capabilities = ["metrics"]
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["admin"]
+        [[bind]]
+        subjects = ["user:\(TestUser.nonAdmin.name)"]
+        roles = ["metrics"]
+        """
+
+    func promtool(_ text: String, _ dir: String) throws -> RunResult {
+        let f = dir + "/metrics.txt"
+        try text.write(toFile: f, atomically: true, encoding: .utf8)
+        return try run("/bin/sh", ["-c", "promtool check metrics < \(f)"])
+    }
+
+    @Test func prometheusTextThatPromtoolAccepts() throws {
+        let d = try Daemon(policy: Self.policy)
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "team/db-password"], stdin: Array("hunter2-canary".utf8)).status == 0)
+        for _ in 0..<3 { #expect(try d.coffer(["secret", "get", "team/db-password"]).status == 0) }
+        #expect(try d.coffer(["secret", "get", "team/db-password"], as: TestUser.nonAdmin).status == 5)
+        // admin is not metrics: the capability is its own
+        var (code, body) = try d.curl("GET", "/v1/sys/metrics")
+        #expect(code == 403 && errorCode(body) == "permission_denied", "\(code) \(body)")
+        (code, body) = try d.curl("GET", "/v1/sys/metrics", as: TestUser.nonAdmin)
+        #expect(code == 200, "\(code) \(body)")
+        for line in ["coffer_requests_total{action=\"read\",status=\"200\",decision=\"allow\"} 3",
+                     "coffer_requests_total{action=\"read\",status=\"403\",decision=\"deny\"} 1",
+                     "coffer_requests_total{action=\"write\",status=\"200\",decision=\"allow\"} 1",
+                     "coffer_requests_total{action=\"metrics\",status=\"403\",decision=\"deny\"} 1",
+                     "coffer_sealed 0", "coffer_tokens_live 0", "coffer_elevations{state=\"pending\"} 0",
+                     "coffer_injections_live 0", "# TYPE coffer_request_duration_seconds histogram",
+                     "coffer_request_duration_seconds_bucket{action=\"read\",le=\"+Inf\"} 4",
+                     "# TYPE coffer_audit_batch_events histogram", "coffer_audit_commit_duration_seconds_count ",
+                     "coffer_audit_queue_depth ", "coffer_process_resident_memory_bytes ", "coffer_process_open_fds "] {
+            #expect(body.contains(line), "missing \(line)")
+        }
+        #expect(!body.contains("hunter2") && !body.contains("team/") && !body.contains("db-password") && !body.contains(TestUser.nonAdmin.name))
+        let check = try promtool(body, d.dir)
+        #expect(check.status == 0, "promtool: \(check.out) \(check.stderr)")
+        // a token of the metrics role scrapes too; every scrape is in the trail
+        let token = try d.coffer(["token", "create", "--role", "metrics", "--ttl", "5m"], as: TestUser.nonAdmin).out
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        (code, _) = try d.curl("GET", "/v1/sys/metrics", headers: ["X-Coffer-Token: \(token)"])
+        #expect(code == 200)
+        let audit = try d.coffer(["audit", "search", "--action", "metrics"])
+        #expect(audit.out.split(separator: "\n").count == 3, "\(audit.out)")
+        (code, body) = try d.curl("GET", "/v1/sys/metrics?x=1", as: TestUser.nonAdmin)
+        #expect(code == 422 && errorCode(body) == "invalid_parameter", "\(code) \(body)")
+    }
+
+    @Test func aSealedDaemonSaysSo() throws {
+        let d = try Daemon(policy: Self.policy)
+        d.startSealedForMetrics()
+        let (code, body) = try d.curl("GET", "/v1/sys/metrics", as: TestUser.nonAdmin)
+        #expect(code == 200 && body.contains("coffer_sealed 1") && !body.contains("coffer_tokens_live"), "\(code) \(body)")
+        #expect(try promtool(body, d.dir).status == 0)
+        #expect(try d.curl("GET", "/v1/sys/metrics").0 == 403, "root holds admin, not metrics")
+    }
+}
+
+extension Daemon {
+    func startSealedForMetrics() {
+        do { try startSealed() } catch { Issue.record("\(error)") }
+    }
+}
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+final class NotifyListener {
+    let path: String
+    let fd: Int32
+    var heard: [String] = []
+
+    init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else { throw TestError.failed("bind \(path)") }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func listen(until: Double, _ done: ([String]) -> Bool) {
+        let deadline = Date().addingTimeInterval(until)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while Date() < deadline && !done(heard) {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n > 0 { heard.append(String(decoding: buf[0..<n], as: UTF8.self)) }
+        }
     }
 }

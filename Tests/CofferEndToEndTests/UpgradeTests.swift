@@ -71,4 +71,56 @@ import Testing
         #expect(try sqlite(d.dbPath, "SELECT state FROM keyring WHERE key_id = '\(legacyID)';") == "decrypt-only")
         #expect(try d.coffer(["audit", "verify"]).status == 0)
     }
+
+    /// A database of today's schema (Fixtures/main-0.2, every table of the features:
+    /// keyring, tokens, runs, signing keys) opens with these binaries and reads the
+    /// same: values and version states, the token, the CA and JWKS keys, the trail.
+    @Test func aDatabaseOfTodaysSchemaReadsTheSame() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/main-0.2").path
+        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5", initialise: false)
+        let state = d.dir + "/state"
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for f in ["coffer.db", "audit.pub", "audit.anchor"] {
+            try FileManager.default.copyItem(atPath: fixture + "/" + f, toPath: state + "/" + f)
+            chmod(state + "/" + f, f == "audit.pub" ? 0o644 : 0o600)
+        }
+        try FileManager.default.createDirectory(atPath: (d.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        try? FileManager.default.removeItem(atPath: d.keyPath)
+        try FileManager.default.copyItem(atPath: fixture + "/root.key", toPath: d.keyPath)
+        chmod(d.keyPath, 0o400)
+        try? FileManager.default.removeItem(atPath: d.policyPath)
+        try FileManager.default.copyItem(atPath: fixture + "/policy.toml", toPath: d.policyPath)
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "ci/app/db"]).out == "v3-app")
+        #expect(try d.coffer(["secret", "get", "ci/app/db", "--version", "1"]).out == "v1-app")
+        let destroyed = try d.coffer(["secret", "get", "ci/app/db", "--version", "2"])
+        #expect(destroyed.status != 0 && destroyed.out.isEmpty, "\(destroyed.stderr)")
+        #expect(try d.coffer(["secret", "get", "other/x"]).out == "other")
+        #expect(try d.coffer(["secret", "get", "other/deleted"]).status == 4)
+        let versions = try d.coffer(["secret", "versions", "ci/app/db"]).out
+        #expect(versions.contains("current version 3") && versions.contains("destroyed"), "\(versions)")
+        // the token of that day maps to its record (the token-hash key is the same)
+        let token = try String(contentsOfFile: fixture + "/ci.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let (code, body) = try d.curl("GET", "/v1/secrets/data/ci/app/db", headers: ["X-Coffer-Token: \(token)"])
+        let expires = try #require(ISO8601DateFormatter().date(from: "2026-12-30T04:49:00Z"))
+        if Date() < expires {
+            #expect(code == 200 && body.contains("v3-app"), "\(code) \(body)")
+        } else {
+            #expect(errorCode(body) == "token_expired", "\(body)")
+        }
+        // the signing keys (sealed under the root key) are the same keys
+        let ca = try String(contentsOfFile: fixture + "/ssh_ca.pub", encoding: .utf8)
+        #expect(try d.coffer(["ssh", "ca"]).out == ca)
+        let jwks = try String(contentsOfFile: fixture + "/jwks.json", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try d.curl("GET", "/v1/jwks").1.trimmingCharacters(in: .whitespacesAndNewlines) == jwks)
+        // the injection of that day is in the trail, which verifies, before and after new events
+        #expect(try d.coffer(["audit", "search", "--action", "inject"]).out.contains("ci/app/db"))
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
+        for i in 0..<6 { _ = try d.coffer(["secret", "put", "new/s\(i)"], stdin: Array("n\(i)".utf8)) }
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
+        d.stop()
+        let offline = try run(Bins.coffer, ["audit", "verify", "--db", d.dbPath, "--pubkey", state + "/audit.pub"])
+        #expect(offline.status == 0, "\(offline.out) \(offline.stderr)")
+    }
 }
