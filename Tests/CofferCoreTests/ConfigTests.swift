@@ -145,7 +145,10 @@ import Testing
     @Test func examplePolicyParses() throws {
         let path = Self.root.appendingPathComponent("contrib/policy.toml").path
         let p = try Policy.parse(try String(contentsOfFile: path, encoding: .utf8), file: path)
-        #expect(p.roles.keys.sorted() == ["admin", "app-containers", "ci-build", "release"])
+        #expect(p.roles.keys.sorted() == ["admin", "app-containers", "ci-build", "metrics", "release"])
+        let prometheus = Principal(pid: 1, uid: 1300, gid: 1300, userName: "prometheus", groups: [1300], groupNames: ["prometheus"])
+        #expect(PolicyEvaluator.decide(p, prometheus, .metrics, nil).allowed)
+        #expect(!PolicyEvaluator.decide(p, prometheus, .read, try SecretPath("ci/web/db")).allowed)
         let runner = Principal(pid: 1, uid: 1200, gid: 1200, userName: "ci-runner", groups: [1200], groupNames: ["ci-runner"])
         #expect(PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/db")).allowed)
         #expect(!PolicyEvaluator.decide(p, runner, .read, try SecretPath("ci/web/prod/db")).allowed)

@@ -195,7 +195,7 @@ let ciPolicy = PolicyFixture.ciPolicy
         ("[role.a]\n[[role.a.rule]]\npath = \"x//y\"\ncapabilities = [\"read\"]", "p.toml:3:"),
         ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"read\"]\npaht = \"y\"", "p.toml:5: unknown key 'paht'"),
         ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"read\"]\neffect = \"maybe\"", "p.toml:5:"),
-        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"admin\"]", "p.toml:4: admin and audit are global"),
+        ("[role.a]\n[[role.a.rule]]\npath = \"x\"\ncapabilities = [\"admin\"]", "p.toml:4: admin, audit and metrics are global"),
         ("[role.a]\nmax_ttl = \"forever\"", "p.toml:2:"),
         ("[role.a]\ncolour = 1", "p.toml:2: unknown key 'colour'"),
         ("[[bind]]\nsubjects = [\"user:x\"]\nroles = [\"ghost\"]", "p.toml:3: unknown role 'ghost'"),
