@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "CofferAudit", dependencies: ["CofferCore", "CofferCrypto"], swiftSettings: swiftSettings),
         .target(
             name: "CofferStore",
-            dependencies: ["CofferCore", "CofferAudit", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["CofferCore", "CofferAudit", "CofferCrypto", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -56,3 +56,15 @@ public struct KeysResponse: Codable, Sendable {
         self.keys = keys
     }
 }
+
+/// GET /v1/sys/integrity: every record that failed its MAC, named (never a value).
+public struct IntegrityResponse: Codable, Sendable {
+    public var ok: Bool
+    public var checked: Int
+    public var bad: [String]
+    public init(ok: Bool, checked: Int, bad: [String]) {
+        self.ok = ok
+        self.checked = checked
+        self.bad = bad
+    }
+}

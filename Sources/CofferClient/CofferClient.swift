@@ -183,6 +183,10 @@ extension CofferClient {
     public func rotateKey() throws -> KeyInfo {
         try decode(http.request("POST", "/v1/sys/keys/rotate"), as: KeyInfo.self)
     }
+
+    public func integrityCheck() throws -> IntegrityResponse {
+        try decode(http.request("GET", "/v1/sys/integrity"), as: IntegrityResponse.self)
+    }
 }
 
 extension CofferClient {

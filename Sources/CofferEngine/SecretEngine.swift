@@ -101,6 +101,7 @@ public final class SecretEngine: Sendable {
             store = try Store(path: dbPath, durability: config.durability)
             keyring = try Keyring.load(root: root, store: store, now: clock.nowMillis())
             store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
+            store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
         } catch let e as CofferError {
             throw e
         } catch {
@@ -115,11 +116,32 @@ public final class SecretEngine: Sendable {
             clock: clock, logger: logger)
         try await audit.recoverTail()
         let signingKeys = try CredentialService.loadKeys(store: store, root: root)
-        return SecretEngine(
+        let engine = SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
             login: LoginService.Settings(config: config), runs: RunService.Settings(config: config),
             credentials: CredentialService.Settings(config: config), signingKeys: signingKeys, clock: clock, logger: logger)
+        try await engine.authenticateRecords()
+        return engine
+    }
+
+    /// Once per database (at its first open by a Coffer that authenticates records):
+    /// MACs what was written before, as `system:upgrade`, audited. When the marker of
+    /// that step is gone but the trail records it, nothing is adopted: the records
+    /// without a MAC stay integrity errors, and the log says why.
+    func authenticateRecords() async throws(CofferError) {
+        let ticket = gate.ticket(for: .system("upgrade"), action: "records_authenticated")
+        do {
+            if let n = try await store.adoptRecordMACs(ticket: ticket) {
+                logger.notice("records authenticated (secrets and tokens are MACed from now on)",
+                              metadata: ["secrets": "\(n.secrets)", "tokens": "\(n.tokens)"])
+            }
+        } catch let e as CofferError where e.code == .integrity {
+            logger.critical("the marker of authenticated records was removed; records without a MAC are refused",
+                            metadata: ["error": "\(e.message)"])
+        } catch {
+            throw StoreErrorMapper(audit: audit, logger: logger).map(error)
+        }
     }
 
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).
@@ -394,6 +416,17 @@ public final class SecretEngine: Sendable {
 
     public func listKeys(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (rootKeyID: String, keys: [KeyRecord]) {
         try await gate.perform(ticket, p, .admin, nil, named: "key_list") { g async throws(CofferError) in try keys.list(g) }
+    }
+
+    /// Every record whose MAC does not match (admin): authenticated state, scanned.
+    public func integrityCheck(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (checked: Int, bad: [String]) {
+        try await gate.perform(ticket, p, .admin, nil, named: "integrity_check") { _ async throws(CofferError) in
+            let r = try StoreErrorMapper(audit: audit, logger: logger).call { try store.integrityScan() }
+            if !r.bad.isEmpty {
+                logger.critical("records changed without the key", metadata: ["count": "\(r.bad.count)", "first": "\(r.bad[0])"])
+            }
+            return r
+        }
     }
 
     public func rotateDataKey(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> KeyRecord {

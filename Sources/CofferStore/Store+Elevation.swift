@@ -209,6 +209,7 @@ extension Store {
     public func changeElevation(id: String, now: Int64, ticket: AuditTicket,
                                 decide: @escaping @Sendable (ElevationRecord) throws -> ElevationChange,
                                 annotate: @escaping @Sendable (ElevationRecord) -> Void = { _ in }) async throws -> ElevationRecord {
+        let mac = try recordMAC()
         let (after, event) = try await pool.write { db -> (ElevationRecord, AuditEvent?) in
             guard let before = try Store.elevation(db, id) else { throw ElevationRefusal(.notFound, "no such elevation request") }
             let c = try decide(before)
@@ -223,12 +224,14 @@ extension Store {
                     VALUES (?, ?, NULL, ?, '', ?, ?, ?, NULL, 0, ?, ?, ?, NULL, ?, ?)
                     """, arguments: [t.accessor, t.hash, t.roles.joined(separator: "\n"), t.name, t.createdAt, t.expiresAt,
                                      t.boundUID.map { Int64($0) }, Int64(t.createdUID), t.createdUser, t.authenticatedAt, id])
+                try Store.sealTokens(db, mac, [t.accessor])
             }
             if c.revokeToken, let a = before.tokenAccessor {
-                try db.execute(sql: """
+                let revoked = try String.fetchAll(db, sql: """
                     WITH RECURSIVE tree(a) AS (SELECT ? UNION SELECT t.accessor FROM token t JOIN tree ON t.parent = tree.a)
-                    UPDATE token SET revoked_at = ? WHERE accessor IN (SELECT a FROM tree) AND revoked_at IS NULL
+                    UPDATE token SET revoked_at = ? WHERE accessor IN (SELECT a FROM tree) AND revoked_at IS NULL RETURNING accessor
                     """, arguments: [a, now])
+                try Store.sealTokens(db, mac, revoked)
             }
             try db.execute(sql: """
                 UPDATE elevation_request SET state = coalesce(?, state), approved_at = coalesce(?, approved_at),

@@ -118,6 +118,7 @@ extension Store {
     /// may not have more uses than its parent has left (it gets those by default).
     @discardableResult
     public func insertToken(_ t: TokenRecord, guard tokenGuard: TokenGuard? = nil, ticket: AuditTicket) async throws -> Int? {
+        let mac = try recordMAC()
         let (event, uses) = try await pool.write { db -> (AuditEvent?, Int?) in
             var t = t
             try tokenGuard?.check(db)
@@ -138,20 +139,29 @@ extension Store {
                 """, arguments: [t.accessor, t.hash, t.parent, t.roles.joined(separator: "\n"), t.paths.joined(separator: "\n"),
                                  t.name, t.createdAt, t.expiresAt, t.usesLeft, t.boundUID.map { Int64($0) },
                                  Int64(t.createdUID), t.createdUser, t.authenticatedAt])
+            try Store.sealTokens(db, mac, [t.accessor])
             return (try self.commit(ticket, db), t.usesLeft)
         }
         if let event { ticket.markCommitted(event) }
         return uses
     }
 
+    /// The token with this hash, checked against its MAC.
     public func token(hash: Data) throws -> TokenRecord? {
         try pool.read { db in
-            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM token WHERE hash = ?"), arguments: [hash]).map(Store.tokenRecord)
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM token WHERE hash = ?"), arguments: [hash]) else { return nil }
+            try self.checkToken(row)
+            return Store.tokenRecord(row)
         }
     }
 
+    /// The token with this accessor, checked against its MAC.
     public func token(accessor: String) throws -> TokenRecord? {
-        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [accessor]).map(Store.tokenRecord) }
+        try pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [accessor]) else { return nil }
+            try self.checkToken(row)
+            return Store.tokenRecord(row)
+        }
     }
 
     /// Live and recently ended tokens, newest first (bounded).
@@ -169,11 +179,16 @@ extension Store {
     /// a token made from a limited token spends its parent's uses too, so a tree of
     /// tokens never does more than its root allowed.
     public func consumeTokenUse(accessors: [String], ticket: AuditTicket) async throws -> Bool {
-        try await pool.write { db in
+        let mac = try recordMAC()
+        return try await pool.write { db in
             for a in accessors {
+                // the count spent is the one the MAC vouches for
+                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [a]) else { throw TokenUsesSpent() }
+                try self.checkToken(row)
                 try db.execute(sql: "UPDATE token SET uses_left = uses_left - 1, uses = uses + 1 WHERE accessor = ? AND uses_left > 0",
                                arguments: [a])
                 guard db.changesCount == 1 else { throw TokenUsesSpent() }
+                try Store.sealTokens(db, mac, [a])
             }
             return true
         }
@@ -182,6 +197,7 @@ extension Store {
     /// Revokes a token and every token created from it (recursively). Returns the
     /// accessors newly revoked.
     public func revokeToken(accessor: String, now: Int64, guard tokenGuard: TokenGuard? = nil, ticket: AuditTicket) async throws -> [String] {
+        let mac = try recordMAC()
         let (revoked, event) = try await pool.write { db -> ([String], AuditEvent?) in
             try tokenGuard?.check(db)
             let tree = try String.fetchAll(db, sql: """
@@ -196,6 +212,7 @@ extension Store {
                 try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
                 if db.changesCount == 1 { revoked.append(a) }
             }
+            try Store.sealTokens(db, mac, revoked)
             return (revoked, try self.commit(ticket, db))
         }
         if let event { ticket.markCommitted(event) }

@@ -12,6 +12,9 @@ public final class Store: Sendable {
     /// MACs new audit events. Installed once the keyring is loaded (its key lives
     /// sealed in this database); until then no event can be appended (fail closed).
     let auditMAC: Mutex<AuditMAC?>
+    /// MACs the records that decide access (Store+Integrity). Installed at open, from
+    /// the keyring; until then no such record can be written or read.
+    let recordMACKey = Mutex<RecordMAC?>(nil)
     /// True when this open added MACs to an existing audit trail (an upgrade): the
     /// events before have none.
     public let upgradedToAuditMAC: Bool
@@ -115,26 +118,36 @@ public final class Store: Sendable {
         registerKeyringMigration(&m)
         registerElevationMigration(&m)
         registerCredentialMigration(&m)
+        registerIntegrityMigration(&m)
         return m
     }
 
     // MARK: reads (synchronous: a short SQLite read costs less than a thread hop)
 
     public func secret(_ path: SecretPath) throws -> SecretRecord? {
-        try pool.read { db in try Store.fetchSecret(db, path.rawValue) }
+        try pool.read { db in try self.fetchSecret(db, path.rawValue) }
     }
 
-    static func fetchSecret(_ db: Database, _ path: String) throws -> SecretRecord? {
+    /// The head and every version, each checked against its MAC, and the versions
+    /// checked to be all there.
+    func fetchSecret(_ db: Database, _ path: String) throws -> SecretRecord? {
         guard let row = try Row.fetchOne(
-            db, sql: "SELECT id, current_version, created_at, updated_at FROM secret WHERE path = ?", arguments: [path])
+            db, sql: "SELECT id, current_version, low_version, mac, created_at, updated_at FROM secret WHERE path = ?", arguments: [path])
         else { return nil }
         let id: Int64 = row["id"]
-        let versions = try Row.fetchAll(db, sql: """
-            SELECT version, created_at, created_uid, created_user, size, state, deleted_at, key_id
+        let current: Int = row["current_version"]
+        let low: Int? = row["low_version"]
+        try checkHead(path, current: current, low: low, mac: row["mac"])
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT version, created_at, created_uid, created_user, size, state, deleted_at, key_id, mac
             FROM secret_version WHERE secret_id = ? ORDER BY version
-            """, arguments: [id]).map(versionRecord)
-        return SecretRecord(path: path, currentVersion: row["current_version"], createdAt: row["created_at"],
-                            updatedAt: row["updated_at"], versions: versions)
+            """, arguments: [id])
+        for r in rows { try checkVersion(path, r) }
+        guard let low, rows.map({ $0["version"] as Int }) == Array(low...max(low, current)) else {
+            throw Store.integrityError("the versions of the secret \(path)")
+        }
+        return SecretRecord(path: path, currentVersion: current, createdAt: row["created_at"],
+                            updatedAt: row["updated_at"], versions: rows.map(Store.versionRecord))
     }
 
     static func versionRecord(_ r: Row) -> VersionRecord {
@@ -150,14 +163,24 @@ public final class Store: Sendable {
         try pool.read { db in
             // One cached statement: the hot read path prepares nothing.
             let stmt = try db.cachedStatement(sql: """
-                SELECT s.current_version AS current, v.version, v.created_at, v.created_uid, v.created_user, v.size, v.state,
-                       v.deleted_at, v.key_id, v.wrapped_key, v.ciphertext
+                SELECT s.current_version AS current, s.low_version AS low, s.mac AS head_mac, v.version, v.created_at, v.created_uid,
+                       v.created_user, v.size, v.state, v.deleted_at, v.key_id, v.wrapped_key, v.ciphertext, v.mac
                 FROM secret s LEFT JOIN secret_version v ON v.secret_id = s.id AND v.version = coalesce(?, s.current_version)
                 WHERE s.path = ?
                 """)
             guard let row = try Row.fetchOne(stmt, arguments: [version, path.rawValue]) else { return nil }
             let current: Int = row["current"]
-            guard (row["version"] as Int?) != nil else { return (current, nil) }
+            let low: Int? = row["low"]
+            // the head first: a rolled-back current version fails here
+            try checkHead(path.rawValue, current: current, low: low, mac: row["head_mac"])
+            guard (row["version"] as Int?) != nil else {
+                // a version the head says is retained must be there
+                if let low, (low...max(low, current)).contains(version ?? current) {
+                    throw Store.integrityError("version \(version ?? current) of the secret \(path)")
+                }
+                return (current, nil)
+            }
+            try checkVersion(path.rawValue, row)
             return (current, StoredVersion(meta: Store.versionRecord(row), wrappedKey: row["wrapped_key"], ciphertext: row["ciphertext"]))
         }
     }
@@ -234,10 +257,14 @@ public final class Store: Sendable {
         _ path: SecretPath, cas: Int?, maxVersions: Int, author: Author, now: Int64, guard tokenGuard: TokenGuard? = nil,
         ticket: AuditTicket, seal: @escaping @Sendable (Int) throws -> SealedVersion
     ) async throws -> VersionRecord {
+        let mac = try recordMAC()
         let (record, event) = try await pool.write { db -> (VersionRecord, AuditEvent?) in
             try tokenGuard?.check(db)
-            let existing = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
+            let existing = try Row.fetchOne(db, sql: "SELECT id, current_version, low_version, mac FROM secret WHERE path = ?",
+                                            arguments: [path.rawValue])
             let current: Int = existing?["current_version"] ?? 0
+            // a head changed by hand is not built upon (its check-and-set would rest on it)
+            if let existing { try self.checkHead(path.rawValue, current: current, low: existing["low_version"], mac: existing["mac"]) }
             if let cas, cas != current {
                 throw CofferError(.casMismatch, "check-and-set failed: the current version is \(current), not \(cas)",
                                   hint: "read the secret again and retry with --cas \(current)")
@@ -259,6 +286,9 @@ public final class Store: Sendable {
             try db.execute(sql: "UPDATE secret SET current_version = ?, updated_at = ? WHERE id = ?", arguments: [next, now, id])
             // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
             try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
+            // authenticated state: the new version and the head, as they now are
+            try Store.sealVersions(db, mac, id: id, path: path.rawValue, versions: [next])
+            try Store.sealHead(db, mac, id: id, path: path.rawValue)
             // Invariant 4: the event commits in the same transaction as the change.
             let event = try self.commit(ticket, db)
             return (VersionRecord(version: next, createdAt: now, createdUID: author.uid, createdUser: author.user,
@@ -274,9 +304,12 @@ public final class Store: Sendable {
     /// versions are an error and nothing changes. Returns the secret afterwards.
     public func change(_ change: VersionChange, _ path: SecretPath, versions: [Int], now: Int64, guard tokenGuard: TokenGuard? = nil,
                        ticket: AuditTicket) async throws -> SecretRecord {
+        let mac = try recordMAC()
         let (record, event) = try await pool.write { db -> (SecretRecord, AuditEvent?) in
             try tokenGuard?.check(db)
-            guard let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
+            // the record as it is, checked, before anything is changed on its word
+            guard try self.fetchSecret(db, path.rawValue) != nil,
+                  let s = try Row.fetchOne(db, sql: "SELECT id, current_version FROM secret WHERE path = ?", arguments: [path.rawValue])
             else { throw CofferError(.notFound, "no secret at \(path)") }
             let id: Int64 = s["id"]
             let targets = versions.isEmpty ? [s["current_version"] as Int] : versions
@@ -291,7 +324,8 @@ public final class Store: Sendable {
                 for v in targets { try Store.apply(change, db, id, v, now) }
             }
             try db.execute(sql: "UPDATE secret SET updated_at = ? WHERE id = ?", arguments: [now, id])
-            guard let rec = try Store.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
+            try Store.sealVersions(db, mac, id: id, path: path.rawValue)
+            guard let rec = try self.fetchSecret(db, path.rawValue) else { throw CofferError(.notFound, "no secret at \(path)") }
             let event = try self.commit(ticket, db)
             return (rec, event)
         }

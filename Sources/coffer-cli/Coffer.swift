@@ -14,7 +14,7 @@ struct Coffer: ParsableCommand {
             ./.coffer/coffer.sock when it exists (dev mode), else /run/coffer/coffer.sock.
             Secret values are read from stdin or --file, never from the command line.
             """,
-        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, UnsealCommand.self, LoginCommand.self, LogoutCommand.self, ElevateCommand.self, SSHCommand.self, JWKSCommand.self, RunCommand.self, BuildCommand.self, PodmanDriverCommand.self, InjectCommand.self, StatusCommand.self]
+        subcommands: [SecretCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, KeysCommand.self, OperatorCommand.self, UnsealCommand.self, LoginCommand.self, LogoutCommand.self, ElevateCommand.self, SSHCommand.self, JWKSCommand.self, RunCommand.self, BuildCommand.self, PodmanDriverCommand.self, InjectCommand.self, StatusCommand.self]
     )
 
     /// Global options may come before the subcommand: FastRun.hoistGlobalOptions.

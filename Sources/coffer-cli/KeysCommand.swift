@@ -70,3 +70,31 @@ struct UnsealCommand: ParsableCommand {
         }
     }
 }
+
+struct OperatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "operator",
+        abstract: "Operating the key and the state: check every record's integrity (needs admin).",
+        subcommands: [Check.self]
+    )
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check",
+            abstract: "Scan the database: every secret head, version and token against its MAC (exit 9 when one fails).",
+            discussion: "A record changed without the key (sqlite3 on the database) fails its MAC; each is named, never its value.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            try runReporting {
+                let r = try global.client().integrityCheck()
+                if global.format == .json { try printJSON(r) } else if r.ok {
+                    try printLine("OK: \(r.checked) records, every MAC matches")
+                } else {
+                    try printLine((["BAD: \(r.bad.count) of \(r.checked) records were changed without the key:"] + r.bad.map { "  " + $0 })
+                        .joined(separator: "\n"))
+                }
+                if !r.ok { throw ExitCode(9) }
+            }
+        }
+    }
+}

@@ -146,6 +146,7 @@ import Testing
         for attack in ["append", "delete"] {
             let d = try Self.trail("checkpoint_seconds = 3600\ncheckpoint_events = 1000")
             let before = try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;")
+            let signed = try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint;")
             if attack == "append" {
                 try Self.appendForged(d.dbPath)
             } else {
@@ -158,7 +159,7 @@ import Testing
             let health = json(try d.curl("GET", "/v1/sys/health").1)
             #expect((health["audit"] as? String)?.contains("changed behind cofferd") == true, "\(attack): \(health)")
             d.stop()
-            #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint;") == "0", "\(attack): the changed trail was signed")
+            #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_checkpoint;") == signed, "\(attack): the changed trail was signed")
             if attack == "append" {
                 #expect(try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;") == String((Int(before) ?? 0) + 1), "appended after the forgery")
             }

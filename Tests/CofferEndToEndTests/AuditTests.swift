@@ -21,17 +21,19 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
         _ = try d.curl("PUT", "/v1/secrets/data/t/x", body: "{bad json")
         d.stop()  // signs a final checkpoint
         let pub = d.dir + "/state/audit.pub"
+        // seq 1 is the daemon's first open marking its records authenticated (none yet)
+        #expect(try sqlite(d.dbPath, "SELECT action FROM audit_event WHERE seq = 1;") == "records_authenticated")
         let head = Int(try sqlite(d.dbPath, "SELECT max(seq) FROM audit_event;")) ?? 0
-        #expect(head == 18)
+        #expect(head == 19)
         func verify(_ db: String) throws -> RunResult {
             try run(Bins.coffer, ["audit", "verify", "--db", db, "--pubkey", pub, "--anchor", d.dir + "/state/audit.anchor"])
         }
         var r = try verify(d.dbPath)
-        #expect(r.status == 0 && r.out.hasPrefix("OK: 18 events, head seq 18"), "\(r.out) \(r.stderr)")
+        #expect(r.status == 0 && r.out.hasPrefix("OK: 19 events, head seq 19"), "\(r.out) \(r.stderr)")
         let cols = "time, request_id, peer_pid, peer_uid, peer_user, token_accessor, method, action, path, decision, rule, outcome, status, error_code, prev_hash, hash"
         let cases: [(String, String, Int, String)] = [
             ("edit a path", "UPDATE audit_event SET path = 't/other' WHERE seq = 7;", 7, "hash mismatch"),
-            ("edit a status", "UPDATE audit_event SET status = 200, outcome = 'ok' WHERE seq = 17;", 17, "hash mismatch"),
+            ("edit a status", "UPDATE audit_event SET status = 200, outcome = 'ok' WHERE seq = 18;", 18, "hash mismatch"),
             ("edit a decision", "UPDATE audit_event SET decision = 'deny' WHERE seq = 1;", 1, "hash mismatch"),
             ("delete one", "DELETE FROM audit_event WHERE seq = 9;", 9, "gap"),
             ("swap two", """
@@ -45,8 +47,8 @@ func sqlite(_ db: String, _ sql: String) throws -> String {
                 """, 11, "chain broken"),
             ("truncate the tail", "DELETE FROM audit_event WHERE seq > 15;", 16, "truncated"),
             ("replace a checkpoint signature",
-             "UPDATE audit_checkpoint SET signature = (SELECT signature FROM audit_checkpoint WHERE seq = 5) WHERE seq = 10;", 10, "bad signature"),
-            ("drop the last checkpoints", "DELETE FROM audit_checkpoint WHERE seq > 10;", 18, "the head anchor names the checkpoint at seq 18, which is missing"),
+             "UPDATE audit_checkpoint SET signature = (SELECT signature FROM audit_checkpoint WHERE seq = 6) WHERE seq = 11;", 11, "bad signature"),
+            ("drop the last checkpoints", "DELETE FROM audit_checkpoint WHERE seq > 10;", 19, "the head anchor names the checkpoint at seq 19, which is missing"),
         ]
         for (name, sql, seq, problem) in cases {
             let copy = d.dir + "/copy.db"

@@ -116,6 +116,10 @@ import Testing
         #expect(try d.curl("GET", "/v1/jwks").1.trimmingCharacters(in: .whitespacesAndNewlines) == jwks)
         // the injection of that day is in the trail, which verifies, before and after new events
         #expect(try d.coffer(["audit", "search", "--action", "inject"]).out.contains("ci/app/db"))
+        // its records, written before records were MACed, were adopted once, audited
+        let check = try d.coffer(["operator", "check"])
+        #expect(check.status == 0 && check.out.hasPrefix("OK: "), "\(check.out) \(check.stderr)")
+        #expect(try d.coffer(["audit", "search", "--action", "records_authenticated"]).out.contains("secrets:3,tokens:1"))
         #expect(try d.coffer(["audit", "verify"]).status == 0)
         for i in 0..<6 { _ = try d.coffer(["secret", "put", "new/s\(i)"], stdin: Array("n\(i)".utf8)) }
         #expect(try d.coffer(["audit", "verify"]).status == 0)

@@ -15,7 +15,17 @@ extension APIResponder {
             .init(.post, "key_rotate") { r, i throws(CofferError) in try await r.rotateKey(i) },
         ]),
         Endpoint("unseal", .exact("/v1/sys/unseal"), [.init(.post, "unseal") { r, i throws(CofferError) in try await r.unsealOpen(i) }]),
+        Endpoint("integrity_check", .exact("/v1/sys/integrity"), [
+            .init(.get, "integrity_check") { r, i throws(CofferError) in try await r.integrityCheck(i) },
+        ]),
     ]
+
+    func integrityCheck(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let r = try await engine.integrityCheck(principal, ticket: i.ticket)
+        return ErrorMapping.json(IntegrityResponse(ok: r.bad.isEmpty, checked: r.checked, bad: r.bad))
+    }
 
     static func info(_ k: KeyRecord) -> KeyInfo {
         KeyInfo(id: k.keyID, purpose: k.purpose.rawValue, state: k.state.rawValue, createdAt: Timestamp.string(millis: k.createdAt), versions: k.versions)

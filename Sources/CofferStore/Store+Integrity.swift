@@ -1,0 +1,202 @@
+public import CofferAudit
+public import CofferCore
+public import CofferCrypto
+import Foundation
+public import GRDB
+
+/// Authenticated state: the rows that decide what a caller gets are MACed with a key
+/// only the unlocked keyring has (derived from the token-hash key), so an edit made
+/// with `sqlite3` and without the key is detected when the row is used:
+///
+/// - a secret's head: path, current version and lowest retained version (a rollback
+///   that deletes the newest version and sets the head back, or drops an old version);
+/// - each version row: path, version, state, creation (an undelete or un-destroy by
+///   hand; its value is bound to path and version by its AEAD already);
+/// - each token: every column but its label (roles, paths, expiry, uses, bound uid,
+///   parent, revocation, sign-in time, elevation).
+///
+/// What a MAC cannot see — a whole database put back to an older copy of itself, or a
+/// row deleted outright — is in the README ("Authenticated state").
+public struct RecordMAC: Sendable {
+    let key: SecretBytes
+
+    public init(derivedFrom base: SecretBytes) throws {
+        var derived = Hashing.blake2b(Array("coffer-record-mac-key-v1".utf8), key: base, outputLength: 32)
+        key = try SecretBytes(consuming: &derived)
+    }
+
+    func mac(_ label: String, _ fields: [[UInt8]]) -> [UInt8] {
+        Hashing.blake2b(LengthPrefixed.encode(label, fields), key: key, outputLength: 32)
+    }
+
+    static func text(_ s: String?) -> [UInt8] { s.map { [1] + Array($0.utf8) } ?? [0] }
+    static func int(_ v: Int64?) -> [UInt8] { v.map { [1] + Array(String($0).utf8) } ?? [0] }
+    static func int(_ v: Int?) -> [UInt8] { int(v.map(Int64.init)) }
+    static func blob(_ d: Data?) -> [UInt8] { d.map { [1] + [UInt8]($0) } ?? [0] }
+
+    func head(path: String, current: Int, low: Int?) -> [UInt8] {
+        mac("coffer-secret-head-v1", [Self.text(path), Self.int(current), Self.int(low)])
+    }
+
+    func version(path: String, _ r: Row) -> [UInt8] {
+        mac("coffer-secret-version-v1", [Self.text(path), Self.int(r["version"] as Int64?), Self.text(r["state"]),
+                                         Self.int(r["created_at"] as Int64?), Self.int(r["created_uid"] as Int64?),
+                                         Self.int(r["size"] as Int64?)])
+    }
+
+    func token(_ r: Row) -> [UInt8] {
+        mac("coffer-token-v1", [Self.text(r["accessor"]), Self.blob(r["hash"]), Self.text(r["parent"]), Self.text(r["roles"]),
+                                Self.text(r["paths"]), Self.int(r["created_at"] as Int64?), Self.int(r["expires_at"] as Int64?),
+                                Self.int(r["uses_left"] as Int64?), Self.int(r["uses"] as Int64?), Self.int(r["bound_uid"] as Int64?),
+                                Self.int(r["created_uid"] as Int64?), Self.text(r["created_user"]), Self.int(r["revoked_at"] as Int64?),
+                                Self.int(r["authenticated_at"] as Int64?), Self.text(r["elevation_id"])])
+    }
+
+    static func matches(_ stored: Data?, _ expected: [UInt8]) -> Bool {
+        guard let stored else { return false }
+        return Hashing.constantTimeEquals([UInt8](stored), expected)
+    }
+}
+
+extension Store {
+    static func registerIntegrityMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v11-record-macs") { db in
+            try db.execute(sql: """
+                ALTER TABLE secret ADD COLUMN low_version INTEGER;
+                ALTER TABLE secret ADD COLUMN mac BLOB;
+                ALTER TABLE secret_version ADD COLUMN mac BLOB;
+                ALTER TABLE token ADD COLUMN mac BLOB;
+                CREATE TABLE record_auth (adopted_at INTEGER NOT NULL) STRICT;
+                """)
+        }
+    }
+
+    /// The error a failed check gives: it names the record, never a value.
+    public static func integrityError(_ record: String) -> CofferError {
+        CofferError(.integrity, "\(record) failed its integrity check: it was changed without the key",
+                    hint: "nothing was served from it; `coffer operator check` lists every such record (README, Authenticated state)")
+    }
+
+    func recordMAC() throws -> RecordMAC {
+        guard let m = recordMACKey.withLock({ $0 }) else {
+            throw CofferError(.internal, "the record MAC key is not installed")  // fail closed: never reached once open
+        }
+        return m
+    }
+
+    /// Sets the key that MACs records (once, at open, from the keyring).
+    public func installRecordMAC(_ mac: RecordMAC) { recordMACKey.withLock { $0 = mac } }
+
+    // MARK: writing MACs, inside the writing transaction
+
+    /// MACs a secret's head as it now is (current and lowest retained version).
+    static func sealHead(_ db: Database, _ mac: RecordMAC, id: Int64, path: String) throws {
+        let current = try Int.fetchOne(db, sql: "SELECT current_version FROM secret WHERE id = ?", arguments: [id]) ?? 0
+        let low = try Int.fetchOne(db, sql: "SELECT min(version) FROM secret_version WHERE secret_id = ?", arguments: [id])
+        try db.execute(sql: "UPDATE secret SET low_version = ?, mac = ? WHERE id = ?",
+                       arguments: [low, Data(mac.head(path: path, current: current, low: low)), id])
+    }
+
+    /// MACs the given versions of a secret as they now are.
+    static func sealVersions(_ db: Database, _ mac: RecordMAC, id: Int64, path: String, versions: [Int]? = nil) throws {
+        let rows = try Row.fetchAll(db, sql: "SELECT version, state, created_at, created_uid, size FROM secret_version WHERE secret_id = ?",
+                                    arguments: [id])
+        for r in rows {
+            let v: Int = r["version"]
+            if let versions, !versions.contains(v) { continue }
+            try db.execute(sql: "UPDATE secret_version SET mac = ? WHERE secret_id = ? AND version = ?",
+                           arguments: [Data(mac.version(path: path, r)), id, v])
+        }
+    }
+
+    /// MACs the given tokens as they now are.
+    static func sealTokens(_ db: Database, _ mac: RecordMAC, _ accessors: [String]) throws {
+        for a in accessors {
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [a]) else { continue }
+            try db.execute(sql: "UPDATE token SET mac = ? WHERE accessor = ?", arguments: [Data(mac.token(r)), a])
+        }
+    }
+
+    // MARK: checking
+
+    func checkHead(_ path: String, current: Int, low: Int?, mac stored: Data?) throws {
+        guard RecordMAC.matches(stored, try recordMAC().head(path: path, current: current, low: low)) else {
+            throw Store.integrityError("the secret \(path)")
+        }
+    }
+
+    func checkVersion(_ path: String, _ r: Row) throws {
+        guard RecordMAC.matches(r["mac"], try recordMAC().version(path: path, r)) else {
+            throw Store.integrityError("version \(r["version"] as Int? ?? 0) of the secret \(path)")
+        }
+    }
+
+    func checkToken(_ r: Row) throws {
+        guard RecordMAC.matches(r["mac"], try recordMAC().token(r)) else {
+            throw Store.integrityError("the token \(r["accessor"] as String? ?? "?")")
+        }
+    }
+
+    // MARK: adoption and the full scan
+
+    /// Once per database: MACs every record written before records were authenticated
+    /// (an upgrade; a new database has none) and records that in `record_auth` and in
+    /// the audit trail, in one transaction. Returns nil when already done. If the
+    /// marker is gone but the trail says it was done, nothing is adopted: records
+    /// without a MAC stay integrity errors (someone removed the marker to have them
+    /// accepted).
+    public func adoptRecordMACs(ticket: AuditTicket) async throws -> (secrets: Int, tokens: Int)? {
+        let mac = try recordMAC()
+        let (result, event) = try await pool.write { db -> ((Int, Int)?, AuditEvent?) in
+            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM record_auth") == 0 else { return (nil, nil) }
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_event WHERE action = 'records_authenticated'") ?? 0 > 0 {
+                throw Store.integrityError("the marker of authenticated records")
+            }
+            let secrets = try Row.fetchAll(db, sql: "SELECT id, path FROM secret WHERE mac IS NULL")
+            for s in secrets {
+                try Store.sealVersions(db, mac, id: s["id"], path: s["path"])
+                try Store.sealHead(db, mac, id: s["id"], path: s["path"])
+            }
+            let tokens = try String.fetchAll(db, sql: "SELECT accessor FROM token WHERE mac IS NULL")
+            try Store.sealTokens(db, mac, tokens)
+            try db.execute(sql: "INSERT INTO record_auth (adopted_at) VALUES (?)", arguments: [Int64(Date().timeIntervalSince1970 * 1000)])
+            ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)" }
+            return ((secrets.count, tokens.count), try self.commit(ticket, db))
+        }
+        if let event { ticket.markCommitted(event) }
+        return result
+    }
+
+    /// Every record whose MAC does not match, named (never a value).
+    public func integrityScan() throws -> (checked: Int, bad: [String]) {
+        let mac = try recordMAC()
+        return try pool.read { db in
+            var bad: [String] = []
+            var checked = 0
+            for s in try Row.fetchAll(db, sql: "SELECT id, path, current_version, low_version, mac FROM secret ORDER BY path") {
+                let path: String = s["path"]
+                checked += 1
+                if !RecordMAC.matches(s["mac"], mac.head(path: path, current: s["current_version"], low: s["low_version"])) {
+                    bad.append("secret \(path): head")
+                }
+                let versions = try Row.fetchAll(db, sql: """
+                    SELECT version, state, created_at, created_uid, size, mac FROM secret_version WHERE secret_id = ? ORDER BY version
+                    """, arguments: [s["id"] as Int64])
+                let low: Int? = s["low_version"]
+                let current: Int = s["current_version"]
+                if let low, versions.map({ $0["version"] as Int }) != Array(low...max(low, current)) {
+                    bad.append("secret \(path): versions \(low)...\(current) are not all there")
+                }
+                for v in versions {
+                    checked += 1
+                    if !RecordMAC.matches(v["mac"], mac.version(path: path, v)) { bad.append("secret \(path): version \(v["version"] as Int)") }
+                }
+            }
+            for t in try Row.fetchAll(db, sql: "SELECT * FROM token ORDER BY accessor") {
+                checked += 1
+                if !RecordMAC.matches(t["mac"], mac.token(t)) { bad.append("token \(t["accessor"] as String)") }
+            }
+            return (checked, bad)
+        }
+    }
+}
