@@ -51,7 +51,17 @@ public struct TOMLError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum TOML {
+    /// Bounds on what a file may make the parser do (it recurses into arrays and
+    /// inline tables, and walks dotted keys): an admin's typo or a hostile file proposed
+    /// for review is an error, never a stack overflow or quadratic work.
+    public static let maxBytes = 1 << 20
+    public static let maxNesting = 32
+    public static let maxKeyParts = 16
+
     public static func parse(_ text: String) throws(TOMLError) -> TOMLTable {
+        guard text.utf8.count <= maxBytes else {
+            throw TOMLError(line: 0, message: "the file is larger than \(maxBytes / 1024) KiB")
+        }
         var parser = Parser(Array(text.utf8))
         return try parser.parseDocument()
     }
@@ -61,6 +71,7 @@ private struct Parser {
     let b: [UInt8]
     var i = 0
     var line = 1
+    var depth = 0
 
     init(_ bytes: [UInt8]) { b = bytes }
 
@@ -117,6 +128,7 @@ private struct Parser {
         skipSpaces()
         while peek() == UInt8(ascii: ".") {
             i += 1
+            guard parts.count < TOML.maxKeyParts else { throw fail("a dotted key has more than \(TOML.maxKeyParts) parts") }
             parts.append(try parseKeyPart())
             skipSpaces()
         }
@@ -235,8 +247,11 @@ private struct Parser {
         switch c {
         case UInt8(ascii: "\""): return .string(try parseBasicString())
         case UInt8(ascii: "'"): return .string(try parseLiteralString())
-        case UInt8(ascii: "["): return try parseArray()
-        case UInt8(ascii: "{"): return try parseInlineTable()
+        case UInt8(ascii: "["), UInt8(ascii: "{"):
+            guard depth < TOML.maxNesting else { throw fail("arrays and inline tables nest deeper than \(TOML.maxNesting)") }
+            depth += 1
+            defer { depth -= 1 }
+            return c == UInt8(ascii: "[") ? try parseArray() : try parseInlineTable()
         case UInt8(ascii: "t"), UInt8(ascii: "f"):
             if b[i...].starts(with: Array("true".utf8)) { i += 4; return .bool(true) }
             if b[i...].starts(with: Array("false".utf8)) { i += 5; return .bool(false) }

@@ -37,6 +37,12 @@ public enum SocketActivation {
             throw CofferError(.config, "the socket systemd passed is not a listening Unix stream socket",
                               hint: "cofferd.socket needs ListenStream=/path/to/coffer.sock")
         }
+        // an abstract socket (ListenStream=@name) has no file mode or group: anyone on
+        // the host could connect, so the socket's access control would be gone
+        guard let path = path(of: fd), path.hasPrefix("/") else {
+            throw CofferError(.config, "the socket systemd passed has no path (abstract or unnamed): it would have no file mode or group",
+                              hint: "cofferd.socket needs ListenStream=/path/to/coffer.sock")
+        }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)  // never handed on to a run's child
         return fd
     }

@@ -39,7 +39,7 @@ extension TokenCommand {
         @Option(help: "Lifetime, e.g. 30m, 1h (default: 1h or the roles' max_ttl).") var ttl: String?
         @Option(help: "Number of requests the token may make.") var uses: Int?
         @Option(help: "Only this peer uid may use the token.") var bindUid: UInt32?
-        @Option(parsing: .upToNextOption, help: "Path patterns the token is limited to (space- or comma-separated, as --versions 1,2).") var paths: [String] = []
+        @Option(parsing: .upToNextOption, help: "Path patterns the token is limited to (several after one --paths, or comma-separated as --versions 1,2).") var paths: [String] = []
         @Option(help: "A label shown in token list.") var name: String?
         @Option(help: "Write the token to this new file (mode 0600) instead of stdout.") var output: String?
 
@@ -168,6 +168,12 @@ struct PolicyCommand: ParsableCommand {
         @Argument(help: "The policy file.") var file: String
         @Option(name: .long, help: "Output format: text or json.") var format: OutputFormat = .text
 
+        struct Failure: Encodable {
+            let file: String
+            let ok: Bool
+            let error: String
+        }
+
         struct Summary: Encodable {
             let file: String
             let ok: Bool
@@ -183,7 +189,12 @@ struct PolicyCommand: ParsableCommand {
                 guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
                     throw CofferError(.invalidParameter, "cannot read \(file)")
                 }
-                let p = try Policy.parse(text, file: file)
+                let p: Policy
+                do throws(CofferError) { p = try Policy.parse(text, file: file) } catch {
+                    // JSON readers get the verdict on stdout too (the error stays on stderr)
+                    if format == .json { try printJSON(Failure(file: file, ok: false, error: error.message)) }
+                    throw error
+                }
                 let rules = p.roles.values.reduce(0) { $0 + $1.rules.count }
                 if format == .json {
                     return try printJSON(Summary(file: file, ok: true, roles: p.roles.keys.sorted(), rules: rules, bindings: p.bindings.count,

@@ -174,9 +174,11 @@ struct Init: AsyncParsableCommand {
             if FileManager.default.fileExists(atPath: c.resolvedDatabasePath) {
                 throw CofferError(.config, "the database \(c.resolvedDatabasePath) already exists; refusing to initialise again")
             }
+            // everything that can be refused is checked before the key exists: a bad
+            // policy must not leave a key without a database behind
+            let policyStore = try policies(for: c, logger: logger)
             try KeyFile.create(at: c.keyFile)
-            _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile),
-                                      policies: policies(for: c, logger: logger), logger: logger)
+            _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: policyStore, logger: logger)
             print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
             print("cofferd: back up the key file offline: without it no secret can be read")
         } catch let e as CofferError {

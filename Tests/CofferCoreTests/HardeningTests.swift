@@ -52,6 +52,27 @@ import Testing
         #expect(!deep.isCovered(by: try PathPattern("**/b/**/a/**/a/**")))
     }
 
+    /// Deep nesting and long dotted keys are errors, not a stack overflow (the daemon
+    /// parses policy files on reload) or quadratic work.
+    @Test func tomlBoundsItsWork() {
+        let hostile = [
+            ("x = " + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000), "nest deeper than 32"),
+            ("a = " + String(repeating: "{b = ", count: 50000) + "1" + String(repeating: "}", count: 50000), "nest deeper than 32"),
+            ("[" + String(repeating: "a.", count: 16000) + "b]", "more than 16 parts"),
+            (String(repeating: "a.", count: 20) + "b = 1", "more than 16 parts"),
+            (String(repeating: "# padding\n", count: 120_000), "larger than 1024 KiB"),
+        ]
+        for (text, message) in hostile {
+            do {
+                _ = try TOML.parse(text)
+                Issue.record("accepted: \(text.prefix(40))")
+            } catch {
+                #expect(error.message.contains(message), "\(error.message)")
+            }
+        }
+        #expect((try? TOML.parse("x = " + String(repeating: "[", count: 32) + String(repeating: "]", count: 32))) != nil, "32 levels still parse")
+    }
+
     @Test func durationsNeverOverflow() {
         for bad in ["99999999999999999999d", "9999999999d", "999999999d999999999d", "3651d", "999999999h", "9223372036854775807s",
                     String(repeating: "9", count: 400) + "s", "1d" + String(repeating: "9", count: 40)] {

@@ -210,6 +210,13 @@ import Testing
         #expect(!r.out.contains("COFFER_TOKEN="), "COFFER_TOKEN is in the job's environment")
         #expect(!r.out.contains("leaked-marker"), "another COFFER_* variable reached the job")
         #expect(r.out.contains("pw-p1\nrc=0"), "the job reads ci/p1 with its own token: \(r.out) \(r.stderr)")
+        // a project that would widen the token (a comma splits --paths; a glob; a slash) is refused before any token
+        let before = try d.coffer(["token", "list"]).out
+        for bad in ["p1/**,ci/p2", "*", "p1/x", "..", ""] {
+            let w = try run("/bin/bash", [script, bad, user.name, "--", "true"], env: env)
+            #expect(w.status == 2 && w.stderr.contains("PROJECT must be one name"), "\(bad): \(w.stderr)")
+        }
+        #expect(try d.coffer(["token", "list"]).out == before, "no token was minted for a refused project")
     }
 
     // MARK: strict requests

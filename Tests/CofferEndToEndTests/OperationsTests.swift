@@ -125,6 +125,11 @@ import Testing
         r = try run(Bins.coffer, ["policy", "check", "--format", "json", policy])
         let check = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
         #expect(r.status == 0 && check?["ok"] as? Bool == true && (check?["roles"] as? [String])?.contains("admin") == true, "\(r.out) \(r.stderr)")
+        try "[role.admin]\nbogus = 1\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        r = try run(Bins.coffer, ["policy", "check", "--format", "json", policy])
+        let failed = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        #expect(r.status == 7 && failed?["ok"] as? Bool == false && (failed?["error"] as? String)?.contains("check.toml:2") == true,
+                "\(r.out) \(r.stderr)")
         // global options before the subcommand
         r = try run(Bins.coffer, ["--socket", d.socket, "secret", "get", "ops/empty"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -192,6 +197,57 @@ import Testing
             return FileManager.default.fileExists(atPath: dest + "/" + path, isDirectory: &isDir) && !isDir.boolValue
         }.sorted()
         #expect(left == ["etc/coffer/cofferd.toml", "etc/coffer/policy.toml", "etc/pam.d/coffer"], "\(left)")
+    }
+
+    /// The installer runs as root over trees others may have touched: a link another
+    /// user planted in DESTDIR is refused before anything is written, an edited
+    /// manifest makes --uninstall remove nothing but Coffer's own files, PREFIX is a
+    /// plain path, and relative paths are the caller's.
+    @Test func theInstallerCannotBeTurnedAgainstRoot() throws {
+        var template = Array("/tmp/cfinsx.XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestError.failed("mkdtemp") }
+        let base = String(cString: p)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        chmod(base, 0o755)
+        let script = Bins.packageRoot + "/contrib/install"
+        let victim = base + "/victim"
+        try "SECRET\n".write(toFile: victim, atomically: true, encoding: .utf8)
+        chmod(victim, 0o600)
+        // another user's staging tree, with a link to the victim where the unit goes
+        let user = TestUser.nonAdmin
+        let stage = base + "/stage"
+        let (e1, a1) = user.wrap("/bin/sh", ["-c", "mkdir -p \(stage)/lib/systemd/system && ln -s \(victim) \(stage)/lib/systemd/system/cofferd.service"])
+        chown(base, user.uid, user.gid)
+        #expect(try run(e1, a1).status == 0)
+        chown(base, 0, 0)
+        var r = try run("/bin/bash", [script, "--destdir", stage, "--bin", Bins.dir])
+        #expect(r.status != 0 && r.stderr.contains("refusing to write through") && r.stderr.contains("belongs to uid \(user.uid)"), "\(r.stderr)")
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "SECRET\n")
+        var st = stat()
+        #expect(stat(victim, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        #expect(!FileManager.default.fileExists(atPath: stage + "/usr/local/bin/coffer"), "nothing was written")
+        // a root-owned tree: installs; then an edited manifest removes only Coffer's files
+        let own = base + "/own"
+        r = try run("/bin/bash", [script, "--destdir", own, "--bin", Bins.dir])
+        #expect(r.status == 0, "\(r.stderr)")
+        let manifest = own + "/usr/local/share/coffer/installed-files"
+        let keep = base + "/keep-me"
+        try "keep\n".write(toFile: keep, atomically: true, encoding: .utf8)
+        try (try String(contentsOfFile: manifest, encoding: .utf8) + "/../keep-me\n/etc/coffer/cofferd.toml\n").write(toFile: manifest, atomically: true, encoding: .utf8)
+        r = try run("/bin/bash", [script, "--destdir", own, "--uninstall"])
+        #expect(r.status == 0 && r.stderr.contains("skipping /../keep-me"), "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: keep) && FileManager.default.fileExists(atPath: own + "/etc/coffer/cofferd.toml"))
+        #expect(!FileManager.default.fileExists(atPath: own + "/usr/local/bin/coffer"))
+        // PREFIX: a plain absolute path only
+        for bad in ["/opt/R&D", "/../escape", "relative", "/x;id|e"] {
+            r = try run("/bin/bash", [script, "--destdir", base + "/p", "--prefix", bad, "--bin", Bins.dir])
+            #expect(r.status == 2 && r.stderr.contains("--prefix"), "\(bad): \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: base + "/p"))
+        // relative --destdir is the caller's, not the checkout's
+        try FileManager.default.createDirectory(atPath: base + "/cwd", withIntermediateDirectories: true)
+        r = try run("/bin/bash", [script, "--destdir", "rel", "--bin", Bins.dir], cwd: base + "/cwd")
+        #expect(r.status == 0 && FileManager.default.fileExists(atPath: base + "/cwd/rel/usr/local/bin/coffer"), "\(r.stderr)")
     }
 
     /// contrib/man is current: every command of coffer and cofferd has its page, and
@@ -296,7 +352,34 @@ import Testing
         p.waitUntilExit()
     }
 
+    /// A policy file nested a hundred thousand deep is refused on reload (the daemon
+    /// once died of it, in the parser's recursion); the old policy stays.
+    @Test func aHostilePolicyFileIsRefusedNotFatal() throws {
+        let d = try Daemon()
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "ops/p"], stdin: Array("kept".utf8)).status == 0)
+        let deep = "[role.admin]\nx = " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "\n"
+        try deep.write(toFile: d.policyPath, atomically: true, encoding: .utf8)
+        let r = try d.coffer(["policy", "reload"])
+        #expect(r.status != 0 && r.stderr.contains("nest deeper than 32"), "\(r.status) \(r.stderr)")
+        #expect(try d.coffer(["secret", "get", "ops/p"]).out == "kept", "the daemon and its policy are still there")
+        let check = try run(Bins.coffer, ["policy", "check", d.policyPath])
+        #expect(check.status == 7 && check.stderr.contains("nest deeper"), "\(check.status) \(check.stderr)")
+    }
+
     /// `cofferd init` names why it cannot read the config.
+    /// An invalid policy stops `cofferd init` before the key file exists: fixing the
+    /// policy and running init again works (no key left without a database).
+    @Test func initChecksThePolicyBeforeMakingTheKey() throws {
+        let d = try Daemon(initialise: false, policy: "[role.x]\n[[role.x.rule]]\npath = \"a/**\"\ncapabilities = [\"metrics\"]\n")
+        var r = try run(Bins.cofferd, ["init", "--config", d.configPath])
+        #expect(r.status != 0 && r.stderr.contains("global"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d.keyPath), "a key was made for a database that was not")
+        try "[role.x]\n[[role.x.rule]]\npath = \"**\"\ncapabilities = [\"metrics\"]\n".write(toFile: d.policyPath, atomically: true, encoding: .utf8)
+        r = try run(Bins.cofferd, ["init", "--config", d.configPath])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
     @Test func aConfigThatCannotBeReadSaysWhy() throws {
         let r = try run(Bins.cofferd, ["init", "--config", "/nonexistent/cofferd.toml"])
         #expect(r.status != 0 && r.stderr.contains("cannot read the config file /nonexistent/cofferd.toml: it does not exist"), "\(r.stderr)")
@@ -335,6 +418,14 @@ import Testing
         #expect(refused.status != 0 && refused.stderr.contains("cofferd serves exactly one"), "\(refused.stderr)")
         let notSocket = try run("/bin/sh", ["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \(Bins.cofferd) serve --config \(d.configPath) 3</dev/null"])
         #expect(notSocket.status != 0 && notSocket.stderr.contains("not a listening Unix stream socket"), "\(notSocket.stderr)")
+        // an abstract socket has no mode or group: refused
+        let abstract = try run("/usr/bin/python3", ["-c", """
+            import os, socket
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind('\\0coffer-test-abstract-%d' % os.getpid()); s.listen(4)
+            os.dup2(s.fileno(), 3) if s.fileno() != 3 else None; os.set_inheritable(3, True); os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'
+            os.execv('\(Bins.cofferd)', ['cofferd', 'serve', '--config', '\(d.configPath)'])
+            """])
+        #expect(abstract.status != 0 && abstract.stderr.contains("has no path (abstract or unnamed)"), "\(abstract.status) \(abstract.stderr)")
     }
 }
 
