@@ -184,7 +184,7 @@ extension Store {
                                 make: @escaping @Sendable (ElevationRecord) throws -> CredentialRecord) async throws -> CredentialRecord {
         let (record, event) = try await pool.write { db -> (CredentialRecord, AuditEvent?) in
             try tokenGuard?.check(db)
-            guard let e = try Store.elevation(db, elevationID) else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard let e = try self.elevation(db, elevationID) else { throw ElevationRefusal(.notFound, "no such elevation request") }
             let c = try make(e)
             try db.execute(sql: """
                 INSERT INTO credential (id, kind, serial, elevation_id, key_id, issued_at, expires_at, subject, audience, digest)
@@ -225,7 +225,7 @@ extension Store {
             }
             let c = Store.credential(row)
             annotate(c)
-            guard let e = try Store.elevation(db, c.elevationID), e.state == .active, (e.endsAt ?? 0) > now, c.expiresAt > now else {
+            guard let e = try self.elevation(db, c.elevationID), e.state == .active, (e.endsAt ?? 0) > now, c.expiresAt > now else {
                 throw ElevationRefusal(.permissionDenied, "the elevation of this certificate is not active")
             }
             // the same login registered again (the hook run twice): the one row it has

@@ -130,8 +130,10 @@ extension Store {
         }
     }
 
-    static func elevation(_ db: Database, _ id: String) throws -> ElevationRecord? {
+    /// The request with its reviews, checked against its MAC.
+    func elevation(_ db: Database, _ id: String) throws -> ElevationRecord? {
         guard let r = try Row.fetchOne(db, sql: "SELECT * FROM elevation_request WHERE id = ?", arguments: [id]) else { return nil }
+        try checkElevation(db, r)
         var e = ElevationRecord(
             id: r["id"], role: r["role"], requesterUID: UInt32(truncatingIfNeeded: r["requester_uid"] as Int64), requesterUser: r["requester_user"],
             reason: r["reason"], ticket: r["ticket"], durationSeconds: r["duration_seconds"],
@@ -153,7 +155,7 @@ extension Store {
         return e
     }
 
-    public func elevation(id: String) throws -> ElevationRecord? { try pool.read { db in try Store.elevation(db, id) } }
+    public func elevation(id: String) throws -> ElevationRecord? { try pool.read { db in try self.elevation(db, id) } }
 
     /// Requests, newest first: open ones, or all; for one requester, user or role; since a time.
     public func elevations(openOnly: Bool, requesterUID: UInt32?, user: String? = nil, role: String? = nil, since: Int64? = nil,
@@ -168,11 +170,12 @@ extension Store {
             if let s = since { sql += " AND created_at >= ?"; args.append(s) }
             sql += " ORDER BY created_at DESC, id LIMIT ?"
             args.append(limit)
-            return try String.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { try Store.elevation(db, $0) }
+            return try String.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { try self.elevation(db, $0) }
         }
     }
 
     public func insertElevation(_ e: ElevationRecord, ticket: AuditTicket) async throws {
+        let mac = try recordMAC()
         let event = try await pool.write { db -> AuditEvent? in
             try db.execute(sql: """
                 INSERT INTO elevation_request (id, role, requester_uid, requester_user, reason, ticket, duration_seconds, state, created_at,
@@ -180,6 +183,7 @@ extension Store {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [e.id, e.role, Int64(e.requesterUID), e.requesterUser, e.reason, e.ticket, e.durationSeconds, e.state.rawValue,
                                  e.createdAt, e.pendingUntil, e.approvalsNeeded, e.denialsNeeded, e.breakGlass ? 1 : 0, e.approvedAt])
+            try Store.sealElevation(db, mac, e.id)
             return try self.commit(ticket, db)
         }
         if let event { ticket.markCommitted(event) }
@@ -211,7 +215,7 @@ extension Store {
                                 annotate: @escaping @Sendable (ElevationRecord) -> Void = { _ in }) async throws -> ElevationRecord {
         let mac = try recordMAC()
         let (after, event) = try await pool.write { db -> (ElevationRecord, AuditEvent?) in
-            guard let before = try Store.elevation(db, id) else { throw ElevationRefusal(.notFound, "no such elevation request") }
+            guard let before = try self.elevation(db, id) else { throw ElevationRefusal(.notFound, "no such elevation request") }
             let c = try decide(before)
             if let r = c.review {
                 try db.execute(sql: "INSERT INTO elevation_review (request_id, reviewer_uid, reviewer_user, verdict, comment, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -242,7 +246,8 @@ extension Store {
                 WHERE id = ?
                 """, arguments: [c.state?.rawValue, c.approvedAt, c.pendingUntil, c.activatedAt, c.endsAt, c.closedAt, c.closedBy, c.closeReason,
                                  c.token?.accessor, c.ackedAt, c.ackedBy, id])
-            let after = try Store.elevation(db, id)!
+            try Store.sealElevation(db, mac, id)
+            let after = try self.elevation(db, id)!
             annotate(after)  // the event says what the transition made, in the same commit
             return (after, try self.commit(ticket, db))
         }

@@ -13,7 +13,9 @@ public import GRDB
 /// - each version row: path, version, state, creation (an undelete or un-destroy by
 ///   hand; its value is bound to path and version by its AEAD already);
 /// - each token: every column but its label (roles, paths, expiry, uses, bound uid,
-///   parent, revocation, sign-in time, elevation).
+///   parent, revocation, sign-in time, elevation);
+/// - each elevation request with its reviews: every column that is set (role,
+///   requester, state, window, approvals needed and given, who closed it).
 ///
 /// What a MAC cannot see — a whole database put back to an older copy of itself, or a
 /// row deleted outright — is in the README ("Authenticated state").
@@ -52,6 +54,30 @@ public struct RecordMAC: Sendable {
                                 Self.int(r["authenticated_at"] as Int64?), Self.text(r["elevation_id"])])
     }
 
+    /// Every column that is set, by name (a column added later, NULL in old rows,
+    /// leaves their MACs valid), then each review the same way.
+    func elevation(_ request: Row, reviews: [Row]) -> [UInt8] {
+        var fields: [[UInt8]] = []
+        for row in [request] + reviews {
+            fields.append(Array("row".utf8))
+            for (name, value) in row.sorted(by: { $0.0 < $1.0 }) where name != "mac" && !value.isNull {
+                fields.append(Array(name.utf8))
+                fields.append(Self.value(value))
+            }
+        }
+        return mac("coffer-elevation-v1", fields)
+    }
+
+    static func value(_ v: DatabaseValue) -> [UInt8] {
+        switch v.storage {
+        case .null: [0]
+        case .int64(let i): [1] + Array(String(i).utf8)
+        case .double(let d): [2] + Array(String(d.bitPattern).utf8)
+        case .string(let s): [3] + Array(s.utf8)
+        case .blob(let b): [4] + [UInt8](b)
+        }
+    }
+
     static func matches(_ stored: Data?, _ expected: [UInt8]) -> Bool {
         guard let stored else { return false }
         return Hashing.constantTimeEquals([UInt8](stored), expected)
@@ -66,6 +92,7 @@ extension Store {
                 ALTER TABLE secret ADD COLUMN mac BLOB;
                 ALTER TABLE secret_version ADD COLUMN mac BLOB;
                 ALTER TABLE token ADD COLUMN mac BLOB;
+                ALTER TABLE elevation_request ADD COLUMN mac BLOB;
                 CREATE TABLE record_auth (adopted_at INTEGER NOT NULL) STRICT;
                 """)
         }
@@ -117,7 +144,22 @@ extension Store {
         }
     }
 
+    /// MACs an elevation request, with its reviews, as it now is.
+    static func sealElevation(_ db: Database, _ mac: RecordMAC, _ id: String) throws {
+        guard let r = try Row.fetchOne(db, sql: "SELECT * FROM elevation_request WHERE id = ?", arguments: [id]) else { return }
+        let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
+        try db.execute(sql: "UPDATE elevation_request SET mac = ? WHERE id = ?", arguments: [Data(mac.elevation(r, reviews: reviews)), id])
+    }
+
     // MARK: checking
+
+    func checkElevation(_ db: Database, _ r: Row) throws {
+        let id: String = r["id"]
+        let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
+        guard RecordMAC.matches(r["mac"], try recordMAC().elevation(r, reviews: reviews)) else {
+            throw Store.integrityError("the elevation request \(id)")
+        }
+    }
 
     func checkHead(_ path: String, current: Int, low: Int?, mac stored: Data?) throws {
         guard RecordMAC.matches(stored, try recordMAC().head(path: path, current: current, low: low)) else {
@@ -159,6 +201,7 @@ extension Store {
             }
             let tokens = try String.fetchAll(db, sql: "SELECT accessor FROM token WHERE mac IS NULL")
             try Store.sealTokens(db, mac, tokens)
+            for id in try String.fetchAll(db, sql: "SELECT id FROM elevation_request WHERE mac IS NULL") { try Store.sealElevation(db, mac, id) }
             try db.execute(sql: "INSERT INTO record_auth (adopted_at) VALUES (?)", arguments: [Int64(Date().timeIntervalSince1970 * 1000)])
             ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)" }
             return ((secrets.count, tokens.count), try self.commit(ticket, db))
@@ -195,6 +238,12 @@ extension Store {
             for t in try Row.fetchAll(db, sql: "SELECT * FROM token ORDER BY accessor") {
                 checked += 1
                 if !RecordMAC.matches(t["mac"], mac.token(t)) { bad.append("token \(t["accessor"] as String)") }
+            }
+            for e in try Row.fetchAll(db, sql: "SELECT * FROM elevation_request ORDER BY created_at, id") {
+                checked += 1
+                let id: String = e["id"]
+                let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
+                if !RecordMAC.matches(e["mac"], mac.elevation(e, reviews: reviews)) { bad.append("elevation request \(id)") }
             }
             return (checked, bad)
         }

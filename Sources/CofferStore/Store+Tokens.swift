@@ -236,12 +236,17 @@ extension Store {
 
     /// Deletes them (a background job's write: its ticket names `system:reaper`).
     public func reapTokens(before cutoff: Int64, ticket: AuditTicket) async throws -> Int {
+        let mac = try recordMAC()
         let (n, event) = try await pool.write { db -> (Int, AuditEvent?) in
-            try db.execute(sql: """
-                DELETE FROM token WHERE \(Store.reapCondition)
+            let reaped = """
+                SELECT accessor FROM token WHERE \(Store.reapCondition)
                   AND accessor NOT IN (SELECT parent FROM token WHERE parent IS NOT NULL AND NOT \(Store.reapCondition))
-                """, arguments: [cutoff])
+                """
+            // their elevation requests lose the link (ON DELETE SET NULL): MACed again below
+            let requests = try String.fetchAll(db, sql: "SELECT id FROM elevation_request WHERE token_accessor IN (\(reaped))", arguments: [cutoff])
+            try db.execute(sql: "DELETE FROM token WHERE accessor IN (\(reaped))", arguments: [cutoff])
             let n = db.changesCount
+            for id in requests { try Store.sealElevation(db, mac, id) }
             ticket.update { $0.path = "tokens:\(n)" }
             return (n, try self.commit(ticket, db))
         }

@@ -182,6 +182,25 @@ import Testing
         #expect(kept.first { $0["id"] as? String == id }?["state"] as? String == "ended" && kept.contains { $0["state"] as? String == "cancelled" }, "\(r.out)")
     }
 
+    /// Authenticated state: a request approved by hand in the database (its approvals
+    /// lowered, its state set) is an integrity error when used, not a window.
+    @Test func aRequestApprovedByHandIsRefused() throws {
+        let w = try World()
+        defer { w.d.stop() }
+        for u in [Self.requester, Self.lead1] { try w.signIn(u) }
+        var r = try w.elevate(Self.requester, ["request", "prod-db-admin", "--for", "1h", "--reason", "r", "--ticket", "OPS-7", "--format", "json"])
+        let id = try #require(json(r.out)["id"] as? String)
+        r = try w.elevate(Self.lead1, ["approve", id])
+        #expect(r.status == 0 && r.out.contains("approvals 1/2"), "\(r.out) \(r.stderr)")
+        w.d.stop()
+        _ = try sqlite(w.d.dbPath, "UPDATE elevation_request SET approvals_needed = 1, state = 'approved', approved_at = created_at WHERE id = '\(id)';")
+        try w.d.start()
+        r = try w.elevate(Self.requester, ["activate", id])
+        #expect(r.status != 0 && r.stderr.contains("the elevation request \(id) failed its integrity check"), "\(r.status) \(r.stderr)")
+        r = try w.d.coffer(["operator", "check"])
+        #expect(r.status == 9 && r.out.contains("elevation request \(id)"), "\(r.out)")
+    }
+
     @Test func concurrentApprovalsCountExactly() throws {
         let w = try World()
         defer { w.d.stop() }
