@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "cofferd",
             dependencies: [
-                "CofferServer", "CofferEngine", "CofferCore", "CCofferLinux",
+                "CofferServer", "CofferEngine", "CofferCore", "CofferAudit", "CofferCrypto", "CCofferLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

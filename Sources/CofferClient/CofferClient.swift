@@ -184,6 +184,15 @@ extension CofferClient {
         try decode(http.request("POST", "/v1/sys/keys/rotate"), as: KeyInfo.self)
     }
 
+    /// A backup file, as the daemon made it (manifest, signature, database snapshot).
+    public func backup() throws -> [UInt8] {
+        http.timeoutSeconds = 600
+        http.maxBodyBytes = 1 << 40
+        let r = try http.request("POST", "/v1/sys/backup")
+        guard r.status == 200 else { throw Self.apiError(r) }
+        return r.body
+    }
+
     public func integrityCheck() throws -> IntegrityResponse {
         try decode(http.request("GET", "/v1/sys/integrity"), as: IntegrityResponse.self)
     }

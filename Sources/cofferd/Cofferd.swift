@@ -1,6 +1,8 @@
 import ArgumentParser
 import CCofferLinux
+import CofferAudit
 import CofferCore
+import CofferCrypto
 import CofferEngine
 import CofferServer
 import Foundation
@@ -14,7 +16,7 @@ struct Cofferd: AsyncParsableCommand {
         abstract: "Coffer secrets broker daemon.",
         discussion: "Start with `cofferd dev` for a local broker in the current directory.",
         version: "0.1.0",
-        subcommands: [Dev.self, Init.self, Serve.self, Rekey.self]
+        subcommands: [Dev.self, Init.self, Serve.self, Rekey.self, Restore.self]
     )
 }
 
@@ -212,6 +214,85 @@ struct Serve: AsyncParsableCommand {
         } catch let e as CofferError {
             throw fail(e)
         }
+    }
+}
+
+struct Restore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Restore a backup (coffer operator backup) into a new state directory, checked before it is kept.",
+        discussion: """
+            Needs the key material of the Coffer that made it (keys.key_file of --config). The database is written \
+            to --state (default: the config's storage.state_dir; it must hold no database), opened with the key, and \
+            kept only if the manifest's signature verifies with that database's own audit key, its trail reaches \
+            the manifest's head and verifies, and every record's MAC matches; otherwise nothing is left behind.
+            """)
+
+    @Argument(help: "The backup file.")
+    var file: String
+
+    @Option(help: "Config file (its key file opens the backup).")
+    var config: String = CofferConfig.defaultPath
+
+    @Option(help: "The new state directory (overrides storage.state_dir).")
+    var state: String?
+
+    func run() async throws {
+        do {
+            try hardenProcess()
+            var c = try loadConfig(config)
+            if let state {
+                c.stateDir = URL(fileURLWithPath: state).standardizedFileURL.path
+                c.databasePath = nil
+            }
+            let logger = makeLogger(c.logLevel)
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw CofferError(.invalidParameter, "cannot read \(file)")
+            }
+            let parsed = try BackupFile.decode([UInt8](data))
+            guard Hex.encode(Hashing.sha256(parsed.database)) == parsed.manifest.sha256 else {
+                throw CofferError(.integrity, "the database in \(file) does not match its manifest (changed after the backup)")
+            }
+            try makeDirectory(c.stateDir)
+            let lock = try StateLock(stateDir: c.stateDir)
+            defer { withExtendedLifetime(lock) {} }
+            let db = c.resolvedDatabasePath
+            let made = [db, db + "-wal", db + "-shm", c.stateDir + "/audit.pub", c.stateDir + "/" + AuditAnchor.fileName]
+            guard !made.contains(where: { FileManager.default.fileExists(atPath: $0) }) else {
+                throw CofferError(.config, "\(c.stateDir) already holds a Coffer database; restore into a new state directory",
+                                  hint: "cofferd restore FILE --state NEWDIR")
+            }
+            let fd = open(db, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw CofferError(.config, "cannot create \(db): \(String(cString: strerror(errno)))") }
+            let written = parsed.database.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            let synced = fsync(fd) == 0
+            close(fd)
+            do throws(CofferError) {
+                guard written == parsed.database.count, synced else { throw CofferError(.config, "cannot write \(db)") }
+                try await Self.openAndCheck(c, parsed, logger: logger)
+            } catch {
+                for f in made { unlink(f) }
+                throw error
+            }
+            let m = parsed.manifest
+            print("cofferd: restored \(m.secrets) secrets, \(m.versions) versions and \(m.tokens) tokens into \(c.stateDir) (audit head seq \(m.auditHeadSeq), backup of \(Timestamp.string(millis: m.createdAt)))")
+            print("cofferd: start it with storage.state_dir = \"\(c.stateDir)\" and the same key file")
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+
+    static func openAndCheck(_ c: CofferConfig, _ parsed: BackupFile.Parsed, logger: Logger) async throws(CofferError) {
+        let store = try policies(for: c, logger: logger)
+        let engine: SecretEngine
+        do {
+            engine = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: store,
+                                                 logger: logger, reanchorAudit: true, create: false)
+        } catch {
+            guard error.code == .keyFile else { throw error }
+            throw CofferError(.integrity, "the backup was made by another Coffer: \(c.keyFile) does not open it (\(error.message))",
+                              hint: "restore with the key file of the Coffer that made it (--config pointing at it)")
+        }
+        try await engine.checkRestored(parsed)
     }
 }
 

@@ -5,6 +5,7 @@ import CofferEngine
 import CofferStore
 import Foundation
 import Hummingbird
+import NIOCore
 
 /// /v1/sys/keys and /v1/sys/unseal: the keyring (admin). A sealed daemon answers
 /// unseal in `SealedResponder`; once open, unseal is a no-op that says so.
@@ -15,10 +16,22 @@ extension APIResponder {
             .init(.post, "key_rotate") { r, i throws(CofferError) in try await r.rotateKey(i) },
         ]),
         Endpoint("unseal", .exact("/v1/sys/unseal"), [.init(.post, "unseal") { r, i throws(CofferError) in try await r.unsealOpen(i) }]),
+        Endpoint("backup", .exact("/v1/sys/backup"), [.init(.post, "backup") { r, i throws(CofferError) in try await r.backup(i) }]),
         Endpoint("integrity_check", .exact("/v1/sys/integrity"), [
             .init(.get, "integrity_check") { r, i throws(CofferError) in try await r.integrityCheck(i) },
         ]),
     ]
+
+    /// A backup file (admin): manifest, signature and the database snapshot.
+    func backup(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        let (file, manifest) = try await engine.backup(principal, ticket: i.ticket)
+        i.ticket.update { $0.details["audit_head_seq"] = .number(manifest.auditHeadSeq); $0.details["secrets"] = .number(Int64(manifest.secrets)) }
+        var buffer = ByteBuffer()
+        buffer.writeBytes(file)
+        return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: buffer))
+    }
 
     func integrityCheck(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
