@@ -132,6 +132,17 @@ public final class SecretEngine: Sendable {
     func authenticateRecords() async throws(CofferError) {
         let ticket = gate.ticket(for: .system("upgrade"), action: "records_authenticated")
         do {
+            if try store.recordsAdopted() { return }
+            // Adoption MACs whatever the rows say: only on a trail that verifies whole,
+            // so that no edited event (the one that recorded an earlier adoption, say)
+            // can make it launder edited rows.
+            let chain = try store.auditChain()
+            if case .bad(let seq, let problem) = AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey,
+                                                                       anchor: audit.anchor, mac: audit.mac) {
+                logger.critical("the audit trail does not verify; records without a MAC are not adopted and stay refused",
+                                metadata: ["audit.seq": "\(seq)", "problem": "\(problem)"])
+                return
+            }
             if let n = try await store.adoptRecordMACs(ticket: ticket) {
                 logger.notice("records authenticated (secrets and tokens are MACed from now on)",
                               metadata: ["secrets": "\(n.secrets)", "tokens": "\(n.tokens)"])

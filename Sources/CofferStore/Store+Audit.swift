@@ -274,6 +274,11 @@ extension Store {
                 throw CofferError(.invalidParameter, "there is no checkpoint at seq \(seq)", hint: "prune through a checkpoint: see coffer audit verify")
             }
             try willPrune(seq)
+            // the adoption of authenticated records outlives the event that recorded it:
+            // the prune's own event (hashed into the chain) says it had happened
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_auth") ?? 0 > 0 {
+                ticket.update { $0.details["records_authenticated"] = .text("before this prune") }
+            }
             try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
             let n = db.changesCount
             try db.execute(sql: "DELETE FROM audit_checkpoint WHERE seq < ?", arguments: [seq])

@@ -231,11 +231,15 @@ extension Store {
                 try Store.sealTokens(db, mac, [t.accessor])
             }
             if c.revokeToken, let a = before.tokenAccessor {
+                let tree = try String.fetchAll(db, sql: """
+                    WITH RECURSIVE tree(a) AS (SELECT ? UNION SELECT t.accessor FROM token t JOIN tree ON t.parent = tree.a) SELECT a FROM tree
+                    """, arguments: [a])
+                let valid = try Store.validTokens(db, mac, tree)
                 let revoked = try String.fetchAll(db, sql: """
                     WITH RECURSIVE tree(a) AS (SELECT ? UNION SELECT t.accessor FROM token t JOIN tree ON t.parent = tree.a)
                     UPDATE token SET revoked_at = ? WHERE accessor IN (SELECT a FROM tree) AND revoked_at IS NULL RETURNING accessor
                     """, arguments: [a, now])
-                try Store.sealTokens(db, mac, revoked)
+                try Store.sealTokens(db, mac, revoked.filter { valid.contains($0) })
             }
             try db.execute(sql: """
                 UPDATE elevation_request SET state = coalesce(?, state), approved_at = coalesce(?, approved_at),

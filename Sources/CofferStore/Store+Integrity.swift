@@ -10,8 +10,9 @@ public import GRDB
 ///
 /// - a secret's head: path, current version and lowest retained version (a rollback
 ///   that deletes the newest version and sets the head back, or drops an old version);
-/// - each version row: path, version, state, creation (an undelete or un-destroy by
-///   hand; its value is bound to path and version by its AEAD already);
+/// - each version row: path, version, state, creation (time, uid, user name): an
+///   undelete or un-destroy by hand; its value is bound to path and version by its
+///   AEAD already;
 /// - each token: every column but its label (roles, paths, expiry, uses, bound uid,
 ///   parent, revocation, sign-in time, elevation);
 /// - each elevation request with its reviews: every column that is set (role,
@@ -43,7 +44,7 @@ public struct RecordMAC: Sendable {
     func version(path: String, _ r: Row) -> [UInt8] {
         mac("coffer-secret-version-v1", [Self.text(path), Self.int(r["version"] as Int64?), Self.text(r["state"]),
                                          Self.int(r["created_at"] as Int64?), Self.int(r["created_uid"] as Int64?),
-                                         Self.int(r["size"] as Int64?)])
+                                         Self.int(r["size"] as Int64?), Self.text(r["created_user"])])
     }
 
     func token(_ r: Row) -> [UInt8] {
@@ -126,7 +127,7 @@ extension Store {
 
     /// MACs the given versions of a secret as they now are.
     static func sealVersions(_ db: Database, _ mac: RecordMAC, id: Int64, path: String, versions: [Int]? = nil) throws {
-        let rows = try Row.fetchAll(db, sql: "SELECT version, state, created_at, created_uid, size FROM secret_version WHERE secret_id = ?",
+        let rows = try Row.fetchAll(db, sql: "SELECT version, state, created_at, created_uid, created_user, size FROM secret_version WHERE secret_id = ?",
                                     arguments: [id])
         for r in rows {
             let v: Int = r["version"]
@@ -134,6 +135,24 @@ extension Store {
             try db.execute(sql: "UPDATE secret_version SET mac = ? WHERE secret_id = ? AND version = ?",
                            arguments: [Data(mac.version(path: path, r)), id, v])
         }
+    }
+
+    /// Those of the tokens whose MAC matches now: a change made on them (a revocation)
+    /// is MACed again only for these, so a change never launders a row edited by hand.
+    static func validTokens(_ db: Database, _ mac: RecordMAC, _ accessors: [String]) throws -> Set<String> {
+        var valid = Set<String>()
+        for a in accessors {
+            if let r = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [a]), RecordMAC.matches(r["mac"], mac.token(r)) {
+                valid.insert(a)
+            }
+        }
+        return valid
+    }
+
+    static func validElevation(_ db: Database, _ mac: RecordMAC, _ id: String) throws -> Bool {
+        guard let r = try Row.fetchOne(db, sql: "SELECT * FROM elevation_request WHERE id = ?", arguments: [id]) else { return false }
+        let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
+        return RecordMAC.matches(r["mac"], mac.elevation(r, reviews: reviews))
     }
 
     /// MACs the given tokens as they now are.
@@ -149,6 +168,16 @@ extension Store {
         guard let r = try Row.fetchOne(db, sql: "SELECT * FROM elevation_request WHERE id = ?", arguments: [id]) else { return }
         let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
         try db.execute(sql: "UPDATE elevation_request SET mac = ? WHERE id = ?", arguments: [Data(mac.elevation(r, reviews: reviews)), id])
+    }
+
+    /// True when `versions` (ascending) are exactly low...current. Checked arithmetic:
+    /// the numbers come from a database someone may have edited.
+    static func contiguous(_ versions: [Int], low: Int, current: Int) -> Bool {
+        guard low >= 1, current >= low else { return false }
+        let (span, overflow) = current.subtractingReportingOverflow(low)
+        guard !overflow, span < versions.count + 1, span + 1 == versions.count else { return false }
+        for (i, v) in versions.enumerated() where v != low + i { return false }
+        return true
     }
 
     // MARK: checking
@@ -187,11 +216,19 @@ extension Store {
     /// marker is gone but the trail says it was done, nothing is adopted: records
     /// without a MAC stay integrity errors (someone removed the marker to have them
     /// accepted).
+    /// True once this database's records were adopted.
+    public func recordsAdopted() throws -> Bool {
+        try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM record_auth") ?? 0 > 0 }
+    }
+
     public func adoptRecordMACs(ticket: AuditTicket) async throws -> (secrets: Int, tokens: Int)? {
         let mac = try recordMAC()
         let (result, event) = try await pool.write { db -> ((Int, Int)?, AuditEvent?) in
             guard try Int.fetchOne(db, sql: "SELECT count(*) FROM record_auth") == 0 else { return (nil, nil) }
-            if try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_event WHERE action = 'records_authenticated'") ?? 0 > 0 {
+            if try Int.fetchOne(db, sql: """
+                SELECT count(*) FROM audit_event
+                WHERE action = 'records_authenticated' OR (action = 'audit_prune' AND instr(details, CAST('records_authenticated' AS BLOB)) > 0)
+                """) ?? 0 > 0 {
                 throw Store.integrityError("the marker of authenticated records")
             }
             let secrets = try Row.fetchAll(db, sql: "SELECT id, path FROM secret WHERE mac IS NULL")
@@ -210,11 +247,17 @@ extension Store {
         return result
     }
 
+    /// Triggers and views, which Coffer never makes ("trigger t_unrevoke").
+    static func foreignSchemaObjects(_ db: Database) throws -> [String] {
+        try Row.fetchAll(db, sql: "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name")
+            .map { "\($0["type"] as String) \($0["name"] as String)" }
+    }
+
     /// Every record whose MAC does not match, named (never a value).
     public func integrityScan() throws -> (checked: Int, bad: [String]) {
         let mac = try recordMAC()
         return try pool.read { db in
-            var bad: [String] = []
+            var bad: [String] = try Store.foreignSchemaObjects(db).map { "schema: \($0) was not made by Coffer" }
             var checked = 0
             for s in try Row.fetchAll(db, sql: "SELECT id, path, current_version, low_version, mac FROM secret ORDER BY path") {
                 let path: String = s["path"]
@@ -223,11 +266,11 @@ extension Store {
                     bad.append("secret \(path): head")
                 }
                 let versions = try Row.fetchAll(db, sql: """
-                    SELECT version, state, created_at, created_uid, size, mac FROM secret_version WHERE secret_id = ? ORDER BY version
+                    SELECT version, state, created_at, created_uid, created_user, size, mac FROM secret_version WHERE secret_id = ? ORDER BY version
                     """, arguments: [s["id"] as Int64])
                 let low: Int? = s["low_version"]
                 let current: Int = s["current_version"]
-                if let low, versions.map({ $0["version"] as Int }) != Array(low...max(low, current)) {
+                if let low, !Store.contiguous(versions.map { $0["version"] as Int }, low: low, current: current) {
                     bad.append("secret \(path): versions \(low)...\(current) are not all there")
                 }
                 for v in versions {

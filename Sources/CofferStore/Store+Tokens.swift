@@ -207,12 +207,14 @@ extension Store {
                 )
                 SELECT a FROM tree
                 """, arguments: [accessor])
+            let valid = try Store.validTokens(db, mac, tree)
             var revoked: [String] = []
             for a in tree {
                 try db.execute(sql: "UPDATE token SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL", arguments: [now, a])
                 if db.changesCount == 1 { revoked.append(a) }
             }
-            try Store.sealTokens(db, mac, revoked)
+            // revoked either way; MACed again only where the MAC held (no laundering)
+            try Store.sealTokens(db, mac, revoked.filter { valid.contains($0) })
             return (revoked, try self.commit(ticket, db))
         }
         if let event { ticket.markCommitted(event) }
@@ -244,6 +246,7 @@ extension Store {
                 """
             // their elevation requests lose the link (ON DELETE SET NULL): MACed again below
             let requests = try String.fetchAll(db, sql: "SELECT id FROM elevation_request WHERE token_accessor IN (\(reaped))", arguments: [cutoff])
+                .filter { try Store.validElevation(db, mac, $0) }
             try db.execute(sql: "DELETE FROM token WHERE accessor IN (\(reaped))", arguments: [cutoff])
             let n = db.changesCount
             for id in requests { try Store.sealElevation(db, mac, id) }

@@ -48,6 +48,11 @@ public final class Store: Sendable {
             try db.execute(sql: "PRAGMA synchronous = \(level)")
         }
         let before = try pool.read { try Store.migrator.appliedIdentifiers($0) }
+        // Coffer makes no triggers or views: one planted in the file would run inside
+        // the daemon's own transactions (undo a revocation, restore an old MAC)
+        if let foreign = try pool.read({ try Store.foreignSchemaObjects($0) }).first {
+            throw Store.integrityError("the database schema (\(foreign) was not made by Coffer)")
+        }
         try Store.migrator.migrate(pool)
         self.pool = pool
         self.path = path
@@ -143,7 +148,7 @@ public final class Store: Sendable {
             FROM secret_version WHERE secret_id = ? ORDER BY version
             """, arguments: [id])
         for r in rows { try checkVersion(path, r) }
-        guard let low, rows.map({ $0["version"] as Int }) == Array(low...max(low, current)) else {
+        guard let low, Store.contiguous(rows.map { $0["version"] as Int }, low: low, current: current) else {
             throw Store.integrityError("the versions of the secret \(path)")
         }
         return SecretRecord(path: path, currentVersion: current, createdAt: row["created_at"],

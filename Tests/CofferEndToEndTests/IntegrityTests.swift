@@ -136,4 +136,91 @@ import Testing
         c = try check(d)
         #expect(c.status == 0, "\(c.out)")
     }
+
+    // MARK: what the attack review found (each failed before its fix)
+
+    /// Renaming the event that recorded the adoption does not get edited rows adopted:
+    /// adoption runs only on a trail that verifies whole.
+    @Test func aRenamedAdoptionEventDoesNotLaunder() throws {
+        var token = ""
+        let d = try tampered({ (d: Daemon) throws in
+            token = try d.coffer(["token", "create", "--role", "admin", "--uses", "1", "--ttl", "10m"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try d.coffer(["secret", "put", "app/r"], stdin: Array("r".utf8)).status == 0)
+        }, """
+            DELETE FROM record_auth;
+            UPDATE token SET uses_left = NULL, expires_at = 4102444800000, mac = NULL;
+            UPDATE audit_event SET action = 'status' WHERE action = 'records_authenticated';
+            """)
+        let (code, body) = try d.curl("GET", "/v1/secrets/data/app/r", headers: ["X-Coffer-Token: \(token)"])
+        #expect(code == 500 && errorCode(body) == "integrity_error", "\(code) \(body)")
+        #expect(d.log.contains("records without a MAC are not adopted"), "\(d.log)")
+    }
+
+    /// A trigger planted in the file would run inside the daemon's own transactions
+    /// (here: undo every revocation): the daemon refuses to start on it.
+    @Test func aPlantedTriggerStopsTheStart() throws {
+        let d = try Daemon()
+        try d.start()
+        d.stop()
+        _ = try sqlite(d.dbPath, """
+            CREATE TRIGGER t_unrevoke AFTER UPDATE OF revoked_at ON token WHEN OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL
+            BEGIN UPDATE token SET revoked_at = NULL, mac = OLD.mac WHERE accessor = NEW.accessor; END;
+            """)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("trigger t_unrevoke was not made by Coffer"), "\(d.log)")
+    }
+
+    /// A head whose numbers were set absurdly large is an integrity error, for reads and
+    /// for the scan, and neither exhausts nor crashes the daemon.
+    @Test func absurdVersionNumbersAreNamedNotFatal() throws {
+        let d = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/big"], stdin: Array("b".utf8)).status == 0)
+            #expect(try d.coffer(["secret", "put", "app/neg"], stdin: Array("n".utf8)).status == 0)
+        }, """
+            UPDATE secret SET current_version = 9223372036854775807 WHERE path = 'app/big';
+            UPDATE secret SET low_version = -9223372036854775808 WHERE path = 'app/neg';
+            """)
+        #expect(try d.coffer(["secret", "versions", "app/big"]).stderr.contains("failed its integrity check"))
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("secret app/big: head") && c.out.contains("secret app/neg: head"), "\(c.out) \(c.stderr)")
+        #expect(try d.curl("GET", "/v1/sys/health").0 == 200, "the daemon is still up")
+    }
+
+    /// Revoking the parent of a token edited by hand revokes it without making its
+    /// edited row valid again; an edited creator name is caught too.
+    @Test func aRevocationDoesNotLaunderAnEditedChild() throws {
+        var parentAccessor = ""
+        let d = try tampered({ (d: Daemon) throws in
+            let parent = try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "parent"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+            let child = try run(Bins.coffer, ["token", "create", "--role", "admin", "--ttl", "10m", "--name", "child", "--socket", d.socket],
+                                env: ["COFFER_TOKEN": parent])
+            #expect(child.status == 0, "\(child.stderr)")
+            let list = try d.coffer(["token", "list", "--format", "json"]).out
+            let tokens = (try JSONSerialization.jsonObject(with: Data(list.utf8)) as? [String: Any])?["tokens"] as? [[String: Any]] ?? []
+            parentAccessor = tokens.first { $0["name"] as? String == "parent" }?["accessor"] as? String ?? ""
+            #expect(try d.coffer(["secret", "put", "app/u"], stdin: Array("u".utf8)).status == 0)
+        }, """
+            UPDATE token SET expires_at = 4102444800000 WHERE name = 'child';
+            UPDATE secret_version SET created_user = 'mallory';
+            """)
+        #expect(try d.coffer(["token", "revoke", parentAccessor]).status == 0)
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("token acc_") && c.out.contains("secret app/u: version 1"), "\(c.out)")
+    }
+
+    /// After `audit prune` removed the adoption event, its prune event still says the
+    /// adoption happened: removing the marker does not get edited rows adopted.
+    @Test func aPruneDoesNotOpenTheWayToReadoption() throws {
+        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5")
+        try d.start()
+        for i in 0..<12 { #expect(try d.coffer(["secret", "put", "app/p\(i)"], stdin: Array("p\(i)".utf8)).status == 0) }
+        let through = try sqlite(d.dbPath, "SELECT max(seq) FROM audit_checkpoint WHERE seq < (SELECT max(seq) FROM audit_event);")
+        #expect(try d.coffer(["audit", "prune", "--through", through]).status == 0)
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM audit_event WHERE action = 'records_authenticated';") == "0")
+        d.stop()
+        _ = try sqlite(d.dbPath, "DELETE FROM record_auth; UPDATE secret SET current_version = 1, mac = NULL WHERE path = 'app/p0';")
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "app/p0"]).stderr.contains("failed its integrity check"))
+    }
 }
