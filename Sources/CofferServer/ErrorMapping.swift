@@ -42,4 +42,9 @@ public enum ErrorMapping {
         }
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
+
+    /// A body that is not JSON (metrics text, a backup file, an NDJSON export).
+    static func bytes(_ bytes: [UInt8], contentType: String) -> Response {
+        Response(status: .ok, headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
 }

@@ -28,9 +28,7 @@ extension APIResponder {
         try noQuery(i.request, allowed: [])
         let (file, manifest) = try await engine.backup(principal, ticket: i.ticket)
         i.ticket.update { $0.details["audit_head_seq"] = .number(manifest.auditHeadSeq); $0.details["secrets"] = .number(Int64(manifest.secrets)) }
-        var buffer = ByteBuffer()
-        buffer.writeBytes(file)
-        return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: buffer))
+        return ErrorMapping.bytes(file, contentType: "application/octet-stream")
     }
 
     func integrityCheck(_ i: RouteInput) async throws(CofferError) -> Response {

@@ -48,9 +48,7 @@ extension APIResponder {
     }
 
     static func metricsResponse(_ bytes: [UInt8]) -> Response {
-        var buffer = ByteBuffer()
-        buffer.writeBytes(bytes)
-        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: buffer))
+        ErrorMapping.bytes(bytes, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
     func reloadPolicy(_ i: RouteInput) async throws(CofferError) -> Response {
