@@ -383,7 +383,8 @@ public struct SSHCertificate: Sendable, Equatable {
 public enum SSHKRL {
     public static let magic: UInt64 = 0x5353_484b_524c_0a00  // "SSHKRL\n\0"
 
-    public static func encode(version: UInt64, generatedAt: UInt64, caKeyBlob: [UInt8], serials: [UInt64], comment: String = "coffer") -> [UInt8] {
+    public static func encode(version: UInt64, generatedAt: UInt64, caKeyBlob: [UInt8], serials: [UInt64], keyIDs: [String] = [],
+                              comment: String = "coffer") -> [UInt8] {
         var w = SSHWriter()
         w.u64(magic)
         w.u32(1)  // format version
@@ -393,14 +394,23 @@ public enum SSHKRL {
         w.string([UInt8]())  // reserved
         w.string(comment)
         let list = Array(Set(serials.filter { $0 != 0 })).sorted()
-        if !list.isEmpty {
+        let ids = Array(Set(keyIDs.filter { !$0.isEmpty })).sorted()
+        if !list.isEmpty || !ids.isEmpty {
             var section = SSHWriter()
             section.string(caKeyBlob)
             section.string([UInt8]())  // reserved
-            section.byte(0x20)  // KRL_SECTION_CERT_SERIAL_LIST
-            var serialList = SSHWriter()
-            for s in list { serialList.u64(s) }
-            section.string(serialList.bytes)
+            if !list.isEmpty {
+                section.byte(0x20)  // KRL_SECTION_CERT_SERIAL_LIST
+                var serialList = SSHWriter()
+                for s in list { serialList.u64(s) }
+                section.string(serialList.bytes)
+            }
+            if !ids.isEmpty {
+                section.byte(0x23)  // KRL_SECTION_CERT_KEY_ID
+                var idList = SSHWriter()
+                for id in ids { idList.string(id) }
+                section.string(idList.bytes)
+            }
             w.byte(1)  // KRL_SECTION_CERTIFICATES
             w.string(section.bytes)
         }

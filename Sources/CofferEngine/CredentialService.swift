@@ -316,8 +316,10 @@ public final class CredentialService: Sendable {
         do throws(CofferError) {
             try krlVersion.withLock { version throws(CofferError) in
                 let serials = try errors.call { try store.revokedSerials(now: clock.nowMillis()) }
+                let keyIDs = try errors.call { try store.revokedKeyIDs(now: clock.nowMillis()) }
                 version = max(version + 1, UInt64(max(0, clock.nowMillis())))
-                let bytes = SSHKRL.encode(version: version, generatedAt: UInt64(max(0, clock.nowMillis() / 1000)), caKeyBlob: caKeyBlob, serials: serials)
+                let bytes = SSHKRL.encode(version: version, generatedAt: UInt64(max(0, clock.nowMillis() / 1000)), caKeyBlob: caKeyBlob,
+                                          serials: serials, keyIDs: keyIDs)
                 try Self.writeAtomically(bytes, to: path, mode: 0o644)
             }
             krlDirty.store(false, ordering: .relaxed)

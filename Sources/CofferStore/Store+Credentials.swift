@@ -209,6 +209,29 @@ extension Store {
         }
     }
 
+    /// The certificate key ids ("coffer:REQUEST:USER") of every elevation that was
+    /// activated and is over (or whose MAC fails: revoked rather than trusted), within
+    /// the longest a certificate of it can still be valid. Taken from the MACed
+    /// elevation rows, not the credential rows: an edited serial does not keep a
+    /// certificate out of the KRL.
+    public func revokedKeyIDs(now: Int64) throws -> [String] {
+        let mac = try recordMAC()
+        return try pool.read { db in
+            var ids: [String] = []
+            for r in try Row.fetchAll(db, sql: """
+                SELECT * FROM elevation_request WHERE activated_at IS NOT NULL AND coalesce(ends_at, 0) > ?
+                """, arguments: [now - 300_000]) {
+                let id: String = r["id"]
+                let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
+                let trusted = RecordMAC.matches(r["mac"], mac.elevation(r, reviews: reviews))
+                guard !trusted || (r["state"] as String) != "active" else { continue }
+                let user = (r["requester_user"] as String?) ?? "uid:\(r["requester_uid"] as Int64)"
+                ids.append("coffer:\(id):\(user)")
+            }
+            return ids
+        }
+    }
+
     public func credentials(elevationID: String) throws -> [CredentialRecord] {
         try pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM credential WHERE elevation_id = ? ORDER BY issued_at", arguments: [elevationID]).map(Store.credential)

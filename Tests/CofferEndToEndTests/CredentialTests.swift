@@ -341,6 +341,13 @@ import Testing
         #expect(fq.status == 0 && fq.out.contains("ok"), "\(fq.out) \(fq.stderr)")
         r = try w.ssh(key: "ed", cert: cert, "true")
         #expect(r.status == 255 && w.sshdText.contains("revoked by file \(w.krl)"), "\(r.stderr)")
+        // a serial edited in the database does not keep a certificate out of the KRL:
+        // it is revoked by its key id too, taken from the MACed elevation row
+        _ = try sqlite(w.d.dbPath, "UPDATE credential SET serial = serial + 1 WHERE elevation_id = '\(stranger)';")
+        r = try w.coffer(Self.user, ["elevate", "end", stranger])
+        #expect(r.status == 0, "\(r.stderr)")
+        let sq = try Self.keygen(["-Q", "-f", w.krl, scert])
+        #expect(sq.status != 0 && sq.out.contains("REVOKED"), "\(sq.out) \(sq.stderr)")
         // a certificate for an ended elevation is not issued
         let late = try w.coffer(Self.user, ["ssh", "sign", id, "--pubkey", w.dir + "/ed.pub"])
         #expect(late.status != 0 && late.stderr.contains("not active"), "\(late.stderr)")
@@ -419,7 +426,11 @@ import Testing
         #expect(Self.waitFor(end.timeIntervalSinceNow + 6) { !Self.remote(6013) }, "the session outlived the window by more than 6 s")
         Thread.sleep(until: end.addingTimeInterval(1))
         let r = try w.ssh(key: "ed", cert: cert, "true")
-        #expect(r.status == 255 && w.sshdText.contains("Certificate invalid: expired"), "\(r.stderr) \(w.sshdText.suffix(400))")
+        // refused: past its validity, and in the KRL by key id since the window expired
+        #expect(r.status == 255 && (w.sshdText.contains("Certificate invalid: expired") || w.sshdText.contains("revoked by file \(w.krl)")),
+                "\(r.stderr) \(w.sshdText.suffix(400))")
+        let q = try Self.keygen(["-Q", "-f", w.krl, cert])
+        #expect(q.status != 0 && q.out.contains("REVOKED"), "an expired window's certificate is in the KRL: \(q.out)")
     }
 
     @Test func badRequestsIssueNothingAndEachLeavesOneEvent() throws {
