@@ -222,11 +222,18 @@ public struct StatusResponse: Codable, Sendable {
     public var maxVersions: Int
     public var caller: Caller
     public var decision: String
+    /// How the root key is held: keyfile, passphrase or shares.
+    public var unseal: String?
+    /// While sealed and held by shares: the shares given in this round, of how many.
+    public var sharesGiven: Int?
+    public var threshold: Int?
+    /// A key rotation's progress (the last one, while it runs).
+    public var rotation: RotationInfo?
 
     enum CodingKeys: String, CodingKey {
         case version, unlocked, sealed, devMode = "dev_mode", uptimeSeconds = "uptime_seconds", secrets,
              keyID = "key_id", activeKeyID = "active_key_id", durability, maxValueBytes = "max_value_bytes", maxVersions = "max_versions",
-             caller, decision
+             caller, decision, unseal, sharesGiven = "shares_given", threshold, rotation
     }
 
     public init(version: String, sealed: Bool, devMode: Bool, uptimeSeconds: Int, secrets: Int?, keyID: String?, activeKeyID: String?,

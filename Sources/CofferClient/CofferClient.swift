@@ -310,3 +310,28 @@ extension CofferClient {
                                 body: Self.json(SSHSessionRequest(certificate: certificate, user: user))), as: SSHSessionResponse.self)
     }
 }
+
+extension CofferClient {
+    /// One unseal step: a passphrase, one share, or a reset of the share round.
+    public func unseal(_ request: UnsealRequest) throws -> UnsealResponse {
+        http.timeoutSeconds = max(http.timeoutSeconds, 120)  // Argon2id at its highest limits
+        var body = Array(try JSONEncoder().encode(request))
+        defer { for i in body.indices { body[i] = 0 } }
+        return try decode(http.request("POST", "/v1/sys/unseal", headers: [("Content-Type", "application/json")], body: body), as: UnsealResponse.self)
+    }
+
+    public func seal() throws -> SealResponse {
+        try decode(http.request("POST", "/v1/sys/seal"), as: SealResponse.self)
+    }
+
+    public func rekey(_ request: RekeyRequest) throws -> RekeyResponse {
+        http.timeoutSeconds = max(http.timeoutSeconds, 120)
+        var body = Array(try JSONEncoder().encode(request))
+        defer { for i in body.indices { body[i] = 0 } }
+        return try decode(http.request("POST", "/v1/sys/rekey", headers: [("Content-Type", "application/json")], body: body), as: RekeyResponse.self)
+    }
+
+    public func rotate() throws -> RotationInfo {
+        try decode(http.request("POST", "/v1/sys/rotate"), as: RotationInfo.self)
+    }
+}

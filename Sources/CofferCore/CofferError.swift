@@ -30,6 +30,8 @@ public struct CofferError: Error, Sendable, Equatable, CustomStringConvertible {
         case freshLoginRequired = "fresh_login_required"
         case tooManyRuns = "too_many_runs"
         case networkNotIsolated = "network_not_isolated"
+        case rateLimited = "rate_limited"
+        case conflict = "conflict"
         // daemon's state
         case sealed = "sealed"
         case mountFailed = "mount_failed"
@@ -70,8 +72,8 @@ extension CofferError.Code {
         case .methodNotAllowed: 405
         case .unauthenticated, .tokenUnknown, .tokenExpired, .tokenRevoked, .tokenExhausted, .tokenWrongUID, .freshLoginRequired, .loginFailed: 401
         case .permissionDenied, .approvalRequired, .networkNotIsolated: 403
-        case .casMismatch: 409
-        case .tooManyRuns: 429
+        case .casMismatch, .conflict: 409
+        case .tooManyRuns, .rateLimited: 429
         case .sealed, .storage, .auditUnavailable, .mountFailed: 503
         case .integrity, .internal, .config, .keyFile: 500
         }

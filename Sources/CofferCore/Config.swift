@@ -30,6 +30,11 @@ public struct CofferConfig: Sendable, Equatable {
     public var durability: Durability = .full
     // [keys]
     public var keyFile: String = "/var/lib/coffer/keys/root.key"
+    /// How the root key is held, as the configuration expects it: "key-file",
+    /// "passphrase" or "shares" (the database records the truth; a mismatch refuses to start).
+    public var unlock = "key-file"
+    /// A partial round of Shamir shares is discarded after this long untouched.
+    public var unsealRoundSeconds = 600
     /// Start without reading the key: sealed until an admin unseals.
     public var startSealed: Bool = false
     // [access]
@@ -160,9 +165,18 @@ public struct CofferConfig: Sendable, Equatable {
             }
         }
         if var t = try r.table("keys") {
-            try t.allowOnly(["unlock", "key_file", "start_sealed"])
-            if let v = try t.string("unlock"), v != "key-file" {
-                throw t.error("unlock", "unlock must be \"key-file\" (passphrase and Shamir unlock are not available yet)")
+            try t.allowOnly(["unlock", "key_file", "start_sealed", "unseal_round_timeout"])
+            if let v = try t.string("unlock") {
+                guard ["key-file", "passphrase", "shares"].contains(v) else {
+                    throw t.error("unlock", "unlock must be \"key-file\", \"passphrase\" or \"shares\" (as `cofferd init --unseal` made the database)")
+                }
+                c.unlock = v
+            }
+            if let v = try t.string("unseal_round_timeout") {
+                guard let s = DurationText.seconds(v), s >= 5, s <= 86400 else {
+                    throw t.error("unseal_round_timeout", "'keys.unseal_round_timeout' must be a duration like \"10m\" (5s to 1d)")
+                }
+                c.unsealRoundSeconds = s
             }
             if let v = try t.string("key_file") { c.keyFile = v }
             if let v = try t.bool("start_sealed") { c.startSealed = v }

@@ -37,7 +37,7 @@ public final class CredentialService: Sendable {
 
     public let settings: Settings
     let store: Store
-    let root: RootKey
+    let keyring: Keyring
     let policies: PolicyStore
     let errors: StoreErrorMapper
     let clock: any WallClock
@@ -71,11 +71,11 @@ public final class CredentialService: Sendable {
         return ActiveKeys(ca: try open(.sshCA), jwt: try open(.jwt))
     }
 
-    init(settings: Settings, keys: ActiveKeys, store: Store, root: RootKey, policies: PolicyStore, gate: Gate, errors: StoreErrorMapper,
+    init(settings: Settings, keys: ActiveKeys, store: Store, keyring: Keyring, policies: PolicyStore, gate: Gate, errors: StoreErrorMapper,
          clock: any WallClock, logger: Logger) {
         self.settings = settings
         self.store = store
-        self.root = root
+        self.keyring = keyring
         self.policies = policies
         self.gate = gate
         self.errors = errors
@@ -215,6 +215,7 @@ public final class CredentialService: Sendable {
     }
 
     public func rotateJWTKey(_ g: Grant) async throws(CofferError) -> String {
+        let root = keyring.root
         let record = try root.newSigningKey(.jwt, now: clock.nowMillis())
         let opened = try Self.openKey(record, root: root)
         g.ticket.update { $0.details["key_id"] = .text(record.keyID) }
@@ -601,5 +602,13 @@ public final class CredentialService: Sendable {
             self.logger.info("ssh session ended", metadata: ["elevation.id": "\(s.elevationID)", "serial": "\(s.serial)", "hangup": "\(hup)",
                                                               "killed": "\(killed)"])
         }
+    }
+}
+
+extension CredentialService {
+    /// Zeroes the open CA and JWT keys (a seal).
+    func wipeKeys() {
+        ca.secretKey.wipe()
+        jwtKey.withLock { $0.secretKey.wipe() }
     }
 }

@@ -1,6 +1,7 @@
 import CCofferLinux
 public import CofferCore
 public import CofferCrypto
+public import CofferStore
 import Foundation
 import Synchronization
 
@@ -56,6 +57,20 @@ public enum KeyFile {
             throw CofferError(.keyFile, "cannot sync the key directory \(dir)")
         }
         close(dfd)
+    }
+
+    /// A key as a key file's text (one line, in guarded memory): a rekey to a new key
+    /// file hands it over once.
+    public static func text(_ key: SecretBytes) -> SecretBytes {
+        var text = header
+        key.withUnsafeBytes { raw in
+            for b in raw {
+                text.append(hexDigit(b >> 4))
+                text.append(hexDigit(b & 0x0F))
+            }
+        }
+        text.append(0x0A)
+        return (try? SecretBytes(consuming: &text)) ?? { fatalError("cannot allocate guarded memory for a key") }()
     }
 
     /// Loads the root key. Refuses a missing file, a symlink, a file readable or
@@ -134,21 +149,18 @@ public enum KeyFile {
     }
 }
 
-/// How the daemon obtains its root key. Key-file unlock now; passphrase and
-/// Shamir shares later implement the same protocol.
-public protocol Unlocker: Sendable {
-    var description: String { get }
-    func rootKey() throws(CofferError) -> SecretBytes
-}
-
+/// A key file on the daemon's disk (keys.key_file).
 public struct KeyFileUnlocker: Unlocker {
     public let path: String
     public init(path: String) { self.path = path }
     public var description: String { "key file \(path)" }
+    public var mode: HolderRecord.Mode { .keyfile }
+    /// The file's key (a root key itself, or the unseal key of a keyfile holder).
     public func rootKey() throws(CofferError) -> SecretBytes { try KeyFile.load(from: path) }
+    public func unsealKey(holder: HolderRecord?) throws(CofferError) -> SecretBytes { try rootKey() }
 }
 
-/// A root key handed over in a request (the key file's text, sent by
+/// A key handed over in a request (the key file's text, sent by
 /// `coffer unseal --key-file`): the key need not rest on the daemon's disk.
 /// The text is wiped when the unlocker goes.
 public final class KeyTextUnlocker: Unlocker {
@@ -156,8 +168,10 @@ public final class KeyTextUnlocker: Unlocker {
     public init(text: [UInt8]) { self.text = Mutex(text) }
     deinit { text.withLock { Hashing.wipe(&$0) } }
     public var description: String { "the key given to unseal" }
+    public var mode: HolderRecord.Mode { .keyfile }
     public func rootKey() throws(CofferError) -> SecretBytes {
         let t = text.withLock { $0 }
         return try KeyFile.parse(t[...], source: "the key given")
     }
+    public func unsealKey(holder: HolderRecord?) throws(CofferError) -> SecretBytes { try rootKey() }
 }

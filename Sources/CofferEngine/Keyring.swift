@@ -18,22 +18,40 @@ public struct RootKey: Sendable {
         self.keyID = Hex.encode(Hashing.blake2b(Array("coffer key id v1".utf8), key: bytes, outputLength: 16).prefix(8))
     }
 
-    /// Unlocks against a database: the key must be the one the database was created
-    /// with. The database is only read (read-only connection), so a wrong key leaves
-    /// the file byte-identical.
-    public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> RootKey {
-        let root = RootKey(try unlocker.rootKey())
+    /// Unlocks against a database: the unlocker must be of the kind that holds the
+    /// database's root key, and its key must open it. The database is only read
+    /// (read-only connection), so a wrong key leaves the file byte-identical.
+    public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> Unsealed {
         let existing: (keyID: String, check: Data)?
-        do { existing = try Store.readKeyCheck(path: databasePath) } catch {
+        let holder: HolderRecord?
+        do {
+            existing = try Store.readKeyCheck(path: databasePath)
+            holder = existing == nil ? nil : try Store.readHolder(path: databasePath)
+        } catch let e as CofferError {
+            throw e
+        } catch {
             throw CofferError(.storage, "cannot read the database \(databasePath): \(error)")
         }
-        if let existing {
-            guard existing.keyID == root.keyID, root.verify(check: existing.check) else {
-                throw CofferError(.keyFile, "the root key from \(unlocker.description) does not unlock the database \(databasePath)",
-                                  hint: "the database was created with another root key; point keys.key_file at that key")
-            }
+        guard let existing else {
+            // a new database: a new holder (init), or a key file that is the root key
+            if let n = unlocker as? NewHolderUnlocker { return n.unsealed }
+            guard unlocker.mode == .keyfile else { throw CofferError(.keyFile, "no database at \(databasePath) to unseal") }
+            let key = try unlocker.unsealKey(holder: nil)
+            return Unsealed(root: RootKey(key), unsealKey: key, holder: nil, enroll: nil)
         }
-        return root
+        let mode = holder?.mode ?? .keyfile
+        guard unlocker.mode == mode else {
+            throw CofferError(.keyFile, "the database \(databasePath) is held by \(mode.described), not by \(unlocker.mode.described)",
+                              hint: mode == .keyfile ? "coffer unseal --key-file FILE" : mode == .passphrase ? "coffer operator unseal (it prompts for the passphrase)"
+                                  : "coffer operator unseal --share-file FILE, once per share")
+        }
+        let key = try unlocker.unsealKey(holder: holder)
+        let root = RootKey(holder == nil ? key : try KeyHolder.openRoot(holder!, unsealKey: key))
+        guard existing.keyID == root.keyID, root.verify(check: existing.check) else {
+            throw CofferError(.keyFile, "the root key from \(unlocker.description) does not unlock the database \(databasePath)",
+                              hint: "the database was created with another root key; point keys.key_file at that key")
+        }
+        return Unsealed(root: root, unsealKey: key, holder: holder, enroll: nil)
     }
 
     func check() throws(CofferError) -> Data {
@@ -103,6 +121,51 @@ public struct RootKey: Sendable {
     }
 }
 
+/// The root key with the unseal key that opened it and how it is held.
+public struct Unsealed: Sendable {
+    public let root: RootKey
+    /// The unseal key (the root key itself when a key file holds it directly).
+    let unsealKey: SecretBytes
+    public let holder: HolderRecord?
+    /// A new database's holder row, enrolled at its first unlock.
+    let enroll: HolderRecord?
+}
+
+/// A new database's root key, with how it is held (`cofferd init --unseal
+/// passphrase|shares`): enrolled at the first unlock.
+public final class NewHolderUnlocker: Unlocker {
+    let unsealed: Unsealed
+    public var description: String { "a new \(unsealed.enroll?.mode.rawValue ?? "key") holder" }
+    public var mode: HolderRecord.Mode { unsealed.enroll?.mode ?? .keyfile }
+    public func unsealKey(holder: HolderRecord?) throws(CofferError) -> SecretBytes { unsealed.unsealKey }
+
+    /// A random root key held by a passphrase.
+    public static func passphrase(_ p: SecretBytes, limits: KeyHolder.KDFLimits, now: Int64) throws(CofferError) -> NewHolderUnlocker {
+        let root = RootKey(try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: AEAD.keyBytes) })
+        let (h, key) = try KeyHolder.passphrase(root: root, passphrase: p, limits: limits, now: now)
+        return NewHolderUnlocker(Unsealed(root: root, unsealKey: key, holder: h, enroll: h))
+    }
+
+    /// A random root key held by k of n shares; the shares' texts are returned once.
+    public static func shares(threshold: Int, count: Int, now: Int64) throws(CofferError) -> (NewHolderUnlocker, [ShareText]) {
+        let root = RootKey(try Checked.crypto { () throws(CryptoError) in try SecretBytes.random(count: AEAD.keyBytes) })
+        let (h, texts, key) = try KeyHolder.shares(root: root, threshold: threshold, count: count, now: now)
+        return (NewHolderUnlocker(Unsealed(root: root, unsealKey: key, holder: h, enroll: h)), texts)
+    }
+
+    init(_ u: Unsealed) { self.unsealed = u }
+}
+
+extension HolderRecord.Mode {
+    public var described: String {
+        switch self {
+        case .keyfile: "a key file"
+        case .passphrase: "a passphrase"
+        case .shares: "Shamir shares"
+        }
+    }
+}
+
 /// The keyring: keys with ids and states, each sealed under the root key
 /// (keys/README.md):
 ///
@@ -115,7 +178,15 @@ public struct RootKey: Sendable {
 /// version, key id) — invariant 2. A root-key change re-seals the keyring and
 /// touches no version and no token.
 public final class Keyring: Sendable {
-    public let root: RootKey
+    struct Held {
+        var root: RootKey
+        var unsealKey: SecretBytes
+        var holder: HolderRecord?
+    }
+    let held: Mutex<Held>
+    /// The current root key (a rotation makes a new one).
+    public var root: RootKey { held.withLock { $0.root } }
+    public var holder: HolderRecord? { held.withLock { $0.holder } }
     /// Key of the keyed BLAKE2b under which tokens are stored.
     public let tokenHashKey: SecretBytes
     /// Key of the audit events' MACs: only the daemon can make an event the daemon
@@ -124,14 +195,16 @@ public final class Keyring: Sendable {
     struct DataKeys {
         var active: (id: String, key: SecretBytes)
         var open: [String: SecretBytes]  // active and decrypt-only
+        /// Set by `wipe`: nothing is sealed or opened any more.
+        var wiped = false
     }
     let dataKeys: Mutex<DataKeys>
 
     public var rootKeyID: String { root.keyID }
     public var activeKeyID: String { dataKeys.withLock { $0.active.id } }
 
-    init(root: RootKey, tokenHashKey: SecretBytes, auditMACKey: SecretBytes, dataKeys: DataKeys) {
-        self.root = root
+    init(held: Held, tokenHashKey: SecretBytes, auditMACKey: SecretBytes, dataKeys: DataKeys) {
+        self.held = Mutex(held)
         self.tokenHashKey = tokenHashKey
         self.auditMACKey = auditMACKey
         self.dataKeys = Mutex(dataKeys)
@@ -141,11 +214,13 @@ public final class Keyring: Sendable {
     /// root key is enrolled in a new database; keys carried over from before the
     /// keyring are sealed; missing purpose keys are added (random in a new database,
     /// their former derived values in an existing one).
-    public static func load(root: RootKey, store: Store, now: Int64) throws(CofferError) -> Keyring {
+    public static func load(_ unsealed: Unsealed, store: Store, now: Int64) throws(CofferError) -> Keyring {
+        let root = unsealed.root
         do {
             let checks = try store.rootKeyChecks()
             if checks.isEmpty {
                 try store.addRootKeyCheck(keyID: root.keyID, check: root.check(), now: now)
+                if let h = unsealed.enroll { try store.enrollHolder(h) }
             } else {
                 guard checks.contains(where: { $0.keyID == root.keyID && root.verify(check: $0.check) }) else {
                     throw CofferError(.keyFile, "the database is bound to another root key")
@@ -155,7 +230,7 @@ public final class Keyring: Sendable {
             let fresh = store.createdNow
             var seal: [(keyID: String, sealed: Data)] = []
             var add: [KeyRecord] = []
-            for r in records where r.sealed == nil {
+            for r in records where r.sealed == nil && r.state != .retired {
                 // a data key carried over from before the keyring: the root key itself
                 guard r.keyID == root.keyID, r.purpose == .data else {
                     throw CofferError(.integrity, "keyring key \(r.keyID) has no sealed material")
@@ -179,7 +254,7 @@ public final class Keyring: Sendable {
             let missing = try SigningKeyRecord.Purpose.allCases.filter { p in !signing.contains { $0.purpose == p && $0.state == .active } }
                 .map { p throws(CofferError) in try root.newSigningKey(p, now: now) }
             if !missing.isEmpty { try store.addSigningKeys(missing) }
-            return try Keyring(root: root, records: records)
+            return try Keyring(held: Held(root: root, unsealKey: unsealed.unsealKey, holder: try store.holder()), records: records)
         } catch let e as CofferError {
             throw e
         } catch {
@@ -187,7 +262,8 @@ public final class Keyring: Sendable {
         }
     }
 
-    convenience init(root: RootKey, records: [KeyRecord]) throws(CofferError) {
+    convenience init(held: Held, records: [KeyRecord]) throws(CofferError) {
+        let root = held.root
         func opened(_ r: KeyRecord) throws(CofferError) -> SecretBytes {
             guard let sealed = r.sealed, r.rootKeyID == root.keyID else {
                 throw CofferError(.keyFile, "keyring key \(r.keyID) is not sealed under this root key")
@@ -203,7 +279,7 @@ public final class Keyring: Sendable {
         let activeData = try active(.data)
         var open: [String: SecretBytes] = [:]
         for r in records where r.purpose == .data && r.state != .retired { open[r.keyID] = try opened(r) }
-        self.init(root: root, tokenHashKey: try opened(try active(.tokenHash)), auditMACKey: try opened(try active(.auditMAC)),
+        self.init(held: held, tokenHashKey: try opened(try active(.tokenHash)), auditMACKey: try opened(try active(.auditMAC)),
                   dataKeys: DataKeys(active: (activeData.keyID, open[activeData.keyID]!), open: open))
     }
 
@@ -226,7 +302,7 @@ public final class Keyring: Sendable {
     /// Seals a value for (path, version): a fresh data key seals the value, the
     /// active keyring key seals the data key; both bound to (path, version, key id).
     public func seal(_ value: SecretBytes, path: SecretPath, version: Int) throws(CryptoError) -> SealedVersion {
-        let (keyID, kek) = dataKeys.withLock { $0.active }
+        guard let (keyID, kek) = dataKeys.withLock({ $0.wiped ? nil : $0.active }) else { throw .integrity }
         let dataKey = try SecretBytes.random(count: AEAD.keyBytes)
         let wrapped = try AEAD.seal(dataKey, key: kek, associatedData: AssociatedData.dataKey(path: path, version: version, keyID: keyID))
         let ciphertext = try AEAD.seal(value, key: dataKey, associatedData: AssociatedData.value(path: path, version: version, keyID: keyID))
@@ -332,6 +408,33 @@ enum Checked {
             case .allocation: throw CofferError(.internal, "cannot allocate guarded memory")
             case .badLength: throw CofferError(.internal, "a key of the wrong length")
             }
+        }
+    }
+}
+
+extension Keyring {
+    /// Whether an unlocker's key is this keyring's unseal key (constant time); a
+    /// malformed key or a holder of another kind is a caller's mistake (false).
+    func opens(with unlocker: any Unlocker) -> Bool {
+        let (holder, current) = held.withLock { ($0.holder, $0.unsealKey) }
+        guard unlocker.mode == (holder?.mode ?? .keyfile), let given = try? unlocker.unsealKey(holder: holder) else { return false }
+        return given.constantTimeEquals(current)
+    }
+
+    /// Zeroes every key this keyring holds, in place (`coffer operator seal`): called
+    /// once nothing uses the engine any more.
+    func wipe() {
+        held.withLock { h in
+            h.root.bytes.wipe()
+            h.unsealKey.wipe()
+        }
+        tokenHashKey.wipe()
+        auditMACKey.wipe()
+        dataKeys.withLock { d in
+            for (_, k) in d.open { k.wipe() }
+            d.active.key.wipe()
+            d.open = [:]
+            d.wiped = true
         }
     }
 }

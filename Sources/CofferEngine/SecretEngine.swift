@@ -69,7 +69,7 @@ public final class SecretEngine: Sendable {
         self.login = LoginService(settings: login, tokens: tokens, clock: clock, logger: logger)
         self.elevation = ElevationService(store: store, policies: policies, tokens: tokens, principals: principals, errors: errors,
                                           clock: clock, logger: logger)
-        let credentialService = CredentialService(settings: credentials, keys: signingKeys, store: store, root: keyring.root, policies: policies,
+        let credentialService = CredentialService(settings: credentials, keys: signingKeys, store: store, keyring: keyring, policies: policies,
                                                   gate: gate, errors: errors, clock: clock, logger: logger)
         self.credentials = credentialService
         elevation.observeClosed { [weak credentialService] e in credentialService?.elevationClosed(e) }
@@ -90,7 +90,7 @@ public final class SecretEngine: Sendable {
             try checkInitialised(databasePath: dbPath)
         }
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
-        let root = try RootKey.unlock(unlocker, databasePath: dbPath)
+        let unsealed = try RootKey.unlock(unlocker, databasePath: dbPath)
         let store: Store
         let keyring: Keyring
         do {
@@ -99,7 +99,7 @@ public final class SecretEngine: Sendable {
                 atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                 attributes: [.posixPermissions: 0o700])
             store = try Store(path: dbPath, durability: config.durability)
-            keyring = try Keyring.load(root: root, store: store, now: clock.nowMillis())
+            keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())
             store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
             store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
         } catch let e as CofferError {
@@ -115,7 +115,7 @@ public final class SecretEngine: Sendable {
                             checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
             clock: clock, logger: logger)
         try await audit.recoverTail()
-        let signingKeys = try CredentialService.loadKeys(store: store, root: root)
+        let signingKeys = try CredentialService.loadKeys(store: store, root: keyring.root)
         let engine = SecretEngine(
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
@@ -155,6 +155,15 @@ public final class SecretEngine: Sendable {
         }
     }
 
+    /// Zeroes every key the engine holds, in place (a seal, once nothing uses it).
+    public func wipeKeys() {
+        credentials.wipeKeys()
+        audit.signingKey.wipe()
+        store.wipeMACKeys()
+        keyring.wipe()
+        logger.notice("sealed: every key held in memory was zeroed")
+    }
+
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).
     public static func checkInitialised(databasePath: String) throws(CofferError) {
         let check: (keyID: String, check: Data)?
@@ -179,15 +188,20 @@ public final class SecretEngine: Sendable {
         public var legacyPurposeKeys: Bool
     }
 
-    public static func changeRootKey(config: CofferConfig, from old: any Unlocker, to new: any Unlocker,
+    public static func changeRootKey(config: CofferConfig, from old: KeyFileUnlocker, to new: KeyFileUnlocker,
                                      clock: any WallClock = SystemWallClock()) throws(CofferError) -> RootKeyChange {
-        let oldRoot = try RootKey.unlock(old, databasePath: config.resolvedDatabasePath)
+        let unsealed = try RootKey.unlock(old, databasePath: config.resolvedDatabasePath)
+        guard unsealed.holder == nil else {
+            throw CofferError(.config, "this database's root key is sealed under its key file (a holder): the offline key-file change does not apply",
+                              hint: "on the running daemon: coffer operator rekey --key-file NEW (or coffer operator rotate)")
+        }
+        let oldRoot = unsealed.root
         let newRoot = RootKey(try new.rootKey())
         let store: Store
         do { store = try Store(path: config.resolvedDatabasePath, durability: config.durability) } catch {
             throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
         }
-        _ = try Keyring.load(root: oldRoot, store: store, now: clock.nowMillis())  // completes a keyring from before first
+        _ = try Keyring.load(unsealed, store: store, now: clock.nowMillis())  // completes a keyring from before first
         return try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
     }
 
@@ -249,11 +263,19 @@ public final class SecretEngine: Sendable {
         public var keyID: String
         public var activeKeyID: String
         public var uptimeSeconds: Double
+        public var holderMode: String
+        public var rotation: RotationRecord?
     }
+
+    /// How the root key is held (nil: by its key file directly).
+    public var keyHolder: HolderRecord? { keyring.holder }
+    public var rootKeyID: String { keyring.rootKeyID }
 
     public func status(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> StatusInfo {
         try await gate.perform(ticket, p, .status, nil) { g async throws(CofferError) in
-            StatusInfo(secrets: try secrets.count(g), keyID: keyring.rootKeyID, activeKeyID: keyring.activeKeyID, uptimeSeconds: Double(clock.nowMillis() - startedAt) / 1000)
+            StatusInfo(secrets: try secrets.count(g), keyID: keyring.rootKeyID, activeKeyID: keyring.activeKeyID,
+                       uptimeSeconds: Double(clock.nowMillis() - startedAt) / 1000, holderMode: (keyring.holder?.mode ?? .keyfile).rawValue,
+                       rotation: try keys.rotationStatus())
         }
     }
 
@@ -450,12 +472,10 @@ public final class SecretEngine: Sendable {
                                 ticket: AuditTicket? = nil) async throws(CofferError) -> String {
         try await gate.perform(ticket, p, .admin, nil, named: "unseal") { g async throws(CofferError) in
             if let unlocker { g.ticket.update { $0.details["unlocker"] = .text(unlocker) } }
-            // a key given to an open daemon is checked, not ignored: it must be this root key
+            // a key given to an open daemon is checked, not ignored: it must be this unseal key
             if let key {
                 // a malformed key is the caller's mistake (422), as when sealed
-                let given: SecretBytes
-                do throws(CofferError) { given = try key.rootKey() } catch { throw CofferError(.invalidParameter, error.message, hint: error.hint) }
-                guard RootKey(given).keyID == keyring.rootKeyID else { throw CofferError(.invalidParameter, "that key does not open this database") }
+                guard keyring.opens(with: key) else { throw CofferError(.invalidParameter, "that \(key.mode == .passphrase ? "passphrase" : "key") does not open this database") }
             }
             return keyring.rootKeyID
         }

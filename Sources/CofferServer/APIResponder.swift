@@ -28,12 +28,16 @@ public struct APIResponder: HTTPResponder {
 
     let engine: SecretEngine
     let settings: Settings
+    /// The host the engine runs in (seal, rekey's rate limit); nil in tests of the
+    /// tables alone.
+    let host: EngineHost?
     /// Every endpoint of API v1: adding a route is one entry in one of these tables.
     static let router = Router([secretEndpoints, tokenEndpoints, auditEndpoints, sysEndpoints, keyEndpoints, authEndpoints, elevationEndpoints, runEndpoints, credentialEndpoints])
 
-    public init(engine: SecretEngine, settings: Settings) {
+    public init(engine: SecretEngine, settings: Settings, host: EngineHost? = nil) {
         self.engine = engine
         self.settings = settings
+        self.host = host
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {

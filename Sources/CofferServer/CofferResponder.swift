@@ -26,8 +26,10 @@ public struct CofferResponder: HTTPResponder {
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
-        if let engine = host.engine {
-            return try await APIResponder(engine: engine, settings: settings).respond(to: request, context: context)
+        if let response = try await host.withEngine({ engine in
+            try await APIResponder(engine: engine, settings: settings, host: host).respond(to: request, context: context)
+        }) {
+            return response
         }
         var response: Response
         let requestID = Hex.encode(Hashing.randomBytes(8))
@@ -71,11 +73,18 @@ public struct CofferResponder: HTTPResponder {
             let (p, d) = try caller(request, context, action: .status)
             // as when open: any caller holding a role, nobody else
             guard d.allowed else { throw CofferError(.permissionDenied, "status needs a role", hint: d.rule) }
-            return ErrorMapping.json(StatusResponse(
+            var status = StatusResponse(
                 version: CofferVersion.string, sealed: true, devMode: settings.config.devMode, uptimeSeconds: 0, secrets: nil, keyID: nil,
                 activeKeyID: nil, durability: settings.config.durability.rawValue, maxValueBytes: settings.config.maxValueBytes,
                 maxVersions: settings.config.maxVersions,
-                caller: .init(pid: p.pid, uid: p.uid, gid: p.gid, user: p.userName, groups: p.groups), decision: d.rule))
+                caller: .init(pid: p.pid, uid: p.uid, gid: p.gid, user: p.userName, groups: p.groups), decision: d.rule)
+            let holder = try host.holder()
+            status.unseal = (holder?.mode ?? .keyfile).rawValue
+            if let t = holder?.threshold {
+                status.sharesGiven = host.roundProgress()
+                status.threshold = t
+            }
+            return ErrorMapping.json(status)
         case ("/v1/sys/unseal", .post):
             return try await unseal(request, context)
         case ("/v1/sys/metrics", .get):
@@ -85,7 +94,7 @@ public struct CofferResponder: HTTPResponder {
             guard d.allowed else { throw CofferError(.permissionDenied, "metrics need the metrics capability", hint: d.rule) }
             return APIResponder.metricsResponse(CofferMetrics.scrape(nil))
         default:
-            throw CofferError(.sealed, "cofferd is sealed: it has no root key yet", hint: "an admin unseals it: coffer unseal [--key-file FILE]")
+            throw CofferError(.sealed, "cofferd is sealed: it has no root key yet", hint: "an admin unseals it: coffer operator unseal")
         }
     }
 
@@ -108,21 +117,42 @@ public struct CofferResponder: HTTPResponder {
         guard request.uri.query == nil else { throw CofferError(.invalidParameter, "this route takes no query parameters") }
         var body = try await Self.readBody(request, limit: 4096)
         defer { Hashing.wipe(&body) }
-        let unlocker: any Unlocker
-        if body.isEmpty {
-            guard let configured = host.configuredUnlocker else {
-                throw CofferError(.invalidParameter, "no key given and none configured", hint: "coffer unseal --key-file FILE")
+        let step = try Self.unsealStep(body)
+        let holder = try host.holder()
+        let mode = (holder?.mode ?? .keyfile).rawValue
+        do throws(CofferError) {
+            let progress: EngineHost.Progress
+            switch step {
+            case .reset:
+                let dropped = host.resetRound()
+                logger.notice("unseal round reset", metadata: ["peer.uid": "\(p.uid)", "shares.dropped": "\(dropped)"])
+                return ErrorMapping.json(UnsealResponse(sealed: true, unsealedNow: false, keyID: nil, mode: mode, sharesGiven: 0,
+                                                        threshold: holder?.threshold))
+            case .share(let text):
+                progress = try await host.unseal(share: text, uid: p.uid)
+                if progress.sealed {
+                    logger.notice("unseal share accepted", metadata: ["peer.uid": "\(p.uid)", "shares.given": "\(progress.shares ?? 0)",
+                                                                       "shares.threshold": "\(progress.threshold ?? 0)"])
+                    return ErrorMapping.json(UnsealResponse(sealed: true, unsealedNow: false, keyID: nil, mode: mode, sharesGiven: progress.shares,
+                                                            threshold: progress.threshold))
+                }
+            case .unlocker(let u):
+                let unlocker: any Unlocker
+                if let u { unlocker = u } else {
+                    guard let configured = host.configuredUnlocker, holder == nil || holder?.mode == .keyfile else {
+                        throw CofferError(.invalidParameter, "no key given, and this database is held by \(holder?.mode.described ?? "a key file")",
+                                          hint: "coffer operator unseal (it asks for what it needs)")
+                    }
+                    unlocker = configured
+                }
+                let (e, now) = try await host.unseal(with: unlocker)
+                progress = EngineHost.Progress(sealed: false, unsealedNow: now, engine: e, mode: unlocker.mode)
             }
-            unlocker = configured
-        } else {
-            unlocker = try Self.keyUnlocker(body)
-        }
-        do {
-            let (engine, now) = try await host.unseal(with: unlocker)
-            logger.notice("unsealed", metadata: ["peer.uid": "\(p.uid)", "unlocker": "\(unlocker.description)"])
+            guard let engine = progress.engine else { throw CofferError(.internal, "unsealed without an engine") }
+            logger.notice("unsealed", metadata: ["peer.uid": "\(p.uid)", "unlocker": "\(mode)"])
             // the trail exists now: the unseal is its first event by this caller
-            let keyID = try await engine.confirmUnsealed(p, unlocker: unlocker.description)
-            return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: now, keyID: keyID))
+            let keyID = try await engine.confirmUnsealed(p, unlocker: mode)
+            return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: progress.unsealedNow, keyID: keyID, mode: mode))
         } catch {
             logger.warning("unseal failed", metadata: ["peer.uid": "\(p.uid)", "error.code": "\(error.code.rawValue)"])
             // a wrong key is the caller's mistake, not the daemon's
@@ -131,9 +161,17 @@ public struct CofferResponder: HTTPResponder {
         }
     }
 
-    /// `{"key": "coffer-root-key-v1:…"}`, parsed without the key ever entering an
-    /// error message.
-    static func keyUnlocker(_ body: [UInt8]) throws(CofferError) -> KeyTextUnlocker {
+    enum UnsealStep {
+        /// nil: the configured key file
+        case unlocker((any Unlocker)?)
+        case share([UInt8])
+        case reset
+    }
+
+    /// The unseal body: empty, or exactly one of key, passphrase, share, reset —
+    /// parsed without the key, passphrase or share ever entering an error message.
+    static func unsealStep(_ body: [UInt8]) throws(CofferError) -> UnsealStep {
+        if body.isEmpty { return .unlocker(nil) }
         if let dup = JSONDuplicateKeys.first(in: body) {
             throw CofferError(.invalidJSON, "the request body has a duplicate key '\(dup)'")
         }
@@ -141,10 +179,22 @@ public struct CofferResponder: HTTPResponder {
         do { request = try JSONDecoder().decode(UnsealRequest.self, from: Data(body)) } catch let e as StrictKeys.UnknownField {
             throw CofferError(.unknownField, e.description)
         } catch {
-            throw CofferError(.invalidJSON, "the body must be {\"key\": \"coffer-root-key-v1:…\"} or empty")
+            throw CofferError(.invalidJSON, "the body must be one of {\"key\": …}, {\"passphrase\": …}, {\"share\": …}, {\"reset\": true}, or empty")
         }
-        guard let key = request.key else { throw CofferError(.invalidParameter, "field 'key' is required when a body is given") }
-        return KeyTextUnlocker(text: Array(key.utf8))
+        let given = [request.key != nil, request.passphrase != nil, request.share != nil, request.reset != nil].filter { $0 }.count
+        guard given == 1 else {
+            throw CofferError(.invalidParameter, "give exactly one of 'key', 'passphrase', 'share' or 'reset'")
+        }
+        if let key = request.key { return .unlocker(KeyTextUnlocker(text: Array(key.utf8))) }
+        if let share = request.share { return .share(Array(share.utf8)) }
+        if let passphrase = request.passphrase { return .unlocker(PassphraseUnlocker(passphrase: try passphraseBytes(passphrase))) }
+        guard request.reset == true else { throw CofferError(.invalidParameter, "'reset' can only be true") }
+        return .reset
+    }
+
+    static func passphraseBytes(_ s: String) throws(CofferError) -> SecretBytes {
+        var bytes = Array(s.utf8)
+        do { return try SecretBytes(consuming: &bytes) } catch { throw CofferError(.internal, "cannot allocate guarded memory") }
     }
 
     static func readBody(_ request: Request, limit: Int) async throws(CofferError) -> [UInt8] {

@@ -28,7 +28,7 @@ public enum CofferServer {
                 idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
                 httpDecoderConfiguration: limits)), limiter: limiter)
         }
-        let background: [any Service] = [AuditService(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
+        let background: [any Service] = [AuditService(host: host), RotationWatch(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
                                          CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger)]
         if let fd = inherited {
             // Socket activation: the .socket unit owns the path, its mode and group.
@@ -103,8 +103,7 @@ public struct AuditService: Service {
 
     public func run() async throws {
         try await cancelWhenGracefulShutdown {
-            guard let engine = await host.opened() else { return }
-            await engine.runAuditWriter()
+            await host.whileOpen { engine in await engine.runAuditWriter() }
         }
     }
 }
@@ -118,10 +117,11 @@ public struct ElevationClock: Service {
 
     public func run() async throws {
         try await cancelWhenGracefulShutdown {
-            guard let engine = await host.opened() else { return }
-            while !Task.isCancelled {
-                await engine.expireElevations()
-                try? await Task.sleep(for: Self.interval)
+            await host.whileOpen { engine in
+                while !Task.isCancelled {
+                    await engine.expireElevations()
+                    try? await Task.sleep(for: Self.interval)
+                }
             }
         }
     }
@@ -136,11 +136,12 @@ public struct RunWatch: Service {
 
     public func run() async throws {
         try await cancelWhenGracefulShutdown {
-            guard let engine = await host.opened() else { return }
-            await engine.runs.recover()
-            while !Task.isCancelled {
-                await engine.runs.sweep()
-                try? await Task.sleep(for: Self.interval)
+            await host.whileOpen { engine in
+                await engine.runs.recover()
+                while !Task.isCancelled {
+                    await engine.runs.sweep()
+                    try? await Task.sleep(for: Self.interval)
+                }
             }
         }
     }
@@ -156,18 +157,38 @@ public struct CredentialWatch: Service {
     static let interval = Duration.seconds(1)
 
     public func run() async throws {
+        let logger = self.logger
         try await cancelWhenGracefulShutdown {
-            guard let engine = await host.opened() else { return }
-            do throws(CofferError) { try engine.credentials.writeKRL() } catch {
-                logger.error("cannot write the SSH KRL", metadata: ["error": "\(error.message)"])
+            await host.whileOpen { engine in
+                do throws(CofferError) { try engine.credentials.writeKRL() } catch {
+                    logger.error("cannot write the SSH KRL", metadata: ["error": "\(error.message)"])
+                }
+                var tick = 0
+                while !Task.isCancelled {
+                    engine.credentials.retryKRLIfNeeded()
+                    await engine.credentials.endDueSessions()
+                    tick += 1
+                    if tick % 10 == 0 { await engine.credentials.tidyCgroups() }
+                    try? await Task.sleep(for: Self.interval)
+                }
             }
-            var tick = 0
-            while !Task.isCancelled {
-                engine.credentials.retryKRLIfNeeded()
-                await engine.credentials.endDueSessions()
-                tick += 1
-                if tick % 10 == 0 { await engine.credentials.tidyCgroups() }
-                try? await Task.sleep(for: Self.interval)
+        }
+    }
+}
+
+/// Key rotations: re-wraps every version under the rotation's data key in the
+/// background (resuming one a killed daemon left), then erases the keys it freed.
+public struct RotationWatch: Service {
+    let host: EngineHost
+    static let interval = Duration.seconds(1)
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            await host.whileOpen { engine in
+                while !Task.isCancelled {
+                    await engine.runRotation()
+                    try? await Task.sleep(for: Self.interval)
+                }
             }
         }
     }
@@ -182,16 +203,18 @@ public struct TokenReaper: Service {
     static let retainSeconds: Int64 = 7 * 86400
 
     public func run() async throws {
+        let logger = self.logger
         try await cancelWhenGracefulShutdown {
-            guard let engine = await host.opened() else { return }
-            while !Task.isCancelled {
-                do throws(CofferError) {
-                    let n = try await engine.reapTokens(retainSeconds: Self.retainSeconds)
-                    if n > 0 { logger.info("reaped ended tokens", metadata: ["tokens": "\(n)"]) }
-                } catch {
-                    logger.warning("token reaping failed", metadata: ["error.code": "\(error.code.rawValue)"])
+            await host.whileOpen { engine in
+                while !Task.isCancelled {
+                    do throws(CofferError) {
+                        let n = try await engine.reapTokens(retainSeconds: Self.retainSeconds)
+                        if n > 0 { logger.info("reaped ended tokens", metadata: ["tokens": "\(n)"]) }
+                    } catch {
+                        logger.warning("token reaping failed", metadata: ["error.code": "\(error.code.rawValue)"])
+                    }
+                    try? await Task.sleep(for: Self.interval)
                 }
-                try? await Task.sleep(for: Self.interval)
             }
         }
     }

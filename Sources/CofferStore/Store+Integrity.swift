@@ -292,3 +292,15 @@ extension Store {
         }
     }
 }
+
+extension Store {
+    /// A seal: the record MAC key is zeroed and both MAC keys uninstalled, so that
+    /// nothing MACed can be written or read any more through this store.
+    public func wipeMACKeys() {
+        recordMACKey.withLock { m in
+            m?.key.wipe()
+            m = nil
+        }
+        auditMAC.withLock { $0 = nil }
+    }
+}

@@ -124,6 +124,7 @@ public final class Store: Sendable {
         registerElevationMigration(&m)
         registerCredentialMigration(&m)
         registerIntegrityMigration(&m)
+        registerHolderMigration(&m)
         return m
     }
 

@@ -66,7 +66,7 @@ struct UnsealCommand: ParsableCommand {
             }
             let r = try global.client().unseal(keyText: text)
             if global.format == .json { return try printJSON(r) }
-            try printLine(r.unsealedNow ? "unsealed (root key \(r.keyID))" : "already unsealed (root key \(r.keyID))")
+            try printLine(r.unsealedNow ? "unsealed (root key \(r.keyID ?? "?"))" : "already unsealed (root key \(r.keyID ?? "?"))")
         }
     }
 }
@@ -74,8 +74,8 @@ struct UnsealCommand: ParsableCommand {
 struct OperatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "operator",
-        abstract: "Operating the key and the state: check every record's integrity (needs admin).",
-        subcommands: [Check.self, Backup.self]
+        abstract: "Operating the keys and the state: unseal, seal, rekey, rotate, backup, check (needs admin).",
+        subcommands: [Unseal.self, Seal.self, Rekey.self, Rotate.self, Check.self, Backup.self]
     )
 
     struct Backup: ParsableCommand {

@@ -5,6 +5,7 @@ import CofferCore
 import CofferCrypto
 import CofferEngine
 import CofferServer
+import CofferStore
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -81,14 +82,26 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
                                     reanchorAudit: reanchorAudit, create: create)
     }
     let keyFile = KeyFileUnlocker(path: config.keyFile)
+    let dbPath = config.resolvedDatabasePath
+    let holder: HolderRecord?
+    do { holder = try Store.readHolder(path: dbPath) } catch let e as CofferError { throw e } catch {
+        throw CofferError(.storage, "cannot read the database \(dbPath): \(error)")
+    }
+    let mode = holder?.mode ?? .keyfile
+    let expected: HolderRecord.Mode = config.unlock == "passphrase" ? .passphrase : config.unlock == "shares" ? .shares : .keyfile
+    if FileManager.default.fileExists(atPath: dbPath), config.unlock != "key-file", mode != expected {
+        throw CofferError(.config, "keys.unlock is \"\(config.unlock)\" but the database is held by \(mode.described)",
+                          hint: "set keys.unlock to match how `cofferd init` (or the last rekey) made it")
+    }
+    let roundTimeout = Duration.seconds(config.unsealRoundSeconds)
     let host: EngineHost
-    if sealed {
+    if sealed || mode == .passphrase || mode == .shares {
         // No key is read: the database must exist and be initialised, nothing more.
-        try SecretEngine.checkInitialised(databasePath: config.resolvedDatabasePath)
-        host = EngineHost(sealed: open, unlocker: keyFile, policies: policyStore)
-        logger.notice("starting sealed: an admin unseals with `coffer unseal`")
+        try SecretEngine.checkInitialised(databasePath: dbPath)
+        host = EngineHost(sealed: open, unlocker: keyFile, policies: policyStore, databasePath: dbPath, roundTimeout: roundTimeout)
+        logger.notice("starting sealed: an admin unseals with `coffer operator unseal`", metadata: ["unseal": "\(mode.rawValue)"])
     } else {
-        host = EngineHost(engine: try await open(keyFile))
+        host = EngineHost(engine: try await open(keyFile), opener: open, unlocker: keyFile, databasePath: dbPath, roundTimeout: roundTimeout)
     }
     // Composition happens here, once: the server, the audit writer, the token reaper
     // and the policy reloader in one ServiceGroup; SIGTERM and SIGINT shut them down.
@@ -159,10 +172,31 @@ struct Dev: AsyncParsableCommand {
 
 struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create the root key file (mode 0400, never overwritten) and the database.")
+        abstract: "Create the database and its root key, held by a key file (0400, never overwritten), a passphrase, or Shamir shares.",
+        discussion: """
+            --unseal keyfile (default): the root key file at keys.key_file.             --unseal passphrase: a random root key sealed under the passphrase's Argon2id key (asked twice on the terminal             without echo, or one line of stdin with --passphrase-stdin); the daemon then starts sealed.             --unseal shares --shares 5 --threshold 3: a random root key sealed under a key split into shares, printed once             or written to their own 0400 files in --share-dir; the daemon starts sealed.
+            """)
 
     @Option(help: "Config file.")
     var config: String = CofferConfig.defaultPath
+
+    @Option(help: "How the root key is held: keyfile, passphrase or shares.")
+    var unseal: String = "keyfile"
+
+    @Option(help: "Shares to make (--unseal shares).")
+    var shares: Int?
+
+    @Option(help: "Shares needed to unseal (--unseal shares).")
+    var threshold: Int?
+
+    @Option(help: "Write each share to its own 0400 file in this directory (which must exist) instead of printing them.")
+    var shareDir: String?
+
+    @Option(help: "Argon2id limits: interactive, moderate (default) or sensitive.")
+    var kdf: String = "moderate"
+
+    @Flag(help: "Read the passphrase from one line of standard input.")
+    var passphraseStdin = false
 
     func run() async throws {
         do {
@@ -179,10 +213,50 @@ struct Init: AsyncParsableCommand {
             // everything that can be refused is checked before the key exists: a bad
             // policy must not leave a key without a database behind
             let policyStore = try policies(for: c, logger: logger)
-            try KeyFile.create(at: c.keyFile)
-            _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: policyStore, logger: logger)
-            print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
-            print("cofferd: back up the key file offline: without it no secret can be read")
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            switch unseal {
+            case "keyfile", "key-file":
+                guard shares == nil, threshold == nil, shareDir == nil, !passphraseStdin else {
+                    throw CofferError(.config, "--shares, --threshold, --share-dir and --passphrase-stdin go with --unseal shares or passphrase")
+                }
+                try KeyFile.create(at: c.keyFile)
+                _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: policyStore, logger: logger)
+                print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
+                print("cofferd: back up the key file offline: without it no secret can be read")
+            case "passphrase":
+                let limits = try KeyHolder.KDFLimits.named(kdf)
+                let pass = try Prompt.passphrase(fromStdin: passphraseStdin)
+                let unlocker = try NewHolderUnlocker.passphrase(pass, limits: limits, now: now)
+                _ = try await SecretEngine.open(config: c, unlocker: unlocker, policies: policyStore, logger: logger)
+                print("cofferd: created \(c.resolvedDatabasePath); its root key is sealed under the passphrase (Argon2id, \(kdf) limits)")
+                print("cofferd: cofferd serve starts sealed; unseal with `coffer operator unseal`. Without the passphrase no secret can be read")
+            case "shares":
+                guard let n = shares, let k = threshold else {
+                    throw CofferError(.config, "--unseal shares needs --shares N and --threshold K", hint: "for example --shares 5 --threshold 3")
+                }
+                if let shareDir {
+                    var st = stat()
+                    guard stat(shareDir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+                        throw CofferError(.config, "--share-dir \(shareDir) is not a directory")
+                    }
+                }
+                let (unlocker, texts) = try NewHolderUnlocker.shares(threshold: k, count: n, now: now)
+                _ = try await SecretEngine.open(config: c, unlocker: unlocker, policies: policyStore, logger: logger)
+                print("cofferd: created \(c.resolvedDatabasePath); its root key opens with any \(k) of these \(n) shares (shown once):")
+                for t in texts {
+                    let line = String(decoding: t.text.copyToArray(), as: UTF8.self)
+                    if let shareDir {
+                        let path = "\(shareDir)/coffer-share-\(t.set)-\(t.index).txt"
+                        try Prompt.writeNew(path, line + "\n")
+                        print("cofferd: wrote share \(t.index) to \(path) (0400)")
+                    } else {
+                        print(line)
+                    }
+                }
+                print("cofferd: give each share to its own holder; cofferd serve starts sealed; unseal with `coffer operator unseal`, one share each")
+            default:
+                throw CofferError(.config, "--unseal must be keyfile, passphrase or shares")
+            }
         } catch let e as CofferError {
             throw fail(e)
         }
@@ -322,7 +396,7 @@ struct Rekey: AsyncParsableCommand {
             let dbLock = dbDir == c.stateDir ? nil : try StateLock(stateDir: dbDir)
             defer { withExtendedLifetime((lock, dbLock)) {} }
             // the old key must open the database before a new one is made
-            _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), databasePath: c.resolvedDatabasePath)
+            _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), databasePath: c.resolvedDatabasePath).root
             try KeyFile.create(at: newKeyFile)
             let change: SecretEngine.RootKeyChange
             do {
@@ -344,6 +418,68 @@ struct Rekey: AsyncParsableCommand {
             }
         } catch let e as CofferError {
             throw fail(e)
+        }
+    }
+}
+
+/// The passphrase of `cofferd init --unseal passphrase`: twice on the terminal without
+/// echo, or one line of stdin; never on the command line.
+enum Prompt {
+    static func passphrase(fromStdin: Bool) throws(CofferError) -> SecretBytes {
+        var first: [UInt8]
+        if fromStdin {
+            guard let l = readLine(strippingNewline: true) else { throw CofferError(.config, "expected the passphrase on standard input") }
+            first = Array(l.utf8)
+        } else {
+            guard let a = ask("Passphrase: "), let b = ask("Repeat it: ") else {
+                throw CofferError(.config, "no terminal to ask the passphrase on", hint: "--passphrase-stdin")
+            }
+            guard a == b else { throw CofferError(.config, "the two passphrases differ") }
+            first = Array(a.utf8)
+        }
+        guard first.count >= KeyHolder.minPassphraseBytes, first.count <= KeyHolder.maxPassphraseBytes else {
+            throw CofferError(.config, "the passphrase must be \(KeyHolder.minPassphraseBytes) to \(KeyHolder.maxPassphraseBytes) bytes",
+                              hint: "use several words")
+        }
+        do { return try SecretBytes(consuming: &first) } catch { throw CofferError(.internal, "cannot allocate guarded memory") }
+    }
+
+    static func ask(_ prompt: String) -> String? {
+        let fd = open("/dev/tty", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        _ = prompt.withCString { write(fd, $0, strlen($0)) }
+        var saved = termios()
+        let isTTY = tcgetattr(fd, &saved) == 0
+        if isTTY {
+            var quiet = saved
+            quiet.c_lflag &= ~tcflag_t(ECHO)
+            tcsetattr(fd, TCSAFLUSH, &quiet)
+        }
+        defer {
+            if isTTY {
+                tcsetattr(fd, TCSAFLUSH, &saved)
+                _ = write(fd, "\n", 1)
+            }
+        }
+        var line: [UInt8] = []
+        var ch: UInt8 = 0
+        while read(fd, &ch, 1) == 1 {
+            if ch == 0x0A { break }
+            line.append(ch)
+            if line.count > KeyHolder.maxPassphraseBytes { return nil }
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    static func writeNew(_ path: String, _ text: String) throws(CofferError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o400)
+        guard fd >= 0 else { throw CofferError(.config, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count, fsync(fd) == 0 else {
+            unlink(path)
+            throw CofferError(.config, "cannot write \(path)")
         }
     }
 }

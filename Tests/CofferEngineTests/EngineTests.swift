@@ -339,7 +339,8 @@ extension Keyring {
     static func ephemeral() throws -> Keyring {
         let id = Hex.encode(Hashing.randomBytes(8))
         let data = try SecretBytes.random(count: 32)
-        return Keyring(root: RootKey(try SecretBytes.random(count: 32)), tokenHashKey: try SecretBytes.random(count: 32),
+        let root = try SecretBytes.random(count: 32)
+        return Keyring(held: .init(root: RootKey(root), unsealKey: root, holder: nil), tokenHashKey: try SecretBytes.random(count: 32),
                        auditMACKey: try SecretBytes.random(count: 32), dataKeys: .init(active: (id, data), open: [id: data]))
     }
 }

@@ -30,13 +30,18 @@ extension APIResponder {
         try noQuery(i.request, allowed: [])
         let s = try await engine.status(principal, ticket: i.ticket)
         let d = engine.decide(principal, .status, nil)
-        return ErrorMapping.json(StatusResponse(
+        var status = StatusResponse(
             version: CofferVersion.string, sealed: false, devMode: settings.config.devMode,
             uptimeSeconds: Int(s.uptimeSeconds), secrets: s.secrets, keyID: s.keyID, activeKeyID: s.activeKeyID,
             durability: settings.config.durability.rawValue, maxValueBytes: engine.limits.maxValueBytes,
             maxVersions: engine.limits.maxVersions,
             caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
-            decision: d.rule))
+            decision: d.rule)
+        status.unseal = s.holderMode
+        if let r = s.rotation {
+            status.rotation = RotationInfo(rootKeyID: s.keyID, targetKeyID: r.targetKeyID, done: r.done, total: r.total, finished: false)
+        }
+        return ErrorMapping.json(status)
     }
 
     /// Prometheus text format (capability metrics).
