@@ -200,7 +200,9 @@ public final class EngineHost: Sendable {
         let now = ContinuousClock.now
         let ready: ShareRound? = try state.withLock { (s) throws(CofferError) -> ShareRound? in
             switch s.phase {
-            case .open, .sealing, .unsealing: return nil
+            case .open: return nil
+            case .sealing, .unsealing:
+                throw CofferError(.sealed, "a seal or an unseal is in progress", hint: "give the share again in a moment")
             case .sealed: break
             }
             if let r = s.round, r.startedAt + roundTimeout < now || r.set != set { s.round = nil }

@@ -161,7 +161,7 @@ public struct ShareText: Sendable {
         let parts = t.split(separator: UInt8(ascii: ":"), omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0].elementsEqual("coffer-share-v1".utf8), parts[1].count == 8, parts[3].count == 64, parts[4].count == 8,
               let set = String(bytes: parts[1], encoding: .utf8), set.allSatisfy(\.isHexDigit), set == set.lowercased(),
-              let idxText = String(bytes: parts[2], encoding: .utf8), idxText.count <= 3, idxText.allSatisfy(\.isASCII), let idx = UInt8(idxText), idx > 0,
+              let idxText = String(bytes: parts[2], encoding: .utf8), idxText.count <= 3, idxText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), idxText.first != "0", let idx = UInt8(idxText), idx > 0,
               let check = String(bytes: parts[4], encoding: .utf8), let checkBytes = Hex.decode(check)
         else {
             throw CofferError(.invalidParameter, "that is not a Coffer share (expected coffer-share-v1:SET:INDEX:VALUE:CHECK)",

@@ -228,6 +228,12 @@ public final class Keyring: Sendable {
             }
             var records = try store.keyRecords()
             let fresh = store.createdNow
+            // a keyring is completed only for a new database or one from before the
+            // keyring (whose root key is its data key); an emptied one is refused
+            if !fresh, !checks.isEmpty, records.isEmpty || (unsealed.holder != nil && Set(records.map(\.purpose)).count < KeyRecord.Purpose.allCases.count) {
+                throw CofferError(.integrity, "the keyring was emptied or lost keys (rows deleted from the database)",
+                                  hint: "restore the database from a backup")
+            }
             var seal: [(keyID: String, sealed: Data)] = []
             var add: [KeyRecord] = []
             for r in records where r.sealed == nil && r.state != .retired {

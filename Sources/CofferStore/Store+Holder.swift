@@ -97,6 +97,7 @@ extension Store {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         var config = Configuration()
         config.readonly = true
+        config.busyMode = .timeout(5)  // a seal's last commits may hold the lock a moment
         let queue = try DatabaseQueue(path: path, configuration: config)
         defer { try? queue.close() }
         return try queue.read { db in
@@ -144,6 +145,14 @@ extension Store {
             let current = try String.fetchOne(db, sql: "SELECT unseal_key_id FROM key_holder WHERE id = 1")
             guard current == nil || current == expectedUnsealKeyID else {
                 throw CofferError(.conflict, "the key holder changed meanwhile", hint: "try again")
+            }
+            // the holder must seal the root key the database has now (a rotation may
+            // have committed since the rekey read it)
+            if let h {
+                guard try Int.fetchOne(db, sql: "SELECT count(*) FROM root_key WHERE key_id = ?", arguments: [h.rootKeyID]) == 1,
+                      try Int.fetchOne(db, sql: "SELECT count(*) FROM root_key") == 1 else {
+                    throw CofferError(.conflict, "the root key changed meanwhile (a rotation)", hint: "try the rekey again")
+                }
             }
             try Store.writeHolder(db, h)
             return try self.commit(ticket, db)

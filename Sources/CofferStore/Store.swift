@@ -71,6 +71,7 @@ public final class Store: Sendable {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         var config = Configuration()
         config.readonly = true
+        config.busyMode = .timeout(5)
         let queue = try DatabaseQueue(path: path, configuration: config)
         defer { try? queue.close() }
         return try queue.read { db in

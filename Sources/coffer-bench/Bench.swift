@@ -24,6 +24,9 @@ struct Bench: ParsableCommand {
     var scale: String = "1000,100000,1000000"
     @Option(help: "storage.durability of the measured daemon.")
     var durability: String = "full"
+    @Option(help: "Secrets stored for the rotation scenario.")
+    var rotationSecrets = 100_000
+
     @Option(help: "Run only the scenarios with these names (comma-separated), e.g. \"read 64 B\".")
     var only: String?
     @Flag(help: "A few seconds in all: 1 and 8 connections, 1 s each, no scale, few CLI runs (CI).")
@@ -180,6 +183,19 @@ struct Bench: ParsableCommand {
             report.hookRuncMs = hookMs
             report.plainRuncMs = plainMs
             print(String(format: "runc run with the OCI hook (5 secrets): %.1f ms; without: %.1f ms", hookMs, plainMs))
+        }
+
+        // keys: a rotation's re-wrap under a 32-connection read load, and a passphrase unseal
+        if selected?.contains("rotation") ?? true {
+            let n = smoke ? 2_000 : rotationSecrets
+            let k = try KeysBench.run(bin: bin, secrets: n, duration: duration)
+            report.add("read 64 B before rotation", 32, k.before)
+            report.add("read 64 B during rotation", 32, k.during)
+            report.rotationPerSecond = k.rewrapPerSecond
+            report.rotationSecrets = k.secrets
+            report.unsealMs = k.unsealMs
+            print(String(format: "rotation of %d versions: %.0f re-wrapped/s; reads @32 before %.0f req/s, during %.0f req/s (%.2fx); passphrase unseal (Argon2id MODERATE): %.0f ms",
+                         k.secrets, k.rewrapPerSecond, k.before.rps, k.during.rps, k.during.rps / max(k.before.rps, 1), k.unsealMs))
         }
 
         // scale: the same read with many secrets stored

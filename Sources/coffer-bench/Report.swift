@@ -31,6 +31,11 @@ struct Report: Codable {
     /// 5 secrets, and the same container without the hook.
     var hookRuncMs: Double?
     var plainRuncMs: Double?
+    /// Versions re-wrapped per second by `coffer operator rotate` while 32 connections read.
+    var rotationPerSecond: Double?
+    var rotationSecrets: Int?
+    /// `coffer operator unseal` with a passphrase (Argon2id MODERATE), wall time.
+    var unsealMs: Double?
     var targets: [String] = []
     var chartWritten = false
 
@@ -113,6 +118,10 @@ struct Report: Codable {
         if let h = hookRuncMs, let p = plainRuncMs {
             s += String(format: "\n`runc run` (busybox, /bin/true) with the OCI hook injecting 5 secrets: %.1f ms; without the hook: %.1f ms", h, p)
         }
+        if let r = rotationPerSecond, let n = rotationSecrets {
+            s += String(format: "\n`coffer operator rotate` with %d versions, 32 connections reading: %.0f versions re-wrapped per second", n, r)
+        }
+        if let u = unsealMs { s += String(format: "\npassphrase unseal (Argon2id MODERATE, 256 MiB), whole request: %.0f ms", u) }
         s += "\n\n" + targets.map { "    " + $0 }.joined(separator: "\n") + "\n"
         return s
     }

@@ -30,14 +30,28 @@ enum HolderInput {
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// Shares go to their own 0400 files in `dir` (which must exist), or to stdout once.
+    /// A share directory must exist and be writable before anything changes.
+    static func checkShareDir(_ dir: String) throws {
+        var st = stat()
+        guard stat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, access(dir, W_OK) == 0 else {
+            throw CofferError(.invalidParameter, "--share-dir \(dir) is not a writable directory", hint: "nothing was changed; create it first")
+        }
+    }
+
+    /// Shares go to their own 0400 files in `dir`, or to stdout once. A share that
+    /// cannot be written is printed instead: the new holder is already in place, and a
+    /// lost share is a lost database.
     static func emitShares(_ shares: [String], threshold: Int, dir: String?) throws {
         if let dir {
             for s in shares {
                 let parts = s.split(separator: ":")
                 let name = "\(dir)/coffer-share-\(parts.count > 2 ? parts[1] : "x")-\(parts.count > 2 ? parts[2] : "x").txt"
-                try writeNewFile(name, s + "\n", mode: 0o400)
-                try printLine("wrote \(name)")
+                do {
+                    try writeNewFile(name, s + "\n", mode: 0o400)
+                    try printLine("wrote \(name)")
+                } catch {
+                    try printLine("cannot write \(name); the share is here instead (shown once):\n\(s)")
+                }
             }
         } else {
             try printLine("Shares (shown once; any \(threshold) of \(shares.count) unseal — give one to each holder):")
@@ -145,6 +159,7 @@ extension OperatorCommand {
                     }
                     current.passphrase = try HolderInput.line("Current passphrase: ", fromStdin: passphraseStdin)
                 }
+                if to == "shares", let shareDir { try HolderInput.checkShareDir(shareDir) }
                 var request = RekeyRequest(mode: to, current: current, kdf: kdf, shares: shares, threshold: threshold)
                 var keyFD: Int32 = -1
                 switch to {

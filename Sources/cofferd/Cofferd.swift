@@ -236,8 +236,8 @@ struct Init: AsyncParsableCommand {
                 }
                 if let shareDir {
                     var st = stat()
-                    guard stat(shareDir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
-                        throw CofferError(.config, "--share-dir \(shareDir) is not a directory")
+                    guard stat(shareDir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, access(shareDir, W_OK) == 0 else {
+                        throw CofferError(.config, "--share-dir \(shareDir) is not a writable directory")
                     }
                 }
                 let (unlocker, texts) = try NewHolderUnlocker.shares(threshold: k, count: n, now: now)
@@ -247,8 +247,12 @@ struct Init: AsyncParsableCommand {
                     let line = String(decoding: t.text.copyToArray(), as: UTF8.self)
                     if let shareDir {
                         let path = "\(shareDir)/coffer-share-\(t.set)-\(t.index).txt"
-                        try Prompt.writeNew(path, line + "\n")
-                        print("cofferd: wrote share \(t.index) to \(path) (0400)")
+                        do throws(CofferError) {
+                            try Prompt.writeNew(path, line + "\n")
+                            print("cofferd: wrote share \(t.index) to \(path) (0400)")
+                        } catch {
+                            print("cofferd: cannot write \(path) (\(error.message)); share \(t.index) is here instead:\n\(line)")
+                        }
                     } else {
                         print(line)
                     }
@@ -310,6 +314,29 @@ struct Restore: AsyncParsableCommand {
     @Option(help: "The new state directory (overrides storage.state_dir).")
     var state: String?
 
+    @Flag(help: "The backup's root key is held by a passphrase: read it from one line of standard input.")
+    var passphraseStdin = false
+
+    @Option(help: "The backup's root key is held by shares: a file holding one (repeat up to the threshold).")
+    var shareFile: [String] = []
+
+    /// How the restored database is opened: the config's key file, or what its holder needs.
+    func unlocker(_ c: CofferConfig, database: String) throws(CofferError) -> any Unlocker {
+        if passphraseStdin { return PassphraseUnlocker(passphrase: try Prompt.passphrase(fromStdin: true)) }
+        if !shareFile.isEmpty {
+            guard let h = try? Store.readHolder(path: database), h.mode == .shares, let set = h.shareSet else {
+                throw CofferError(.invalidParameter, "the backup's root key is not held by shares")
+            }
+            var texts: [[UInt8]] = []
+            for f in shareFile {
+                guard let d = FileManager.default.contents(atPath: f) else { throw CofferError(.invalidParameter, "cannot read \(f)") }
+                texts.append([UInt8](d))
+            }
+            return try SharesUnlocker(texts: texts, holder: h, set: set)
+        }
+        return KeyFileUnlocker(path: c.keyFile)
+    }
+
     func run() async throws {
         do {
             try hardenProcess()
@@ -342,7 +369,7 @@ struct Restore: AsyncParsableCommand {
             close(fd)
             do throws(CofferError) {
                 guard written == parsed.database.count, synced else { throw CofferError(.config, "cannot write \(db)") }
-                try await Self.openAndCheck(c, parsed, logger: logger)
+                try await Self.openAndCheck(c, parsed, unlocker: try unlocker(c, database: db), logger: logger)
             } catch {
                 for f in made { unlink(f) }
                 throw error
@@ -355,15 +382,15 @@ struct Restore: AsyncParsableCommand {
         }
     }
 
-    static func openAndCheck(_ c: CofferConfig, _ parsed: BackupFile.Parsed, logger: Logger) async throws(CofferError) {
+    static func openAndCheck(_ c: CofferConfig, _ parsed: BackupFile.Parsed, unlocker: any Unlocker, logger: Logger) async throws(CofferError) {
         let store = try policies(for: c, logger: logger)
         let engine: SecretEngine
         do {
-            engine = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: store,
+            engine = try await SecretEngine.open(config: c, unlocker: unlocker, policies: store,
                                                  logger: logger, reanchorAudit: true, create: false)
         } catch {
             guard error.code == .keyFile else { throw error }
-            throw CofferError(.integrity, "the backup was made by another Coffer: \(c.keyFile) does not open it (\(error.message))",
+            throw CofferError(.integrity, "the backup was made by another Coffer: \(unlocker.description) does not open it (\(error.message))",
                               hint: "restore with the key file of the Coffer that made it (--config pointing at it)")
         }
         try await engine.checkRestored(parsed)

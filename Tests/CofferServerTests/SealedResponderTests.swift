@@ -68,7 +68,7 @@ import Testing
         // one, the no-op one; 6 refusals; 3 status calls
         (code, body) = try await send(.get, "/v1/audit/events?action=unseal")
         #expect(code == 200 && body.components(separatedBy: #""action":"unseal""#).count == 6, "\(body)")
-        #expect(body.contains(#""status":403"#) && body.contains(#""status":413"#) && body.contains(#""unlocker":"key file"#), "\(body)")
+        #expect(body.contains(#""status":403"#) && body.contains(#""status":413"#) && body.contains(#""unlocker":"keyfile"#), "\(body)")
         (code, body) = try await send(.get, "/v1/audit/events?action=sealed_refusal")
         #expect(body.components(separatedBy: #""code":"sealed""#).count == 1 && body.components(separatedBy: #""error_code":"sealed""#).count == 7, "\(body)")
         (code, body) = try await send(.get, "/v1/audit/events?action=status")

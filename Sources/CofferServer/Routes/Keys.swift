@@ -73,9 +73,17 @@ extension APIResponder {
             var key: (any Unlocker)?
             switch try CofferResponder.unsealStep(body) {
             case .unlocker(let u): key = u
-            case .share, .reset: break  // nothing to collect: already open
+            case .share, .reset: break  // nothing to collect: already open (the share is not looked at)
             }
-            return try await engine.confirmUnsealed(principal, key: key, ticket: g.ticket)
+            // a key or passphrase checked here spends the same budget as when sealed:
+            // no unlimited oracle for the passphrase on an open daemon
+            if key != nil { try host?.admitUnsealAttempt() }
+            do throws(CofferError) {
+                return try await engine.confirmUnsealed(principal, key: key, ticket: g.ticket)
+            } catch {
+                if key != nil, error.code == .invalidParameter { host?.unsealAttemptFailed() }
+                throw error
+            }
         }
         return ErrorMapping.json(UnsealResponse(sealed: false, unsealedNow: false, keyID: keyID, mode: (engine.keyHolder?.mode ?? .keyfile).rawValue))
     }
