@@ -18,10 +18,13 @@ public struct BackupManifest: Codable, Sendable, Equatable {
     public var tokens: Int
     /// SHA-256 of the database bytes that follow.
     public var sha256: String
+    /// The policy file's text as it was (signed with the rest); nil when the daemon
+    /// runs on its built-in policy.
+    public var policy: String?
 
     enum CodingKeys: String, CodingKey {
         case format, createdAt = "created_at", rootKeyID = "root_key_id", keyIDs = "key_ids", auditHeadSeq = "audit_head_seq"
-        case auditHeadHash = "audit_head_hash", secrets, versions, tokens, sha256
+        case auditHeadHash = "audit_head_hash", secrets, versions, tokens, sha256, policy
     }
 }
 
@@ -98,7 +101,10 @@ extension SecretEngine {
                         secrets: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret") ?? 0,
                         versions: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version") ?? 0,
                         tokens: try Int.fetchOne(db, sql: "SELECT count(*) FROM token") ?? 0,
-                        sha256: Hex.encode(Hashing.sha256(bytes)))
+                        sha256: Hex.encode(Hashing.sha256(bytes)),
+                        policy: policyStore.path.flatMap { path in
+                            FileManager.default.contents(atPath: path).flatMap { $0.count <= 1 << 20 ? String(data: $0, encoding: .utf8) : nil }
+                        })
                 }
                 return (bytes, m)
             }

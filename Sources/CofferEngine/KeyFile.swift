@@ -24,14 +24,7 @@ public enum KeyFile {
         do { key = try SecretBytes.random(count: AEAD.keyBytes) } catch {
             throw CofferError(.keyFile, "cannot allocate guarded memory for the root key")
         }
-        var text = header
-        key.withUnsafeBytes { raw in
-            for b in raw {
-                text.append(hexDigit(b >> 4))
-                text.append(hexDigit(b & 0x0F))
-            }
-        }
-        text.append(0x0A)
+        var text = Self.text(key).copyToArray()
         defer { Hashing.wipe(&text) }
         let fd = coffer_create_exclusive(path, 0o400)
         guard fd >= 0 else {

@@ -376,7 +376,12 @@ struct Restore: AsyncParsableCommand {
             }
             let m = parsed.manifest
             print("cofferd: restored \(m.secrets) secrets, \(m.versions) versions and \(m.tokens) tokens into \(c.stateDir) (audit head seq \(m.auditHeadSeq), backup of \(Timestamp.string(millis: m.createdAt)))")
-            print("cofferd: start it with storage.state_dir = \"\(c.stateDir)\" and the same key file")
+            if let policy = m.policy {
+                let path = c.stateDir + "/policy.toml"
+                try Prompt.writeNew(path, policy, mode: 0o600)
+                print("cofferd: the policy as it was at the backup is in \(path) (compare it with access.policy_file, or point that at it)")
+            }
+            print("cofferd: start it with storage.state_dir = \"\(c.stateDir)\" and the same key material")
         } catch let e as CofferError {
             throw fail(e)
         }
@@ -499,8 +504,8 @@ enum Prompt {
         return String(decoding: line, as: UTF8.self)
     }
 
-    static func writeNew(_ path: String, _ text: String) throws(CofferError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o400)
+    static func writeNew(_ path: String, _ text: String, mode: mode_t = 0o400) throws(CofferError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard fd >= 0 else { throw CofferError(.config, "cannot create \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let bytes = Array(text.utf8)

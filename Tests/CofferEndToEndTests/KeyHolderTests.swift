@@ -146,10 +146,23 @@ import Testing
         #expect(codes.prefix(10).allSatisfy { $0 == 422 } && codes.suffix(2).allSatisfy { $0 == 429 }, "\(codes)")
     }
 
-    /// A backup of a database held by a passphrase restores with the passphrase.
+    /// A backup of a database held by a passphrase restores with the passphrase, and
+    /// brings the policy file as it was.
     @Test func aPassphraseBackupRestoresWithThePassphrase() throws {
         let (d, r) = try Self.initialised(["--unseal", "passphrase", "--passphrase-stdin", "--kdf", "interactive"], stdin: Self.passphrase)
         #expect(r.status == 0)
+        let policy = """
+            # backed up with the database
+            [role.admin]
+            [[role.admin.rule]]
+            path = "**"
+            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+            [[bind]]
+            subjects = ["uid:0"]
+            roles = ["admin"]
+
+            """
+        try policy.write(toFile: d.policyPath, atomically: true, encoding: .utf8)
         try d.start()
         #expect(try d.coffer(["operator", "unseal", "--passphrase-stdin"], stdin: Array((Self.passphrase + "\n").utf8)).status == 0)
         #expect(try d.coffer(["secret", "put", "b/x"], stdin: Array("restored".utf8)).status == 0)
@@ -161,6 +174,7 @@ import Testing
         res = try run(Bins.cofferd, ["restore", file, "--config", d.configPath, "--state", target + "2", "--passphrase-stdin"],
                       stdin: Array((Self.passphrase + "\n").utf8))
         #expect(res.status == 0 && res.out.contains("restored"), "\(res.out) \(res.stderr)")
+        #expect((try? String(contentsOfFile: target + "2/policy.toml", encoding: .utf8)) == policy, "the policy came along")
         d.stop()
         let config = try String(contentsOfFile: d.configPath, encoding: .utf8).replacingOccurrences(of: "\(d.dir)/state", with: target + "2")
         try config.write(toFile: d.configPath, atomically: true, encoding: .utf8)
