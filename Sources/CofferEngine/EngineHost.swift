@@ -256,6 +256,12 @@ public final class EngineHost: Sendable {
     /// Opens the engine (one attempt at a time; a wrong key leaves the daemon sealed
     /// and the database untouched).
     private func open(with unlocker: any Unlocker) async throws(CofferError) -> (engine: SecretEngine, wasSealed: Bool) {
+        // an unseal right after a seal waits for the seal to finish (it drains requests
+        // and stops the jobs first: seconds at most)
+        let deadline = ContinuousClock.now + Self.drainTimeout + .seconds(15)
+        while state.withLock({ if case .sealing = $0.phase { return true }; return false }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         let go: Bool = state.withLock { s in
             guard case .sealed = s.phase else { return false }
             s.phase = .unsealing
