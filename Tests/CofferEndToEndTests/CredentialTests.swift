@@ -92,10 +92,16 @@ import Testing
             d = try Daemon(config: "[ssh]\nsession_grace = \"2s\"\n[jwt]\nissuer = \"https://coffer.test\"\n", policy: CredentialTests.policy)
             try d.start()
             dir = d.dir + "/ssh"
-            try FileManager.default.createDirectory(atPath: dir + "/principals", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-            try FileManager.default.createDirectory(atPath: dir + "/authorized", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            // sshd opens the principals and authorized-keys files as the user: every
+            // directory and file on the way is made readable explicitly (CI may run
+            // with umask 077, which creation modes alone would inherit)
+            for sub in ["", "/principals", "/authorized"] {
+                try FileManager.default.createDirectory(atPath: dir + sub, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+                chmod(dir + sub, 0o755)
+            }
             for u in [CredentialTests.user, CredentialTests.other] {
                 try "deploy\n".write(toFile: dir + "/principals/" + u.name, atomically: true, encoding: .utf8)
+                chmod(dir + "/principals/" + u.name, 0o644)
                 let home = d.dir + "/home-" + u.name
                 try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
                 chown(home, u.uid, u.gid)
@@ -108,6 +114,7 @@ import Testing
                 chmod(dir + "/" + name + ".pub", 0o644)
             }
             try String(contentsOfFile: dir + "/plain.pub", encoding: .utf8).write(toFile: dir + "/authorized/" + CredentialTests.user.name, atomically: true, encoding: .utf8)
+            chmod(dir + "/authorized/" + CredentialTests.user.name, 0o644)
             // the CA, as `coffer ssh ca` prints it
             let ca = try d.coffer(["ssh", "ca"])
             guard ca.status == 0 else { throw TestError.failed("coffer ssh ca: \(ca.stderr)") }
