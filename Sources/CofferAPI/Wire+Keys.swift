@@ -183,3 +183,9 @@ public struct IntegrityResponse: Codable, Sendable {
         self.bad = bad
     }
 }
+
+/// `POST /v1/sys/integrity/accept`: how many records the new record digest covers.
+public struct IntegrityAcceptResponse: Codable, Sendable {
+    public var accepted: Int
+    public init(accepted: Int) { self.accepted = accepted }
+}

@@ -229,11 +229,13 @@ public struct StatusResponse: Codable, Sendable {
     public var threshold: Int?
     /// A key rotation's progress (the last one, while it runs).
     public var rotation: RotationInfo?
+    /// The records against their digest: "verified", or why every record is refused.
+    public var records: String?
 
     enum CodingKeys: String, CodingKey {
         case version, unlocked, sealed, devMode = "dev_mode", uptimeSeconds = "uptime_seconds", secrets,
              keyID = "key_id", activeKeyID = "active_key_id", durability, maxValueBytes = "max_value_bytes", maxVersions = "max_versions",
-             caller, decision, unseal, sharesGiven = "shares_given", threshold, rotation
+             caller, decision, unseal, sharesGiven = "shares_given", threshold, rotation, records
     }
 
     public init(version: String, sealed: Bool, devMode: Bool, uptimeSeconds: Int, secrets: Int?, keyID: String?, activeKeyID: String?,

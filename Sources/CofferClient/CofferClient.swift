@@ -196,6 +196,10 @@ extension CofferClient {
     public func integrityCheck() throws -> IntegrityResponse {
         try decode(http.request("GET", "/v1/sys/integrity"), as: IntegrityResponse.self)
     }
+
+    public func acceptRecords() throws -> IntegrityAcceptResponse {
+        try decode(http.request("POST", "/v1/sys/integrity/accept"), as: IntegrityAcceptResponse.self)
+    }
 }
 
 extension CofferClient {

@@ -49,6 +49,7 @@ public final class CredentialService: Sendable {
     let krlVersion = Mutex<UInt64>(0)
     /// Sessions being ended now (one task each).
     let ending = Mutex<Set<Int64>>([])
+    let reportedSessions = Mutex<Set<Int64>>([])
     /// A KRL write failed: the watch retries every second until one succeeds (the
     /// elevation ended regardless; sshd must learn it as soon as the disk allows).
     let krlDirty = Atomic<Bool>(false)
@@ -553,7 +554,12 @@ public final class CredentialService: Sendable {
     /// Ends sessions whose elevation is over (ended, revoked, expired, or past its
     /// end): audited first, then SIGHUP, then SIGKILL to what is left after the grace.
     public func endDueSessions() async {
-        guard let due = try? store.sessionsToEnd(now: clock.nowMillis()) else { return }
+        guard let (due, tampered) = try? store.sessionsToEnd(now: clock.nowMillis()) else { return }
+        for id in tampered where reportedSessions.withLock({ $0.insert(id).inserted }) {
+            // once per row and process: its pid and audit session are not acted on
+            logger.critical("an ssh session row failed its integrity check: it was changed without the key; its session is not ended by cofferd",
+                            metadata: ["ssh.session": "\(id)"])
+        }
         for s in due {
             guard ending.withLock({ $0.insert(s.id).inserted }) else { continue }
             Task {

@@ -325,10 +325,35 @@ public final class Keyring: Sendable {
 
     /// A root-key change (offline: the daemon is stopped): every keyring key and the
     /// audit signing key re-sealed under `newRoot`. Versions and tokens stay as they are.
+    /// Every key sealed under `old`, sealed again under `newRoot`: the keyring's keys
+    /// (erased ones, which have no material, are skipped), the audit signing key and
+    /// the SSH/JWT signing keys. Shared by a root-key change and a rotation.
+    static func resealAll(from old: RootKey, to newRoot: RootKey, records: [KeyRecord],
+                          auditKey: (keyID: String, publicKey: Data, sealed: Data)?, signing: [SigningKeyRecord]) throws
+        -> (keys: [(keyID: String, sealed: Data)], audit: Data?, signing: [(keyID: String, sealed: Data)]) {
+        var keys: [(keyID: String, sealed: Data)] = []
+        for r in records {
+            guard let sealed = r.sealed else { continue }  // erased (retired) keys
+            guard r.rootKeyID == old.keyID else { throw CofferError(.integrity, "keyring key \(r.keyID) is not sealed under the current root key") }
+            keys.append((r.keyID, try newRoot.seal(try old.open(sealed, id: r.keyID, purpose: r.purpose), id: r.keyID, purpose: r.purpose)))
+        }
+        var audit: Data?
+        if let k = auditKey {
+            let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
+            audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
+        }
+        var signed: [(keyID: String, sealed: Data)] = []
+        for k in signing {
+            guard k.rootKeyID == old.keyID else { throw CofferError(.integrity, "signing key \(k.keyID) is not sealed under the current root key") }
+            signed.append((k.keyID, try newRoot.sealSigning(try old.openSigning(k.sealed, id: k.keyID, purpose: k.purpose), id: k.keyID,
+                                                             purpose: k.purpose)))
+        }
+        return (keys, audit, signed)
+    }
+
     static func changeRoot(store: Store, from old: RootKey, to newRoot: RootKey, now: Int64) throws(CofferError) -> SecretEngine.RootKeyChange {
         guard old.keyID != newRoot.keyID else { throw CofferError(.keyFile, "the new root key is the current one") }
         do {
-            var resealed: [(keyID: String, sealed: Data)] = []
             var records = try store.keyRecords()
             // The data key carried over from before the keyring is the old root key
             // itself: it must not stay the active one (new versions get a fresh key).
@@ -341,26 +366,10 @@ public final class Keyring: Sendable {
                                   sealed: try old.seal(key, id: id, purpose: .data))
                 records.append(fresh!)
             }
-            for r in records {
-                guard let sealed = r.sealed, r.rootKeyID == old.keyID else {
-                    throw CofferError(.integrity, "keyring key \(r.keyID) is not sealed under the current root key")
-                }
-                let key = try old.open(sealed, id: r.keyID, purpose: r.purpose)
-                resealed.append((r.keyID, try newRoot.seal(key, id: r.keyID, purpose: r.purpose)))
-            }
-            var audit: Data?
-            if let k = try store.auditSigningKey() {
-                let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
-                audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
-            }
-            var signing: [(keyID: String, sealed: Data)] = []
-            for k in try store.signingKeys() {
-                guard k.rootKeyID == old.keyID else { throw CofferError(.integrity, "signing key \(k.keyID) is not sealed under the current root key") }
-                let seed = try old.openSigning(k.sealed, id: k.keyID, purpose: k.purpose)
-                signing.append((k.keyID, try newRoot.sealSigning(seed, id: k.keyID, purpose: k.purpose)))
-            }
-            try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed, auditKey: audit,
-                                     demoteLegacy: fresh.map { (legacy: old.keyID, fresh: $0) }, signingKeys: signing)
+            let resealed = try resealAll(from: old, to: newRoot, records: records, auditKey: try store.auditSigningKey(), signing: try store.signingKeys())
+            try store.replaceRootKey(oldID: old.keyID, newID: newRoot.keyID, check: newRoot.check(), now: now, keys: resealed.keys,
+                                     auditKey: resealed.audit, demoteLegacy: fresh.map { (legacy: old.keyID, fresh: $0) },
+                                     signingKeys: resealed.signing)
             // keys derived from the root before the keyring: same values, so the old key still derives them
             let legacyPurpose = try [KeyRecord.Purpose.tokenHash, .auditMAC].contains { p in
                 guard let r = records.first(where: { $0.purpose == p && $0.state == .active }), let sealed = r.sealed else { return false }

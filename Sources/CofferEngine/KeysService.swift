@@ -137,22 +137,13 @@ extension KeysService {
         } catch {
             throw errors.map(error)
         }
-        var resealed: [(keyID: String, sealed: Data)] = []
-        for r in records {
-            guard let sealed = r.sealed else { continue }  // erased (retired) keys
-            guard r.rootKeyID == old.keyID else { throw CofferError(.integrity, "keyring key \(r.keyID) is not sealed under the current root key") }
-            resealed.append((r.keyID, try newRoot.seal(try old.open(sealed, id: r.keyID, purpose: r.purpose), id: r.keyID, purpose: r.purpose)))
-        }
-        var audit: Data?
-        if let k = auditKey {
-            let secret = try Checked.crypto { () throws(CryptoError) in try old.openAuditKey([UInt8](k.sealed)) }
-            audit = Data(try Checked.crypto { () throws(CryptoError) in try newRoot.sealAuditKey(secret) })
-        }
-        var signingResealed: [(keyID: String, sealed: Data)] = []
-        for k in signing {
-            guard k.rootKeyID == old.keyID else { throw CofferError(.integrity, "signing key \(k.keyID) is not sealed under the current root key") }
-            signingResealed.append((k.keyID, try newRoot.sealSigning(try old.openSigning(k.sealed, id: k.keyID, purpose: k.purpose), id: k.keyID,
-                                                                      purpose: k.purpose)))
+        let resealed: (keys: [(keyID: String, sealed: Data)], audit: Data?, signing: [(keyID: String, sealed: Data)])
+        do {
+            resealed = try Keyring.resealAll(from: old, to: newRoot, records: records, auditKey: auditKey, signing: signing)
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw errors.map(error)
         }
         // the holder now seals the new root (a bare key file becomes a keyfile holder:
         // the same file opens the new root)
@@ -178,8 +169,8 @@ extension KeysService {
         let rotation: RotationRecord
         do {
             rotation = try await store.rotateRoot(
-                oldID: old.keyID, newID: newRoot.keyID, check: try newRoot.check(), now: now, keys: resealed, auditKey: audit,
-                signingKeys: signingResealed, holder: newHolder, expectedUnsealKeyID: holder?.unsealKeyID ?? old.keyID, newDataKey: record,
+                oldID: old.keyID, newID: newRoot.keyID, check: try newRoot.check(), now: now, keys: resealed.keys, auditKey: resealed.audit,
+                signingKeys: resealed.signing, holder: newHolder, expectedUnsealKeyID: holder?.unsealKeyID ?? old.keyID, newDataKey: record,
                 startedBy: g.principal.userName ?? "uid \(g.principal.uid)", guard: tokens.guardFor(g.principal), ticket: g.ticket)
         } catch {
             throw errors.map(error)

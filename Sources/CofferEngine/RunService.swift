@@ -421,8 +421,10 @@ public final class RunService: Sendable {
         var kept = Set<String>()
         for name in names where name.hasSuffix(".run") {
             let id = String(name.dropLast(4))
-            guard let data = fm.contents(atPath: settings.dir + "/" + name), let run = try? JSONDecoder().decode(Run.self, from: data),
-                  run.id == id else {
+            guard let data = fm.contents(atPath: settings.dir + "/" + name), let run = readRecord(data), run.id == id else {
+                // its mount, if any, is removed below with every mount no record accounts for
+                logger.critical("a run record failed its integrity check (changed without the key, or unreadable); it is not adopted",
+                                metadata: ["run.record": "\(name)"])
                 unlink(settings.dir + "/" + name)
                 continue
             }
@@ -534,8 +536,14 @@ public final class RunService: Sendable {
         throw CofferError(.mountFailed, "cofferd cannot mount a tmpfs at \(path): \(String(cString: strerror(e)))")
     }
 
+    /// A run record is its JSON, a newline, and the MAC of that JSON under the record
+    /// MAC key: a record edited or planted without the key (pointing a followed file
+    /// elsewhere, or naming another process as the runner) is not adopted.
     func writeRecord(_ run: Run) throws(CofferError) {
-        guard let data = try? JSONEncoder().encode(run) else { throw CofferError(.internal, "cannot encode a run record") }
+        guard let json = try? JSONEncoder().encode(run), let mac = try? secrets.store.runRecordMAC(json) else {
+            throw CofferError(.internal, "cannot encode a run record")
+        }
+        let data = json + Data("\n".utf8) + Data(Hex.encode(mac).utf8)
         let tmp = settings.dir + "/." + run.id + ".tmp"
         let fd = coffer_create_exclusive(tmp, 0o600)
         guard fd >= 0 else { throw CofferError(.mountFailed, "cannot write the run record in \(settings.dir): \(String(cString: strerror(errno)))") }
@@ -545,6 +553,12 @@ public final class RunService: Sendable {
             unlink(tmp)
             throw CofferError(.mountFailed, "cannot write the run record in \(settings.dir)")
         }
+    }
+
+    func readRecord(_ data: Data) -> Run? {
+        guard let nl = data.lastIndex(of: 0x0A), let mac = Hex.decode(String(decoding: data[(nl + 1)...], as: UTF8.self)),
+              let expected = try? secrets.store.runRecordMAC(Data(data[..<nl])), Hashing.constantTimeEquals(mac, expected) else { return nil }
+        return try? JSONDecoder().decode(Run.self, from: Data(data[..<nl]))
     }
 
     /// Field 22 of /proc/PID/stat (after the command name, which may hold spaces).

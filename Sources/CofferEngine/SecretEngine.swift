@@ -102,6 +102,11 @@ public final class SecretEngine: Sendable {
             keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())
             store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
             store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
+            // before anything is written: the records as a set, against their digest
+            if case .suspect(let why) = try store.openRecordDigest() {
+                logger.critical("the records do not match their authenticated digest; every record is refused until an admin acts",
+                                metadata: ["problem": "\(why)"])
+            }
         } catch let e as CofferError {
             throw e
         } catch {
@@ -132,15 +137,23 @@ public final class SecretEngine: Sendable {
     func authenticateRecords() async throws(CofferError) {
         let ticket = gate.ticket(for: .system("upgrade"), action: "records_authenticated")
         do {
-            if try store.recordsAdopted() { return }
+            let recordsAdopted = try store.recordsAdopted()
+            if recordsAdopted && store.recordDigestState != .absent { return }
             // Adoption MACs whatever the rows say: only on a trail that verifies whole,
             // so that no edited event (the one that recorded an earlier adoption, say)
             // can make it launder edited rows.
             let chain = try store.auditChain()
             if case .bad(let seq, let problem) = AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey,
                                                                        anchor: audit.anchor, mac: audit.mac) {
-                logger.critical("the audit trail does not verify; records without a MAC are not adopted and stay refused",
+                logger.critical("the audit trail does not verify; records without a MAC are not adopted (nor a record digest made) and stay refused",
                                 metadata: ["audit.seq": "\(seq)", "problem": "\(problem)"])
+                store.markRecordDigestSuspect("there is no record digest, and the trail does not verify")
+                return
+            }
+            if recordsAdopted {
+                // upgraded from a Coffer that MACed rows but kept no digest: one is made
+                try await store.adoptRecordDigest(ticket: gate.ticket(for: .system("upgrade"), action: "record_digest_adopted"))
+                if store.recordDigestState == .verified { logger.notice("record digest made (rows replayed or deleted are detected from now on)") }
                 return
             }
             if let n = try await store.adoptRecordMACs(ticket: ticket) {
@@ -153,6 +166,8 @@ public final class SecretEngine: Sendable {
         } catch {
             throw StoreErrorMapper(audit: audit, logger: logger).map(error)
         }
+        // fail closed: a database that should have a digest and has none serves nothing
+        if store.recordDigestState == .absent { store.markRecordDigestSuspect("there is no record digest") }
     }
 
     /// Zeroes every key the engine holds, in place (a seal, once nothing uses it).
@@ -201,7 +216,19 @@ public final class SecretEngine: Sendable {
         do { store = try Store(path: config.resolvedDatabasePath, durability: config.durability) } catch {
             throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
         }
-        _ = try Keyring.load(unsealed, store: store, now: clock.nowMillis())  // completes a keyring from before first
+        let keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())  // completes a keyring from before first
+        // the keyring rows it changes are MACed and the record digest kept, as online
+        do {
+            store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
+            if case .suspect(let why) = try store.openRecordDigest() {
+                throw CofferError(.integrity, "the database's records do not match their authenticated digest: \(why)",
+                                  hint: "nothing was changed; restore a backup (README, Authenticated state)")
+            }
+        } catch let e as CofferError {
+            throw e
+        } catch {
+            throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
+        }
         return try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
     }
 
@@ -459,6 +486,33 @@ public final class SecretEngine: Sendable {
                 logger.critical("records changed without the key", metadata: ["count": "\(r.bad.count)", "first": "\(r.bad[0])"])
             }
             return r
+        }
+    }
+
+    /// The records against their digest, for status: "verified", or why every record
+    /// is refused.
+    public var recordsStatus: String {
+        switch store.recordDigestState {
+        case .verified: "verified"
+        case .absent: "no digest"
+        case .suspect(let why): "refused: " + why
+        }
+    }
+
+    /// An admin by peer credentials accepts the records as they are (a suspect record
+    /// digest is made anew): refused while any row fails its own MAC. Returns the count.
+    public func acceptRecords(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> Int {
+        try await gate.perform(ticket, p, .admin, nil, named: "record_digest_accepted") { g async throws(CofferError) in
+            guard p.token == nil else {
+                g.ticket.decided(.deny("records accept: an admin by peer credentials, not a token"))
+                throw CofferError(.permissionDenied, "accepting the records needs an admin by peer credentials, not a token",
+                                  hint: "run it without COFFER_TOKEN")
+            }
+            let was = store.recordDigestState
+            let n = try await StoreErrorMapper(audit: audit, logger: logger).call { try await store.acceptRecordDigest(ticket: g.ticket) }
+            logger.critical("records accepted as they are by an admin; the record digest was made anew",
+                            metadata: ["records": "\(n)", "was": "\(was)"])
+            return n
         }
     }
 

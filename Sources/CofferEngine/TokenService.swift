@@ -277,7 +277,7 @@ public final class TokenService: Sendable {
 
     /// Revokes a token and its descendants.
     public func revoke(_ g: Grant, accessor: String) async throws(CofferError) -> [String] {
-        guard try errors.call({ try store.token(accessor: accessor) }) != nil else {
+        guard try errors.call({ try store.tokenExists(accessor: accessor) }) else {
             throw CofferError(.notFound, "no token with accessor \(accessor.prefix(64))")
         }
         defer { cache.clear() }  // a revoked token must stop working at once

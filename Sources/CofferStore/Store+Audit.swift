@@ -95,6 +95,8 @@ extension Store {
             out.append(e)
         }
         let head = (seq: seq, hash: prev)
+        // the record digest names the trail's head (a rollback of the records alone shows)
+        try digestFollowAudit(db, seq: seq, hash: prev)
         db.afterNextTransaction(onCommit: { db in
             // GRDB keeps a next-transaction observer whose COMMIT failed (a full disk)
             // and fires it at the next commit of anything: trust the head only when
@@ -278,6 +280,9 @@ extension Store {
             // the prune's own event (hashed into the chain) says it had happened
             if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_auth") ?? 0 > 0 {
                 ticket.update { $0.details["records_authenticated"] = .text("before this prune") }
+            }
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") ?? 0 > 0 {
+                ticket.update { $0.details[Store.digestMarker] = .text("kept before this prune") }
             }
             try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
             let n = db.changesCount

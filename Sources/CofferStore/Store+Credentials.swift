@@ -242,6 +242,7 @@ extension Store {
     /// issued it and its elevation is active now (checked in the same transaction).
     public func registerSession(digest: Data, auditSession: UInt32, pid: Int32, user: String?, now: Int64, ticket: AuditTicket,
                                 annotate: @escaping @Sendable (CredentialRecord) -> Void) async throws -> SSHSessionRecord? {
+        let mac = try recordMAC()
         let (session, event) = try await pool.write { db -> (SSHSessionRecord?, AuditEvent?) in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM credential WHERE digest = ? AND kind = 'ssh'", arguments: [digest]) else {
                 return (nil, nil)
@@ -262,29 +263,43 @@ extension Store {
                 """, arguments: [Int64(bitPattern: c.serial!), c.elevationID, Int64(auditSession), Int64(pid), user, now])
             let s = SSHSessionRecord(id: db.lastInsertedRowID, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid,
                                      user: user, openedAt: now)
+            try Store.sealSession(db, mac, s.id)
             return (s, try self.commit(ticket, db))
         }
         if let event { ticket.markCommitted(event) }
         return session
     }
 
-    /// Open sessions whose elevation is no longer active or whose window is over.
-    public func sessionsToEnd(now: Int64) throws -> [SSHSessionRecord] {
-        try pool.read { db in
-            try Row.fetchAll(db, sql: """
+    /// Open sessions whose elevation is no longer active or whose window is over, and
+    /// the rows among them (or among those ended in the last day) that fail their MAC:
+    /// those are named, never acted on (their pid and audit session cannot be trusted,
+    /// and a session "ended" by hand may still run).
+    public func sessionsToEnd(now: Int64) throws -> (due: [SSHSessionRecord], tampered: [Int64]) {
+        let mac = try recordMAC()
+        return try pool.read { db in
+            var due: [SSHSessionRecord] = [], tampered: [Int64] = []
+            for r in try Row.fetchAll(db, sql: """
                 SELECT s.* FROM ssh_session s JOIN elevation_request e ON e.id = s.elevation_id
-                WHERE s.ended_at IS NULL AND (e.state <> 'active' OR e.ends_at <= ?)
-                """, arguments: [now]).map {
-                SSHSessionRecord(id: $0["id"], serial: UInt64(bitPattern: $0["serial"]), elevationID: $0["elevation_id"],
-                                 auditSession: UInt32(truncatingIfNeeded: $0["audit_session"] as Int64), pid: Int32(truncatingIfNeeded: $0["pid"] as Int64),
-                                 user: $0["user"], openedAt: $0["opened_at"])
+                WHERE (s.ended_at IS NULL OR s.ended_at >= ?) AND (e.state <> 'active' OR e.ends_at <= ?)
+                """, arguments: [now &- 86_400_000, now]) {
+                guard RecordMAC.matches(r["mac"], mac.session(r)) else {
+                    tampered.append(r["id"])
+                    continue
+                }
+                guard (r["ended_at"] as Int64?) == nil else { continue }
+                due.append(SSHSessionRecord(id: r["id"], serial: UInt64(bitPattern: r["serial"]), elevationID: r["elevation_id"],
+                                            auditSession: UInt32(truncatingIfNeeded: r["audit_session"] as Int64),
+                                            pid: Int32(truncatingIfNeeded: r["pid"] as Int64), user: r["user"], openedAt: r["opened_at"]))
             }
+            return (due, tampered)
         }
     }
 
     public func endSession(id: Int64, now: Int64, reason: String, ticket: AuditTicket) async throws {
+        let mac = try recordMAC()
         let event = try await pool.write { db -> AuditEvent? in
             try db.execute(sql: "UPDATE ssh_session SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL", arguments: [now, reason, id])
+            if db.changesCount > 0 { try Store.sealSession(db, mac, id) }
             return try self.commit(ticket, db)
         }
         if let event { ticket.markCommitted(event) }

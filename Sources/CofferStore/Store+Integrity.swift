@@ -22,10 +22,16 @@ public import GRDB
 /// row deleted outright — is in the README ("Authenticated state").
 public struct RecordMAC: Sendable {
     let key: SecretBytes
+    /// Keys each row's contribution to the record digest (see `RecordDigest`).
+    let digestKey: SecretBytes
+    /// Whether this store's record digest was verified at open (and so is kept).
+    let digest = RecordDigest()
 
     public init(derivedFrom base: SecretBytes) throws {
         var derived = Hashing.blake2b(Array("coffer-record-mac-key-v1".utf8), key: base, outputLength: 32)
         key = try SecretBytes(consuming: &derived)
+        var dk = Hashing.blake2b(Array("coffer-record-digest-key-v1".utf8), key: base, outputLength: 32)
+        digestKey = try SecretBytes(consuming: &dk)
     }
 
     func mac(_ label: String, _ fields: [[UInt8]]) -> [UInt8] {
@@ -79,6 +85,28 @@ public struct RecordMAC: Sendable {
         }
     }
 
+    func session(_ r: Row) -> [UInt8] {
+        mac("coffer-ssh-session-v1", [Self.int(r["id"] as Int64?), Self.int(r["serial"] as Int64?), Self.text(r["elevation_id"]),
+                                      Self.int(r["audit_session"] as Int64?), Self.int(r["pid"] as Int64?), Self.text(r["user"]),
+                                      Self.int(r["opened_at"] as Int64?), Self.int(r["ended_at"] as Int64?), Self.text(r["end_reason"])])
+    }
+
+    func key(_ r: Row) -> [UInt8] {
+        mac("coffer-keyring-key-v1", [Self.text(r["key_id"]), Self.text(r["purpose"]), Self.text(r["state"]), Self.int(r["created_at"] as Int64?)])
+    }
+
+    /// One row's share of the record digest: its MAC, keyed again under a key the
+    /// database never shows, so the shares cannot be combined by someone who reads MACs.
+    func share(_ kind: RecordDigest.Kind, _ rowMAC: Data?) -> [UInt8] {
+        // a row without a MAC has a share too (it counts; it fails its own check anyway)
+        Hashing.blake2b(LengthPrefixed.encode("coffer-record-share-v1", [Array(kind.rawValue.utf8), Self.blob(rowMAC)]),
+                        key: digestKey, outputLength: 32)
+    }
+
+    func digestRow(_ d: Store.DigestRow) -> [UInt8] {
+        mac("coffer-record-digest-v1", [Self.int(d.gen), d.acc, Self.int(d.rows), Self.int(d.auditSeq), d.auditHash])
+    }
+
     static func matches(_ stored: Data?, _ expected: [UInt8]) -> Bool {
         guard let stored else { return false }
         return Hashing.constantTimeEquals([UInt8](stored), expected)
@@ -112,6 +140,11 @@ extension Store {
         return m
     }
 
+    /// The MAC of a run record file's JSON (kept outside the database).
+    public func runRecordMAC(_ json: Data) throws -> [UInt8] {
+        try recordMAC().mac("coffer-run-record-v1", [[UInt8](json)])
+    }
+
     /// Sets the key that MACs records (once, at open, from the keyring).
     public func installRecordMAC(_ mac: RecordMAC) { recordMACKey.withLock { $0 = mac } }
 
@@ -119,21 +152,24 @@ extension Store {
 
     /// MACs a secret's head as it now is (current and lowest retained version).
     static func sealHead(_ db: Database, _ mac: RecordMAC, id: Int64, path: String) throws {
-        let current = try Int.fetchOne(db, sql: "SELECT current_version FROM secret WHERE id = ?", arguments: [id]) ?? 0
+        let row = try Row.fetchOne(db, sql: "SELECT current_version, mac FROM secret WHERE id = ?", arguments: [id])
+        let current: Int = row?["current_version"] ?? 0
         let low = try Int.fetchOne(db, sql: "SELECT min(version) FROM secret_version WHERE secret_id = ?", arguments: [id])
-        try db.execute(sql: "UPDATE secret SET low_version = ?, mac = ? WHERE id = ?",
-                       arguments: [low, Data(mac.head(path: path, current: current, low: low)), id])
+        let new = mac.head(path: path, current: current, low: low)
+        try db.execute(sql: "UPDATE secret SET low_version = ?, mac = ? WHERE id = ?", arguments: [low, Data(new), id])
+        try digestReplace(db, mac, .secret, old: row?["mac"], new: new)
     }
 
     /// MACs the given versions of a secret as they now are.
     static func sealVersions(_ db: Database, _ mac: RecordMAC, id: Int64, path: String, versions: [Int]? = nil) throws {
-        let rows = try Row.fetchAll(db, sql: "SELECT version, state, created_at, created_uid, created_user, size FROM secret_version WHERE secret_id = ?",
+        let rows = try Row.fetchAll(db, sql: "SELECT version, state, created_at, created_uid, created_user, size, mac FROM secret_version WHERE secret_id = ?",
                                     arguments: [id])
         for r in rows {
             let v: Int = r["version"]
             if let versions, !versions.contains(v) { continue }
-            try db.execute(sql: "UPDATE secret_version SET mac = ? WHERE secret_id = ? AND version = ?",
-                           arguments: [Data(mac.version(path: path, r)), id, v])
+            let new = mac.version(path: path, r)
+            try db.execute(sql: "UPDATE secret_version SET mac = ? WHERE secret_id = ? AND version = ?", arguments: [Data(new), id, v])
+            try digestReplace(db, mac, .version, old: r["mac"], new: new)
         }
     }
 
@@ -159,7 +195,9 @@ extension Store {
     static func sealTokens(_ db: Database, _ mac: RecordMAC, _ accessors: [String]) throws {
         for a in accessors {
             guard let r = try Row.fetchOne(db, sql: "SELECT * FROM token WHERE accessor = ?", arguments: [a]) else { continue }
-            try db.execute(sql: "UPDATE token SET mac = ? WHERE accessor = ?", arguments: [Data(mac.token(r)), a])
+            let new = mac.token(r)
+            try db.execute(sql: "UPDATE token SET mac = ? WHERE accessor = ?", arguments: [Data(new), a])
+            try digestReplace(db, mac, .token, old: r["mac"], new: new)
         }
     }
 
@@ -167,7 +205,17 @@ extension Store {
     static func sealElevation(_ db: Database, _ mac: RecordMAC, _ id: String) throws {
         guard let r = try Row.fetchOne(db, sql: "SELECT * FROM elevation_request WHERE id = ?", arguments: [id]) else { return }
         let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
-        try db.execute(sql: "UPDATE elevation_request SET mac = ? WHERE id = ?", arguments: [Data(mac.elevation(r, reviews: reviews)), id])
+        let new = mac.elevation(r, reviews: reviews)
+        try db.execute(sql: "UPDATE elevation_request SET mac = ? WHERE id = ?", arguments: [Data(new), id])
+        try digestReplace(db, mac, .elevation, old: r["mac"], new: new)
+    }
+
+    /// MACs an SSH session row as it now is.
+    static func sealSession(_ db: Database, _ mac: RecordMAC, _ id: Int64) throws {
+        guard let r = try Row.fetchOne(db, sql: "SELECT * FROM ssh_session WHERE id = ?", arguments: [id]) else { return }
+        let new = mac.session(r)
+        try db.execute(sql: "UPDATE ssh_session SET mac = ? WHERE id = ?", arguments: [Data(new), id])
+        try digestReplace(db, mac, .session, old: r["mac"], new: new)
     }
 
     /// True when `versions` (ascending) are exactly low...current. Checked arithmetic:
@@ -188,6 +236,7 @@ extension Store {
         guard RecordMAC.matches(r["mac"], try recordMAC().elevation(r, reviews: reviews)) else {
             throw Store.integrityError("the elevation request \(id)")
         }
+        try digestGate()
     }
 
     func checkHead(_ path: String, current: Int, low: Int?, mac stored: Data?) throws {
@@ -206,6 +255,7 @@ extension Store {
         guard RecordMAC.matches(r["mac"], try recordMAC().token(r)) else {
             throw Store.integrityError("the token \(r["accessor"] as String? ?? "?")")
         }
+        try digestGate()
     }
 
     // MARK: adoption and the full scan
@@ -239,9 +289,14 @@ extension Store {
             let tokens = try String.fetchAll(db, sql: "SELECT accessor FROM token WHERE mac IS NULL")
             try Store.sealTokens(db, mac, tokens)
             for id in try String.fetchAll(db, sql: "SELECT id FROM elevation_request WHERE mac IS NULL") { try Store.sealElevation(db, mac, id) }
+            for id in try Int64.fetchAll(db, sql: "SELECT id FROM ssh_session WHERE mac IS NULL") { try Store.sealSession(db, mac, id) }
+            try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
             try db.execute(sql: "INSERT INTO record_auth (adopted_at) VALUES (?)", arguments: [Int64(Date().timeIntervalSince1970 * 1000)])
-            ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)" }
-            return ((secrets.count, tokens.count), try self.commit(ticket, db))
+            ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)"; $0.details[Store.digestMarker] = .text("started") }
+            let event = try self.commit(ticket, db)
+            // the record digest starts here, over the rows just MACed
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") == 0 { try Store.startDigest(db, mac) }
+            return ((secrets.count, tokens.count), event)
         }
         if let event { ticket.markCommitted(event) }
         return result
@@ -257,7 +312,33 @@ extension Store {
     public func integrityScan() throws -> (checked: Int, bad: [String]) {
         let mac = try recordMAC()
         return try pool.read { db in
-            var bad: [String] = try Store.foreignSchemaObjects(db).map { "schema: \($0) was not made by Coffer" }
+            var (checked, bad) = try Store.scanRows(db, mac)
+            // the set as a whole: the digest as found at open, then as it is now
+            if case .suspect(let why) = mac.digest.current {
+                bad.append("records: \(why)")
+            } else if mac.digest.current == .verified {
+                if let read = try Store.readDigest(db, mac), let d = read {
+                    let sum = try Store.digestSum(db, mac)
+                    if !Hashing.constantTimeEquals(sum.acc, d.acc) || sum.rows != d.rows {
+                        bad.append("records: a record was deleted, added or put back to an older state of itself")
+                    }
+                } else {
+                    bad.append("records: the record digest was changed or removed")
+                }
+            } else {
+                bad.append("records: there is no record digest")
+            }
+            return (checked, bad)
+        }
+    }
+
+    static func badRows(_ db: Database, _ mac: RecordMAC) throws -> [String] { try scanRows(db, mac).bad }
+
+    /// Every row against its own MAC (and the schema against what Coffer makes).
+    static func scanRows(_ db: Database, _ mac: RecordMAC) throws -> (checked: Int, bad: [String]) {
+        do {
+            var bad: [String] = []
+            do { try Store.checkSchema(db) } catch let e as CofferError { bad.append("schema: " + e.message) }
             var checked = 0
             for s in try Row.fetchAll(db, sql: "SELECT id, path, current_version, low_version, mac FROM secret ORDER BY path") {
                 let path: String = s["path"]
@@ -287,6 +368,12 @@ extension Store {
                 let id: String = e["id"]
                 let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
                 if !RecordMAC.matches(e["mac"], mac.elevation(e, reviews: reviews)) { bad.append("elevation request \(id)") }
+            }
+            for id in try Store.badKeys(db, mac) { bad.append("keyring key \(id)") }
+            checked += try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring") ?? 0
+            for r in try Row.fetchAll(db, sql: "SELECT * FROM ssh_session ORDER BY id") {
+                checked += 1
+                if !RecordMAC.matches(r["mac"], mac.session(r)) { bad.append("ssh session \(r["id"] as Int64)") }
             }
             return (checked, bad)
         }

@@ -128,10 +128,13 @@ extension Store {
     /// Adds a new active key of its purpose; the one active before becomes
     /// decrypt-only. One transaction, with its audit event.
     public func addActiveKey(_ k: KeyRecord, guard tokenGuard: TokenGuard?, ticket: AuditTicket) async throws {
+        let mac = try recordMAC()
         let event = try await pool.write { db -> AuditEvent? in
             try tokenGuard?.check(db)
+            let demoted = try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE purpose = ? AND state = 'active'", arguments: [k.purpose.rawValue])
             try db.execute(sql: "UPDATE keyring SET state = 'decrypt-only' WHERE purpose = ? AND state = 'active'", arguments: [k.purpose.rawValue])
             try Store.insertKey(db, k)
+            try Store.sealKeys(db, mac, demoted + [k.keyID])
             return try self.commit(ticket, db)
         }
         if let event { ticket.markCommitted(event) }
@@ -143,32 +146,46 @@ extension Store {
     public func replaceRootKey(oldID: String, newID: String, check: Data, now: Int64,
                                keys: [(keyID: String, sealed: Data)], auditKey: Data?, demoteLegacy: (legacy: String, fresh: KeyRecord)? = nil,
                                signingKeys: [(keyID: String, sealed: Data)] = []) throws {
+        let mac = recordMACKey.withLock { $0 }
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
             if let d = demoteLegacy {
                 try db.execute(sql: "UPDATE keyring SET state = 'decrypt-only' WHERE key_id = ? AND state = 'active'", arguments: [d.legacy])
                 try Store.insertKey(db, d.fresh)  // sealed under the old root here, re-sealed below with the rest
+                try Store.sealKeys(db, mac, [d.legacy, d.fresh.keyID])
             }
-            for k in keys {
-                try db.execute(sql: "UPDATE keyring SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                               arguments: [k.sealed, newID, k.keyID, oldID])
-                guard db.changesCount == 1 else { throw CofferError(.integrity, "the keyring changed during the root-key change") }
-            }
-            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
-                throw CofferError(.integrity, "a key was not re-sealed")
-            }
-            if let auditKey {
-                try db.execute(sql: "UPDATE audit_key SET sealed_secret = ?", arguments: [auditKey])
-            }
-            for k in signingKeys {
-                try db.execute(sql: "UPDATE signing_key SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                               arguments: [k.sealed, newID, k.keyID, oldID])
-                guard db.changesCount == 1 else { throw CofferError(.integrity, "a signing key changed during the root-key change") }
-            }
-            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
-                throw CofferError(.integrity, "a signing key was not re-sealed")
-            }
-            try db.execute(sql: "DELETE FROM root_key WHERE key_id = ?", arguments: [oldID])
+            try Store.moveRoot(db, oldID: oldID, newID: newID, check: check, now: now, keys: keys, auditKey: auditKey, signingKeys: signingKeys)
         }
+    }
+
+    /// Inside a transaction: the new root key's check in; every keyring key, the audit
+    /// signing key and every signing key replaced by its re-sealed form (each must have
+    /// been under `oldID`, and none with material may be left behind: a key added or
+    /// changed meanwhile is a conflict); erased keys follow the new root; the old
+    /// root key's check out. Shared by a root-key change and a rotation.
+    static func moveRoot(_ db: Database, oldID: String, newID: String, check: Data, now: Int64, keys: [(keyID: String, sealed: Data)],
+                         auditKey: Data?, signingKeys: [(keyID: String, sealed: Data)]) throws {
+        guard try Int.fetchOne(db, sql: "SELECT count(*) FROM root_key WHERE key_id = ?", arguments: [oldID]) == 1 else {
+            throw CofferError(.conflict, "the root key changed meanwhile", hint: "try again")
+        }
+        try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
+        for k in keys {
+            try db.execute(sql: "UPDATE keyring SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
+                           arguments: [k.sealed, newID, k.keyID, oldID])
+            guard db.changesCount == 1 else { throw CofferError(.conflict, "the keyring changed during the root-key change", hint: "try again") }
+        }
+        guard try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring WHERE root_key_id = ? AND sealed IS NOT NULL", arguments: [oldID]) == 0 else {
+            throw CofferError(.conflict, "a key was added during the root-key change", hint: "try again")
+        }
+        try db.execute(sql: "UPDATE keyring SET root_key_id = ? WHERE root_key_id = ?", arguments: [newID, oldID])  // erased keys
+        if let auditKey { try db.execute(sql: "UPDATE audit_key SET sealed_secret = ?", arguments: [auditKey]) }
+        for k in signingKeys {
+            try db.execute(sql: "UPDATE signing_key SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
+                           arguments: [k.sealed, newID, k.keyID, oldID])
+            guard db.changesCount == 1 else { throw CofferError(.conflict, "a signing key changed during the root-key change", hint: "try again") }
+        }
+        guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
+            throw CofferError(.conflict, "a signing key was added during the root-key change", hint: "try again")
+        }
+        try db.execute(sql: "DELETE FROM root_key WHERE key_id = ?", arguments: [oldID])
     }
 }

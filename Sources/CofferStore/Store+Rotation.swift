@@ -31,36 +31,17 @@ extension Store {
     public func rotateRoot(oldID: String, newID: String, check: Data, now: Int64, keys: [(keyID: String, sealed: Data)], auditKey: Data?,
                            signingKeys: [(keyID: String, sealed: Data)], holder: HolderRecord, expectedUnsealKeyID: String, newDataKey: KeyRecord,
                            startedBy: String, guard tokenGuard: TokenGuard?, ticket: AuditTicket) async throws -> RotationRecord {
+        let mac = try recordMAC()
         let (event, record) = try await pool.write { db -> (AuditEvent?, RotationRecord) in
             try tokenGuard?.check(db)
             let current = try String.fetchOne(db, sql: "SELECT unseal_key_id FROM key_holder WHERE id = 1")
             guard current == nil || current == expectedUnsealKeyID else { throw CofferError(.conflict, "the key holder changed meanwhile") }
-            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM root_key WHERE key_id = ?", arguments: [oldID]) == 1 else {
-                throw CofferError(.conflict, "the root key changed meanwhile", hint: "try again")
-            }
-            try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
-            for k in keys {
-                try db.execute(sql: "UPDATE keyring SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                               arguments: [k.sealed, newID, k.keyID, oldID])
-                guard db.changesCount == 1 else { throw CofferError(.conflict, "the keyring changed during the rotation", hint: "try again") }
-            }
-            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring WHERE root_key_id = ? AND sealed IS NOT NULL", arguments: [oldID]) == 0 else {
-                throw CofferError(.conflict, "a key was added during the rotation", hint: "try again")
-            }
-            try db.execute(sql: "UPDATE keyring SET root_key_id = ? WHERE root_key_id = ?", arguments: [newID, oldID])  // erased keys
-            if let auditKey { try db.execute(sql: "UPDATE audit_key SET sealed_secret = ?", arguments: [auditKey]) }
-            for k in signingKeys {
-                try db.execute(sql: "UPDATE signing_key SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                               arguments: [k.sealed, newID, k.keyID, oldID])
-                guard db.changesCount == 1 else { throw CofferError(.conflict, "a signing key changed during the rotation", hint: "try again") }
-            }
-            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
-                throw CofferError(.conflict, "a signing key was added during the rotation", hint: "try again")
-            }
+            try Store.moveRoot(db, oldID: oldID, newID: newID, check: check, now: now, keys: keys, auditKey: auditKey, signingKeys: signingKeys)
             try Store.writeHolder(db, holder)
+            let demoted = try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active'")
             try db.execute(sql: "UPDATE keyring SET state = 'decrypt-only' WHERE purpose = 'data' AND state = 'active'")
             try Store.insertKey(db, newDataKey)
-            try db.execute(sql: "DELETE FROM root_key WHERE key_id = ?", arguments: [oldID])
+            try Store.sealKeys(db, mac, demoted + [newDataKey.keyID])
             let total = try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version WHERE wrapped_key IS NOT NULL AND key_id != ?",
                                          arguments: [newDataKey.keyID]) ?? 0
             try db.execute(sql: "DELETE FROM key_rotation")
@@ -115,6 +96,7 @@ extension Store {
     /// The rotation's end, with its event: every data key that wraps no version any
     /// more (and is not active) is retired and its material erased; the rotation row goes.
     public func finishRotation(ticket: AuditTicket) async throws -> [String] {
+        let mac = try recordMAC()
         let (event, erased) = try await pool.write { db -> (AuditEvent?, [String]) in
             guard let target = try String.fetchOne(db, sql: "SELECT target_key_id FROM key_rotation WHERE id = 1") else { return (nil, []) }
             guard try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version WHERE wrapped_key IS NOT NULL AND key_id != ?", arguments: [target]) == 0
@@ -126,6 +108,7 @@ extension Store {
             for id in erased {
                 try db.execute(sql: "UPDATE keyring SET state = 'retired', sealed = NULL WHERE key_id = ?", arguments: [id])
             }
+            try Store.sealKeys(db, mac, erased)
             try db.execute(sql: "DELETE FROM key_rotation")
             ticket.update { $0.details["erased_keys"] = .text(erased.joined(separator: ",")) }
             return (try self.commit(ticket, db), erased)

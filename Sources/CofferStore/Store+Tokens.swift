@@ -164,6 +164,12 @@ extension Store {
         }
     }
 
+    /// Whether a token with this accessor exists (unchecked: a revocation, which only
+    /// takes away, goes ahead on a database whose records are suspect).
+    public func tokenExists(accessor: String) throws -> Bool {
+        try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM token WHERE accessor = ?", arguments: [accessor]) ?? 0 > 0 }
+    }
+
     /// Live and recently ended tokens, newest first (bounded).
     public func tokens(limit: Int) throws -> [TokenRecord] {
         try pool.read { db in

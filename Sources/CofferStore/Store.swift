@@ -54,6 +54,11 @@ public final class Store: Sendable {
             throw Store.integrityError("the database schema (\(foreign) was not made by Coffer)")
         }
         try Store.migrator.migrate(pool)
+        // The schema must be exactly the one the migrations make (a table rebuilt
+        // without its keys or STRICT types would let duplicate rows or wrong types
+        // in), and the file must pass SQLite's own check (a schema text edited with
+        // writable_schema to look right over rows that break it).
+        try pool.read { db in try Store.checkSchema(db) }
         self.pool = pool
         self.path = path
         self.auditMAC = Mutex(auditMAC)
@@ -126,6 +131,7 @@ public final class Store: Sendable {
         registerCredentialMigration(&m)
         registerIntegrityMigration(&m)
         registerHolderMigration(&m)
+        registerDigestMigration(&m)
         return m
     }
 
@@ -153,6 +159,7 @@ public final class Store: Sendable {
         guard let low, Store.contiguous(rows.map { $0["version"] as Int }, low: low, current: current) else {
             throw Store.integrityError("the versions of the secret \(path)")
         }
+        try digestGate()  // the rows each hold: now the set they belong to
         return SecretRecord(path: path, currentVersion: current, createdAt: row["created_at"],
                             updatedAt: row["updated_at"], versions: rows.map(Store.versionRecord))
     }
@@ -185,9 +192,11 @@ public final class Store: Sendable {
                 if let low, (low...max(low, current)).contains(version ?? current) {
                     throw Store.integrityError("version \(version ?? current) of the secret \(path)")
                 }
+                try digestGate()
                 return (current, nil)
             }
             try checkVersion(path.rawValue, row)
+            try digestGate()
             return (current, StoredVersion(meta: Store.versionRecord(row), wrappedKey: row["wrapped_key"], ciphertext: row["ciphertext"]))
         }
     }
@@ -270,8 +279,9 @@ public final class Store: Sendable {
             let existing = try Row.fetchOne(db, sql: "SELECT id, current_version, low_version, mac FROM secret WHERE path = ?",
                                             arguments: [path.rawValue])
             let current: Int = existing?["current_version"] ?? 0
-            // a head changed by hand is not built upon (its check-and-set would rest on it)
-            if let existing { try self.checkHead(path.rawValue, current: current, low: existing["low_version"], mac: existing["mac"]) }
+            // a secret changed by hand (its head or any version) is not built upon: its
+            // check-and-set would rest on it, and pruning would erase the evidence
+            if existing != nil { _ = try self.fetchSecret(db, path.rawValue) } else { try self.digestGate() }
             if let cas, cas != current {
                 throw CofferError(.casMismatch, "check-and-set failed: the current version is \(current), not \(cas)",
                                   hint: "read the secret again and retry with --cas \(current)")
@@ -291,7 +301,12 @@ public final class Store: Sendable {
                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)
                 """, arguments: [id, next, now, Int64(author.uid), author.user, sealed.size, sealed.keyID, sealed.wrappedKey, sealed.ciphertext])
             try db.execute(sql: "UPDATE secret SET current_version = ?, updated_at = ? WHERE id = ?", arguments: [next, now, id])
-            // Versions beyond the limit are removed with their keys (secure_delete zeroes them).
+            // Versions beyond the limit are removed with their keys (secure_delete zeroes
+            // them), and leave the record digest with them.
+            for gone in try Data?.fetchAll(db, sql: "SELECT mac FROM secret_version WHERE secret_id = ? AND version <= ?",
+                                           arguments: [id, next - maxVersions]) {
+                try Store.digestReplace(db, mac, .version, old: gone, new: nil)
+            }
             try db.execute(sql: "DELETE FROM secret_version WHERE secret_id = ? AND version <= ?", arguments: [id, next - maxVersions])
             // authenticated state: the new version and the head, as they now are
             try Store.sealVersions(db, mac, id: id, path: path.rawValue, versions: [next])

@@ -105,7 +105,7 @@ struct StatusCommand: ParsableCommand {
                 cofferd:       \(s.version)\(s.devMode ? " (dev mode)" : "")
                 socket:        \(client.http.socketPath)
                 unlocked:      \(s.unlocked)\(s.sealed ? "  (sealed: an admin unseals it with coffer operator unseal)" : "")
-                held by:       \(s.unseal ?? "keyfile")\(s.threshold.map { "  (\(s.sharesGiven ?? 0) of \($0) shares given)" } ?? "")\(s.rotation.map { "\nrotation:      \($0.done) of \($0.total) versions re-wrapped under \($0.targetKeyID)" } ?? "")
+                held by:       \(s.unseal ?? "keyfile")\(s.threshold.map { "  (\(s.sharesGiven ?? 0) of \($0) shares given)" } ?? "")\(s.rotation.map { "\nrotation:      \($0.done) of \($0.total) versions re-wrapped under \($0.targetKeyID)" } ?? "")\(s.records.map { "\nrecords:       \($0)" } ?? "")
                 uptime:        \(s.uptimeSeconds)s
                 secrets:       \(s.secrets.map(String.init) ?? "-")
                 root key id:   \(s.keyID ?? "-")

@@ -107,16 +107,29 @@ struct OperatorCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "check",
-            abstract: "Scan the database: every secret head, version and token against its MAC (exit 9 when one fails).",
-            discussion: "A record changed without the key (sqlite3 on the database) fails its MAC; each is named, never its value.")
+            abstract: "Scan the database: every secret head, version, token, elevation and SSH session against its MAC, and the records as a set against their digest (exit 9 when one fails).",
+            discussion: """
+                A record changed without the key (sqlite3 on the database) fails its MAC; each is named, never its value. \
+                A record deleted or put back to an older state of itself fails the record digest, which cannot name it: \
+                cofferd then refuses every record. Restore a backup; or, having reviewed the database, --accept takes \
+                the records as they are now (an admin by peer credentials; refused while any record fails its own MAC; \
+                a replayed record is accepted with the rest).
+                """)
         @OptionGroup var global: GlobalOptions
+        @Flag(help: "Accept the records as they are now and make their digest anew (audited).") var accept = false
         func run() throws {
             try runReporting {
+                if accept {
+                    let a = try global.client().acceptRecords()
+                    if global.format == .json { return try printJSON(a) }
+                    return try printLine("accepted: \(a.accepted) records; the record digest was made anew")
+                }
                 let r = try global.client().integrityCheck()
                 if global.format == .json { try printJSON(r) } else if r.ok {
                     try printLine("OK: \(r.checked) records, every MAC matches")
                 } else {
-                    try printLine((["BAD: \(r.bad.count) of \(r.checked) records were changed without the key:"] + r.bad.map { "  " + $0 })
+                    try printLine((["BAD: \(r.bad.count) problem\(r.bad.count == 1 ? "" : "s") found in \(r.checked) records (changed without the key):"]
+                                   + r.bad.map { "  " + $0 })
                         .joined(separator: "\n"))
                 }
                 if !r.ok { throw ExitCode(9) }

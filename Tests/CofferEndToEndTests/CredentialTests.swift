@@ -251,14 +251,7 @@ import Testing
         }
     }
 
-    static func waitFor(_ seconds: Double, _ cond: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if cond() { return true }
-            usleep(50_000)
-        }
-        return cond()
-    }
+    static func waitFor(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool { waitUntil(seconds, condition) }
 
     static func keygen(_ args: [String]) throws -> RunResult { try run("/usr/bin/ssh-keygen", args, env: ["TZ": "UTC"]) }
 

@@ -59,10 +59,188 @@ import Testing
             """)
         expectIntegrityError(d, try d.coffer(["secret", "get", "app/k", "--version", "2"]), naming: "version 2 of the secret app/k", notShowing: ["two"])
         expectIntegrityError(d, try d.coffer(["secret", "get", "app/k", "--version", "1"]), naming: "version 1 of the secret app/k", notShowing: ["one"])
-        #expect(try d.coffer(["secret", "get", "app/k"]).out == "three", "the untouched current version still reads")
-        #expect(try d.coffer(["secret", "get", "app/gone"]).out == "one", "other secrets are unaffected")
+        // a row deleted outright changes the record digest: nothing else is served either
+        for path in ["app/k", "app/gone"] {
+            let r = try d.coffer(["secret", "get", path])
+            #expect(r.status != 0 && r.stderr.contains("do not match their authenticated digest") && r.out.isEmpty, "\(r.out) \(r.stderr)")
+        }
         let c = try check(d)
-        #expect(c.status == 9 && c.out.contains("secret app/k: version 2") && c.out.contains("secret app/k: versions 1...3 are not all there"), "\(c.out)")
+        #expect(c.status == 9 && c.out.contains("secret app/k: version 2") && c.out.contains("secret app/k: versions 1...3 are not all there")
+                && c.out.contains("records: a record was deleted, added or put back to an older state of itself"), "\(c.out)")
+        // the records cannot be accepted while one fails its own MAC
+        let a = try d.coffer(["operator", "check", "--accept"])
+        #expect(a.status != 0 && a.stderr.contains("fail their own MAC"), "\(a.stderr)")
+    }
+
+    // MARK: the record digest: rows put back to an older state of themselves, or deleted
+
+    func tokenRow(_ d: Daemon, _ name: String) throws -> String {
+        try sqlite(d.dbPath, "SELECT hex(mac) FROM token WHERE name = '\(name)';")
+    }
+
+    /// A revoked token's earlier row (a valid MAC of its own) put back is caught by the
+    /// record digest: every record is refused, the check says why, and an admin can
+    /// accept the records only by peer credentials, after fixing what they know of.
+    @Test func aRevokedTokensEarlierRowPutBackIsCaught() throws {
+        let d = try Daemon()
+        try d.start()
+        let token = try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "victim"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        let admin = try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "other"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try d.coffer(["secret", "put", "app/replay"], stdin: Array("replayed-value".utf8)).status == 0)
+        let before = try tokenRow(d, "victim")
+        let accessor = try sqlite(d.dbPath, "SELECT accessor FROM token WHERE name = 'victim';")
+        #expect(try d.coffer(["token", "revoke", accessor]).status == 0)
+        let revoked = try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(token)"])
+        #expect(revoked.0 == 401 && errorCode(revoked.1) == "token_revoked", "\(revoked)")
+        // accepting the records needs an admin by peer credentials, not a token
+        let byToken = try run(Bins.coffer, ["operator", "check", "--accept", "--socket", d.socket], env: ["COFFER_TOKEN": admin])
+        #expect(byToken.status != 0 && byToken.stderr.contains("peer credentials"), "\(byToken.stderr)")
+        d.stop()
+        _ = try sqlite(d.dbPath, "UPDATE token SET revoked_at = NULL, mac = X'\(before)' WHERE name = 'victim';")
+        try d.start()
+        let (code, body) = try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(token)"])
+        #expect(code == 500 && errorCode(body) == "integrity_error" && body.contains("authenticated digest") && !body.contains("replayed-value"),
+                "\(code) \(body)")
+        let peer = try d.coffer(["secret", "get", "app/replay"])
+        #expect(peer.status != 0 && peer.out.isEmpty && peer.stderr.contains("authenticated digest"), "\(peer.stderr)")
+        #expect(d.log.contains("the records do not match their authenticated digest"), "\(d.log)")
+        #expect((json(try d.curl("GET", "/v1/sys/status").1)["records"] as? String)?.hasPrefix("refused: ") == true)
+        #expect(try d.coffer(["audit", "search", "--format", "json"]).out.contains("integrity_error"), "the refusal is audited")
+        var c = try check(d)
+        #expect(c.status == 9 && c.out.contains("records: a record was deleted, added or put back to an older state of itself")
+                && !c.out.contains("token acc_"), "the row's own MAC is valid: \(c.out)")
+        // a restart does not launder it
+        d.stop()
+        try d.start()
+        #expect(try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(token)"]).0 == 500)
+        // no token works meanwhile; the admin revokes the victim again (a revocation
+        // only takes away, so it goes ahead), then accepts
+        #expect(try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(admin)"]).0 == 500)
+        let again = try d.coffer(["token", "revoke", accessor])
+        #expect(again.status == 0, "\(again.stderr)")
+        let a = try d.coffer(["operator", "check", "--accept"])
+        #expect(a.status == 0 && a.out.contains("accepted:"), "\(a.out) \(a.stderr)")
+        c = try check(d)
+        #expect(c.status == 0 && c.out.hasPrefix("OK: "), "\(c.out)")
+        #expect(try d.coffer(["secret", "get", "app/replay"]).out == "replayed-value")
+        #expect(try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(token)"]).0 == 401, "still revoked")
+        #expect(try d.curl("GET", "/v1/secrets/data/app/replay", headers: ["X-Coffer-Token: \(admin)"]).0 == 200)
+        #expect(try d.coffer(["audit", "search", "--action", "record_digest_accepted"]).out.contains("records:"))
+        d.stop()
+        try d.start()
+        #expect(try check(d).status == 0, "the new digest holds across a restart")
+    }
+
+    /// Every record table and the digest row put back together from an older copy,
+    /// the trail kept: the digest no longer names the trail's head.
+    @Test func theRecordTablesPutBackTogetherAreCaught() throws {
+        let d = try Daemon()
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "app/older"], stdin: Array("first".utf8)).status == 0)
+        d.stop()
+        let old = d.dir + "/old.db"
+        _ = try sqlite(d.dbPath, "VACUUM INTO '\(old)';")
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "app/older"], stdin: Array("second".utf8)).status == 0)
+        d.stop()
+        let tables = ["secret", "secret_version", "token", "elevation_request", "ssh_session", "record_digest"]
+        _ = try sqlite(d.dbPath, "ATTACH '\(old)' AS o; " + tables.map { "DELETE FROM \($0); INSERT INTO \($0) SELECT * FROM o.\($0);" }.joined(separator: " "))
+        try d.start()
+        let r = try d.coffer(["secret", "get", "app/older"])
+        #expect(r.status != 0 && r.out.isEmpty && r.stderr.contains("put back to an older copy"), "\(r.out) \(r.stderr)")
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("records: the records were put back to an older copy"), "\(c.out)")
+    }
+
+    /// A table rebuilt by hand without its keys (so that an old row could be added
+    /// twice and cancel out), or rows of the wrong type planted under a schema text
+    /// edited back to look right: the daemon refuses to start, naming why — it neither
+    /// serves them nor crashes on them.
+    @Test func aRebuiltTableOrWrongTypesStopTheStart() throws {
+        let d = try Daemon()
+        try d.start()
+        #expect(try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "t"]).status == 0)
+        #expect(try d.coffer(["secret", "put", "app/s"], stdin: Array("s".utf8)).status == 0)
+        d.stop()
+        let pristine = d.dir + "/pristine.db"
+        _ = try sqlite(d.dbPath, "VACUUM INTO '\(pristine)';")
+        _ = try sqlite(d.dbPath, """
+            PRAGMA foreign_keys = OFF;
+            CREATE TABLE token_copy AS SELECT * FROM token;
+            INSERT INTO token_copy SELECT * FROM token;
+            INSERT INTO token_copy SELECT * FROM token;
+            DROP TABLE token;
+            ALTER TABLE token_copy RENAME TO token;
+            """)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("the database schema is not the one Coffer makes"), "\(d.log)")
+        // wrong types under a STRICT table's text restored with writable_schema
+        try FileManager.default.removeItem(atPath: d.dbPath)
+        try FileManager.default.copyItem(atPath: pristine, toPath: d.dbPath)
+        _ = try sqlite(d.dbPath, "PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = replace(sql, ') STRICT', ')') WHERE name = 'secret';")
+        _ = try sqlite(d.dbPath, "UPDATE secret SET current_version = 'abc';")
+        _ = try sqlite(d.dbPath, "PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = sql || ' STRICT' WHERE name = 'secret';")
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("fails SQLite's quick_check"), "\(d.log)")
+        #expect(!d.log.contains("Fatal error"), "\(d.log)")
+    }
+
+    /// A rotated-out data key made active again by hand (so new versions would be
+    /// wrapped under a key retired because it leaked): the keyring row fails its MAC,
+    /// nothing is written under it, and the check names it.
+    @Test func aRotatedOutKeyMadeActiveAgainIsCaught() throws {
+        var old = "", new = ""
+        let d = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/k"], stdin: Array("k1".utf8)).status == 0)
+            old = try sqlite(d.dbPath, "SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active';")
+            #expect(try d.coffer(["keys", "rotate"]).status == 0)
+            new = try sqlite(d.dbPath, "SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active';")
+        }, "UPDATE keyring SET state = 'decrypt-only' WHERE state = 'active' AND purpose = 'data'; UPDATE keyring SET state = 'active' WHERE key_id = (SELECT key_id FROM keyring WHERE purpose = 'data' ORDER BY created_at LIMIT 1);")
+        #expect(!old.isEmpty && old != new)
+        #expect(try sqlite(d.dbPath, "SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active';") == old)
+        let put = try d.coffer(["secret", "put", "app/k"], stdin: Array("k2".utf8))
+        #expect(put.status != 0 && put.stderr.contains("keyring key"), "\(put.stderr)")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM secret_version WHERE key_id = '\(old)';") == "1", "nothing new under the old key")
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("keyring key \(old)") && c.out.contains("keyring key \(new)"), "\(c.out)")
+    }
+
+    /// A write is not built on a secret whose version was changed by hand (pruning
+    /// would erase the evidence): refused, naming the version.
+    @Test func aWriteToASecretWithAnEditedVersionIsRefused() throws {
+        let d = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/w"], stdin: Array("w1".utf8)).status == 0)
+            #expect(try d.coffer(["secret", "put", "app/w"], stdin: Array("w2".utf8)).status == 0)
+            #expect(try d.coffer(["secret", "delete", "app/w", "--versions", "1"]).status == 0)
+        }, "UPDATE secret_version SET state = 'active', deleted_at = NULL WHERE version = 1;")
+        let r = try d.coffer(["secret", "put", "app/w"], stdin: Array("w3".utf8))
+        #expect(r.status != 0 && r.stderr.contains("version 1 of the secret app/w"), "\(r.stderr)")
+        #expect(try sqlite(d.dbPath, "SELECT current_version FROM secret WHERE path = 'app/w';") == "2")
+        let status = json(try d.curl("GET", "/v1/sys/status").1)
+        #expect(status["records"] as? String == "verified", "an edit the row's own MAC catches leaves the set verified")
+    }
+
+    /// The digest row deleted (to have replayed rows accepted as an upgrade) or edited
+    /// is not made anew; a forged SSH session row is named by the check.
+    @Test func theDigestRowRemovedOrEditedIsNotMadeAnew() throws {
+        let removed = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/d"], stdin: Array("d".utf8)).status == 0)
+        }, "DELETE FROM record_digest;")
+        var r = try removed.coffer(["secret", "get", "app/d"])
+        #expect(r.status != 0 && r.stderr.contains("the record digest was removed"), "\(r.stderr)")
+        #expect(try sqlite(removed.dbPath, "SELECT count(*) FROM record_digest;") == "0")
+        let edited = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/e"], stdin: Array("e".utf8)).status == 0)
+        }, """
+            UPDATE record_digest SET gen = gen + 1;
+            INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (1, 'el_forged', 7, 1, 'root', 0);
+            """)
+        r = try edited.coffer(["secret", "get", "app/e"])
+        #expect(r.status != 0 && r.stderr.contains("digest row was changed without the key"), "\(r.stderr)")
+        let c = try check(edited)
+        #expect(c.status == 9 && c.out.contains("ssh session 1"), "\(c.out)")
     }
 
     @Test func aTokenEditedByHandIsRefused() throws {

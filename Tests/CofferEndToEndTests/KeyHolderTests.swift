@@ -276,6 +276,81 @@ import Testing
         #expect(try d.coffer(["operator", "check"]).status == 0)
     }
 
+    /// After a rotation erased the old data key, a rekey to a new key file still works
+    /// (erased keys have no material to re-seal); then a rotation and a rekey
+    /// started at once: each succeeds or is refused as a conflict, and whichever holder
+    /// the status names afterwards opens the database, with every secret intact.
+    @Test func rotationThenRekeyAndTheirRaceKeepOneWorkingHolder() throws {
+        let d = try Daemon()
+        try d.start()
+        for i in 0..<40 { #expect(try d.coffer(["secret", "put", "race/\(i)"], stdin: Array("v\(i)".utf8)).status == 0) }
+        var r = try d.coffer(["operator", "rotate", "--wait"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM keyring WHERE sealed IS NULL;") != "0", "the old data key was erased")
+        // the rotation made the key file a holder: the offline key-file change is refused
+        // with a pointer to the online one, which works with the old data key erased
+        d.stop()
+        let newKey = d.dir + "/keys/after-rotation.key"
+        r = try run(Bins.cofferd, ["rekey", "--config", d.configPath, "--new-key-file", newKey])
+        #expect(r.status != 0 && r.stderr.contains("coffer operator rekey"), "\(r.stderr)")
+        try d.start()
+        r = try d.coffer(["operator", "rekey", "--to", "keyfile", "--key-file", newKey, "--current-key-file", d.keyPath])
+        #expect(r.status == 0, "\(r.stderr)")
+        d.stop()
+        let config = try String(contentsOfFile: d.configPath, encoding: .utf8).replacingOccurrences(of: d.keyPath, with: newKey)
+        try config.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "race/7"]).out == "v7")
+        var keyFile = newKey
+        let socket = d.socket
+        for round in 0..<3 {
+            let results = Mutex<[String: RunResult]>([:])
+            let group = DispatchGroup()
+            for (name, args, input) in [("rotate", ["operator", "rotate"], nil as String?),
+                                        ("rekey", ["operator", "rekey", "--to", "passphrase", "--kdf", "interactive", "--passphrase-stdin",
+                                                   "--current-key-file", keyFile], Self.passphrase + "\n")] {
+                group.enter()
+                Thread {
+                    let res = try? run(Bins.coffer, ["--socket", socket] + args, stdin: input.map { Array($0.utf8) })
+                    results.withLock { $0[name] = res }
+                    group.leave()
+                }.start()
+            }
+            group.wait()
+            for (name, res) in results.withLock({ $0 }) {
+                #expect(res.status == 0 || res.stderr.contains("meanwhile") || res.stderr.contains("already running"),
+                        "round \(round), \(name): \(res.stderr)")
+            }
+            #expect(waitUntil(60) { Self.rotation(d) == nil }, "the rotation finishes")
+            // seal; the holder the status names opens it, the other does not
+            #expect(try d.coffer(["operator", "seal"]).status == 0)
+            usleep(300_000)
+            let mode = json(try d.curl("GET", "/v1/sys/status").1)["unseal"] as? String
+            if mode == "passphrase" {
+                #expect(try d.coffer(["operator", "unseal", "--key-file", keyFile]).status != 0)
+                let u = try d.coffer(["operator", "unseal", "--passphrase-stdin"], stdin: Array((Self.passphrase + "\n").utf8))
+                #expect(u.status == 0, "\(u.stderr)")
+                // back to a key file for the next round; the daemon is pointed at it
+                let next = newKey + ".\(round)"
+                let back = try d.coffer(["operator", "rekey", "--to", "keyfile", "--key-file", next, "--passphrase-stdin"],
+                                        stdin: Array((Self.passphrase + "\n").utf8))
+                #expect(back.status == 0, "\(back.stderr)")
+                d.stop()
+                let c = try String(contentsOfFile: d.configPath, encoding: .utf8).replacingOccurrences(of: keyFile, with: next)
+                try c.write(toFile: d.configPath, atomically: true, encoding: .utf8)
+                keyFile = next
+                try d.start()
+            } else {
+                #expect(mode == "keyfile", "\(mode ?? "nil")")
+                let u = try d.coffer(["operator", "unseal", "--key-file", keyFile])
+                #expect(u.status == 0, "\(u.stderr)")
+            }
+            for i in [0, 13, 39] { #expect(try d.coffer(["secret", "get", "race/\(i)"]).out == "v\(i)", "round \(round)") }
+        }
+        #expect(try d.coffer(["operator", "check"]).status == 0)
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
+    }
+
     /// Seeds `n` secrets over the socket with `threads` writers.
     static func seed(_ d: Daemon, count n: Int, threads: Int = 16) {
         let socket = d.socket

@@ -58,14 +58,7 @@ import Testing
         }
     }
 
-    static func waitFor(_ timeout: Double = 10, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(20_000)
-        }
-        return condition()
-    }
+    static func waitFor(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool { waitUntil(seconds, condition) }
 
     /// `coffer run` in the background (as root, or as `user`).
     static func launch(_ d: Daemon, _ args: [String], as user: TestUser? = nil) throws -> Process {
@@ -315,6 +308,23 @@ import Testing
         #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
         let events = try d.coffer(["audit", "tail", "-n", "5", "--format", "json"]).out
         #expect(events.contains("the runner was gone when cofferd started"), "\(events)")
+        // a run record edited while the daemon is down (its TTL pushed out) fails its
+        // MAC: not adopted, and its mount is removed although the runner lives
+        let r = try Self.launch(d, ["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c",
+                                    "touch \(marks)/c; while [ ! -e \(marks)/end-c ]; do sleep 0.05; done"], as: user)
+        defer { FileManager.default.createFile(atPath: marks + "/end-c", contents: nil); r.waitUntilExit() }
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/c") })
+        d.stop()
+        let record = try #require(try FileManager.default.contentsOfDirectory(atPath: runDir).first { $0.hasSuffix(".run") })
+        let text = try String(contentsOfFile: runDir + "/" + record, encoding: .utf8)
+        let edited = text.replacingOccurrences(of: #""expiresAt":(\d+)"#, with: "\"expiresAt\":4102444800000", options: .regularExpression)
+        #expect(edited != text)
+        try edited.write(toFile: runDir + "/" + record, atomically: true, encoding: .utf8)
+        #expect(Self.mounts(under: runDir).count == 1)
+        try d.start()
+        #expect(Self.waitFor(2) { Self.mounts(under: runDir).isEmpty })
+        #expect(d.log.contains("a run record failed its integrity check"), "\(d.log)")
+        #expect(!FileManager.default.fileExists(atPath: runDir + "/" + record))
     }
 
     @Test func injectReleasesAValueToARunButNotToSecretGet() throws {

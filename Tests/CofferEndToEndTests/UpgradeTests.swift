@@ -75,8 +75,9 @@ import Testing
     /// A database of today's schema (Fixtures/main-0.2, every table of the features:
     /// keyring, tokens, runs, signing keys) opens with these binaries and reads the
     /// same: values and version states, the token, the CA and JWKS keys, the trail.
-    @Test func aDatabaseOfTodaysSchemaReadsTheSame() throws {
-        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/main-0.2").path
+    /// A daemon on a copy of a fixture's database, key, anchor and policy.
+    static func daemon(on name: String) throws -> (Daemon, fixture: String) {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/" + name).path
         let d = try Daemon(config: "[audit]\ncheckpoint_events = 5", initialise: false)
         let state = d.dir + "/state"
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -91,6 +92,41 @@ import Testing
         chmod(d.keyPath, 0o400)
         try? FileManager.default.removeItem(atPath: d.policyPath)
         try FileManager.default.copyItem(atPath: fixture + "/policy.toml", toPath: d.policyPath)
+        return (d, fixture)
+    }
+
+    /// A database whose records were MACed by a Coffer that kept no record digest
+    /// (Fixtures/main-0.3) gets one at its first open, once, audited; its tokens and
+    /// secrets read as before, and from then on a replayed row is caught.
+    @Test func aDatabaseWithoutARecordDigestGetsOneOnce() throws {
+        let (d, fixture) = try Self.daemon(on: "main-0.3")
+        try d.start()
+        #expect(d.log.contains("record digest made"), "\(d.log)")
+        #expect(try d.coffer(["secret", "get", "ci/app/db"]).out == "v3-app")
+        #expect(try d.coffer(["secret", "get", "other/x"]).out == "other")
+        let keep = try String(contentsOfFile: fixture + "/keep.token", encoding: .utf8)
+        let gone = try String(contentsOfFile: fixture + "/gone.token", encoding: .utf8)
+        let expires = try #require(ISO8601DateFormatter().date(from: "2026-12-30T10:30:00Z"))
+        if Date() < expires {
+            #expect(try d.curl("GET", "/v1/secrets/data/other/x", headers: ["X-Coffer-Token: \(keep)"]).0 == 200)
+        }
+        #expect(try d.curl("GET", "/v1/secrets/data/other/x", headers: ["X-Coffer-Token: \(gone)"]).0 == 401)
+        let check = try d.coffer(["operator", "check"])
+        #expect(check.status == 0 && check.out.hasPrefix("OK: "), "\(check.out)")
+        #expect(try d.coffer(["audit", "search", "--action", "record_digest_adopted"]).out.split(separator: "\n").count == 1)
+        #expect(try d.coffer(["audit", "verify"]).status == 0)
+        // once: removing it afterwards does not get it made again
+        d.stop()
+        _ = try sqlite(d.dbPath, "DELETE FROM record_digest;")
+        try d.start()
+        let r = try d.coffer(["secret", "get", "other/x"])
+        #expect(r.status != 0 && r.stderr.contains("the record digest was removed"), "\(r.stderr)")
+        #expect(try d.coffer(["audit", "search", "--action", "record_digest_adopted"]).out.split(separator: "\n").count == 1)
+    }
+
+    @Test func aDatabaseOfTodaysSchemaReadsTheSame() throws {
+        let (d, fixture) = try Self.daemon(on: "main-0.2")
+        let state = d.dir + "/state"
         try d.start()
         #expect(try d.coffer(["secret", "get", "ci/app/db"]).out == "v3-app")
         #expect(try d.coffer(["secret", "get", "ci/app/db", "--version", "1"]).out == "v1-app")

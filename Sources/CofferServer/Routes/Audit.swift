@@ -26,7 +26,7 @@ extension APIResponder {
         var known = Set(router.actions)
         known.formUnion(["call", "elevation_approve", "elevation_deny", "elevation_cancel", "elevation_end", "elevation_expire", "elevation_ack",
                          "elevation_activate", "elevation_revoke", "inject_plan", "inject_rotate", "inject_rotate_done", "jwt_sign", "ssh_sign",
-                         "ssh_session_end", "token_reap", "records_authenticated", "malformed_request", "sealed_refusal", "sealed_requests_dropped", "unknown_route"])
+                         "ssh_session_end", "token_reap", "records_authenticated", "record_digest_adopted", "malformed_request", "sealed_refusal", "sealed_requests_dropped", "unknown_route"])
         return known
     }()
 

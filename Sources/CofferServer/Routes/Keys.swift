@@ -23,6 +23,9 @@ extension APIResponder {
         Endpoint("integrity_check", .exact("/v1/sys/integrity"), [
             .init(.get, "integrity_check") { r, i throws(CofferError) in try await r.integrityCheck(i) },
         ]),
+        Endpoint("integrity_accept", .exact("/v1/sys/integrity/accept"), [
+            .init(.post, "record_digest_accepted") { r, i throws(CofferError) in try await r.acceptRecords(i) },
+        ]),
     ]
 
     /// A backup file (admin): manifest, signature and the database snapshot.
@@ -39,6 +42,15 @@ extension APIResponder {
         try noQuery(i.request, allowed: [])
         let r = try await engine.integrityCheck(principal, ticket: i.ticket)
         return ErrorMapping.json(IntegrityResponse(ok: r.bad.isEmpty, checked: r.checked, bad: r.bad))
+    }
+
+    /// Accept the records as they are (admin by peer credentials; nothing to say).
+    func acceptRecords(_ i: RouteInput) async throws(CofferError) -> Response {
+        let principal = try i.caller
+        try noQuery(i.request, allowed: [])
+        try await noBody(i.request, i.context)
+        let n = try await engine.acceptRecords(principal, ticket: i.ticket)
+        return ErrorMapping.json(IntegrityAcceptResponse(accepted: n))
     }
 
     static func info(_ k: KeyRecord) -> KeyInfo {

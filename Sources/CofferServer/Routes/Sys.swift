@@ -38,6 +38,7 @@ extension APIResponder {
             caller: .init(pid: principal.pid, uid: principal.uid, gid: principal.gid, user: principal.userName, groups: principal.groups),
             decision: d.rule)
         status.unseal = s.holderMode
+        status.records = engine.recordsStatus
         if let r = s.rotation {
             status.rotation = RotationInfo(rootKeyID: s.keyID, targetKeyID: r.targetKeyID, done: r.done, total: r.total, finished: false)
         }

@@ -1,0 +1,330 @@
+public import CofferAudit
+public import CofferCore
+import CofferCrypto
+import Foundation
+import GRDB
+import Synchronization
+
+/// The record digest: what a row's own MAC cannot see is a row *put back* to an older
+/// MACed state of itself (a revoked token's earlier row, a destroyed version's earlier
+/// row, a head from before a write), a row deleted outright, or one added twice. One
+/// MACed row holds the sum (mod 2^256) of every authenticated row's share (its MAC,
+/// keyed again), how many rows there are, a generation, and the audit head it was
+/// written with; every writing transaction keeps it current. A sum, not an XOR: two
+/// copies of one row would cancel out of an XOR.
+/// At open the shares are summed again over every row and compared:
+///
+/// - a row replayed or deleted changes the sum (the shares are unknown without the
+///   key, so no set of old rows can be picked to cancel out);
+/// - the digest row put back with the rows it covers (every record table rolled back,
+///   the trail kept) no longer names the trail's head;
+/// - the digest row edited fails its MAC.
+///
+/// A mismatch cannot say which row: the store is then *suspect*, and every record it
+/// serves is refused with `integrity_error` until an admin restores a backup or
+/// accepts the records as they are (`coffer operator check --accept`, audited, which
+/// refuses while any row fails its own MAC).
+public final class RecordDigest: Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
+        case secret, version, token, elevation, session, key
+        var table: String {
+            switch self {
+            case .key: "keyring"
+            case .secret: "secret"
+            case .version: "secret_version"
+            case .token: "token"
+            case .elevation: "elevation_request"
+            case .session: "ssh_session"
+            }
+        }
+    }
+
+    public enum State: Sendable, Equatable {
+        /// Not checked yet, or no digest row (a new or upgraded database before adoption).
+        case absent
+        case verified
+        case suspect(String)
+    }
+
+    let state = Mutex<State>(.absent)
+    public var current: State { state.withLock { $0 } }
+    var isVerified: Bool { state.withLock { $0 == .verified } }
+}
+
+extension Store {
+    static func registerDigestMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v13-record-digest") { db in
+            try db.execute(sql: """
+                CREATE TABLE record_digest (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    gen INTEGER NOT NULL,
+                    acc BLOB NOT NULL CHECK (length(acc) = 32),
+                    rows INTEGER NOT NULL,
+                    audit_seq INTEGER NOT NULL,
+                    audit_hash BLOB NOT NULL,
+                    mac BLOB NOT NULL
+                ) STRICT;
+                ALTER TABLE ssh_session ADD COLUMN mac BLOB;
+                ALTER TABLE keyring ADD COLUMN mac BLOB;
+                """)
+        }
+    }
+
+    /// What the migrations make, read back from a fresh in-memory database once.
+    static let expectedSchema: Result<[String], any Error> = Result {
+        let queue = try DatabaseQueue()
+        try migrator.migrate(queue)
+        return try queue.read { try schemaLines($0) }
+    }
+
+    static func schemaLines(_ db: Database) throws -> [String] {
+        try Row.fetchAll(db, sql: "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").map {
+            "\($0["type"] as String? ?? "?") \($0["name"] as String? ?? "?") on \($0["tbl_name"] as String? ?? "?"): \($0["sql"] as String? ?? "-")"
+        }
+    }
+
+    /// The database's schema against what the migrations make, then `PRAGMA quick_check`.
+    static func checkSchema(_ db: Database) throws {
+        let expected = try expectedSchema.get()
+        let actual = try schemaLines(db)
+        if actual != expected {
+            let extra = actual.filter { !expected.contains($0) }
+            let missing = expected.filter { !actual.contains($0) }
+            let first = (extra.first.map { "not made by Coffer: " + String($0.prefix(200)) })
+                ?? (missing.first.map { "missing: " + String($0.prefix(200)) }) ?? "in another order"
+            throw CofferError(.integrity, "the database schema is not the one Coffer makes (\(first))",
+                              hint: "a table was rebuilt or changed by hand; restore a backup (README, Authenticated state)")
+        }
+        let problems = try String.fetchAll(db, sql: "PRAGMA quick_check(5)")
+        guard problems == ["ok"] else {
+            throw CofferError(.integrity, "the database fails SQLite's quick_check: \(problems.joined(separator: "; ").prefix(300))",
+                              hint: "the file was changed by hand or is damaged; restore a backup")
+        }
+    }
+
+    /// a += b (mod 2^256), little-endian.
+    static func add(_ a: inout [UInt8], _ b: [UInt8]) {
+        var carry: UInt16 = 0
+        for i in 0..<32 {
+            let t = UInt16(a[i]) + UInt16(b[i]) + carry
+            a[i] = UInt8(truncatingIfNeeded: t)
+            carry = t >> 8
+        }
+    }
+
+    /// a -= b (mod 2^256), little-endian.
+    static func subtract(_ a: inout [UInt8], _ b: [UInt8]) {
+        var borrow: Int16 = 0
+        for i in 0..<32 {
+            var t = Int16(a[i]) - Int16(b[i]) - borrow
+            borrow = t < 0 ? 1 : 0
+            if t < 0 { t += 256 }
+            a[i] = UInt8(t)
+        }
+    }
+
+    /// Every authenticated row's share, summed, and how many rows there are (a full scan).
+    static func digestSum(_ db: Database, _ mac: RecordMAC) throws -> (acc: [UInt8], rows: Int64) {
+        var acc = [UInt8](repeating: 0, count: 32)
+        var rows: Int64 = 0
+        for kind in RecordDigest.Kind.allCases {
+            let cursor = try Data?.fetchCursor(db, sql: "SELECT mac FROM \(kind.table)")
+            while let m = try cursor.next() {
+                add(&acc, mac.share(kind, m))
+                rows += 1
+            }
+        }
+        return (acc, rows)
+    }
+
+    struct DigestRow {
+        var gen: Int64
+        var acc: [UInt8]
+        var rows: Int64
+        var auditSeq: Int64
+        var auditHash: [UInt8]
+    }
+
+    /// The digest row: nil when there is none, `.some(nil)` when its MAC fails.
+    static func readDigest(_ db: Database, _ mac: RecordMAC) throws -> DigestRow?? {
+        guard let r = try Row.fetchOne(db.cachedStatement(sql: "SELECT gen, acc, rows, audit_seq, audit_hash, mac FROM record_digest WHERE id = 1")) else {
+            return nil
+        }
+        let d = DigestRow(gen: r["gen"], acc: [UInt8](r["acc"] as Data), rows: r["rows"], auditSeq: r["audit_seq"], auditHash: [UInt8](r["audit_hash"] as Data))
+        guard RecordMAC.matches(r["mac"], mac.digestRow(d)) else { return .some(nil) }
+        return .some(d)
+    }
+
+    static func writeDigest(_ db: Database, _ mac: RecordMAC, _ d: DigestRow) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO record_digest (id, gen, acc, rows, audit_seq, audit_hash, mac) VALUES (1, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (id) DO UPDATE SET gen = excluded.gen, acc = excluded.acc, rows = excluded.rows, audit_seq = excluded.audit_seq,
+                                           audit_hash = excluded.audit_hash, mac = excluded.mac
+            """).execute(arguments: [d.gen, Data(d.acc), d.rows, d.auditSeq, Data(d.auditHash), Data(mac.digestRow(d))])
+    }
+
+    /// Inside a writing transaction: one row's MAC goes from `old` to `new`. `old` nil:
+    /// a row inserted in this transaction (MACed for the first time, not yet counted);
+    /// `new` nil: the row is deleted. Kept only while the digest is verified: a suspect
+    /// digest is never brought up to date, so a restart cannot launder it.
+    static func digestReplace(_ db: Database, _ mac: RecordMAC, _ kind: RecordDigest.Kind, old: Data?, new: [UInt8]?) throws {
+        guard mac.digest.isVerified else { return }
+        if let old, let new, [UInt8](old) == new { return }
+        try digestApply(db, mac) { d in
+            if let old {
+                subtract(&d.acc, mac.share(kind, old))
+                d.rows -= 1
+            }
+            if let new {
+                add(&d.acc, mac.share(kind, Data(new)))
+                d.rows += 1
+            }
+        }
+    }
+
+    /// Read, check and rewrite the digest row with one change. A digest row that no
+    /// longer matches (edited while cofferd ran) makes the store suspect.
+    static func digestApply(_ db: Database, _ mac: RecordMAC, _ change: (inout DigestRow) -> Void) throws {
+        guard let read = try readDigest(db, mac), var d = read else {
+            mac.digest.state.withLock { $0 = .suspect("the record digest was changed or removed while cofferd ran") }
+            return
+        }
+        change(&d)
+        d.gen &+= 1
+        try writeDigest(db, mac, d)
+    }
+
+    /// Inside the transaction that appended events: the digest names the new head.
+    func digestFollowAudit(_ db: Database, seq: Int64, hash: [UInt8]) throws {
+        guard let mac = recordMACKey.withLock({ $0 }), mac.digest.isVerified else { return }
+        try Store.digestApply(db, mac) { d in
+            d.auditSeq = seq
+            d.auditHash = hash
+        }
+    }
+
+    /// At open, before anything is written: the digest row against a full scan and the
+    /// trail's head. Sets the store's digest state and returns it.
+    @discardableResult
+    public func openRecordDigest() throws -> RecordDigest.State {
+        let mac = try recordMAC()
+        let state: RecordDigest.State = try pool.read { db in
+            guard let read = try Store.readDigest(db, mac) else { return .absent }
+            guard let d = read else { return .suspect("the record digest row was changed without the key") }
+            let sum = try Store.digestSum(db, mac)
+            guard Hashing.constantTimeEquals(sum.acc, d.acc), sum.rows == d.rows else {
+                return .suspect("a record was deleted, added or put back to an older state of itself")
+            }
+            // the keyring's rows (which key is active, which retired) each against its MAC
+            if let bad = try Store.badKeys(db, mac).first { return .suspect("keyring key \(bad) failed its integrity check") }
+            let (seq, hash) = try Store.auditHead(db)
+            guard seq == d.auditSeq, hash == d.auditHash else {
+                return .suspect("the records were put back to an older copy (the digest names audit seq \(d.auditSeq), the trail ends at \(seq))")
+            }
+            return .verified
+        }
+        mac.digest.state.withLock { $0 = state }
+        return state
+    }
+
+    public var recordDigestState: RecordDigest.State { recordMACKey.withLock { $0 }?.digest.current ?? .absent }
+
+    public func markRecordDigestSuspect(_ why: String) {
+        recordMACKey.withLock { $0 }?.digest.state.withLock { s in if s != .verified { s = .suspect(why) } }
+    }
+
+    /// The refusal a suspect digest gives every record it would serve.
+    func digestGate() throws {
+        guard let mac = recordMACKey.withLock({ $0 }) else { return }
+        if case .suspect(let why) = mac.digest.current { throw Store.digestError(why) }
+    }
+
+    static func digestError(_ why: String) -> CofferError {
+        CofferError(.integrity, "the database's records do not match their authenticated digest: \(why)",
+                    hint: "nothing is served from them; restore a backup, or review them and run `coffer operator check --accept` (README, Authenticated state)")
+    }
+
+    /// Inside the transaction that commits `ticket`'s event: the digest row from a full
+    /// scan, naming the head that event makes; the store trusts it once that commits.
+    static func startDigest(_ db: Database, _ mac: RecordMAC) throws {
+        let (seq, hash) = try Store.auditHead(db)
+        let gen = (try Int64.fetchOne(db, sql: "SELECT gen FROM record_digest WHERE id = 1") ?? 0) &+ 1
+        let sum = try digestSum(db, mac)
+        try writeDigest(db, mac, DigestRow(gen: gen, acc: sum.acc, rows: sum.rows, auditSeq: seq, auditHash: hash))
+        db.afterNextTransaction(onCommit: { _ in mac.digest.state.withLock { $0 = .verified } })
+    }
+
+    /// An upgraded database whose records are MACed but which has no digest yet: made
+    /// once, audited (the caller has verified the whole trail first). Refused when the
+    /// trail records that a digest was made before — the row was deleted to have
+    /// replayed rows accepted — and the store then stays suspect.
+    public func adoptRecordDigest(ticket: AuditTicket) async throws {
+        let mac = try recordMAC()
+        guard mac.digest.current == .absent else { return }
+        let event = try await pool.write { db -> AuditEvent? in
+            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") == 0 else { return nil }
+            if try Store.trailRecordsDigest(db) {
+                mac.digest.state.withLock { $0 = .suspect("the record digest was removed") }
+                return nil
+            }
+            // SSH session and keyring rows were not MACed before the digest: adopted with it
+            let sessions = try Int64.fetchAll(db, sql: "SELECT id FROM ssh_session WHERE mac IS NULL")
+            for id in sessions { try Store.sealSession(db, mac, id) }
+            try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
+            ticket.update { $0.details[Store.digestMarker] = .text("started"); $0.path = "ssh_sessions:\(sessions.count)" }
+            let event = try self.commit(ticket, db)
+            try Store.startDigest(db, mac)
+            return event
+        }
+        if let event { ticket.markCommitted(event) }
+    }
+
+    /// The detail every event that starts a digest carries (and a prune that removed
+    /// such an event): its presence in the trail means a digest row must exist.
+    static let digestMarker = "record_digest"
+
+    static func trailRecordsDigest(_ db: Database) throws -> Bool {
+        try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_event WHERE instr(details, CAST('\(digestMarker)' AS BLOB)) > 0") ?? 0 > 0
+    }
+
+    /// An admin accepts the records as they are now: only when every row passes its own
+    /// MAC (so nothing edited is laundered), in one transaction with its event.
+    public func acceptRecordDigest(ticket: AuditTicket) async throws -> Int {
+        let mac = try recordMAC()
+        let (n, event) = try await pool.write { db -> (Int, AuditEvent?) in
+            let bad = try Store.badRows(db, mac)
+            guard bad.isEmpty else {
+                throw CofferError(.conflict, "\(bad.count) record(s) fail their own MAC, so the records cannot be accepted as they are (first: \(bad[0]))",
+                                  hint: "restore a backup; `coffer operator check` lists them")
+            }
+            let n = try RecordDigest.Kind.allCases.reduce(0) { $0 + (try Int.fetchOne(db, sql: "SELECT count(*) FROM \($1.table)") ?? 0) }
+            ticket.update { $0.path = "records:\(n)"; $0.details[Store.digestMarker] = .text("started") }
+            let event = try self.commit(ticket, db)
+            try Store.startDigest(db, mac)
+            return (n, event)
+        }
+        if let event { ticket.markCommitted(event) }
+        return n
+    }
+
+    /// MACs keyring rows as they now are (which key is active, decrypt-only or retired:
+    /// the state an edit would use to wrap new versions under a rotated-out key).
+    /// Without a record MAC key (the keyring completed before the first adoption)
+    /// nothing is written: the adoption MACs them.
+    static func sealKeys(_ db: Database, _ mac: RecordMAC?, _ ids: [String]) throws {
+        guard let mac else { return }
+        for id in ids {
+            guard let r = try Row.fetchOne(db, sql: "SELECT key_id, purpose, state, created_at, mac FROM keyring WHERE key_id = ?", arguments: [id])
+            else { continue }
+            let new = mac.key(r)
+            try db.execute(sql: "UPDATE keyring SET mac = ? WHERE key_id = ?", arguments: [Data(new), id])
+            try digestReplace(db, mac, .key, old: r["mac"], new: new)
+        }
+    }
+
+    /// Keyring rows whose MAC does not match, by key id.
+    static func badKeys(_ db: Database, _ mac: RecordMAC) throws -> [String] {
+        try Row.fetchAll(db, sql: "SELECT key_id, purpose, state, created_at, mac FROM keyring ORDER BY key_id")
+            .filter { !RecordMAC.matches($0["mac"], mac.key($0)) }.map { $0["key_id"] as String }
+    }
+}
