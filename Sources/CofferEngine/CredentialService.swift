@@ -63,6 +63,10 @@ public final class CredentialService: Sendable {
     static func loadKeys(store: Store, root: RootKey) throws(CofferError) -> ActiveKeys {
         let keys: [SigningKeyRecord]
         do { keys = try store.signingKeys() } catch { throw CofferError(.storage, "cannot read the signing keys: \(error)") }
+        // every key, retired ones too (a retired JWT key is published while what it
+        // signed is valid): only a key sealed under the root key, which opens to the
+        // public key it claims, was made by this daemon
+        for k in keys where k.state != .active { _ = try Self.openKey(k, root: root) }
         func open(_ p: SigningKeyRecord.Purpose) throws(CofferError) -> OpenKey {
             guard let k = keys.first(where: { $0.purpose == p && $0.state == .active }) else {
                 throw CofferError(.integrity, "the keyring has no active \(p.rawValue) key")
@@ -92,7 +96,11 @@ public final class CredentialService: Sendable {
     }
 
     static func openKey(_ k: SigningKeyRecord, root: RootKey) throws(CofferError) -> OpenKey {
-        let seed = try root.openSigning(k.sealed, id: k.keyID, purpose: k.purpose)
+        let seed: SecretBytes
+        do throws(CofferError) { seed = try root.openSigning(k.sealed, id: k.keyID, purpose: k.purpose) } catch {
+            throw CofferError(.integrity, "signing key \(k.keyID) does not open under the root key: this Coffer did not make it",
+                              hint: "a row was planted or changed in the signing_key table; restore a backup")
+        }
         let pair = try Checked.crypto { () throws(CryptoError) in try Signing.keyPair(seed: seed) }
         guard Hashing.constantTimeEquals(pair.publicKey, [UInt8](k.publicKey)) else {
             throw CofferError(.integrity, "signing key \(k.keyID) does not match its public key")
@@ -205,6 +213,7 @@ public final class CredentialService: Sendable {
     /// The keys a verifier needs: the active one, and retired ones while a JWT they
     /// signed may still be valid.
     public func jwks() throws(CofferError) -> [JWK] {
+        try errors.call { try store.digestGate() }  // records refused: no keys vouched for either
         let keys = try errors.call { try store.signingKeys() }.filter { $0.purpose == .jwt }
         let now = clock.nowMillis()
         var out: [JWK] = []

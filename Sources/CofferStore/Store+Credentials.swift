@@ -143,12 +143,14 @@ extension Store {
 
     /// Keys made when the database first meets this version (no request: no event).
     public func addSigningKeys(_ keys: [SigningKeyRecord]) throws {
+        let mac = recordMACKey.withLock { $0 }  // none before the first adoption, which MACs them
         try pool.write { db in
             for k in keys {
                 // another process may have added one first: the unique index keeps one active
                 guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE purpose = ? AND state = 'active'",
                                        arguments: [k.purpose.rawValue]) == 0 else { continue }
                 try Store.insertSigningKey(db, k)
+                try Store.sealSigningKeys(db, mac, [k.keyID])
             }
         }
     }
@@ -156,19 +158,27 @@ extension Store {
     /// A new active key of its purpose; the one before is retired (still published
     /// while what it signed is valid). One transaction with its event.
     public func rotateSigningKey(_ k: SigningKeyRecord, now: Int64, guard tokenGuard: TokenGuard?, ticket: AuditTicket) async throws {
+        let mac = try recordMAC()
         let event = try await pool.write { db -> AuditEvent? in
             try tokenGuard?.check(db)
+            let retired = try String.fetchAll(db, sql: "SELECT key_id FROM signing_key WHERE purpose = ? AND state = 'active'", arguments: [k.purpose.rawValue])
             try db.execute(sql: "UPDATE signing_key SET state = 'retired', retired_at = ? WHERE purpose = ? AND state = 'active'",
                            arguments: [now, k.purpose.rawValue])
             try Store.insertSigningKey(db, k)
+            try Store.sealSigningKeys(db, mac, retired + [k.keyID])
             return try self.commit(ticket, db)
         }
         if let event { ticket.markCommitted(event) }
     }
 
     /// The latest expiry of what a key signed (an index lookup per key).
+    /// Only rows whose MAC holds count (a row planted to keep a key published does not).
     public func lastExpiry(keyID: String) throws -> Int64? {
-        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT max(expires_at) FROM credential WHERE key_id = ?", arguments: [keyID]) }
+        let mac = try recordMAC()
+        return try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM credential WHERE key_id = ?", arguments: [keyID])
+                .filter { RecordMAC.matches($0["mac"], mac.credential($0)) }.compactMap { $0["expires_at"] as Int64? }.max()
+        }
     }
 
     static func credential(_ r: Row) -> CredentialRecord {
@@ -182,6 +192,7 @@ extension Store {
     /// between the check and the issue; the row and its event commit together.
     public func issueCredential(elevationID: String, guard tokenGuard: TokenGuard?, ticket: AuditTicket,
                                 make: @escaping @Sendable (ElevationRecord) throws -> CredentialRecord) async throws -> CredentialRecord {
+        let mac = try recordMAC()
         let (record, event) = try await pool.write { db -> (CredentialRecord, AuditEvent?) in
             try tokenGuard?.check(db)
             guard let e = try self.elevation(db, elevationID) else { throw ElevationRefusal(.notFound, "no such elevation request") }
@@ -191,6 +202,7 @@ extension Store {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [c.id, c.kind.rawValue, c.serial.map { Int64(bitPattern: $0) }, c.elevationID, c.keyID, c.issuedAt, c.expiresAt,
                                  c.subject, c.audience, c.digest])
+            try Store.sealCredentials(db, mac, [c.id])
             return (c, try self.commit(ticket, db))
         }
         if let event { ticket.markCommitted(event) }

@@ -26,10 +26,12 @@ import Synchronization
 /// refuses while any row fails its own MAC).
 public final class RecordDigest: Sendable {
     public enum Kind: String, Sendable, CaseIterable {
-        case secret, version, token, elevation, session, key
+        case secret, version, token, elevation, session, key, signing, credential
         var table: String {
             switch self {
             case .key: "keyring"
+            case .signing: "signing_key"
+            case .credential: "credential"
             case .secret: "secret"
             case .version: "secret_version"
             case .token: "token"
@@ -66,6 +68,8 @@ extension Store {
                 ) STRICT;
                 ALTER TABLE ssh_session ADD COLUMN mac BLOB;
                 ALTER TABLE keyring ADD COLUMN mac BLOB;
+                ALTER TABLE signing_key ADD COLUMN mac BLOB;
+                ALTER TABLE credential ADD COLUMN mac BLOB;
                 """)
         }
     }
@@ -83,7 +87,7 @@ extension Store {
         }
     }
 
-    /// The database's schema against what the migrations make, then `PRAGMA quick_check`.
+    /// The database's schema against what the migrations make, then `PRAGMA integrity_check`.
     static func checkSchema(_ db: Database) throws {
         let expected = try expectedSchema.get()
         let actual = try schemaLines(db)
@@ -95,9 +99,11 @@ extension Store {
             throw CofferError(.integrity, "the database schema is not the one Coffer makes (\(first))",
                               hint: "a table was rebuilt or changed by hand; restore a backup (README, Authenticated state)")
         }
-        let problems = try String.fetchAll(db, sql: "PRAGMA quick_check(5)")
+        // integrity_check, not quick_check: an index pointed at other rows (a forged
+        // autoindex makes an UPDATE by key land on another row) shows only there
+        let problems = try String.fetchAll(db, sql: "PRAGMA integrity_check(5)")
         guard problems == ["ok"] else {
-            throw CofferError(.integrity, "the database fails SQLite's quick_check: \(problems.joined(separator: "; ").prefix(300))",
+            throw CofferError(.integrity, "the database fails SQLite's integrity_check: \(problems.joined(separator: "; ").prefix(300))",
                               hint: "the file was changed by hand or is damaged; restore a backup")
         }
     }
@@ -215,8 +221,8 @@ extension Store {
             guard Hashing.constantTimeEquals(sum.acc, d.acc), sum.rows == d.rows else {
                 return .suspect("a record was deleted, added or put back to an older state of itself")
             }
-            // the keyring's rows (which key is active, which retired) each against its MAC
-            if let bad = try Store.badKeys(db, mac).first { return .suspect("keyring key \(bad) failed its integrity check") }
+            // the keys' rows (which key is active, which retired) each against its MAC
+            if let bad = try Store.badKeys(db, mac).first { return .suspect("\(bad) failed its integrity check") }
             let (seq, hash) = try Store.auditHead(db)
             guard seq == d.auditSeq, hash == d.auditHash else {
                 return .suspect("the records were put back to an older copy (the digest names audit seq \(d.auditSeq), the trail ends at \(seq))")
@@ -234,7 +240,7 @@ extension Store {
     }
 
     /// The refusal a suspect digest gives every record it would serve.
-    func digestGate() throws {
+    public func digestGate() throws {
         guard let mac = recordMACKey.withLock({ $0 }) else { return }
         if case .suspect(let why) = mac.digest.current { throw Store.digestError(why) }
     }
@@ -271,6 +277,8 @@ extension Store {
             let sessions = try Int64.fetchAll(db, sql: "SELECT id FROM ssh_session WHERE mac IS NULL")
             for id in sessions { try Store.sealSession(db, mac, id) }
             try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
+            try Store.sealSigningKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM signing_key WHERE mac IS NULL"))
+            try Store.sealCredentials(db, mac, try String.fetchAll(db, sql: "SELECT id FROM credential WHERE mac IS NULL"))
             ticket.update { $0.details[Store.digestMarker] = .text("started"); $0.path = "ssh_sessions:\(sessions.count)" }
             let event = try self.commit(ticket, db)
             try Store.startDigest(db, mac)
@@ -322,9 +330,34 @@ extension Store {
         }
     }
 
-    /// Keyring rows whose MAC does not match, by key id.
+    /// MACs signing-key rows (SSH CA, JWT) as they now are: which is active, which
+    /// retired and when, and the public key a verifier is given.
+    static func sealSigningKeys(_ db: Database, _ mac: RecordMAC?, _ ids: [String]) throws {
+        guard let mac else { return }
+        for id in ids {
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM signing_key WHERE key_id = ?", arguments: [id]) else { continue }
+            let new = mac.signingKey(r)
+            try db.execute(sql: "UPDATE signing_key SET mac = ? WHERE key_id = ?", arguments: [Data(new), id])
+            try digestReplace(db, mac, .signing, old: r["mac"], new: new)
+        }
+    }
+
+    /// MACs issued-credential rows (what a retired key signed and until when: it keeps
+    /// that key in the JWKS; SSH serials and certificate digests).
+    static func sealCredentials(_ db: Database, _ mac: RecordMAC, _ ids: [String]) throws {
+        for id in ids {
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM credential WHERE id = ?", arguments: [id]) else { continue }
+            let new = mac.credential(r)
+            try db.execute(sql: "UPDATE credential SET mac = ? WHERE id = ?", arguments: [Data(new), id])
+            try digestReplace(db, mac, .credential, old: r["mac"], new: new)
+        }
+    }
+
+    /// Keyring and signing-key rows whose MAC does not match, named.
     static func badKeys(_ db: Database, _ mac: RecordMAC) throws -> [String] {
         try Row.fetchAll(db, sql: "SELECT key_id, purpose, state, created_at, mac FROM keyring ORDER BY key_id")
-            .filter { !RecordMAC.matches($0["mac"], mac.key($0)) }.map { $0["key_id"] as String }
+            .filter { !RecordMAC.matches($0["mac"], mac.key($0)) }.map { "keyring key " + ($0["key_id"] as String) }
+            + Row.fetchAll(db, sql: "SELECT * FROM signing_key ORDER BY key_id")
+            .filter { !RecordMAC.matches($0["mac"], mac.signingKey($0)) }.map { "signing key " + ($0["key_id"] as String) }
     }
 }

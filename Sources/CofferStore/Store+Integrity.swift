@@ -95,6 +95,17 @@ public struct RecordMAC: Sendable {
         mac("coffer-keyring-key-v1", [Self.text(r["key_id"]), Self.text(r["purpose"]), Self.text(r["state"]), Self.int(r["created_at"] as Int64?)])
     }
 
+    func signingKey(_ r: Row) -> [UInt8] {
+        mac("coffer-signing-key-v1", [Self.text(r["key_id"]), Self.text(r["purpose"]), Self.text(r["state"]), Self.int(r["created_at"] as Int64?),
+                                      Self.int(r["retired_at"] as Int64?), Self.blob(r["public_key"])])
+    }
+
+    func credential(_ r: Row) -> [UInt8] {
+        mac("coffer-credential-v1", [Self.text(r["id"]), Self.text(r["kind"]), Self.int(r["serial"] as Int64?), Self.text(r["elevation_id"]),
+                                     Self.text(r["key_id"]), Self.int(r["issued_at"] as Int64?), Self.int(r["expires_at"] as Int64?),
+                                     Self.text(r["subject"]), Self.text(r["audience"]), Self.blob(r["digest"])])
+    }
+
     /// One row's share of the record digest: its MAC, keyed again under a key the
     /// database never shows, so the shares cannot be combined by someone who reads MACs.
     func share(_ kind: RecordDigest.Kind, _ rowMAC: Data?) -> [UInt8] {
@@ -291,6 +302,8 @@ extension Store {
             for id in try String.fetchAll(db, sql: "SELECT id FROM elevation_request WHERE mac IS NULL") { try Store.sealElevation(db, mac, id) }
             for id in try Int64.fetchAll(db, sql: "SELECT id FROM ssh_session WHERE mac IS NULL") { try Store.sealSession(db, mac, id) }
             try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
+            try Store.sealSigningKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM signing_key WHERE mac IS NULL"))
+            try Store.sealCredentials(db, mac, try String.fetchAll(db, sql: "SELECT id FROM credential WHERE mac IS NULL"))
             try db.execute(sql: "INSERT INTO record_auth (adopted_at) VALUES (?)", arguments: [Int64(Date().timeIntervalSince1970 * 1000)])
             ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)"; $0.details[Store.digestMarker] = .text("started") }
             let event = try self.commit(ticket, db)
@@ -369,8 +382,12 @@ extension Store {
                 let reviews = try Row.fetchAll(db, sql: "SELECT * FROM elevation_review WHERE request_id = ? ORDER BY reviewer_uid", arguments: [id])
                 if !RecordMAC.matches(e["mac"], mac.elevation(e, reviews: reviews)) { bad.append("elevation request \(id)") }
             }
-            for id in try Store.badKeys(db, mac) { bad.append("keyring key \(id)") }
-            checked += try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring") ?? 0
+            bad += try Store.badKeys(db, mac)
+            checked += try Int.fetchOne(db, sql: "SELECT (SELECT count(*) FROM keyring) + (SELECT count(*) FROM signing_key)") ?? 0
+            for r in try Row.fetchAll(db, sql: "SELECT * FROM credential ORDER BY id") {
+                checked += 1
+                if !RecordMAC.matches(r["mac"], mac.credential(r)) { bad.append("credential \(r["id"] as String)") }
+            }
             for r in try Row.fetchAll(db, sql: "SELECT * FROM ssh_session ORDER BY id") {
                 checked += 1
                 if !RecordMAC.matches(r["mac"], mac.session(r)) { bad.append("ssh session \(r["id"] as Int64)") }

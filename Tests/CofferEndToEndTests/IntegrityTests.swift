@@ -183,8 +183,64 @@ import Testing
         _ = try sqlite(d.dbPath, "PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = sql || ' STRICT' WHERE name = 'secret';")
         _ = try d.launch()
         #expect(try d.waitForExit() != 0)
-        #expect(d.log.contains("fails SQLite's quick_check"), "\(d.log)")
+        #expect(d.log.contains("fails SQLite's integrity_check"), "\(d.log)")
         #expect(!d.log.contains("Fatal error"), "\(d.log)")
+        // the token accessor index pointed at a forged B-tree in which one accessor
+        // leads to another token's row (a revocation by accessor would land there);
+        // the schema text is unchanged
+        try FileManager.default.removeItem(atPath: d.dbPath)
+        try FileManager.default.copyItem(atPath: pristine, toPath: d.dbPath)
+        _ = try sqlite(d.dbPath, """
+            INSERT INTO token (accessor, hash, roles, paths, name, created_at, expires_at, uses, created_uid, mac)
+              SELECT 'acc_forged', randomblob(32), roles, paths, 'other', created_at, expires_at, uses, created_uid, mac FROM token LIMIT 1;
+            CREATE TABLE scratch (a TEXT, r INTEGER, PRIMARY KEY (a, r)) WITHOUT ROWID;
+            INSERT INTO scratch SELECT accessor, CASE WHEN name = 't' THEN (SELECT rowid FROM token WHERE name = 'other') ELSE rowid END FROM token;
+            """)
+        _ = try sqlite(d.dbPath, """
+            PRAGMA writable_schema = ON;
+            UPDATE sqlite_master SET rootpage = CASE name
+              WHEN 'sqlite_autoindex_token_1' THEN (SELECT rootpage FROM sqlite_master WHERE name = 'scratch')
+              ELSE (SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_token_1') END
+            WHERE name IN ('sqlite_autoindex_token_1', 'scratch');
+            """)
+        _ = try sqlite(d.dbPath, "DROP TABLE scratch;")
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("fails SQLite's integrity_check"), "\(d.log)")
+    }
+
+    /// A JWT signing key planted in the table (retired, with a credential row that
+    /// would keep it in the JWKS) is never published: every signing key must open
+    /// under the root key to the public key it claims.
+    @Test func aPlantedSigningKeyIsNeverPublished() throws {
+        let d = try Daemon()
+        try d.start()
+        let before = try d.curl("GET", "/v1/jwks").1
+        d.stop()
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        _ = try sqlite(d.dbPath, """
+            INSERT INTO signing_key (key_id, purpose, state, created_at, retired_at, public_key, root_key_id, sealed)
+              VALUES ('a77ac4e7deadbeef', 'jwt', 'retired', \(now), \(now), randomblob(32), (SELECT key_id FROM root_key), randomblob(72));
+            """)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("a77ac4e7deadbeef"), "\(d.log)")
+        _ = try sqlite(d.dbPath, "DELETE FROM signing_key WHERE key_id = 'a77ac4e7deadbeef';")
+        try d.start()
+        #expect(try d.curl("GET", "/v1/jwks").1 == before)
+        // a credential row planted to keep a (real) retired key published: the digest
+        #expect(try d.coffer(["jwks", "rotate"]).status == 0)
+        d.stop()
+        _ = try sqlite(d.dbPath, """
+            INSERT INTO credential (id, kind, elevation_id, key_id, issued_at, expires_at, subject, audience)
+              VALUES ('jwt-planted', 'jwt', 'el_none', (SELECT key_id FROM signing_key WHERE purpose = 'jwt' ORDER BY created_at LIMIT 1),
+                      \(now), \(now + 31_536_000_000), 'root', 'svc');
+            """)
+        try d.start()
+        let (code, body) = try d.curl("GET", "/v1/jwks")
+        #expect(code == 500 && errorCode(body) == "integrity_error", "\(code) \(body)")
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("credential jwt-planted"), "\(c.out)")
     }
 
     /// A rotated-out data key made active again by hand (so new versions would be
