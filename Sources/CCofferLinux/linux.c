@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/file.h>
@@ -1010,3 +1011,5 @@ int coffer_inspect_mount(int pidfd, int pid, const char *target, int nosymlinks,
     errno = WIFEXITED(st) && WEXITSTATUS(st) >= 10 ? WEXITSTATUS(st) - 10 : ENOENT;
     return -1;
 }
+
+int coffer_malloc_trim(void) { return malloc_trim(0); }

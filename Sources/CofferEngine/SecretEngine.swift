@@ -2,6 +2,7 @@ public import CofferAudit
 public import CofferCore
 public import CofferCrypto
 public import CofferStore
+import CCofferLinux
 import Foundation
 import GRDB
 public import Logging
@@ -127,6 +128,9 @@ public final class SecretEngine: Sendable {
             login: LoginService.Settings(config: config), runs: RunService.Settings(config: config),
             credentials: CredentialService.Settings(config: config), signingKeys: signingKeys, clock: clock, logger: logger)
         try await engine.authenticateRecords()
+        // the start's checks (the reference schema in memory, integrity_check, the
+        // digest's full scan) freed what they allocated: hand it back to the system
+        _ = coffer_malloc_trim()
         return engine
     }
 

@@ -138,6 +138,10 @@ int coffer_unmount(const char *dir);
 
 /// pidfd_open; -1 with errno.
 int coffer_pidfd_open(int pid);
+
+/// malloc_trim(0): returns the heap's free memory to the system (after the start's
+/// one-time checks). Returns 1 when memory was released.
+int coffer_malloc_trim(void);
 /// 1 when the process behind the pidfd has exited, 0 while it runs, -1 on error.
 int coffer_pidfd_exited(int pidfd);
 /// pidfd_send_signal; 0 or -1 with errno.
