@@ -26,9 +26,10 @@ import Synchronization
 /// refuses while any row fails its own MAC).
 public final class RecordDigest: Sendable {
     public enum Kind: String, Sendable, CaseIterable {
-        case secret, version, token, elevation, session, key, signing, credential
+        case secret, version, token, elevation, session, key, signing, credential, rotation
         var table: String {
             switch self {
+            case .rotation: "key_rotation"
             case .key: "keyring"
             case .signing: "signing_key"
             case .credential: "credential"
@@ -70,6 +71,7 @@ extension Store {
                 ALTER TABLE keyring ADD COLUMN mac BLOB;
                 ALTER TABLE signing_key ADD COLUMN mac BLOB;
                 ALTER TABLE credential ADD COLUMN mac BLOB;
+                ALTER TABLE key_rotation ADD COLUMN mac BLOB;
                 """)
         }
     }
@@ -279,6 +281,7 @@ extension Store {
             try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
             try Store.sealSigningKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM signing_key WHERE mac IS NULL"))
             try Store.sealCredentials(db, mac, try String.fetchAll(db, sql: "SELECT id FROM credential WHERE mac IS NULL"))
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM key_rotation WHERE mac IS NULL") ?? 0 > 0 { try Store.sealRotation(db, mac) }
             ticket.update { $0.details[Store.digestMarker] = .text("started"); $0.path = "ssh_sessions:\(sessions.count)" }
             let event = try self.commit(ticket, db)
             try Store.startDigest(db, mac)
@@ -351,6 +354,22 @@ extension Store {
             try db.execute(sql: "UPDATE credential SET mac = ? WHERE id = ?", arguments: [Data(new), id])
             try digestReplace(db, mac, .credential, old: r["mac"], new: new)
         }
+    }
+
+    /// MACs the rotation row as it now is (its target and who started it, not its
+    /// progress: a planted row would have the daemon re-wrap and erase keys unasked).
+    static func sealRotation(_ db: Database, _ mac: RecordMAC) throws {
+        guard let r = try Row.fetchOne(db, sql: "SELECT * FROM key_rotation WHERE id = 1") else { return }
+        let new = mac.rotation(r)
+        try db.execute(sql: "UPDATE key_rotation SET mac = ? WHERE id = 1", arguments: [Data(new)])
+        try digestReplace(db, mac, .rotation, old: r["mac"], new: new)
+    }
+
+    /// Deletes the rotation row, leaving the digest with it.
+    static func deleteRotation(_ db: Database, _ mac: RecordMAC) throws {
+        guard let r = try Row.fetchOne(db, sql: "SELECT mac FROM key_rotation WHERE id = 1") else { return }
+        try db.execute(sql: "DELETE FROM key_rotation")
+        try digestReplace(db, mac, .rotation, old: r["mac"] as Data? ?? Data(), new: nil)
     }
 
     /// Keyring and signing-key rows whose MAC does not match, named.

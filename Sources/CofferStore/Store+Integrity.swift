@@ -100,6 +100,11 @@ public struct RecordMAC: Sendable {
                                       Self.int(r["retired_at"] as Int64?), Self.blob(r["public_key"])])
     }
 
+    func rotation(_ r: Row) -> [UInt8] {
+        mac("coffer-key-rotation-v1", [Self.text(r["target_key_id"]), Self.int(r["started_at"] as Int64?), Self.text(r["started_by"]),
+                                       Self.int(r["total"] as Int64?)])
+    }
+
     func credential(_ r: Row) -> [UInt8] {
         mac("coffer-credential-v1", [Self.text(r["id"]), Self.text(r["kind"]), Self.int(r["serial"] as Int64?), Self.text(r["elevation_id"]),
                                      Self.text(r["key_id"]), Self.int(r["issued_at"] as Int64?), Self.int(r["expires_at"] as Int64?),
@@ -304,6 +309,7 @@ extension Store {
             try Store.sealKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM keyring WHERE mac IS NULL"))
             try Store.sealSigningKeys(db, mac, try String.fetchAll(db, sql: "SELECT key_id FROM signing_key WHERE mac IS NULL"))
             try Store.sealCredentials(db, mac, try String.fetchAll(db, sql: "SELECT id FROM credential WHERE mac IS NULL"))
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM key_rotation WHERE mac IS NULL") ?? 0 > 0 { try Store.sealRotation(db, mac) }
             try db.execute(sql: "INSERT INTO record_auth (adopted_at) VALUES (?)", arguments: [Int64(Date().timeIntervalSince1970 * 1000)])
             ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)"; $0.details[Store.digestMarker] = .text("started") }
             let event = try self.commit(ticket, db)
@@ -384,6 +390,10 @@ extension Store {
             }
             bad += try Store.badKeys(db, mac)
             checked += try Int.fetchOne(db, sql: "SELECT (SELECT count(*) FROM keyring) + (SELECT count(*) FROM signing_key)") ?? 0
+            for r in try Row.fetchAll(db, sql: "SELECT * FROM key_rotation") {
+                checked += 1
+                if !RecordMAC.matches(r["mac"], mac.rotation(r)) { bad.append("key rotation record") }
+            }
             for r in try Row.fetchAll(db, sql: "SELECT * FROM credential ORDER BY id") {
                 checked += 1
                 if !RecordMAC.matches(r["mac"], mac.credential(r)) { bad.append("credential \(r["id"] as String)") }

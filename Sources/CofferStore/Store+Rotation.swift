@@ -44,21 +44,25 @@ extension Store {
             try Store.sealKeys(db, mac, demoted + [newDataKey.keyID])
             let total = try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version WHERE wrapped_key IS NOT NULL AND key_id != ?",
                                          arguments: [newDataKey.keyID]) ?? 0
-            try db.execute(sql: "DELETE FROM key_rotation")
+            try Store.deleteRotation(db, mac)
             try db.execute(sql: "INSERT INTO key_rotation (id, target_key_id, started_at, started_by, total, done) VALUES (1, ?, ?, ?, ?, 0)",
                            arguments: [newDataKey.keyID, now, startedBy, total])
+            try Store.sealRotation(db, mac)
             return (try self.commit(ticket, db), RotationRecord(targetKeyID: newDataKey.keyID, startedAt: now, startedBy: startedBy, total: total, done: 0))
         }
         if let event { ticket.markCommitted(event) }
         return record
     }
 
+    /// The rotation in progress, checked against its MAC (a row planted or changed
+    /// without the key is an integrity error: nothing is re-wrapped or erased on it).
     public func rotation() throws -> RotationRecord? {
-        try pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM key_rotation WHERE id = 1").map {
-                RotationRecord(targetKeyID: $0["target_key_id"], startedAt: $0["started_at"], startedBy: $0["started_by"], total: $0["total"],
-                               done: $0["done"])
-            }
+        let mac = try recordMAC()
+        return try pool.read { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM key_rotation WHERE id = 1") else { return nil }
+            guard RecordMAC.matches(r["mac"], mac.rotation(r)) else { throw Store.integrityError("the key rotation record") }
+            return RotationRecord(targetKeyID: r["target_key_id"], startedAt: r["started_at"], startedBy: r["started_by"], total: r["total"],
+                                  done: r["done"])
         }
     }
 
@@ -98,7 +102,9 @@ extension Store {
     public func finishRotation(ticket: AuditTicket) async throws -> [String] {
         let mac = try recordMAC()
         let (event, erased) = try await pool.write { db -> (AuditEvent?, [String]) in
-            guard let target = try String.fetchOne(db, sql: "SELECT target_key_id FROM key_rotation WHERE id = 1") else { return (nil, []) }
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM key_rotation WHERE id = 1") else { return (nil, []) }
+            guard RecordMAC.matches(row["mac"], mac.rotation(row)) else { throw Store.integrityError("the key rotation record") }
+            let target: String = row["target_key_id"]
             guard try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version WHERE wrapped_key IS NOT NULL AND key_id != ?", arguments: [target]) == 0
             else { throw CofferError(.conflict, "versions remain under older keys") }
             let erased = try String.fetchAll(db, sql: """
@@ -109,7 +115,7 @@ extension Store {
                 try db.execute(sql: "UPDATE keyring SET state = 'retired', sealed = NULL WHERE key_id = ?", arguments: [id])
             }
             try Store.sealKeys(db, mac, erased)
-            try db.execute(sql: "DELETE FROM key_rotation")
+            try Store.deleteRotation(db, mac)
             ticket.update { $0.details["erased_keys"] = .text(erased.joined(separator: ",")) }
             return (try self.commit(ticket, db), erased)
         }

@@ -263,6 +263,28 @@ import Testing
         #expect(c.status == 9 && c.out.contains("keyring key \(old)") && c.out.contains("keyring key \(new)"), "\(c.out)")
     }
 
+    /// A rotation row planted by hand (it would block every rotation, or have the
+    /// daemon re-wrap and erase keys unasked) is acted on by nothing and named.
+    @Test func aPlantedRotationRecordIsNotActedOn() throws {
+        var old = ""
+        let d = try tampered({ (d: Daemon) throws in
+            #expect(try d.coffer(["secret", "put", "app/r"], stdin: Array("r1".utf8)).status == 0)
+            old = try sqlite(d.dbPath, "SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active';")
+            #expect(try d.coffer(["keys", "rotate"]).status == 0)
+        }, """
+            INSERT INTO key_rotation (id, target_key_id, started_at, started_by, total, done)
+              VALUES (1, (SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active'), 0, 'root', 1, 0);
+            """)
+        usleep(2_500_000)  // the rotation job has had two passes
+        #expect(try sqlite(d.dbPath, "SELECT state FROM keyring WHERE key_id = '\(old)';") == "decrypt-only", "no key erased on it")
+        #expect(try sqlite(d.dbPath, "SELECT count(*) FROM secret_version WHERE key_id = '\(old)';") == "1", "nothing re-wrapped on it")
+        #expect(try d.curl("GET", "/v1/sys/status").0 == 200, "status still answers")
+        let r = try d.coffer(["operator", "rotate"])
+        #expect(r.status != 0 && r.stderr.contains("key rotation record"), "\(r.stderr)")
+        let c = try check(d)
+        #expect(c.status == 9 && c.out.contains("key rotation record"), "\(c.out)")
+    }
+
     /// A write is not built on a secret whose version was changed by hand (pruning
     /// would erase the evidence): refused, naming the version.
     @Test func aWriteToASecretWithAnEditedVersionIsRefused() throws {
