@@ -176,8 +176,12 @@ extension Store {
     public func lastExpiry(keyID: String) throws -> Int64? {
         let mac = try recordMAC()
         return try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM credential WHERE key_id = ?", arguments: [keyID])
-                .filter { RecordMAC.matches($0["mac"], mac.credential($0)) }.compactMap { $0["expires_at"] as Int64? }.max()
+            // newest expiry first: the first row whose MAC holds is the answer (one MAC, as a rule)
+            let rows = try Row.fetchCursor(db, sql: "SELECT * FROM credential WHERE key_id = ? ORDER BY expires_at DESC", arguments: [keyID])
+            while let r = try rows.next() {
+                if RecordMAC.matches(r["mac"], mac.credential(r)) { return r["expires_at"] }
+            }
+            return nil
         }
     }
 

@@ -168,21 +168,21 @@ extension Store {
             throw CofferError(.conflict, "the root key changed meanwhile", hint: "try again")
         }
         try db.execute(sql: "INSERT INTO root_key (key_id, created_at, check_blob) VALUES (?, ?, ?)", arguments: [newID, now, check])
-        for k in keys {
-            try db.execute(sql: "UPDATE keyring SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                           arguments: [k.sealed, newID, k.keyID, oldID])
-            guard db.changesCount == 1 else { throw CofferError(.conflict, "the keyring changed during the root-key change", hint: "try again") }
+        // each row's material replaced by its re-sealed form, only where it was under the old root
+        func reseal(_ table: String, _ rows: [(keyID: String, sealed: Data)], _ what: String) throws {
+            for k in rows {
+                try db.execute(sql: "UPDATE \(table) SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
+                               arguments: [k.sealed, newID, k.keyID, oldID])
+                guard db.changesCount == 1 else { throw CofferError(.conflict, "\(what) changed during the root-key change", hint: "try again") }
+            }
         }
+        try reseal("keyring", keys, "the keyring")
         guard try Int.fetchOne(db, sql: "SELECT count(*) FROM keyring WHERE root_key_id = ? AND sealed IS NOT NULL", arguments: [oldID]) == 0 else {
             throw CofferError(.conflict, "a key was added during the root-key change", hint: "try again")
         }
         try db.execute(sql: "UPDATE keyring SET root_key_id = ? WHERE root_key_id = ?", arguments: [newID, oldID])  // erased keys
         if let auditKey { try db.execute(sql: "UPDATE audit_key SET sealed_secret = ?", arguments: [auditKey]) }
-        for k in signingKeys {
-            try db.execute(sql: "UPDATE signing_key SET sealed = ?, root_key_id = ? WHERE key_id = ? AND root_key_id = ?",
-                           arguments: [k.sealed, newID, k.keyID, oldID])
-            guard db.changesCount == 1 else { throw CofferError(.conflict, "a signing key changed during the root-key change", hint: "try again") }
-        }
+        try reseal("signing_key", signingKeys, "a signing key")
         guard try Int.fetchOne(db, sql: "SELECT count(*) FROM signing_key WHERE root_key_id = ?", arguments: [oldID]) == 0 else {
             throw CofferError(.conflict, "a signing key was added during the root-key change", hint: "try again")
         }

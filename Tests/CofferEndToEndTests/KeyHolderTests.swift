@@ -151,17 +151,7 @@ import Testing
     @Test func aPassphraseBackupRestoresWithThePassphrase() throws {
         let (d, r) = try Self.initialised(["--unseal", "passphrase", "--passphrase-stdin", "--kdf", "interactive"], stdin: Self.passphrase)
         #expect(r.status == 0)
-        let policy = """
-            # backed up with the database
-            [role.admin]
-            [[role.admin.rule]]
-            path = "**"
-            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
-            [[bind]]
-            subjects = ["uid:0"]
-            roles = ["admin"]
-
-            """
+        let policy = "# backed up with the database\n" + Hard.rootAdminPolicy + "\n"
         try policy.write(toFile: d.policyPath, atomically: true, encoding: .utf8)
         try d.start()
         #expect(try d.coffer(["operator", "unseal", "--passphrase-stdin"], stdin: Array((Self.passphrase + "\n").utf8)).status == 0)
