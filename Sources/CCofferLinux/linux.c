@@ -110,6 +110,7 @@ int coffer_unix_connect(const char *path) {
 #include <signal.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -288,7 +289,33 @@ static int coffer_open_in_root(const char *root, const char *dir) {
 
 static int coffer_mount_line(int fd, int procfd, char *line, size_t cap, int require_root);
 
-static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, const sigset_t *mask) {
+/* A detached tmpfs for a run (size-bounded, 0700, nosuid,nodev,noexec,nosymfollow,
+ * noswap unless refused and allowed): its mount fd and its root opened. */
+static void coffer_make_tmpfs(int fd, const char *size_text, int allow_swap, int *mfd_out, int *dfd_out) {
+    int fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
+    if (fsfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "coffer-run", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    if (fsconfig(fsfd, FSCONFIG_SET_STRING, "size", size_text, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    if (fsconfig(fsfd, FSCONFIG_SET_STRING, "mode", "0700", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    if (fsconfig(fsfd, FSCONFIG_SET_STRING, "nr_inodes", "1024", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    if (fsconfig(fsfd, FSCONFIG_SET_FLAG, "noswap", NULL, 0) != 0) {
+        if (!allow_swap) coffer_fail(fd, COFFER_STAGE_NOSWAP, -1);
+        coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, errno, -1);
+    }
+    if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    int mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSYMFOLLOW);
+    if (mfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    close(fsfd);
+    /* the mount fd is an O_PATH one: its root opened for fchown/fchmod */
+    int dfd = openat(mfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+    *mfd_out = mfd;
+    *dfd_out = dfd;
+}
+
+static void coffer_run_fill(const coffer_run_spec *spec, int fd, int status_fd, const sigset_t *mask, int mfd, int dfd, int procfd);
+
+static void coffer_run_child(const coffer_run_spec *spec, const char *size_text, int fd, int status_fd, const sigset_t *mask) {
     int dfd, mfd = -1, procfd = -1;
     if (spec->private_mount && spec->container_pid > 0) {
         /* into the container's mount namespace (its propagation is the runtime's); this
@@ -310,27 +337,17 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
     }
     if (spec->private_mount) {
         if (spec->private_network && coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
-        int fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
-        if (fsfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", "coffer-run", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "size", size_text, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "mode", "0700", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        if (fsconfig(fsfd, FSCONFIG_SET_STRING, "nr_inodes", "1024", 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        if (fsconfig(fsfd, FSCONFIG_SET_FLAG, "noswap", NULL, 0) != 0) {
-            if (!spec->allow_swap) coffer_fail(fd, COFFER_STAGE_NOSWAP, -1);
-            coffer_report(fd, COFFER_RUN_NOTE_SWAP, COFFER_STAGE_NOSWAP, errno, -1);
-        }
-        if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSYMFOLLOW);
-        if (mfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
-        close(fsfd);
-        /* the mount fd is an O_PATH one: its root opened for fchown/fchmod */
-        dfd = openat(mfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0) coffer_fail(fd, COFFER_STAGE_MOUNT, -1);
+        coffer_make_tmpfs(fd, size_text, spec->allow_swap, &mfd, &dfd);
     } else {
         dfd = open(spec->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dfd < 0) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
     }
+    coffer_run_fill(spec, fd, status_fd, mask, mfd, dfd, procfd);
+}
+
+/* The files, the directory's owner and mode, the mount sealed read-only and attached,
+ * then the command (as the child of this PID namespace's init when there is one). */
+static void coffer_run_fill(const coffer_run_spec *spec, int fd, int status_fd, const sigset_t *mask, int mfd, int dfd, int procfd) {
     for (int i = 0; i < spec->file_count; i++) {
         const coffer_run_file *f = &spec->files[i];
         int ffd = openat(dfd, f->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -408,7 +425,16 @@ static void coffer_run_child(const coffer_run_spec *spec, const char *size_text,
     for (;;) {
         int st;
         pid_t w = waitpid(-1, &st, 0);
-        if (w == cmd) _exit(coffer_status_code(st));
+        if (w == cmd) {
+            /* the command's status to coffer run at once: it reports the end to cofferd
+             * while the kernel tears this namespace down (it reaps this process after) */
+            int code = coffer_status_code(st);
+            if (status_fd >= 0) {
+                ssize_t n;
+                do { n = write(status_fd, &code, sizeof(code)); } while (n < 0 && errno == EINTR);
+            }
+            _exit(code);
+        }
         if (w < 0 && errno != EINTR) _exit(1);
     }
 }
@@ -427,11 +453,20 @@ static void coffer_die_with_parent(int parent_fd, pid_t parent) {
     }
 }
 
-int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
+int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd, int *status_fd) {
     char size_text[32];
     snprintf(size_text, sizeof(size_text), "%lu", spec->size_bytes);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    /* the command's status from the namespace's init (close-on-exec: never the command's) */
+    int sfds[2] = {-1, -1};
+    if (status_fd) *status_fd = -1;
+    if (status_fd && spec->private_mount && spec->pid_namespace && spec->exe && spec->container_pid <= 0 && pipe2(sfds, O_CLOEXEC) != 0) {
+        int e = errno;
+        close(fds[0]); close(fds[1]);
+        errno = e;
+        return -1;
+    }
     sigset_t old;
     coffer_block_forwarded(&old);
     coffer_install_forwarding();
@@ -454,21 +489,237 @@ int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd) {
         int e = errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
         close(fds[0]); close(fds[1]);
+        if (sfds[0] >= 0) { close(sfds[0]); close(sfds[1]); }
         errno = e;
         return -1;
     }
     if (pid == 0) {
         close(fds[0]);
+        if (sfds[0] >= 0) close(sfds[0]);
         coffer_die_with_parent(parent_fd, parent);
-        coffer_run_child(spec, size_text, fds[1], &old);
+        coffer_run_child(spec, size_text, fds[1], sfds[1], &old);
         _exit(125);
     }
     if (parent_fd >= 0) close(parent_fd);
     close(fds[1]);
+    if (sfds[1] >= 0) close(sfds[1]);
     coffer_forward_target = pid;
     sigprocmask(SIG_SETMASK, &old, NULL);
     *report_fd = fds[0];
+    if (status_fd) *status_fd = sfds[0];
     return pid;
+}
+
+/* ---- a private run's namespaces made while cofferd answers ---- */
+
+/* The feed: u64 total length, then u32 dir_mode, dir_uid, dir_gid, file_count, argc,
+ * envc; dir; per file: name, u32 mode, uid, gid, u64 length, bytes; exe; argv; envp.
+ * Strings are u32 length + bytes + NUL (used in place). Written by coffer run itself
+ * over a socket pair only the two hold; read whole, bounded, into memory the init maps
+ * (no malloc: it may be the clone of a multi-threaded process). */
+
+static int coffer_read_all(int fd, unsigned char *p, unsigned long n) {
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r; n -= (unsigned long)r;
+    }
+    return 0;
+}
+
+typedef struct { unsigned char *p; unsigned long left; int bad; } coffer_cursor;
+
+static unsigned int coffer_take_u32(coffer_cursor *c) {
+    unsigned int v = 0;
+    if (c->left < 4) { c->bad = 1; return 0; }
+    memcpy(&v, c->p, 4); c->p += 4; c->left -= 4;
+    return v;
+}
+
+static unsigned long coffer_take_u64(coffer_cursor *c) {
+    unsigned long v = 0;
+    if (c->left < 8) { c->bad = 1; return 0; }
+    memcpy(&v, c->p, 8); c->p += 8; c->left -= 8;
+    return v;
+}
+
+static const unsigned char *coffer_take_bytes(coffer_cursor *c, unsigned long n) {
+    if (c->left < n) { c->bad = 1; return NULL; }
+    const unsigned char *b = c->p;
+    c->p += n; c->left -= n;
+    return b;
+}
+
+static char *coffer_take_string(coffer_cursor *c) {
+    unsigned int n = coffer_take_u32(c);
+    if (c->bad || n == 0xFFFFFFFFu || c->left < (unsigned long)n + 1 || c->p[n] != 0 || memchr(c->p, 0, n) != NULL) { c->bad = 1; return NULL; }
+    char *s = (char *)c->p;
+    c->p += n + 1; c->left -= (unsigned long)n + 1;
+    return s;
+}
+
+static _Noreturn void coffer_prepared_child(int fd, int status_fd, int feed, const char *size_text, unsigned long size_bytes, int allow_swap, const sigset_t *mask) {
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) coffer_fail(fd, COFFER_STAGE_PRIVATE, -1);
+    int mfd = -1, dfd = -1;
+    coffer_make_tmpfs(fd, size_text, allow_swap, &mfd, &dfd);
+    /* the rest when coffer run has the values; end of file: it gave up (refused) */
+    unsigned long total = 0;
+    if (coffer_read_all(feed, (unsigned char *)&total, sizeof(total)) != 0) _exit(125);
+    /* the files fit the tmpfs; arguments and environment are bounded by the kernel's own limit */
+    if (total < 24 || total > size_bytes + (64UL << 20)) { errno = EINVAL; coffer_fail(fd, COFFER_STAGE_WRITE, -1); }
+    unsigned char *buf = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
+    madvise(buf, total, MADV_DONTDUMP);
+    if (coffer_read_all(feed, buf, total) != 0) _exit(125);
+    close(feed);
+    coffer_cursor c = {buf, total, 0};
+    coffer_run_spec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.private_mount = 1;
+    spec.pid_namespace = 1;
+    spec.allow_swap = allow_swap;
+    spec.dir_mode = coffer_take_u32(&c);
+    spec.dir_uid = coffer_take_u32(&c);
+    spec.dir_gid = coffer_take_u32(&c);
+    unsigned int files = coffer_take_u32(&c), argc = coffer_take_u32(&c), envc = coffer_take_u32(&c);
+    if (c.bad || files > 4096 || argc == 0 || argc > (1u << 20) || envc > (1u << 20)) { errno = EINVAL; coffer_fail(fd, COFFER_STAGE_WRITE, -1); }
+    unsigned long table = (unsigned long)files * sizeof(coffer_run_file) + ((unsigned long)argc + envc + 2) * sizeof(char *);
+    unsigned char *tab = mmap(NULL, table, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (tab == MAP_FAILED) coffer_fail(fd, COFFER_STAGE_WRITE, -1);
+    coffer_run_file *fl = (coffer_run_file *)tab;
+    char **argv = (char **)(tab + (unsigned long)files * sizeof(coffer_run_file));
+    char **envp = argv + argc + 1;
+    spec.dir = coffer_take_string(&c);
+    for (unsigned int i = 0; i < files && !c.bad; i++) {
+        fl[i].name = coffer_take_string(&c);
+        fl[i].mode = coffer_take_u32(&c);
+        fl[i].uid = coffer_take_u32(&c);
+        fl[i].gid = coffer_take_u32(&c);
+        fl[i].length = coffer_take_u64(&c);
+        fl[i].data = coffer_take_bytes(&c, fl[i].length);
+    }
+    spec.exe = coffer_take_string(&c);
+    for (unsigned int i = 0; i < argc && !c.bad; i++) argv[i] = coffer_take_string(&c);
+    for (unsigned int i = 0; i < envc && !c.bad; i++) envp[i] = coffer_take_string(&c);
+    argv[argc] = NULL;
+    envp[envc] = NULL;
+    if (c.bad || c.left != 0) { errno = EINVAL; coffer_fail(fd, COFFER_STAGE_WRITE, -1); }
+    spec.files = fl;
+    spec.file_count = (int)files;
+    spec.argv = argv;
+    spec.envp = envp;
+    /* signals stay blocked (queued) until the command runs, then are passed to it */
+    coffer_install_forwarding();
+    coffer_run_fill(&spec, fd, status_fd, mask, mfd, dfd, -1);
+    _exit(125);
+}
+
+int coffer_run_prepare(unsigned long size_bytes, int allow_swap, int *feed_fd, int *report_fd, int *status_fd) {
+    char size_text[32];
+    snprintf(size_text, sizeof(size_text), "%lu", size_bytes);
+    int fds[2], sfds[2], feed[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    if (pipe2(sfds, O_CLOEXEC) != 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, feed) != 0) {
+        int e = errno; close(fds[0]); close(fds[1]); close(sfds[0]); close(sfds[1]); errno = e; return -1;
+    }
+    /* cloned with the forwarded signals blocked: the init queues them until its command runs */
+    sigset_t old;
+    coffer_block_forwarded(&old);
+    pid_t parent = getpid();
+    int parent_fd = (int)syscall(SYS_pidfd_open, parent, 0);
+    pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (pid == 0) {
+        close(fds[0]); close(sfds[0]); close(feed[0]);
+        coffer_die_with_parent(parent_fd, parent);
+        coffer_prepared_child(fds[1], sfds[1], feed[1], size_text, size_bytes, allow_swap, &old);
+    }
+    int e = errno;
+    if (parent_fd >= 0) close(parent_fd);
+    close(fds[1]); close(sfds[1]); close(feed[1]);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        close(fds[0]); close(sfds[0]); close(feed[0]);
+        errno = e;
+        return -1;
+    }
+    *feed_fd = feed[0];
+    *report_fd = fds[0];
+    *status_fd = sfds[0];
+    return pid;
+}
+
+static void coffer_put_u32(unsigned char **p, unsigned int v) { memcpy(*p, &v, 4); *p += 4; }
+static void coffer_put_u64(unsigned char **p, unsigned long v) { memcpy(*p, &v, 8); *p += 8; }
+static void coffer_put_string(unsigned char **p, const char *s) {
+    unsigned int n = (unsigned int)strlen(s);
+    coffer_put_u32(p, n);
+    memcpy(*p, s, n + 1);
+    *p += n + 1;
+}
+
+int coffer_run_feed(int pid, int feed_fd, const coffer_run_spec *spec) {
+    unsigned long total = 24 + 4 + strlen(spec->dir) + 1 + 4 + strlen(spec->exe) + 1;
+    int argc = 0, envc = 0;
+    while (spec->argv[argc]) total += 4 + strlen(spec->argv[argc++]) + 1;
+    while (spec->envp[envc]) total += 4 + strlen(spec->envp[envc++]) + 1;
+    for (int i = 0; i < spec->file_count; i++) total += 4 + strlen(spec->files[i].name) + 1 + 12 + 8 + spec->files[i].length;
+    unsigned char *buf = malloc(8 + total);
+    if (!buf) { close(feed_fd); return -1; }
+    unsigned char *p = buf;
+    coffer_put_u64(&p, total);
+    coffer_put_u32(&p, spec->dir_mode);
+    coffer_put_u32(&p, spec->dir_uid);
+    coffer_put_u32(&p, spec->dir_gid);
+    coffer_put_u32(&p, (unsigned int)spec->file_count);
+    coffer_put_u32(&p, (unsigned int)argc);
+    coffer_put_u32(&p, (unsigned int)envc);
+    coffer_put_string(&p, spec->dir);
+    for (int i = 0; i < spec->file_count; i++) {
+        const coffer_run_file *f = &spec->files[i];
+        coffer_put_string(&p, f->name);
+        coffer_put_u32(&p, f->mode);
+        coffer_put_u32(&p, f->uid);
+        coffer_put_u32(&p, f->gid);
+        coffer_put_u64(&p, f->length);
+        memcpy(p, f->data, f->length);
+        p += f->length;
+    }
+    coffer_put_string(&p, spec->exe);
+    for (int i = 0; i < argc; i++) coffer_put_string(&p, spec->argv[i]);
+    for (int i = 0; i < envc; i++) coffer_put_string(&p, spec->envp[i]);
+    /* from here signals to coffer run are passed to the init, which passes them on */
+    sigset_t old;
+    coffer_block_forwarded(&old);
+    coffer_install_forwarding();
+    coffer_forward_target = pid;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    int rc = 0;
+    unsigned long n = 8 + total, off = 0;
+    while (off < n) {
+        ssize_t w = send(feed_fd, buf + off, n - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) { rc = -1; break; }
+        off += (unsigned long)w;
+    }
+    int e = errno;
+    /* the values in this buffer are no longer needed here */
+    explicit_bzero(buf, n);
+    free(buf);
+    close(feed_fd);
+    errno = e;
+    return rc;
+}
+
+int coffer_run_abandon(int pid, int feed_fd, int report_fd, int status_fd) {
+    if (feed_fd >= 0) close(feed_fd);
+    if (report_fd >= 0) close(report_fd);
+    if (status_fd >= 0) close(status_fd);
+    kill(pid, SIGKILL);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    return 0;
 }
 
 static int coffer_write_file(const char *path, const char *text) {
@@ -577,6 +828,19 @@ int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int 
 }
 
 int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
+    return coffer_run_wait_status(pid, -1, ttl_seconds, expired, NULL);
+}
+
+int coffer_run_reap(int pid) {
+    int st = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &st, 0);
+        if (w == pid) return coffer_status_code(st);
+        if (w < 0 && errno != EINTR) return -1;
+    }
+}
+
+int coffer_run_wait_status(int pid, int status_fd, unsigned int ttl_seconds, int *expired, int *reaped) {
     coffer_forward_target = pid;
     coffer_unblock_forwarded();
     coffer_expired = 0;
@@ -590,6 +854,22 @@ int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired) {
         alarm(ttl_seconds);
     }
     int st = 0;
+    if (reaped) *reaped = 1;
+    if (status_fd >= 0) {
+        /* the status the namespace's init sends when the command ends (end of file: it
+         * died first, killed by the TTL or a signal: then its own status, below) */
+        int code = 0;
+        ssize_t n;
+        do { n = read(status_fd, &code, sizeof(code)); } while (n < 0 && errno == EINTR);
+        close(status_fd);
+        if (n == (ssize_t)sizeof(code) && code >= 0 && code <= 255 + 128) {
+            alarm(0);
+            coffer_forward_target = 0;
+            *expired = coffer_expired;
+            if (reaped) *reaped = 0;
+            return code;
+        }
+    }
     /* as a PID namespace's init (a run without network), orphans are ours to reap */
     pid_t which = getpid() == 1 ? -1 : pid;
     for (;;) {

@@ -266,7 +266,7 @@ public enum OCIHook {
                 container_pid: pid, container_root: UnsafePointer(rootC), dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: 0o555,
                 dir_uid: 0, dir_gid: 0, files: UnsafePointer(f.baseAddress), file_count: Int32(files.count),
                 exe: nil, argv: nil, envp: nil)
-            return coffer_run_spawn(&spec, &reportFD)
+            return coffer_run_spawn(&spec, &reportFD, nil)
         }
         guard child > 0 else { throw CofferError(.mountFailed, "cannot start the injection: \(String(cString: strerror(errno)))") }
         let failure = readSpawnReports(reportFD)

@@ -206,12 +206,18 @@ public struct Runner {
         for p in specs.map(\.path) + templates.flatMap(\.template.paths) + envVars.map(\.path) + registryAuth.map(\.path)
             where seen.insert(p.rawValue).inserted { paths.append(p) }
         let http = try global.http()
+        // a private run's namespaces and empty tmpfs are made while cofferd answers (no
+        // value is in them until the start is granted; refused, they are discarded)
+        var prepared: PreparedRun?
+        defer { prepared?.abandon() }
+        let prepare = mode == .private && !options.keepChildren && !inside && !options.dryRun
         let follow = options.follow ? RunAPI.Follow(target: Self.canonical(options.dir), files: specs.map {
             RunAPI.Follow.File(path: $0.path.rawValue, name: $0.name, mode: $0.mode, uid: $0.uid ?? getuid(), gid: $0.gid ?? getgid())
         }, signal: signal) : nil
         var started = try RunAPI.start(http, paths: paths.map(\.rawValue), mount: mode == .private ? "private" : "daemon",
                                        sizeBytes: size, ttl: options.ttl, network: options.network, dryRun: options.dryRun, follow: follow,
-                                       target: mode == .private ? Self.canonical(options.dir) : nil)
+                                       target: mode == .private ? Self.canonical(options.dir) : nil,
+                                       whileWaiting: prepare ? { prepared = PreparedRun(size: size, allowSwap: options.allowSwap) } : nil)
         if options.dryRun {
             return try report(started, specs: specs, templates: templates, envVars: envVars, registryAuth: registryAuth, mode: mode, size: size)
         }
@@ -305,13 +311,21 @@ public struct Runner {
             }
 
             // 5. run
-            let status = try spawn(exe: exe, argv: argv, environment: environment, files: &files, dir: dir, mode: mode,
+            let status = try spawn(exe: exe, argv: argv, environment: environment, files: &files, dir: dir, mode: mode, prepared: prepared,
                                    size: size, ttl: UInt32(clamping: started.ttlSeconds), inside: inside, beforeFork: wipeValues)
             if status.expired {
                 end(Int(status.code), "ttl expired: coffer run killed the command")
+                if let holder = status.unreaped { _ = coffer_run_reap(holder) }
                 throw RunFailure(status: 124, message: "the run's ttl (\(started.ttlSeconds)s) expired: the command was killed", hint: "raise --ttl")
             }
-            end(Int(status.code), mode == .private ? "the private namespace was released" : "the command ended")
+            if let holder = status.unreaped {
+                // the command has ended and its namespace's init is exiting: the end is
+                // reported while the kernel releases the namespace, then the init reaped
+                end(Int(status.code), "the command ended; its private namespace is released with it")
+                _ = coffer_run_reap(holder)
+            } else {
+                end(Int(status.code), mode == .private ? "the private namespace was released" : "the command ended")
+            }
             return status.code
         } catch {
             end(nil, "not started: the runner failed")
@@ -491,12 +505,18 @@ public struct Runner {
         return [command[0], command[1]] + added + command[2...]
     }
 
-    struct Status { var code: Int32; var expired: Bool }
+    struct Status {
+        var code: Int32
+        var expired: Bool
+        /// the namespace's init, when the command's status came before it was reaped
+        var unreaped: Int32? = nil
+    }
 
     /// Copies the files for the C side and wipes every Swift copy of the values before
     /// the fork (the child would inherit them); the C copies are zeroed by the child
     /// once written and by this process once the child reported.
-    func spawn(exe: String, argv: [String], environment: [String: String], files: inout [RunFile], dir: String, mode: Mode, size: Int,
+    func spawn(exe: String, argv: [String], environment: [String: String], files: inout [RunFile], dir: String, mode: Mode,
+               prepared: PreparedRun? = nil, size: Int,
                ttl: UInt32, inside: Bool, beforeFork: () -> Void) throws -> Status {
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
         // (the environment may hold values: --env)
@@ -526,7 +546,7 @@ public struct Runner {
         for i in files.indices { Wipe.bytes(&files[i].bytes) }
         // whoever may read a file given to another owner must be able to reach it
         let shared = files.contains { $0.uid != getuid() || $0.gid != getgid() }
-        var reportFD: Int32 = -1
+        var reportFD: Int32 = -1, statusFD: Int32 = -1
         let pid: Int32 = argvC.withUnsafeBufferPointer { a in
             envC.withUnsafeBufferPointer { e in
                 spawnFiles.entries.withUnsafeMutableBufferPointer { f in
@@ -538,9 +558,19 @@ public struct Runner {
                         dir: UnsafePointer(dirC), size_bytes: UInt(size), dir_mode: shared ? 0o511 : 0o500,
                         dir_uid: getuid(), dir_gid: getgid(), files: UnsafePointer(f.baseAddress), file_count: Int32(files.count),
                         exe: UnsafePointer(exeC), argv: a.baseAddress, envp: e.baseAddress)
-                    return coffer_run_spawn(&spec, &reportFD)
+                    if let prepared {
+                        (reportFD, statusFD) = (prepared.reportFD, prepared.statusFD)
+                        return prepared.feed(&spec)
+                    }
+                    return coffer_run_spawn(&spec, &reportFD, &statusFD)
                 }
             }
+        }
+        if let prepared, pid <= 0 {
+            // the init is gone: what it reported says why
+            if let f = readSpawnReports(reportFD) { throw describe(f, files: files, dir: dir) }
+            prepared.reap()
+            throw ClientError(kind: .io, message: "the run's namespace ended before it was given its files")
         }
         guard pid > 0 else {
             let e = errno
@@ -555,10 +585,11 @@ public struct Runner {
             }
         }
         spawnFiles.zero()
-        var expired: Int32 = 0
-        let code = coffer_run_wait(pid, failure == nil ? ttl : 0, &expired)
+        var expired: Int32 = 0, reaped: Int32 = 1
+        let code = coffer_run_wait_status(pid, failure == nil ? statusFD : -1, failure == nil ? ttl : 0, &expired, &reaped)
+        if failure != nil && statusFD >= 0 { close(statusFD) }
         if let f = failure { throw describe(f, files: files, dir: dir) }
-        return Status(code: code, expired: expired != 0)
+        return Status(code: code, expired: expired != 0, unreaped: reaped == 0 ? pid : nil)
     }
 
     func describe(_ r: coffer_run_report, files: [RunFile], dir: String) -> any Error {
@@ -705,7 +736,8 @@ enum RunAPI {
     }
 
     static func start(_ http: UnixHTTPClient, paths: [String], mount: String, sizeBytes: Int, ttl: String?, network: String,
-                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil, follow: Follow? = nil, target: String? = nil) throws -> Started {
+                      dryRun: Bool, holderPID: Int32? = nil, label: String? = nil, follow: Follow? = nil, target: String? = nil,
+                      whileWaiting: (() -> Void)? = nil) throws -> Started {
         var body: [(String, JSON)] = [("secrets", .array(paths.map { .object([("path", .string($0))]) })), ("mount", .string(mount)),
                                       ("size_bytes", .int(sizeBytes))]
         if let ttl { body.append(("ttl", .string(ttl))) }
@@ -721,7 +753,8 @@ enum RunAPI {
             if let signal = follow.signal { f.append(("signal", .string(signal))) }
             body.append(("follow", .object(f)))
         }
-        let r = try http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: Array(JSON.object(body).text.utf8))
+        let r = try http.request("POST", "/v1/runs", headers: [("Content-Type", "application/json")], body: Array(JSON.object(body).text.utf8),
+                                 whileWaiting: whileWaiting)
         guard (200..<300).contains(r.status) else { throw APIError(r) }
         var raw = r.body
         defer { Wipe.bytes(&raw) }
@@ -860,6 +893,42 @@ extension RunAPI {
 
 /// The files of a run as the C spawner takes them: names and value copies outside
 /// Swift's heap, zeroed by `zero()` (once the child has its own) and on release.
+/// A private run's namespaces made ahead (coffer_run_prepare): fed once with the
+/// rest of the run, or abandoned (killed and reaped) when the start is refused.
+final class PreparedRun {
+    let pid: Int32
+    let reportFD: Int32
+    let statusFD: Int32
+    private var feedFD: Int32
+    private var done = false
+
+    /// nil when the namespaces could not be made ahead: the run then makes them after
+    /// the start, as without this, and fails there with the reason.
+    init?(size: Int, allowSwap: Bool) {
+        var feed: Int32 = -1, report: Int32 = -1, status: Int32 = -1
+        let pid = coffer_run_prepare(UInt(size), allowSwap ? 1 : 0, &feed, &report, &status)
+        guard pid > 0 else { return nil }
+        (self.pid, feedFD, reportFD, statusFD) = (pid, feed, report, status)
+    }
+
+    /// Sends the spec; the pid, or -1 when the init is gone.
+    func feed(_ spec: inout coffer_run_spec) -> Int32 {
+        done = true
+        let fd = feedFD
+        feedFD = -1
+        return coffer_run_feed(pid, fd, &spec) == 0 ? pid : -1
+    }
+
+    func reap() { _ = coffer_run_reap(pid) }
+
+    /// Unfed: killed and reaped (nothing of it was ever visible outside it).
+    func abandon() {
+        guard !done else { return }
+        done = true
+        _ = coffer_run_abandon(pid, feedFD, reportFD, statusFD)
+    }
+}
+
 final class SpawnFiles {
     private var names: [UnsafeMutablePointer<CChar>?]
     private var buffers: [UnsafeMutableBufferPointer<UInt8>]

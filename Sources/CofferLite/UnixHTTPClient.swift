@@ -93,8 +93,10 @@ public final class UnixHTTPClient {
         fd = s
     }
 
-    /// Sends one request and reads one response (Content-Length or chunked).
-    public func request(_ method: String, _ target: String, headers: [(String, String)] = [], body: [UInt8]? = nil) throws(ClientError) -> HTTPResult {
+    /// Sends one request and reads one response (Content-Length or chunked);
+    /// `whileWaiting` runs between the two, while the server works.
+    public func request(_ method: String, _ target: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
+                        whileWaiting: (() -> Void)? = nil) throws(ClientError) -> HTTPResult {
         try connectIfNeeded()
         deadline = Self.monotonicNanos() + UInt64(timeoutSeconds) * 1_000_000_000
         var head = "\(method) \(target) HTTP/1.1\r\nHost: coffer\r\nUser-Agent: coffer/\(CofferClientInfo.version)\r\n"
@@ -110,6 +112,7 @@ public final class UnixHTTPClient {
         if let body { out += body }
         defer { Wipe.bytes(&out) }
         try writeAll(out)
+        whileWaiting?()
         return try readResponse(method: method)
     }
 

@@ -131,7 +131,7 @@ struct Bench: ParsableCommand {
         // whole-process CLI latency against redis-cli
         let runs = smoke ? 10 : 100
         if let redis, let cli = Redis.which("redis-cli") {
-            let (cliMs, redisMs) = try timePair(
+            let (cliMs, redisMs, _) = try timePair(
                 (audited.bin + "/coffer", ["secret", "get", "bench/s64"], ["COFFER_SOCKET": audited.socket]),
                 (cli, ["-s", redis.socket, "GET", "bench:s64"], [:]), runs: runs)
             report.cliMeanMs = cliMs
@@ -158,13 +158,14 @@ struct Bench: ParsableCommand {
             let secrets = (0..<10).flatMap { ["--secret", "bench/run/s\($0)"] }
             let n = smoke ? 5 : 100
             let files = (0..<10).map { "printf %s \(value) > \(dir)/s\($0)" }.joined(separator: " && ")
-            let (runMs, baseMs) = try timePair(
+            let (runMs, baseMs, runMedian) = try timePair(
                 (audited.bin + "/coffer", ["run", "--dir", dir] + secrets + ["--", "/bin/true"], ["COFFER_SOCKET": audited.socket]),
                 ("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c",
                  "mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec,noswap coffer-bench \(dir) && \(files) && exec /bin/true"], [:]),
                 runs: n)
             report.runMeanMs = runMs
             report.tmpfsBaselineMs = baseMs
+            report.runMedianRatio = runMedian
             print(String(format: "coffer run (10 secrets, /bin/true): %.2f ms per process; unshare+mount+10 files+exec: %.2f ms",
                          report.runMeanMs ?? 0, report.tmpfsBaselineMs ?? 0))
         }
@@ -178,7 +179,7 @@ struct Bench: ParsableCommand {
             let hooked = try ociBundle(audited, name: "hooked", hook: (bin + "/coffer", spec))
             let n = smoke ? 3 : 40
             let id = "coffer-bench-\(getpid())"
-            let (hookMs, plainMs) = try timePair(("/usr/sbin/runc", ["run", "--bundle", hooked, id + "-h"], [:]),
+            let (hookMs, plainMs, _) = try timePair(("/usr/sbin/runc", ["run", "--bundle", hooked, id + "-h"], [:]),
                                                  ("/usr/sbin/runc", ["run", "--bundle", plain, id + "-p"], [:]), runs: n)
             report.hookRuncMs = hookMs
             report.plainRuncMs = plainMs
@@ -253,22 +254,30 @@ func timeCommand(_ exe: String, _ args: [String], env: [String: String], runs: I
 
 /// A command and its baseline, alternated run by run (so both see the same machine:
 /// a noisy neighbour or a frequency change weighs on both alike), as mean
-/// milliseconds per process each.
+/// milliseconds per process each, and the median of the pairs' ratios (one stall of
+/// a shared machine moves a mean, not a median).
 func timePair(_ a: (exe: String, args: [String], env: [String: String]), _ b: (exe: String, args: [String], env: [String: String]),
-              runs: Int) throws -> (Double, Double) {
+              runs: Int) throws -> (Double, Double, Double) {
     let envA = environmentStrings(a.env), envB = environmentStrings(b.env)
     var ta: UInt64 = 0, tb: UInt64 = 0
+    var ratios: [Double] = []
     for i in 0..<runs {
         // and which goes first alternates too
+        var x: UInt64 = 0, y: UInt64 = 0
         if i % 2 == 0 {
-            ta += try timeOnce(a.exe, a.args, envStrings: envA)
-            tb += try timeOnce(b.exe, b.args, envStrings: envB)
+            x = try timeOnce(a.exe, a.args, envStrings: envA)
+            y = try timeOnce(b.exe, b.args, envStrings: envB)
         } else {
-            tb += try timeOnce(b.exe, b.args, envStrings: envB)
-            ta += try timeOnce(a.exe, a.args, envStrings: envA)
+            y = try timeOnce(b.exe, b.args, envStrings: envB)
+            x = try timeOnce(a.exe, a.args, envStrings: envA)
         }
+        ta += x
+        tb += y
+        ratios.append(Double(x) / Double(max(y, 1)))
     }
-    return (Double(ta) / Double(runs) / 1e6, Double(tb) / Double(runs) / 1e6)
+    ratios.sort()
+    let median = ratios.isEmpty ? 0 : ratios[ratios.count / 2]
+    return (Double(ta) / Double(runs) / 1e6, Double(tb) / Double(runs) / 1e6, median)
 }
 
 func padded(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }

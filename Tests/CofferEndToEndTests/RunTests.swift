@@ -60,6 +60,17 @@ import Testing
 
     static func waitFor(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool { waitUntil(seconds, condition) }
 
+    /// Live processes (not zombies) whose command line contains `text`: "pid: command line".
+    static func processes(naming text: String) -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid -> String? in
+            guard Int32(pid) != nil, Int32(pid) != getpid(),
+                  let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !raw.isEmpty else { return nil }
+            let line = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.contains(text) ? "\(pid): \(line)" : nil
+        }
+    }
+
     /// `coffer run` in the background (as root, or as `user`).
     static func launch(_ d: Daemon, _ args: [String], as user: TestUser? = nil) throws -> Process {
         let p = Process()
@@ -677,6 +688,9 @@ import Testing
         p.waitUntilExit()
         #expect(!FileManager.default.fileExists(atPath: marks + "/ran"))
         #expect(Self.mounts(under: d.dir).isEmpty)
+        // a root run makes its namespaces while cofferd answers: a refused start leaves
+        // none of them behind (no process of these runs, whose command line names marks, lives on)
+        #expect(Self.waitFor(2) { Self.processes(naming: marks).isEmpty }, "\(Self.processes(naming: marks))")
         // the API refuses what the CLI would not send
         for body in [#"{"secrets":[],"mount":"daemon"}"#, #"{"secrets":[{"path":"ci/npm/token"}],"mount":"elsewhere"}"#,
                      #"{"secrets":[{"path":"ci/npm/token"}],"mount":"daemon","size_bytes":9223372036854775807}"#,

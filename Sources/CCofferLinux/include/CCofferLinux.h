@@ -106,7 +106,26 @@ typedef struct { int kind; int stage; int err; int index; } coffer_run_report;
 
 /// Forks the run. Returns the child's pid (the command itself, or the process that
 /// holds the namespaces) and a read end of the report pipe in *report_fd, or -1.
-int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd);
+/// With a PID namespace and a command, *status_fd (when not NULL) is a pipe on which
+/// the namespace's init sends the command's status the moment it ends (else -1).
+int coffer_run_spawn(const coffer_run_spec *spec, int *report_fd, int *status_fd);
+
+/// A private run's namespaces made ahead, while cofferd answers the run's start:
+/// PID 1 of new mount and PID namespaces (every mount private) holding a new tmpfs
+/// (size, 0700, nosuid,nodev,noexec, noswap unless refused and `allow_swap`), not
+/// yet attached, waiting for the rest of the run on *feed_fd (coffer_run_feed); its
+/// failures come on *report_fd, the command's status on *status_fd. Returns its pid,
+/// or -1 and errno. Closing *feed_fd unfed ends it (coffer_run_abandon).
+int coffer_run_prepare(unsigned long size_bytes, int allow_swap, int *feed_fd, int *report_fd, int *status_fd);
+
+/// Sends a prepared run the rest of its spec (dir, owner, mode, files, exe, argv,
+/// envp: the other fields are the prepared ones), wipes this process's copy of it and
+/// closes feed_fd; signals to this process are passed on from now. 0, or -1 and errno
+/// (the init is gone: its report says why).
+int coffer_run_feed(int pid, int feed_fd, const coffer_run_spec *spec);
+
+/// Ends a prepared run that will not be fed (the start was refused): kills and reaps it.
+int coffer_run_abandon(int pid, int feed_fd, int report_fd, int status_fd);
 
 /// A run without network: starts this very program again (/proc/self/exe with argv
 /// and envp) as PID 1 of new mount, PID and network namespaces — with `userns`, of a
@@ -121,6 +140,15 @@ int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int 
 /// `ttl_seconds` (0: none) it is killed (SIGKILL) and *expired set. Returns the
 /// shell-style status: the exit code, or 128 + the signal that ended it.
 int coffer_run_wait(int pid, unsigned int ttl_seconds, int *expired);
+
+/// coffer_run_wait, but with a status pipe from coffer_run_spawn (-1: none): the
+/// command's status is returned as soon as the namespace's init sends it, before the
+/// init is reaped (*reaped 0: call coffer_run_reap later; the kernel tears the
+/// namespace down meanwhile). Closes status_fd.
+int coffer_run_wait_status(int pid, int status_fd, unsigned int ttl_seconds, int *expired, int *reaped);
+
+/// Waits for `pid` (EINTR retried): its shell-style status, or -1.
+int coffer_run_reap(int pid);
 
 /// A tmpfs for an unprivileged caller's run (by cofferd): mode 0700 owned by uid:gid,
 /// nosuid,nodev,noexec, size-bounded, noswap (when `noswap`). 0 or -1 with errno.
