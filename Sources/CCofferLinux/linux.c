@@ -31,6 +31,15 @@ int coffer_harden_process(void) {
     return 0;
 }
 
+int coffer_protect_values(void) {
+    /* no core dump and no ptrace by the same user: the values are in this process's
+     * memory (reset by execve: the command is dumpable as usual) */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return -1;
+    static const int crash_signals[] = {SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV};
+    for (size_t i = 0; i < sizeof(crash_signals) / sizeof(crash_signals[0]); i++) signal(crash_signals[i], SIG_DFL);
+    return 0;
+}
+
 int coffer_is_dumpable(void) {
     return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
 }
@@ -785,7 +794,14 @@ int coffer_run_isolated(char *const argv[], char *const envp[], int userns, int 
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
         if (coffer_loopback_up() != 0) coffer_fail(fd, COFFER_STAGE_NETWORK, -1);
         if (userns && coffer_keep_setup_caps() != 0) coffer_fail(fd, COFFER_STAGE_UNSHARE, -1);
-        sigprocmask(SIG_SETMASK, &old, NULL);
+        /* the forwarded signals stay blocked through the exec: this process is the
+         * init of its PID namespace, which the kernel spares every signal it has no
+         * handler for, so one passed on before the program below installs its own
+         * would be lost; blocked, it waits (queued) until that program starts its
+         * command and passes it on (coffer_run_wait unblocks them) */
+        sigset_t keep = old;
+        for (unsigned i = 0; i < sizeof(coffer_forwarded) / sizeof(coffer_forwarded[0]); i++) sigaddset(&keep, coffer_forwarded[i]);
+        sigprocmask(SIG_SETMASK, &keep, NULL);
         /* nothing but stdin, stdout and stderr goes in: a socket opened outside the
          * namespace would still reach the network it came from */
         syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);

@@ -133,6 +133,30 @@ public enum Environment {
         return out
     }
 
+    /// `environment` (a changed copy of `all()`) as the entries for execve, with every
+    /// entry it leaves as it was passed on byte for byte: a name or value that is not
+    /// UTF-8 (which `all()` can only hold replaced) reaches the command unchanged.
+    public static func entries(_ environment: [String: String]) -> [[CChar]] {
+        var out: [[CChar]] = []
+        var seen = Set<String>()
+        var p = environ
+        while let entry = p.pointee {
+            p += 1
+            let raw = Array(UnsafeBufferPointer(start: entry, count: strlen(entry) + 1))
+            let bytes = raw.dropLast().map { UInt8(bitPattern: $0) }
+            guard let eq = bytes.firstIndex(of: UInt8(ascii: "=")) else { continue }
+            // a name that is not UTF-8 is none that coffer sets or removes (`all()` holds it replaced)
+            guard let name = String(validating: bytes[..<eq], as: UTF8.self) else {
+                if seen.insert(String(decoding: bytes[..<eq], as: UTF8.self)).inserted { out.append(raw) }
+                continue
+            }
+            guard seen.insert(name).inserted, let value = environment[name] else { continue }
+            out.append(value == String(decoding: bytes[(eq + 1)...], as: UTF8.self) ? raw : Array("\(name)=\(value)".utf8CString))
+        }
+        for (name, value) in environment where !seen.contains(name) { out.append(Array("\(name)=\(value)".utf8CString)) }
+        return out
+    }
+
     public static func currentDirectory() -> String {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard getcwd(&buf, buf.count) != nil else { return "." }

@@ -1,3 +1,4 @@
+import CCofferLinux
 import CofferCore
 #if canImport(Glibc)
 import Glibc
@@ -164,6 +165,7 @@ public enum FastGet {
 
     /// Prints the value's bytes and exits as `coffer secret get` does.
     public static func execute(_ p: Parsed) -> Never {
+        _ = coffer_protect_values()
         do {
             _ = try SecretPath(p.path)
             if let v = p.version, v < 1 { throw CofferError(.invalidVersion, "--version must be 1 or more") }

@@ -126,6 +126,12 @@ public struct Runner {
             guard let eq = e.firstIndex(of: "=") else { throw CofferError(.invalidParameter, "--env takes VAR=PATH") }
             let v = String(e[..<eq])
             try RunNames.checkVariable(v)
+            // the run's own variables, and the dynamic loader's (it may print them), are not for values
+            guard !["COFFER_SECRETS_DIR", "CREDENTIALS_DIRECTORY", "REGISTRY_AUTH_FILE", Self.insideMarker].contains(v), !options.dirEnv.contains(v),
+                  !v.hasPrefix("LD_") else {
+                throw CofferError(.invalidParameter, "--env \(v) would replace a variable the run or the dynamic loader uses", hint: "pick another name")
+            }
+            guard !envVars.contains(where: { $0.variable == v }) else { throw CofferError(.invalidParameter, "--env \(v) is given twice") }
             envVars.append((v, try SecretPath(String(e[e.index(after: eq)...]))))
         }
         for v in options.dirEnv { try RunNames.checkVariable(v) }
@@ -199,6 +205,8 @@ public struct Runner {
         }
         let exe = try resolveExecutable(argv[0])
         if isolated && !inside && !options.dryRun { return try runIsolated() }
+        // from here this process holds values: no core dump of it, no ptrace by its user
+        _ = coffer_protect_values()
 
         // 2. one request for every path
         var paths: [SecretPath] = []
@@ -226,10 +234,14 @@ public struct Runner {
         func end(_ status: Int?, _ fate: String) {
             guard !ended else { return }
             ended = true
+            // the command has ended: a daemon that does not answer soon is not waited
+            // for (its watch of this process ends the run when it exits)
+            http.timeoutSeconds = 5
             if (try? RunAPI.end(http, runID, exitStatus: status, fate: fate)) != nil { return }
             // cofferd closes an idle keep-alive connection after a minute: a long run
             // reports its end over a new one (a repeat of an end that did arrive is a 404)
             guard let fresh = try? global.http() else { return }
+            fresh.timeoutSeconds = 5
             try? RunAPI.end(fresh, runID, exitStatus: status, fate: fate)
         }
         do {
@@ -538,7 +550,12 @@ public struct Runner {
         } else {
             argvC = argv.map(c) + [nil]
         }
-        let envC = environment.map { c("\($0.key)=\($0.value)") } + [nil]
+        // (entries the run does not change reach the command byte for byte)
+        let envC = Environment.entries(environment).map { bytes -> UnsafeMutablePointer<CChar>? in
+            let p = bytes.withUnsafeBufferPointer { strdup($0.baseAddress!) }
+            cStrings.append(p)
+            return p
+        } + [nil]
         let exeC = c(exe), dirC = c(dir)
         // value copies for the C side, zeroed once the child reported (it has its own)
         let spawnFiles = SpawnFiles(files)

@@ -34,7 +34,15 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
 public final class UnixHTTPClient {
     public let socketPath: String
     var fd: Int32 = -1
-    public var timeoutSeconds: Int = 30
+    public var timeoutSeconds: Int = 30 {
+        didSet { if fd >= 0 { applyTimeouts(fd) } }
+    }
+
+    func applyTimeouts(_ s: Int32) {
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
     /// The largest response body accepted (a hostile or broken peer cannot fill memory).
     public var maxBodyBytes: Int = 64 << 20
     /// When the response being read must be complete (a trickling peer cannot hold us).
@@ -77,9 +85,7 @@ public final class UnixHTTPClient {
             }
             throw ClientError(kind: .connect, message: "cannot connect to \(socketPath): \(reason)", hint: hint)
         }
-        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        applyTimeouts(s)
         if let trusted = trustedServerUIDs {
             var cred = (pid: Int32(0), uid: UInt32.max, gid: UInt32.max)
             var len = socklen_t(MemoryLayout.size(ofValue: cred))

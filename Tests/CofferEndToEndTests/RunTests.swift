@@ -739,6 +739,71 @@ import Testing
         #expect(events.contains("\"network\":\"none\""), "the injection event records the network mode")
     }
 
+    /// A signal sent while a run without network is still starting (its PID 1 has
+    /// no handler yet, and the kernel spares a namespace's init what it does not
+    /// handle) waits, and reaches the command once it runs: never lost, never exit 0.
+    @Test func anEarlySignalToARunWithoutNetworkIsNeverLost() throws {
+        let d = try Self.daemon()
+        let marks = Self.shared(d)
+        for i in 0..<12 {
+            let done = marks + "/finished-\(i)"
+            let p = try Self.launch(d, ["run", "--dir", d.dir + "/secrets", "--network", "none", "--secret", "ci/npm/token", "--",
+                                        "/bin/sh", "-c", "trap 'exit 7' TERM; sleep 1.5; touch \(done)"])
+            usleep(UInt32(1_000 * (1 + i % 9)))
+            kill(p.processIdentifier, SIGTERM)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 7 || p.terminationStatus == 143, "run \(i): \(p.terminationStatus)")
+            #expect(!FileManager.default.fileExists(atPath: done), "run \(i): the command ran on as if no signal had come")
+        }
+    }
+
+    /// The environment reaches the command byte for byte (names and values that are not
+    /// UTF-8 included); --env may not replace the run's own variables or the loader's.
+    @Test func theEnvironmentPassesByteForByteAndEnvIsBounded() throws {
+        let d = try Self.daemon()
+        let want = d.dir + "/want", got = d.dir + "/got"
+        // (the shell sets the odd bytes: Foundation's environment cannot hold them)
+        let script = """
+            printf 'ZZ\\377=v\\376\\n' > \(want)
+            env "$(printf 'ZZ\\377=v\\376')" \(Bins.coffer) --socket \(d.socket) run --dir \(d.dir)/secrets --secret ci/npm/token -- /usr/bin/env \\
+              | grep -a '^ZZ' > \(got)
+            cmp \(want) \(got)
+            """
+        let odd = try run("/bin/sh", ["-c", script])
+        #expect(odd.status == 0, "the environment was changed: \(Array(fileBytes(got))) \(odd.stderr)")
+        for variable in ["COFFER_SECRETS_DIR", "LD_PRELOAD", "CREDENTIALS_DIRECTORY"] {
+            let r = try d.coffer(["run", "--env", "\(variable)=ci/npm/token", "--secret", "ci/npm/token", "--", "/bin/true"])
+            #expect(r.status == 7 && r.stderr.contains("would replace a variable"), "\(variable): \(r.stderr)")
+        }
+        let twice = try d.coffer(["run", "--env", "A=ci/npm/token", "--env", "A=ci/npm/token", "--", "/bin/true"])
+        #expect(twice.status == 7 && twice.stderr.contains("given twice"), "\(twice.stderr)")
+    }
+
+    /// The runner holds values while the command runs: it is not dumpable (no core, no
+    /// ptrace or /proc/PID/mem for its user: the kernel gives its /proc files to root),
+    /// while the command it started is dumpable as usual.
+    @Test func theRunnerIsNotDumpable() throws {
+        let d = try Self.daemon()
+        let user = TestUser.nonAdmin
+        let marks = Self.shared(d)
+        let p = try Self.launch(d, ["run", "--secret", "ci/npm/token", "--", "/bin/sh", "-c", "touch \(marks)/up; sleep 3; true"], as: user)
+        #expect(Self.waitFor { FileManager.default.fileExists(atPath: marks + "/up") })
+        func owner(_ pid: String) -> UInt32? {
+            var st = stat()
+            return stat("/proc/\(pid)/mem", &st) == 0 ? st.st_uid : nil
+        }
+        func comm(_ pid: String) -> String {
+            String(decoding: fileBytes("/proc/\(pid)/comm"), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let pids = Self.processes(naming: marks + "/up").compactMap { $0.split(separator: ":").first.map(String.init) }
+        let runner = pids.first { comm($0) == "coffer" }
+        let command = pids.first { comm($0) == "sh" }
+        #expect(runner != nil && command != nil, "\(Self.processes(naming: marks + "/up"))")
+        if let runner { #expect(owner(runner) == 0, "the runner is dumpable") }
+        if let command { #expect(owner(command) == user.uid, "the command is not dumpable") }
+        p.waitUntilExit()
+    }
+
     @Test func buildahBuildsWithTheSecretCachedPerVersionAndNoTraceInTheImage() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/buildah"), FileManager.default.isExecutableFile(atPath: "/bin/busybox") else {
             Issue.record("buildah and busybox-static are needed (contrib/dev/test installs them)")

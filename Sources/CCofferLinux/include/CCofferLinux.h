@@ -15,6 +15,11 @@ typedef struct {
 int coffer_harden_process(void);
 
 /// Reads PR_GET_DUMPABLE (for tests and status).
+/// For a client that holds values (coffer run, secret get): not dumpable (no core,
+/// no ptrace by its user; execve resets it for the command) and the crash signals at
+/// their defaults (the Swift runtime's backtracer prints memory). 0 or -1.
+int coffer_protect_values(void);
+
 int coffer_is_dumpable(void);
 
 /// SO_PEERCRED of a connected Unix socket. Returns 0 or -1 with errno.
