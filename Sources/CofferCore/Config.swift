@@ -24,6 +24,9 @@ public struct CofferConfig: Sendable, Equatable {
     public var requestTimeoutSeconds: Int = 30
     /// Bytes of request line and headers.
     public var maxHeaderBytes: Int = 16 * 1024
+    /// How requests are served: "hummingbird" (a task per request) or, experimental,
+    /// "event-loop" (reads and health answered on NIO's event loop; see DirectChannel).
+    public var requestPath: String = "hummingbird"
     // [storage]
     public var stateDir: String = "/var/lib/coffer"
     public var databasePath: String? = nil
@@ -140,7 +143,7 @@ public struct CofferConfig: Sendable, Equatable {
         try r.allowOnly(["server", "storage", "keys", "access", "limits", "audit", "auth", "run", "log", "ssh", "jwt"])
         if var t = try r.table("server") {
             try t.allowOnly(["socket", "socket_mode", "socket_group", "max_connections", "max_connections_per_uid", "idle_timeout",
-                             "request_timeout", "max_header_bytes"])
+                             "request_timeout", "max_header_bytes", "request_path"])
             if let v = try t.integer("max_connections", in: 1...100_000) { c.maxConnections = Int(v) }
             if let v = try t.integer("max_connections_per_uid", in: 1...100_000) { c.maxConnectionsPerUID = Int(v) }
             if let v = try t.integer("idle_timeout", in: 1...86400) { c.idleTimeoutSeconds = Int(v) }
@@ -154,6 +157,12 @@ public struct CofferConfig: Sendable, Equatable {
                 c.socketMode = m
             }
             if let v = try t.string("socket_group") { c.socketGroup = v.isEmpty ? nil : v }
+            if let v = try t.string("request_path") {
+                guard ["hummingbird", "event-loop"].contains(v) else {
+                    throw t.error("request_path", "request_path must be \"hummingbird\" or \"event-loop\"")
+                }
+                c.requestPath = v
+            }
         }
         if var t = try r.table("storage") {
             try t.allowOnly(["state_dir", "database", "durability"])

@@ -39,6 +39,18 @@ public final class AuditLog: Sendable {
         var event: AuditEvent
         /// nil for events nobody waits for (a connection the HTTP layer refused).
         var continuation: CheckedContinuation<Void, any Error>?
+        /// or a callback (the event-loop request path: no task waits)
+        var completion: (@Sendable ((any Error)?) -> Void)? = nil
+
+        func resume() {
+            continuation?.resume()
+            completion?(nil)
+        }
+
+        func resume(throwing error: any Error) {
+            continuation?.resume(throwing: error)
+            completion?(error)
+        }
     }
 
     struct State {
@@ -256,6 +268,20 @@ public final class AuditLog: Sendable {
         }
     }
 
+    /// `append` for a caller that is not a task: `completion` runs on the writer thread
+    /// once the event is durable (nil) or could not be made so (503 audit_unavailable).
+    public func append(_ event: AuditEvent, completion: @escaping @Sendable (CofferError?) -> Void) {
+        guard settings.enabled else { return completion(nil) }
+        if let t = state.withLock({ $0.tampered }) {
+            return completion(CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served: \(t)"))
+        }
+        state.withLock { $0.pending.append(Waiter(event: event, continuation: nil, completion: { error in
+            completion(error == nil ? nil : CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
+                                                         hint: "see cofferd's health and log; it recovers by itself when the database can be written again"))
+        })) }
+        signalWriter()
+    }
+
     /// Queues an event for the next batch without waiting for it: for refusals made
     /// below the request layer (an unparseable request), where nothing is answered
     /// that depends on the event.
@@ -368,7 +394,7 @@ public final class AuditLog: Sendable {
                     s.sinceCheckpoint += committed.count
                     return s.sinceCheckpoint >= settings.checkpointEvents
                 }
-                for w in batch { w.continuation?.resume() }
+                for w in batch { w.resume() }
                 mirror(committed)
                 if due { _ = try? checkpointNow() }
             } catch {
@@ -380,12 +406,12 @@ public final class AuditLog: Sendable {
                 }
                 AuditMetrics.failedCommits.increment()
                 if wasHealthy { logger.critical("audit trail unavailable; refusing requests until it recovers", metadata: ["error": "\(reason)"]) }
-                for w in batch { w.continuation?.resume(throwing: error) }
+                for w in batch { w.resume(throwing: error) }
             }
         }
         // stopped: fail whatever still waits
         for w in state.withLock({ s in defer { s.pending = [] }; return s.pending }) {
-            w.continuation?.resume(throwing: CofferError(.auditUnavailable, "shutting down"))
+            w.resume(throwing: CofferError(.auditUnavailable, "shutting down"))
         }
         state.withLock { $0.writerDone = true }
     }

@@ -102,6 +102,18 @@ public final class EngineHost: Sendable {
         return try await body(engine)
     }
 
+    /// `withEngine` for a caller that is not a task: the open engine with a lease
+    /// taken (nil, none taken, when sealed); `endLease()` once the answer is out.
+    public func leaseEngine() -> SecretEngine? {
+        state.withLock { s in
+            guard case .open(let e) = s.phase else { return nil }
+            s.requests += 1
+            return e
+        }
+    }
+
+    public func endLease() { state.withLock { $0.requests -= 1 } }
+
     /// Waits until the engine is open (nil if the task is cancelled first: shutdown).
     public func opened() async -> SecretEngine? {
         let (stream, continuation) = AsyncStream.makeStream(of: SecretEngine.self, bufferingPolicy: .bufferingNewest(1))

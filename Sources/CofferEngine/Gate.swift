@@ -187,6 +187,17 @@ public final class Gate: Sendable {
     }
 
     /// Commits a ticket's outcome unless a transaction already did.
+    /// `settle` for the event-loop request path: `completion` gets nil once the event
+    /// is durable, or the error that must replace the answer (fail closed).
+    func settle(_ t: AuditTicket, status: Int, error: CofferError?, completion: @escaping @Sendable (CofferError?) -> Void) {
+        if t.settled { return completion(nil) }
+        if let e = t.committed {
+            audit.committedInTransaction(e)
+            return completion(nil)
+        }
+        audit.append(t.finished(status: status, errorCode: error?.code.rawValue), completion: completion)
+    }
+
     func settle(_ t: AuditTicket, status: Int, error: CofferError?) async throws(CofferError) {
         if t.settled { return }
         if let e = t.committed {

@@ -241,8 +241,7 @@ public final class SecretEngine: Sendable {
     /// Resolves the caller: the kernel's peer credentials, plus a token's grant when
     /// one is presented (its roles then replace the peer's).
     public func principal(pid: Int32, uid: UInt32, gid: UInt32, token: String?, ticket: AuditTicket) async throws(CofferError) -> Principal {
-        var p = principals.principal(pid: pid, uid: uid, gid: gid)
-        ticket.update { $0.peerUser = p.userName }
+        var p = principal(pid: pid, uid: uid, gid: gid, ticket: ticket)
         if let token {
             p.token = try await tokens.authenticate(token, peerUID: uid, ticket: ticket)
             ticket.update { $0.tokenAccessor = p.token?.accessor }
@@ -250,6 +249,13 @@ public final class SecretEngine: Sendable {
         return p
     }
 
+
+    /// The caller by its peer credentials alone (no token), recorded on the ticket.
+    public func principal(pid: Int32, uid: UInt32, gid: UInt32, ticket: AuditTicket) -> Principal {
+        let p = principals.principal(pid: pid, uid: uid, gid: gid)
+        ticket.update { $0.peerUser = p.userName }
+        return p
+    }
 
     /// What the live policy says, recording nothing (for answers like status).
     public func decide(_ p: Principal, _ action: Action, _ path: SecretPath?) -> Decision { gate.decide(p, action, path) }
@@ -554,6 +560,11 @@ public final class SecretEngine: Sendable {
     /// throws 503 audit_unavailable when it cannot be made durable (fail closed).
     public func settle(_ ticket: AuditTicket, status: Int, error: CofferError?) async throws(CofferError) {
         try await gate.settle(ticket, status: status, error: error)
+    }
+
+    /// `settle` without a task (the event-loop request path); see Gate.settle.
+    public func settle(_ ticket: AuditTicket, status: Int, error: CofferError?, completion: @escaping @Sendable (CofferError?) -> Void) {
+        gate.settle(ticket, status: status, error: error, completion: completion)
     }
 
     /// A refusal below the request layer (an unparseable request): recorded, not waited for.

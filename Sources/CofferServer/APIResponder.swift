@@ -60,11 +60,7 @@ public struct APIResponder: HTTPResponder {
             failure = CofferError(.routeNotFound, "no such API route",
                                   hint: "routes live under /v1/sys, /v1/secrets, /v1/tokens, /v1/audit, /v1/auth, /v1/elevation and /v1/runs; see contrib/openapi.yaml or the README")
         }
-        // the route parameter (a secret path or a token accessor) is the event's path
-        let auditPath = param.isEmpty ? nil : Self.printable(param)
-        let ticket = engine.ticket(AuditEvent.draft(
-            time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
-            method: request.method.rawValue, action: method?.action ?? endpoint?.name ?? "unknown_route", path: auditPath))
+        let ticket = self.ticket(request, context, requestID: requestID, action: method?.action ?? endpoint?.name ?? "unknown_route", param: param)
         if let method, !method.audited {
             var response = await answer(request, context, method, param, ticket).response
             response.headers[Self.requestIDHeader] = requestID
@@ -93,6 +89,60 @@ public struct APIResponder: HTTPResponder {
         return response
     }
 
+    /// The request's audit ticket; the route parameter (a secret path or a token
+    /// accessor) is the event's path.
+    func ticket(_ request: Request, _ context: Context, requestID: String, action: String, param: String) -> AuditTicket {
+        engine.ticket(AuditEvent.draft(
+            time: engine.nowMillis(), requestID: requestID, peerPID: context.peer?.pid ?? 0, peerUID: context.peer?.uid ?? UInt32.max,
+            method: request.method.rawValue, action: action, path: param.isEmpty ? nil : Self.printable(param)))
+    }
+
+    /// The event-loop request path (DirectChannel): a request whose handler never
+    /// waits (`Endpoint.Method.now`) and whose caller is known by peer credentials
+    /// alone is answered on the calling thread, and its event made durable by the
+    /// audit writer, which then calls `completion` (on its own thread) with the
+    /// answer — the value dropped for an error if the event could not be written.
+    /// Same order, same checks, same event as `respond`. false: not such a request
+    /// (a token to authenticate, a body to read, a handler that waits): use `respond`.
+    func respondNow(to request: Request, context: Context, completion: @escaping @Sendable (ErrorMapping.Answer) -> Void) -> Bool {
+        guard case .found(let endpoint, let param) = Self.router.resolve(request.uri.path),
+              let method = endpoint.methods.first(where: { $0.method == request.method }), let now = method.now,
+              !method.needsPrincipal || (request.headers[Self.tokenHeader] == nil && request.headers[.authorization] == nil) else { return false }
+        let requestID = Hex.encode(Hashing.randomBytes(8))
+        let arrived = DispatchTime.now().uptimeNanoseconds
+        let ticket = self.ticket(request, context, requestID: requestID, action: method.action, param: param)
+        var response: ErrorMapping.Answer
+        var failure: CofferError?
+        do throws(CofferError) {
+            var principal: Principal?
+            if method.needsPrincipal {
+                guard let peer = context.peer else { throw CofferError(.unauthenticated, "the caller's peer credentials are unknown") }
+                principal = engine.principal(pid: peer.pid, uid: peer.uid, gid: peer.gid, ticket: ticket)
+            }
+            response = try now(self, RouteInput(request: request, context: context, param: param, principal: principal, ticket: ticket))
+        } catch {
+            response = Self.errorAnswer(error, context)
+            failure = error
+        }
+        guard method.audited else {
+            response.head.headerFields[Self.requestIDHeader] = requestID
+            CofferMetrics.request(action: method.action, status: Int(response.head.status.code), decision: "none",
+                                  nanoseconds: DispatchTime.now().uptimeNanoseconds - arrived)
+            completion(response)
+            return true
+        }
+        engine.settle(ticket, status: Int(response.head.status.code), error: failure) { [response] auditError in
+            // Fail closed: whatever was going to be answered (a value included) is dropped.
+            var answer = auditError.map { Self.errorAnswer($0, context) } ?? response
+            answer.head.headerFields[Self.requestIDHeader] = requestID
+            let event = ticket.committed ?? ticket.draft
+            CofferMetrics.request(action: event.action, status: Int(answer.head.status.code), decision: event.decision.rawValue,
+                                  nanoseconds: DispatchTime.now().uptimeNanoseconds - arrived)
+            completion(answer)
+        }
+        return true
+    }
+
     /// Resolves the caller (unless the endpoint needs none) and runs the handler;
     /// every failure is a JSON answer (handlers throw only CofferError).
     func answer(_ request: Request, _ context: Context, _ method: Endpoint.Method, _ param: String,
@@ -106,11 +156,13 @@ public struct APIResponder: HTTPResponder {
         }
     }
 
-    static func errorResponse(_ error: CofferError, _ context: Context) -> Response {
+    static func errorResponse(_ error: CofferError, _ context: Context) -> Response { errorAnswer(error, context).response }
+
+    static func errorAnswer(_ error: CofferError, _ context: Context) -> ErrorMapping.Answer {
         if ErrorMapping.status(error.code).code >= 500 {
             context.logger.error("request failed", metadata: ["error.code": "\(error.code.rawValue)"])
         }
-        return ErrorMapping.response(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
+        return ErrorMapping.answer(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
     }
 
     /// The path as requested, bounded and printable (it is caller input and may be invalid).

@@ -54,6 +54,19 @@ public struct CofferResponder: HTTPResponder {
         return response
     }
 
+    /// The event-loop request path (see APIResponder.respondNow): false when the
+    /// request needs a task (or the daemon is sealed).
+    public func respondNow(to request: Request, context: Context, completion: @escaping @Sendable (ErrorMapping.Answer) -> Void) -> Bool {
+        guard let engine = host.leaseEngine() else { return false }
+        let host = self.host
+        let taken = APIResponder(engine: engine, settings: settings, host: host).respondNow(to: request, context: context) { response in
+            host.endLease()
+            completion(response)
+        }
+        if !taken { host.endLease() }
+        return taken
+    }
+
     static func sealedAction(_ path: String) -> String {
         switch path {
         case "/v1/sys/unseal": "unseal"

@@ -22,12 +22,27 @@ public enum CofferServer {
         // Invariant 6: bounded headers, idle connections and slow requests.
         let limits = HTTP1Channel.Configuration.DecoderConfiguration(
             maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
-        let channel = { @Sendable (responder: @escaping HTTPChannelHandler.Responder) in
+        if config.requestPath == "event-loop" {
+            let direct = DirectChannel(responder: responder, limiter: limiter, maxHeaderBytes: config.maxHeaderBytes,
+                                       idleTimeoutSeconds: config.idleTimeoutSeconds, requestTimeoutSeconds: config.requestTimeoutSeconds,
+                                       maxBodyBytes: config.maxBodyBytes, host: host)
+            return try assemble(config: config, host: host, responder: responder, logger: logger, inherited: inherited, onReady: onReady,
+                                child: { _ in direct })
+        }
+        return try assemble(config: config, host: host, responder: responder, logger: logger, inherited: inherited, onReady: onReady) { responder in
             PeerCredChannel(inner: HTTP1Channel(responder: responder, configuration: .init(
                 additionalChannelHandlers: [RequestGuardHandler(requestTimeout: .seconds(Int64(config.requestTimeoutSeconds)), host: host)],
                 idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)),
                 httpDecoderConfiguration: limits)), limiter: limiter)
         }
+    }
+
+    /// The server (on the configured path, or on the socket systemd passed) with its
+    /// background services, for either request path's child channel.
+    static func assemble<Child: ServerChildChannel>(
+        config: CofferConfig, host: EngineHost, responder: CofferResponder, logger: Logger, inherited: CInt?,
+        onReady: @escaping @Sendable (_ socket: String) -> Void, child channel: @escaping @Sendable (@escaping HTTPChannelHandler.Responder) -> Child
+    ) throws -> (services: [any Service], socket: SocketGuard?) {
         let background: [any Service] = [AuditService(host: host), RotationWatch(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
                                          CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger)]
         if let fd = inherited {

@@ -29,18 +29,33 @@ public enum ErrorMapping {
         return e
     }()
 
-    public static func response(_ error: CofferError, headers extra: HTTPFields = [:]) -> Response {
+    /// An answer whose body is one buffer, known at once: what the event-loop request
+    /// path writes without a task (a Response's body is written asynchronously).
+    public struct Answer: Sendable {
+        public var head: HTTPResponse
+        public var body: ByteBuffer
+
+        public var response: Response {
+            Response(status: head.status, headers: head.headerFields, body: .init(byteBuffer: body))
+        }
+    }
+
+    public static func response(_ error: CofferError, headers extra: HTTPFields = [:]) -> Response { answer(error, headers: extra).response }
+
+    public static func answer(_ error: CofferError, headers extra: HTTPFields = [:]) -> Answer {
         let data = (try? encoder.encode(ErrorBody(error))) ?? Data(#"{"error":{"code":"internal_error","message":"error"}}"#.utf8)
         var headers = extra
         headers[.contentType] = "application/json"
-        return Response(status: status(error.code), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Answer(head: HTTPResponse(status: status(error.code), headerFields: headers), body: ByteBuffer(bytes: data))
     }
 
-    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response { jsonAnswer(value, status: status).response }
+
+    static func jsonAnswer<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Answer {
         guard let data = try? encoder.encode(value) else {
-            return response(CofferError(.internal, "could not encode the response"))
+            return answer(CofferError(.internal, "could not encode the response"))
         }
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Answer(head: HTTPResponse(status: status, headerFields: [.contentType: "application/json"]), body: ByteBuffer(bytes: data))
     }
 
     /// A body that is not JSON (metrics text, a backup file, an NDJSON export).

@@ -40,25 +40,32 @@ public struct PeerCredChannel: ServerChildChannel {
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        Self.admit(channel, limiter: limiter, logger: logger).flatMap { peer in
+            inner.setup(channel: channel, logger: logger).map { Value(inner: $0, peer: peer) }
+        }
+    }
+
+    /// The connection's peer as the kernel names it, admitted under the per-uid limit
+    /// (also for DirectChannel): failed, and the connection closed, otherwise.
+    static func admit(_ channel: any Channel, limiter: ConnectionLimiter?, logger: Logger) -> EventLoopFuture<PeerCredentials> {
         guard let provider = channel as? any SocketOptionProvider else {
             return channel.eventLoop.makeFailedFuture(PeerCredError.unavailable)
         }
         let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
-        return future.flatMap { cred in
+        return future.flatMapThrowing { cred in
             // uid (uid_t)-1 means "no credentials": never trust it.
-            guard cred.uid != UInt32.max else { return channel.eventLoop.makeFailedFuture(PeerCredError.unavailable) }
-            let peer = PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+            guard cred.uid != UInt32.max else { throw PeerCredError.unavailable }
             if let limiter {
                 // One uid cannot take every connection (invariant 6): past its share the
                 // connection is closed before any byte is read.
                 guard limiter.acquire(cred.uid) else {
                     logger.warning("connection refused: too many from one uid", metadata: ["peer.uid": "\(cred.uid)", "peer.pid": "\(cred.pid)"])
                     channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(PeerCredError.tooManyConnections)
+                    throw PeerCredError.tooManyConnections
                 }
                 channel.closeFuture.whenComplete { _ in limiter.release(cred.uid) }
             }
-            return inner.setup(channel: channel, logger: logger).map { Value(inner: $0, peer: peer) }
+            return PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
         }
     }
 

@@ -73,9 +73,9 @@ public enum SocketActivation {
 /// Hummingbird's Application binds paths only, so this is its accept loop over a
 /// descriptor (NIO's `bind(_ socket:)`), with the same graceful quiescing and the same
 /// cap on open connections.
-struct InheritedSocketServer: Service {
+struct InheritedSocketServer<Child: ServerChildChannel>: Service {
     let fd: CInt
-    let child: PeerCredChannel
+    let child: Child
     let maxConnections: Int
     let logger: Logger
     let onRunning: @Sendable () -> Void

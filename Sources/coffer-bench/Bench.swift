@@ -27,7 +27,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Secrets stored for the rotation scenario.")
     var rotationSecrets = 100_000
 
-    @Option(help: "Run only the scenarios with these names (comma-separated), e.g. \"read 64 B\".")
+    @Option(help: "Run only the scenarios with these names (comma-separated, or semicolon-separated when a name holds a comma), e.g. \"read 64 B\".")
     var only: String?
     @Flag(help: "A few seconds in all: 1 and 8 connections, 1 s each, no scale, few CLI runs (CI).")
     var smoke = false
@@ -47,11 +47,15 @@ struct Bench: ParsableCommand {
         defer { audited.stop() }
         let unaudited = try Daemon(bin: bin, name: "noaudit", extra: "[storage]\ndurability = \"\(durability)\"\n[audit]\nenabled = false\n")
         defer { unaudited.stop() }
+        // the experimental event-loop request path (issue 16, design (a)), beside the default one
+        let eventLoop = try Daemon(bin: bin, name: "eventloop", extra: "[storage]\ndurability = \"\(durability)\"\n",
+                                   serverExtra: "request_path = \"event-loop\"")
+        defer { eventLoop.stop() }
         let redis = Redis.start()
         defer { redis?.stop() }
         report.rssIdleKiB = processMemoryKiB(audited.pid, "VmRSS")
 
-        for d in [audited, unaudited] {
+        for d in [audited, unaudited, eventLoop] {
             try d.put("bench/s64", String(repeating: "a", count: 64))
             try d.put("bench/s4k", String(repeating: "b", count: 4096))
             try d.put("ci/app/db", "x")
@@ -65,6 +69,8 @@ struct Bench: ParsableCommand {
             ("noop (health)", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), audited),
             ("read 64 B", read64, audited),
             ("read 64 B, audit off", read64, unaudited),
+            ("noop (health), event-loop path", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), eventLoop),
+            ("read 64 B, event-loop path", read64, eventLoop),
             ("read 4 KiB", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s4k", nil) }, token: nil, expect: 200), audited),
             ("read 64 B, token", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s64", nil) }, token: token, expect: 200), audited),
             ("write 64 B", HTTPWorkload(make: { i in ("PUT", "/v1/secrets/data/bench/w/\(i % 1000)", Array(#"{"value":"\#(String(repeating: "w", count: 64))"}"#.utf8)) }, token: nil, expect: 200), audited),
@@ -74,7 +80,8 @@ struct Bench: ParsableCommand {
                 : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), audited),
             ("denied read", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/other/x", nil) }, token: try audited.token(role: "narrow"), expect: 403), audited),
         ]
-        let selected = only.map { Set($0.split(separator: ",").map { String($0) }) }
+        // (";" separates names when one of them holds a comma: "read 64 B, audit off")
+        let selected = only.map { list in Set(list.split(separator: list.contains(";") ? ";" : ",").map { String($0) }) }
         for (name, w, d) in scenarios where selected?.contains(name) ?? true {
             for c in conns {
                 let r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)

@@ -10,7 +10,7 @@ final class Daemon {
     let process: Process
     var pid: Int32 { process.processIdentifier }
 
-    init(bin: String, name: String, extra: String, policyExtra: String = "", shared: Bool = false) throws {
+    init(bin: String, name: String, extra: String, policyExtra: String = "", serverExtra: String = "", shared: Bool = false) throws {
         self.bin = bin
         var template = Array("/tmp/cfb.XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw BenchError("mkdtemp") }
@@ -36,6 +36,7 @@ final class Daemon {
             [server]
             socket = "\(socket)"
             socket_mode = "\(shared ? "0666" : "0600")"
+            \(serverExtra)
             [keys]
             key_file = "\(dir)/keys/root.key"
             [access]

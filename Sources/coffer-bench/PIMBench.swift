@@ -25,7 +25,8 @@ enum PIMBench {
         p.arguments = args
         let out = Pipe()
         p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
+        let err = Pipe()
+        p.standardError = err
         if let stdin {
             let i = Pipe()
             p.standardInput = i
@@ -37,8 +38,11 @@ enum PIMBench {
             try p.run()
         }
         let data = out.fileHandleForReading.readDataToEndOfFile()
+        let problem = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw BenchError("\(exe) \(args.first ?? "") failed (\(p.terminationStatus))") }
+        guard p.terminationStatus == 0 else {
+            throw BenchError("\(exe) \(args.prefix(8).joined(separator: " ")) failed (\(p.terminationStatus)): \(String(decoding: problem.prefix(400), as: UTF8.self))")
+        }
         return String(decoding: data, as: UTF8.self)
     }
 

@@ -78,6 +78,14 @@ struct Report: Codable {
         if let r = find("read 64 B", c) {
             line(r.p99us <= 2000, String(format: "p99 of audited reads at %d conn = %.0f µs (target ≤ 2000 µs)", c, r.p99us))
         }
+        // the experimental event-loop request path, measured in the same run (issue 16)
+        if let e = find("read 64 B, event-loop path", c) {
+            var text = String(format: "INFO  event-loop path: audited 64 B reads at %d conn = %.0f req/s, p99 %.0f µs", c, e.rps, e.p99us)
+            if let r = find("read 64 B", c) { text += String(format: "; %.2f × the Hummingbird path", e.rps / r.rps) }
+            if let redis = find("redis GET 64 B", c) { text += String(format: "; %.2f × Redis GET", e.rps / redis.rps) }
+            if let off = find("read 64 B, audit off", c) { text += String(format: "; %.2f × audit off (Hummingbird)", e.rps / off.rps) }
+            targets.append(text)
+        }
         let scaled = rows.filter { $0.scenario.hasPrefix("read 64 B with ") }
         if let small = scaled.first, let large = scaled.last, scaled.count > 1 {
             let x = large.result.p50us / small.result.p50us

@@ -108,6 +108,7 @@ import Testing
         ("\n\nserver = 1", "t.toml:3:"),
         ("[log]\nlevel = \"loud\"", "t.toml:2:"),
         ("[server\n", "t.toml:1:"),
+        ("[server]\nrequest_path = \"epoll\"", "t.toml:2:"),
     ] as [(String, String)])
     func strictErrors(_ text: String, _ prefix: String) {
         do {
@@ -117,6 +118,11 @@ import Testing
             #expect(error.code == .config)
             #expect(error.message.hasPrefix(prefix), "\(error.message)")
         }
+    }
+
+    @Test func theRequestPathIsHummingbirdUnlessTheEventLoopIsAskedFor() throws {
+        #expect(try CofferConfig.parse("", file: "t.toml").requestPath == "hummingbird")
+        #expect(try CofferConfig.parse("[server]\nrequest_path = \"event-loop\"", file: "t.toml").requestPath == "event-loop")
     }
 
     @Test func devDefaults() {

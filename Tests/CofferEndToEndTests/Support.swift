@@ -166,6 +166,11 @@ final class Daemon {
                 others.append(line)
             }
         }
+        // COFFER_TEST_REQUEST_PATH=event-loop runs the suite on the experimental request path
+        if let path = ProcessInfo.processInfo.environment["COFFER_TEST_REQUEST_PATH"], !path.isEmpty,
+           !(merged["server"] ?? []).contains(where: { $0.hasPrefix("request_path") }) {
+            merged["server", default: []].append("request_path = \"\(path)\"")
+        }
         func more(_ t: String) -> String { (merged[t] ?? []).joined(separator: "\n") }
         let config = """
             [server]

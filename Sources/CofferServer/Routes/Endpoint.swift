@@ -32,6 +32,9 @@ struct Endpoint: Sendable {
         /// false: answers before any identity work (health).
         let needsPrincipal: Bool
         let handler: Handler
+        /// The same handler when it never waits (a read, health): the event-loop
+        /// request path runs it there, with no task (see DirectChannel).
+        let now: NowHandler?
 
         init(_ method: HTTPRequest.Method, _ action: String, audited: Bool = true, needsPrincipal: Bool = true, _ handler: @escaping Handler) {
             self.method = method
@@ -39,10 +42,21 @@ struct Endpoint: Sendable {
             self.audited = audited
             self.needsPrincipal = needsPrincipal
             self.handler = handler
+            self.now = nil
+        }
+
+        init(_ method: HTTPRequest.Method, _ action: String, audited: Bool = true, needsPrincipal: Bool = true, now: @escaping NowHandler) {
+            self.method = method
+            self.action = action
+            self.audited = audited
+            self.needsPrincipal = needsPrincipal
+            self.handler = { r, i throws(CofferError) in try now(r, i).response }
+            self.now = now
         }
     }
 
     typealias Handler = @Sendable (APIResponder, RouteInput) async throws(CofferError) -> Response
+    typealias NowHandler = @Sendable (APIResponder, RouteInput) throws(CofferError) -> ErrorMapping.Answer
 
     /// Names the endpoint in an audit event when no method of it matched.
     let name: String

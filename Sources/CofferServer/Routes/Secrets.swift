@@ -11,7 +11,7 @@ import NIOCore
 extension APIResponder {
     static let secretEndpoints: [Endpoint] = [
         Endpoint("secret_data", .prefix("/v1/secrets/data/", suffix: "", param: .percentDecoded), [
-            .init(.get, "read") { r, i throws(CofferError) in try r.read(i) },
+            .init(.get, "read", now: { r, i throws(CofferError) in try r.read(i) }),
             .init(.put, "write") { r, i throws(CofferError) in try await r.write(i) },
             .init(.post, "write") { r, i throws(CofferError) in try await r.write(i) },
             .init(.delete, "delete") { r, i throws(CofferError) in try await r.change(i, .delete) },
@@ -35,7 +35,7 @@ extension APIResponder {
         ]),
     ]
 
-    func read(_ i: RouteInput) throws(CofferError) -> Response {
+    func read(_ i: RouteInput) throws(CofferError) -> ErrorMapping.Answer {
         let path = try SecretPath(i.param)
         let principal = try i.caller
         try noQuery(i.request, allowed: ["version"])
@@ -54,11 +54,11 @@ extension APIResponder {
             var headers: HTTPFields = [.contentType: "application/octet-stream"]
             headers[Self.versionHeader] = String(r.meta.version)
             headers[Self.currentVersionHeader] = String(r.currentVersion)
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: buffer))
+            return ErrorMapping.Answer(head: HTTPResponse(status: .ok, headerFields: headers), body: buffer)
         }
         let bytes = r.value.copyToArray()
         let text = String(validating: bytes, as: UTF8.self)
-        return ErrorMapping.json(SecretResponse(
+        return ErrorMapping.jsonAnswer(SecretResponse(
             path: path.rawValue, value: text, valueBase64: Data(bytes).base64EncodedString(),
             currentVersion: r.currentVersion, metadata: Self.meta(r.meta)))
     }

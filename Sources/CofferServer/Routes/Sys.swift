@@ -12,8 +12,8 @@ extension APIResponder {
         // Health answers anyone, before any identity work, and is not audited: it must
         // answer while the audit trail cannot.
         Endpoint("health", .exact("/v1/sys/health"), [
-            .init(.get, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
-            .init(.head, "health", audited: false, needsPrincipal: false) { r, i throws(CofferError) in try r.health(i) },
+            .init(.get, "health", audited: false, needsPrincipal: false, now: { r, i throws(CofferError) in try r.health(i) }),
+            .init(.head, "health", audited: false, needsPrincipal: false, now: { r, i throws(CofferError) in try r.health(i) }),
         ]),
         Endpoint("status", .exact("/v1/sys/status"), [.init(.get, "status") { r, i throws(CofferError) in try await r.status(i) }]),
         Endpoint("metrics", .exact("/v1/sys/metrics"), [.init(.get, "metrics") { r, i throws(CofferError) in try await r.metrics(i) }]),
@@ -84,11 +84,11 @@ extension APIResponder {
                                                  elevation: e.elevation.isEmpty ? nil : e.elevation))
     }
 
-    func health(_ i: RouteInput) throws(CofferError) -> Response {
+    func health(_ i: RouteInput) throws(CofferError) -> ErrorMapping.Answer {
         try noQuery(i.request, allowed: [])
         let h = engine.health
         let audit = !h.auditEnabled ? "disabled" : h.degraded.map { "unavailable: \($0)" } ?? "ok"
-        return ErrorMapping.json(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", sealed: false, version: CofferVersion.string,
+        return ErrorMapping.jsonAnswer(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", sealed: false, version: CofferVersion.string,
                                                 audit: audit, auditMirror: h.mirror, notify: h.notify))
     }
 }
