@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "CofferServerTests",
             dependencies: [
-                "CofferServer", "CofferEngine", "CofferCore", "CofferCrypto",
+                "CofferServer", "CofferEngine", "CofferCore", "CofferCrypto", "CofferAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

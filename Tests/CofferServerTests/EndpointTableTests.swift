@@ -1,3 +1,4 @@
+import CofferAPI
 import CofferCore
 import CofferCrypto
 import CofferEngine
@@ -55,6 +56,47 @@ import Testing
         if case .found = r.resolve("/v1//secrets/data/x") { Issue.record("a // was normalised") }
         guard case .badParam(_, let err) = r.resolve("/v1/secrets/data/%zz") else { Issue.record("bad escape"); return }
         #expect(err.code == .invalidPath || err.code == .invalidParameter)
+    }
+
+    /// The byte-wise router: suffixes, parameters with non-ASCII text, prefixes that
+    /// are longer than the path, and each table's longest match first.
+    @Test func theRouterMatchesBytes() throws {
+        let r = APIResponder.router
+        guard case .found(let e, let p) = r.resolve("/v1/secrets/data/caf\u{e9}/\u{1F600}") else { Issue.record("non-ASCII"); return }
+        #expect(e.name == "secret_data" && p == "caf\u{e9}/\u{1F600}")
+        guard case .found(let m, let mp) = r.resolve("/v1/secrets/metadata/a") else { Issue.record("metadata"); return }
+        #expect(m.name == "read_metadata" && mp == "a")
+        guard case .found(let end, let id) = r.resolve("/v1/runs/run_1/end") else { Issue.record("run end"); return }
+        #expect(id == "run_1" && end.methods.contains { $0.action.contains("end") })
+        for miss in ["/v1/secrets/data", "/v1/runs//end", "/v1/runs/end", "/v1/secret/data/x", "/", "", "/v1/tokens/a/b/revoke"] {
+            if case .found(let e, let p) = r.resolve(miss) { Issue.record("\(miss) matched \(e.name) with \(p)") }
+        }
+        guard case .found(let empty, let ep) = r.resolve("/v1/secrets/data/") else { Issue.record("empty param"); return }
+        #expect(empty.name == "secret_data" && ep.isEmpty)  // the handler refuses it (SecretPath)
+    }
+
+    /// The read's hand-written JSON is byte for byte what JSONEncoder writes, for
+    /// values that are text, binary, control characters, quotes and non-ASCII.
+    @Test func theReadAnswerIsWhatJSONEncoderWrites() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var values: [[UInt8]] = [[], Array("v1".utf8), Array("a\"b\\c/d\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}".utf8),
+                                 Array("caf\u{e9} \u{2028}\u{1F600}".utf8), [0xff, 0xfe, 0x00], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80],
+                                 Array(0...255).map(UInt8.init), [0x41, 0x00, 0x42]]
+        for n in 1...5 { values.append((0..<n).map { _ in UInt8.random(in: 0...255) }) }
+        for user: String? in [nil, "ci \"bot\""] {
+            for deleted: String? in [nil, "2026-11-30T12:00:00.000Z"] {
+                let meta = VersionMetadata(version: 7, createdAt: "2026-11-30T12:00:00.000Z", createdBy: CreatedBy(uid: 4_294_967_294, user: user),
+                                           size: 12, state: deleted == nil ? "active" : "deleted", deletedAt: deleted)
+                for v in values {
+                    let secret = try SecretBytes.copying(v)
+                    let ours = AnswerJSON.secret(path: "ci/a b/\u{e9}", value: secret, currentVersion: 9, metadata: meta)
+                    let theirs = try encoder.encode(SecretResponse(path: "ci/a b/\u{e9}", value: String(validating: v, as: UTF8.self),
+                                                                   valueBase64: Data(v).base64EncodedString(), currentVersion: 9, metadata: meta))
+                    #expect(Array(ours.readableBytesView) == Array(theirs), "\(v): \(String(buffer: ours))")
+                }
+            }
+        }
     }
 
     @Test func requestInResponseOut() async throws {

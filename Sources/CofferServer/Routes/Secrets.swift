@@ -56,11 +56,8 @@ extension APIResponder {
             headers[Self.currentVersionHeader] = String(r.currentVersion)
             return ErrorMapping.Answer(head: HTTPResponse(status: .ok, headerFields: headers), body: buffer)
         }
-        let bytes = r.value.copyToArray()
-        let text = String(validating: bytes, as: UTF8.self)
-        return ErrorMapping.jsonAnswer(SecretResponse(
-            path: path.rawValue, value: text, valueBase64: Data(bytes).base64EncodedString(),
-            currentVersion: r.currentVersion, metadata: Self.meta(r.meta)))
+        let body = AnswerJSON.secret(path: path.rawValue, value: r.value, currentVersion: r.currentVersion, metadata: Self.meta(r.meta))
+        return ErrorMapping.Answer(head: HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]), body: body)
     }
 
     /// One decision, then the body: it is parsed inside the gate's work, so nothing of

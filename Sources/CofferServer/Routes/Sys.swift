@@ -4,6 +4,7 @@ import CofferEngine
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Synchronization
 import NIOCore
 
 /// /v1/sys: health, status, policy reload and explain.
@@ -88,7 +89,16 @@ extension APIResponder {
         try noQuery(i.request, allowed: [])
         let h = engine.health
         let audit = !h.auditEnabled ? "disabled" : h.degraded.map { "unavailable: \($0)" } ?? "ok"
-        return ErrorMapping.jsonAnswer(HealthResponse(status: h.degraded == nil ? "ok" : "degraded", sealed: false, version: CofferVersion.string,
-                                                audit: audit, auditMirror: h.mirror, notify: h.notify))
+        let key = [h.degraded == nil ? "ok" : "degraded", audit, h.mirror, h.notify]
+        // the same state gives the same bytes: encoded once per change, not per probe
+        if let body = Self.healthBody.withLock({ $0.key == key ? $0.body : nil }) {
+            return ErrorMapping.Answer(head: HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]), body: body)
+        }
+        let answer = ErrorMapping.jsonAnswer(HealthResponse(status: key[0], sealed: false, version: CofferVersion.string,
+                                                            audit: audit, auditMirror: h.mirror, notify: h.notify))
+        Self.healthBody.withLock { $0 = (key, answer.body) }
+        return answer
     }
+
+    static let healthBody = Mutex<(key: [String], body: ByteBuffer)>(([], ByteBuffer()))
 }
