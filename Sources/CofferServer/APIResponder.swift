@@ -9,6 +9,7 @@ import HTTPTypes
 public import Hummingbird
 import Logging
 import NIOCore
+import Synchronization
 
 /// API v1 over the endpoint tables in `Routes/` (one file per concern). Routing is
 /// done on the raw request path, so that the path of a secret is decoded and
@@ -159,10 +160,23 @@ public struct APIResponder: HTTPResponder {
     static func errorResponse(_ error: CofferError, _ context: Context) -> Response { errorAnswer(error, context).response }
 
     static func errorAnswer(_ error: CofferError, _ context: Context) -> ErrorMapping.Answer {
-        if ErrorMapping.status(error.code).code >= 500 {
+        // one line per error code and second: a sealed daemon or a full disk under load
+        // would otherwise write a line per refused request (the metrics count them all)
+        if ErrorMapping.status(error.code).code >= 500 && failureLogged(error.code) {
             context.logger.error("request failed", metadata: ["error.code": "\(error.code.rawValue)"])
         }
         return ErrorMapping.answer(error, headers: error.code == .methodNotAllowed ? [.allow: error.hint ?? ""] : [:])
+    }
+
+    static let failureLog = Mutex<(second: Int, codes: Set<CofferError.Code>)>((0, []))
+
+    /// true for the first failure of its code in this second.
+    static func failureLogged(_ code: CofferError.Code) -> Bool {
+        let now = Int(time(nil))
+        return failureLog.withLock { log in
+            if log.second != now { log = (now, []) }
+            return log.codes.insert(code).inserted
+        }
     }
 
     /// The path as requested, bounded and printable (it is caller input and may be invalid).

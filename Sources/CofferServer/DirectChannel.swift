@@ -55,7 +55,7 @@ public struct DirectChannel: ServerChildChannel {
             try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: false,
                                                 withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
             try ops.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-            try ops.addHandler(RequestGuardHandler(requestTimeout: requestTimeout, host: host))
+            try ops.addHandler(RequestGuardHandler(requestTimeout: requestTimeout, host: host, peer: peer))
             try ops.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
             try ops.addHandler(DirectHandler(peer: peer, responder: responder, maxBodyBytes: maxBodyBytes, dates: dates, logger: logger))
             return Value(channel: channel)
@@ -72,8 +72,15 @@ public struct DirectChannel: ServerChildChannel {
 /// answer's end is written): collected whole, answered on the event loop when it
 /// can be, else by the responder in a task; the answer written with the same
 /// headers the Hummingbird path writes (Content-Length, Date, request id).
-final class DirectHandler: ChannelInboundHandler {
+///
+/// Backpressure: answers are written without waiting for the socket, so while the
+/// channel is not writable (answers past the high-water mark wait for a client that
+/// does not read them) no more is read from the socket: a client pipelining
+/// requests it never reads the answers to holds at most that much of the daemon's
+/// memory (found by an attack: 1M pipelined health requests took RSS to 673 MB).
+final class DirectHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
     let peer: PeerCredentials
@@ -91,6 +98,18 @@ final class DirectHandler: ChannelInboundHandler {
     var parseErrorPending = false
     /// that 400 is on its way (it closes the connection itself)
     var refusing = false
+    /// that 400 is written; the connection waits for the client's end to close
+    var refusalSent = false
+    /// an answer that closes the connection was written: nothing after it is read
+    var closing = false
+    /// a read asked for while the channel was not writable
+    var readHeld = false
+    /// a whole request not yet answered because the answers before it wait for the
+    /// client (pipelined requests are what is read at once, answers can be 1000 ×
+    /// larger: holding the answering, not only the reading, bounds the memory)
+    var held: (HTTPRequest, ByteBuffer)?
+    /// the last answer's end: a half-closed connection is closed once it is out
+    var lastWrite: EventLoopFuture<Void>?
 
     init(peer: PeerCredentials, responder: CofferResponder, maxBodyBytes: Int, dates: HTTPDateCache, logger: Logger) {
         self.peer = peer
@@ -100,7 +119,29 @@ final class DirectHandler: ChannelInboundHandler {
         self.logger = logger
     }
 
+    func read(context: ChannelHandlerContext) {
+        guard context.channel.isWritable else {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let (h, b) = held {
+            held = nil
+            dispatch(context: context, head: h, body: b)
+        }
+        if context.channel.isWritable && readHeld {
+            readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // after a refusal or an answer that closes, what the client sent on is not served
+        guard !closing && !refusing else { return }
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
@@ -118,7 +159,13 @@ final class DirectHandler: ChannelInboundHandler {
             guard let h = head else { return }
             head = nil
             answering = true
-            dispatch(context: context, head: h, body: body)
+            if context.channel.isWritable {
+                dispatch(context: context, head: h, body: body)
+            } else {
+                // the answers before it wait for the client: this one is answered
+                // when they have gone out (NIO holds the next request until then)
+                held = (h, body)
+            }
             body = ByteBuffer()
         }
     }
@@ -174,7 +221,10 @@ final class DirectHandler: ChannelInboundHandler {
         let channel = context.channel
         answering = false
         let closing = close || inputClosed
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+        if closing { self.closing = true }
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        lastWrite = written
+        written.whenComplete { _ in
             if closing { channel.close(promise: nil) }
         }
         if parseErrorPending && !closing && !answering {
@@ -186,6 +236,7 @@ final class DirectHandler: ChannelInboundHandler {
     /// The 400 on the next turn of the loop: never from inside the write of another
     /// answer (the pipelining handler delivers what it held back from there).
     func refuseLater(context: ChannelHandlerContext) {
+        guard !refusing && !closing else { return }
         refusing = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         context.eventLoop.execute {
@@ -197,10 +248,21 @@ final class DirectHandler: ChannelInboundHandler {
     /// 400 with the JSON error body (RequestGuardHandler writes it, as for the
     /// Hummingbird path's own answer), then the connection is closed.
     func refuseUnparseable(context: ChannelHandlerContext) {
+        // a client that has gone is not refused (nor is a refusal recorded for it)
+        guard context.channel.isActive else { return context.close(promise: nil) }
         let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            // Closed with unread bytes (the rest of a request too big to parse), the
+            // socket would be reset and the 400 lost: shut the output, let the client's
+            // end arrive (what it still sends is dropped), close after 2 s at most.
+            bound.value.refusalSent = true
+            if bound.value.inputClosed { return channel.close(promise: nil) }
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        }
     }
 
     /// A client that half-closes (shutdown of its write side, as `socat` and `nc` do)
@@ -213,7 +275,10 @@ final class DirectHandler: ChannelInboundHandler {
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             context.eventLoop.execute {
                 let (handler, context) = bound.value
-                if !handler.answering && handler.head == nil && !handler.refusing { context.close(promise: nil) }
+                guard (!handler.answering && handler.head == nil && !handler.refusing) || handler.refusalSent else { return }
+                // after the answers already written have gone out (closing drops what is unsent)
+                let channel = context.channel
+                if let last = handler.lastWrite { last.whenComplete { _ in channel.close(promise: nil) } } else { channel.close(promise: nil) }
             }
             return
         }
@@ -224,6 +289,10 @@ final class DirectHandler: ChannelInboundHandler {
     /// by RequestGuardHandler), then the connection is closed, as on the Hummingbird path.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
 
+        // one refusal per connection, none after an answer that closes it; the decoder
+        // reports the bytes that arrive after its error too (dataReceivedInErrorState),
+        // which must not close the connection before the 400 is out
+        guard !refusing && !closing && !parseErrorPending else { return }
         guard error is HTTPParserError else { return context.close(promise: nil) }
         // answered in order: after the request in hand, if there is one
         if answering {

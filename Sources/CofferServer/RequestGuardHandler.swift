@@ -28,6 +28,9 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Where a refused unparseable request is recorded (invariant 4: HTTP-level
     /// refusals leave an event too).
     let host: EngineHost?
+    /// The peer, when the channel knew it before building this handler (the
+    /// event-loop path); else it is read from the socket when a refusal is recorded.
+    var peer: PeerCredentials?
     var deadline: Scheduled<Void>?
     var rewritingParseError = false
 
@@ -37,9 +40,21 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return ByteBuffer(bytes: data)
     }()
 
-    init(requestTimeout: TimeAmount, host: EngineHost? = nil) {
+    init(requestTimeout: TimeAmount, host: EngineHost? = nil, peer: PeerCredentials? = nil) {
         self.requestTimeout = requestTimeout
         self.host = host
+        self.peer = peer
+    }
+
+    /// The peer is read once, while the connection is there: read when a refusal is
+    /// recorded, the socket may already be closed (an event without its peer).
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard peer == nil, let provider = context.channel as? any SocketOptionProvider else { return }
+        let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        future.whenSuccess { cred in
+            if bound.value.peer == nil, cred.uid != UInt32.max { bound.value.peer = PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid) }
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -63,7 +78,8 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             && head.headerFields[.connection] == "close":
             // Only the HTTP layer's parse-error answer has this shape; ours carry a body.
             rewritingParseError = true
-            recordParseError(context.channel)
+            // a refusal the client is no longer there to receive is not recorded
+            if context.channel.isActive { recordParseError(context.channel) }
             head.headerFields[.contentLength] = String(Self.parseErrorBody.readableBytes)
             head.headerFields[.contentType] = "application/json"
             context.write(wrapOutboundOut(.head(head)), promise: promise)
@@ -76,17 +92,22 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// One event per refused request, with the peer the kernel names (read again here:
-    /// this is the error path, and the handler is built before the peer is known).
+    /// One event per refused request, with the peer the kernel named (given, or read
+    /// when the handler was added; read now only if that had not answered yet).
     func recordParseError(_ channel: any Channel) {
-        guard let engine = host?.engine, let provider = channel as? any SocketOptionProvider else { return }  // sealed: no trail to write
+        guard let engine = host?.engine else { return }  // sealed: no trail to write
+        func record(pid: Int32?, uid: UInt32?) {
+            engine.recordRefusal(AuditEvent.draft(
+                time: engine.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: pid ?? 0,
+                peerUID: uid ?? UInt32.max, method: "-", action: "malformed_request", path: nil, status: 400,
+                errorCode: CofferError.Code.malformedRequest.rawValue))
+        }
+        if let peer { return record(pid: peer.pid, uid: peer.uid) }
+        guard let provider = channel as? any SocketOptionProvider else { return }
         let future: EventLoopFuture<coffer_ucred> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
         future.whenComplete { result in
             let cred = try? result.get()
-            engine.recordRefusal(AuditEvent.draft(
-                time: engine.nowMillis(), requestID: Hex.encode(Hashing.randomBytes(8)), peerPID: cred?.pid ?? 0,
-                peerUID: cred?.uid ?? UInt32.max, method: "-", action: "malformed_request", path: nil, status: 400,
-                errorCode: CofferError.Code.malformedRequest.rawValue))
+            record(pid: cred?.pid, uid: cred?.uid)
         }
     }
 

@@ -118,3 +118,151 @@ import Testing
         #expect(try d.curl("POST", "/v1/tokens", body: #"{"roles":["admin"],"ttl":"2h30m"}"#).0 == 200)
     }
 }
+
+/// The request paths under a client that does not play by HTTP's rules (attack round
+/// on the event-loop path, 2026-11-30). CI runs this suite on both request paths.
+@Suite(.serialized) struct RequestPathAttackTests {
+    /// A client pipelining requests it never reads the answers to: the daemon stops
+    /// reading once the answers back up (before the fix, 1M pipelined health requests
+    /// on the event-loop path took its RSS from 38 to 673 MB).
+    @Test func aClientThatReadsNoAnswersCannotFillTheDaemonsMemory() throws {
+        let d = try Daemon()
+        try d.start()
+        defer { d.stop() }
+        let pid = try #require(d.pid)
+        let fd = try RawSocket.connect(d.socket)
+        defer { close(fd) }
+        var small: Int32 = 4096
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let chunk = Array(String(repeating: "GET /v1/sys/health HTTP/1.1\r\nHost: c\r\n\r\n", count: 500).utf8)
+        let before = rssKiB(pid)
+        var sent = 0
+        var progress = Date()
+        let deadline = Date().addingTimeInterval(12)
+        while Date() < deadline && sent < 32 << 20 {
+            let n = chunk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n > 0 {
+                sent += n
+                progress = Date()
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                if Date().timeIntervalSince(progress) > 1.5 { break }  // the daemon stopped taking more
+                usleep(20_000)
+            } else {
+                break
+            }
+        }
+        let after = rssKiB(pid)
+        #expect(sent < 4 << 20, "the daemon took \(sent) bytes of requests whose answers nobody read")
+        #expect(after - before < 64 * 1024, "RSS grew from \(before) to \(after) KiB")
+        // everyone else is still served
+        #expect(try d.curl("GET", "/v1/sys/health").0 == 200)
+    }
+
+    /// The same with answers a thousand times larger than the requests (64 KiB reads):
+    /// the daemon stops answering, not only reading, while its answers wait (before
+    /// the fix one connection took the event-loop path from 38 to 465 MB).
+    @Test func largeAnswersNobodyReadsAreBoundedToo() throws {
+        let d = try Daemon()
+        try d.start()
+        defer { d.stop() }
+        let pid = try #require(d.pid)
+        let big = (0..<60000).map { _ in UInt8.random(in: 0...255) }
+        #expect(try d.coffer(["secret", "put", "t/big"], stdin: big).status == 0)
+        #expect(try d.curl("GET", "/v1/secrets/data/t/big").0 == 200)
+        let before = rssKiB(pid)
+        let request = Array(String(repeating: "GET /v1/secrets/data/t/big HTTP/1.1\r\nHost: c\r\n\r\n", count: 200).utf8)
+        var fds: [Int32] = []
+        defer { fds.forEach { close($0) } }
+        for _ in 0..<2 {
+            let fd = try RawSocket.connect(d.socket)
+            var small: Int32 = 4096
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            fds.append(fd)
+        }
+        let deadline = Date().addingTimeInterval(6)
+        while Date() < deadline {
+            var progressed = false
+            for fd in fds where request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }) > 0 {
+                progressed = true
+            }
+            if !progressed { usleep(50_000) }
+        }
+        let after = rssKiB(pid)
+        #expect(after - before < 100 * 1024, "RSS grew from \(before) to \(after) KiB")
+        #expect(try d.curl("GET", "/v1/sys/health").0 == 200)
+    }
+
+    /// A client that sends its requests and shuts its side gets every answer, whole,
+    /// before the daemon closes (the event-loop path closed with answers still unsent).
+    @Test func aHalfClosedClientGetsEveryAnswer() throws {
+        let d = try Daemon()
+        try d.start()
+        defer { d.stop() }
+        let big = (0..<60000).map { _ in UInt8.random(in: 0x61...0x7a) }
+        #expect(try d.coffer(["secret", "put", "t/big"], stdin: big).status == 0)
+        let check = {
+            // a slow reader: a small receive buffer, and nothing read until the daemon
+            // has answered everything it can (its answers wait in its own buffers)
+            guard let fd = try? RawSocket.connect(d.socket) else { Issue.record("connect"); return }
+            defer { close(fd) }
+            var small: Int32 = 4096
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            try? RawSocket.send(fd, String(repeating: "GET /v1/secrets/data/t/big HTTP/1.1\r\nHost: c\r\n\r\n", count: 20))
+            shutdown(fd, Int32(SHUT_WR))
+            usleep(700_000)
+            var out: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                out += buf[0..<n]
+            }
+            let answers = parseResponses(out)
+            #expect(answers.count == 20 && answers.allSatisfy { $0.0 == 200 && $0.1.count > 140_000 },
+                    "\(answers.count) answers, sizes \(answers.map(\.1.count))")
+        }
+        for _ in 0..<3 {
+            if ProcessInfo.processInfo.environment["COFFER_TEST_REQUEST_PATH"] == "hummingbird" {
+                // Hummingbird's own channel handler closes before its last large answer
+                // is out; the default (event-loop) path is the one this holds for
+                withKnownIssue("Hummingbird cuts the last answer after a half-close", isIntermittent: true) { check() }
+            } else {
+                check()
+            }
+        }
+    }
+
+    /// Each HTTP-level refusal the client receives leaves exactly one event, with the
+    /// peer the kernel named; what follows an answer that closes the connection, and a
+    /// client that leaves halfway through a request, leave none.
+    @Test func refusalsAreRecordedOnceWithTheirPeer() throws {
+        let d = try Daemon()
+        try d.start()
+        defer { d.stop() }
+        func malformed() throws -> [String] {
+            try sqlite(d.dbPath, "SELECT peer_uid FROM audit_event WHERE action = 'malformed_request';")
+                .split(separator: "\n").map(String.init)
+        }
+        // sends, shuts its side, reads to the end (rawExchange)
+        func exchange(_ text: String) throws -> String { String(decoding: rawExchange(d.socket, [Array(text.utf8)]), as: UTF8.self) }
+        #expect(try exchange("GET /v1/secrets/data/x HTTP/2.0\r\nHost: c\r\n\r\n").hasPrefix("HTTP/1.1 400"))
+        #expect(try exchange("GET /v1/sys/health HTTP/1.1\r\nHost: c\r\n\r\nGET /v1/secrets/data/x HTTP/2.0\r\nHost: c\r\n\r\n")
+            .contains("HTTP/1.1 400"))
+        #expect(try exchange("GET /v1/sys/health HTTP/1.1\r\nHost: c\r\n" + String(repeating: "a: b\r\n", count: 1000) + "\r\n")
+            .hasPrefix("HTTP/1.1 400"))
+        // pipelined after a request that closes: not read, not recorded
+        let closed = try exchange("GET /v1/secrets/data/x HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+                                  + "GET /v1/secrets/data/y HTTP/1.1\r\nHost: c\r\n\r\nGARBAGE\r\n\r\n")
+        #expect(closed.components(separatedBy: "HTTP/1.1 ").count == 2, "\(closed)")
+        // gone halfway through a request: nobody to refuse
+        for partial in ["GET /v1/sys/hea", "GET /v1/sys/health HTTP/1.1\r\nHost: c\r\nContent-Length: 10\r\n\r\nabc"] {
+            let fd = try RawSocket.connect(d.socket)
+            try RawSocket.send(fd, partial)
+            close(fd)
+        }
+        Thread.sleep(forTimeInterval: 1)
+        #expect(try d.curl("GET", "/v1/sys/health").0 == 200)  // the last batch is committed
+        let uids = try malformed()
+        #expect(uids == Array(repeating: String(getuid()), count: 3), "\(uids)")
+    }
+}
