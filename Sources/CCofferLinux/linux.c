@@ -1309,3 +1309,30 @@ int coffer_inspect_mount(int pidfd, int pid, const char *target, int nosymlinks,
 }
 
 int coffer_malloc_trim(void) { return malloc_trim(0); }
+
+#include <sys/epoll.h>
+
+int coffer_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int coffer_epoll_ctl(int ep, int op, int fd, unsigned int events, unsigned long long tag) {
+    struct epoll_event e;
+    memset(&e, 0, sizeof e);
+    e.events = events;
+    e.data.u64 = tag;
+    return epoll_ctl(ep, op, fd, &e);
+}
+
+int coffer_epoll_wait(int ep, unsigned long long *tags, unsigned int *events, int max, int timeout_ms) {
+    struct epoll_event e[256];
+    if (max > 256) max = 256;
+    int n;
+    do { n = epoll_wait(ep, e, max, timeout_ms); } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) { tags[i] = e[i].data.u64; events[i] = e[i].events; }
+    return n;
+}
+
+#include <sys/eventfd.h>
+
+int coffer_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int coffer_accept_nonblock(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

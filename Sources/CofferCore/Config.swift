@@ -24,9 +24,11 @@ public struct CofferConfig: Sendable, Equatable {
     public var requestTimeoutSeconds: Int = 30
     /// Bytes of request line and headers.
     public var maxHeaderBytes: Int = 16 * 1024
-    /// How requests are served: "hummingbird" (a task per request) or, experimental,
-    /// "event-loop" (reads and health answered on NIO's event loop; see DirectChannel).
-    public var requestPath: String = "hummingbird"
+    /// How requests are served: "event-loop" (reads and health answered on NIO's
+    /// event loop, the rest in a task; see DirectChannel) or "hummingbird" (a task per
+    /// request, Hummingbird's responder); "epoll-prototype" is issue 16's design (b),
+    /// for measurement only (EpollServer).
+    public var requestPath: String = "event-loop"
     // [storage]
     public var stateDir: String = "/var/lib/coffer"
     public var databasePath: String? = nil
@@ -158,8 +160,8 @@ public struct CofferConfig: Sendable, Equatable {
             }
             if let v = try t.string("socket_group") { c.socketGroup = v.isEmpty ? nil : v }
             if let v = try t.string("request_path") {
-                guard ["hummingbird", "event-loop"].contains(v) else {
-                    throw t.error("request_path", "request_path must be \"hummingbird\" or \"event-loop\"")
+                guard ["event-loop", "hummingbird", "epoll-prototype"].contains(v) else {
+                    throw t.error("request_path", "request_path must be \"event-loop\" or \"hummingbird\" (\"epoll-prototype\" is for coffer-bench only)")
                 }
                 c.requestPath = v
             }

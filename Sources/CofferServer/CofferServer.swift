@@ -22,6 +22,13 @@ public enum CofferServer {
         // Invariant 6: bounded headers, idle connections and slow requests.
         let limits = HTTP1Channel.Configuration.DecoderConfiguration(
             maxHeaderFieldSize: config.maxHeaderBytes, maxHeaderListSize: config.maxHeaderBytes, maxHeaderFieldCount: 100)
+        if config.requestPath == "epoll-prototype", inherited == nil {
+            let guardian = try SocketGuard(socketPath: config.socketPath)
+            let server = EpollServer(socketPath: config.socketPath, guardian: guardian, socketMode: config.socketMode, socketGID: try socketGroupID(config),
+                                     responder: responder, limiter: limiter, maxHeaderBytes: config.maxHeaderBytes, maxBodyBytes: config.maxBodyBytes,
+                                     logger: logger, onReady: onReady)
+            return (background(host: host, logger: logger) + [server], guardian)
+        }
         if config.requestPath == "event-loop" {
             let direct = DirectChannel(responder: responder, limiter: limiter, maxHeaderBytes: config.maxHeaderBytes,
                                        idleTimeoutSeconds: config.idleTimeoutSeconds, requestTimeoutSeconds: config.requestTimeoutSeconds,
@@ -43,8 +50,7 @@ public enum CofferServer {
         config: CofferConfig, host: EngineHost, responder: CofferResponder, logger: Logger, inherited: CInt?,
         onReady: @escaping @Sendable (_ socket: String) -> Void, child channel: @escaping @Sendable (@escaping HTTPChannelHandler.Responder) -> Child
     ) throws -> (services: [any Service], socket: SocketGuard?) {
-        let background: [any Service] = [AuditService(host: host), RotationWatch(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
-                                         CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger)]
+        let background = background(host: host, logger: logger)
         if let fd = inherited {
             // Socket activation: the .socket unit owns the path, its mode and group.
             let path = SocketActivation.path(of: fd) ?? "fd \(fd)"
@@ -83,6 +89,12 @@ public enum CofferServer {
             logger: logger
         )
         return (background + [app], guardian)
+    }
+
+    /// What runs beside the server, whichever request path serves.
+    static func background(host: EngineHost, logger: Logger) -> [any Service] {
+        [AuditService(host: host), RotationWatch(host: host), TokenReaper(host: host, logger: logger), ElevationClock(host: host), RunWatch(host: host),
+         CredentialWatch(host: host, logger: logger), SystemdNotifier(), PolicyReloader(policies: host.policies, logger: logger)]
     }
 
     static func socketGroupID(_ config: CofferConfig) throws(CofferError) -> UInt32? {

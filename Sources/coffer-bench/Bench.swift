@@ -29,6 +29,8 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Run only the scenarios with these names (comma-separated, or semicolon-separated when a name holds a comma), e.g. \"read 64 B\".")
     var only: String?
+    @Option(help: "Requests for the memory run: a fresh daemon under the 90/10 read/write mix at 32 connections, its RSS sampled every 10 s (0: skip), e.g. 2000000.")
+    var memoryRequests = 0
     @Flag(help: "A few seconds in all: 1 and 8 connections, 1 s each, no scale, few CLI runs (CI).")
     var smoke = false
 
@@ -47,15 +49,20 @@ struct Bench: ParsableCommand {
         defer { audited.stop() }
         let unaudited = try Daemon(bin: bin, name: "noaudit", extra: "[storage]\ndurability = \"\(durability)\"\n[audit]\nenabled = false\n")
         defer { unaudited.stop() }
-        // the experimental event-loop request path (issue 16, design (a)), beside the default one
-        let eventLoop = try Daemon(bin: bin, name: "eventloop", extra: "[storage]\ndurability = \"\(durability)\"\n",
-                                   serverExtra: "request_path = \"event-loop\"")
-        defer { eventLoop.stop() }
+        // the default request path is the event loop (issue 16, design (a)); Hummingbird's
+        // responder, the default before it, beside it
+        let hummingbird = try Daemon(bin: bin, name: "hummingbird", extra: "[storage]\ndurability = \"\(durability)\"\n",
+                                     serverExtra: "request_path = \"hummingbird\"")
+        defer { hummingbird.stop() }
+        // issue 16's design (b), a purpose-built epoll loop, measured beside it
+        let epoll = try Daemon(bin: bin, name: "epoll", extra: "[storage]\ndurability = \"\(durability)\"\n",
+                               serverExtra: "request_path = \"epoll-prototype\"")
+        defer { epoll.stop() }
         let redis = Redis.start()
         defer { redis?.stop() }
         report.rssIdleKiB = processMemoryKiB(audited.pid, "VmRSS")
 
-        for d in [audited, unaudited, eventLoop] {
+        for d in [audited, unaudited, hummingbird, epoll] {
             try d.put("bench/s64", String(repeating: "a", count: 64))
             try d.put("bench/s4k", String(repeating: "b", count: 4096))
             try d.put("ci/app/db", "x")
@@ -69,8 +76,10 @@ struct Bench: ParsableCommand {
             ("noop (health)", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), audited),
             ("read 64 B", read64, audited),
             ("read 64 B, audit off", read64, unaudited),
-            ("noop (health), event-loop path", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), eventLoop),
-            ("read 64 B, event-loop path", read64, eventLoop),
+            ("noop (health), Hummingbird path", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), hummingbird),
+            ("read 64 B, Hummingbird path", read64, hummingbird),
+            ("noop (health), epoll prototype", HTTPWorkload(make: { _ in ("GET", "/v1/sys/health", nil) }, token: nil, expect: 200), epoll),
+            ("read 64 B, epoll prototype", read64, epoll),
             ("read 4 KiB", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s4k", nil) }, token: nil, expect: 200), audited),
             ("read 64 B, token", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/bench/s64", nil) }, token: token, expect: 200), audited),
             ("write 64 B", HTTPWorkload(make: { i in ("PUT", "/v1/secrets/data/bench/w/\(i % 1000)", Array(#"{"value":"\#(String(repeating: "w", count: 64))"}"#.utf8)) }, token: nil, expect: 200), audited),
@@ -84,9 +93,15 @@ struct Bench: ParsableCommand {
         let selected = only.map { list in Set(list.split(separator: list.contains(";") ? ";" : ",").map { String($0) }) }
         for (name, w, d) in scenarios where selected?.contains(name) ?? true {
             for c in conns {
-                let r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)
+                let before = d!.auditTotals()
+                var r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)
+                if let b = before, let a = d!.auditTotals(), a.commits > b.commits {
+                    r.auditBatch = (a.events - b.events) / (a.commits - b.commits)
+                    r.auditCommitUs = (a.seconds - b.seconds) / (a.commits - b.commits) * 1e6
+                }
                 report.add(name, c, r)
-                print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors))
+                print(padded(name, 24) + String(format: "%3d conn  %9.0f req/s  p50 %7.0f µs  p99 %7.0f µs  errors %d", c, r.rps, r.p50us, r.p99us, r.errors)
+                      + (r.auditBatch.map { String(format: "  audit %.1f ev/commit, %.0f µs/commit", $0, r.auditCommitUs ?? 0) } ?? ""))
             }
         }
         // credentials for an active elevation: an OpenSSH certificate, a JWT (each a
@@ -134,6 +149,27 @@ struct Bench: ParsableCommand {
         }
         report.rssPeakKiB = processMemoryKiB(audited.pid, "VmHWM")
         report.rssAfterKiB = processMemoryKiB(audited.pid, "VmRSS")
+
+        // memory under sustained load (issue 16): RSS against requests served
+        if memoryRequests > 0 {
+            let m = try Daemon(bin: bin, name: "memory", extra: "[storage]\ndurability = \"\(durability)\"\n")
+            defer { m.stop() }
+            try m.put("bench/s64", String(repeating: "a", count: 64))
+            let mix = HTTPWorkload(make: { i in i % 10 == 0
+                ? ("PUT", "/v1/secrets/data/bench/m/\(i % 1000)", Array(#"{"value":"m"}"#.utf8))
+                : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200)
+            report.memoryIdleKiB = processMemoryKiB(m.pid, "VmRSS")
+            var served = 0
+            let started = monotonicNanos()
+            while served < memoryRequests {
+                let r = runLoad(mix, socket: m.socket, connections: 32, seconds: 10, serverPID: m.pid)
+                served += r.requests
+                let rss = processMemoryKiB(m.pid, "VmRSS") ?? 0
+                report.memorySamples.append(.init(requests: served, seconds: Double(monotonicNanos() - started) / 1e9, rssKiB: rss))
+                print(String(format: "memory: %9d requests  %5.0f s  RSS %6.1f MiB  errors %d", served, Double(monotonicNanos() - started) / 1e9,
+                             Double(rss) / 1024, r.errors))
+            }
+        }
 
         // whole-process CLI latency against redis-cli
         let runs = smoke ? 10 : 100

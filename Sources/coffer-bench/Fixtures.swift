@@ -21,7 +21,7 @@ final class Daemon {
             [role.admin]
             [[role.admin.rule]]
             path = "**"
-            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+            capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit", "metrics"]
             [role.narrow]
             [[role.narrow.rule]]
             path = "ci/**"
@@ -75,6 +75,18 @@ final class Daemon {
 
     func put(_ path: String, _ value: String) throws {
         _ = try CofferClient(socketPath: socket).put(path, value: Array(value.utf8), cas: nil)
+    }
+
+    /// The audit writer's totals from /v1/sys/metrics: commits, events, seconds committing.
+    func auditTotals() -> (commits: Double, events: Double, seconds: Double)? {
+        guard let r = try? UnixHTTPClient(socketPath: socket).request("GET", "/v1/sys/metrics"), r.status == 200 else { return nil }
+        var v: [String: Double] = [:]
+        for line in String(decoding: r.body, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let x = Double(parts[1]) { v[String(parts[0])] = x }
+        }
+        // before the writer's first batch the series are not there yet
+        return (v["coffer_audit_batch_events_count"] ?? 0, v["coffer_audit_batch_events_sum"] ?? 0, v["coffer_audit_commit_duration_seconds_sum"] ?? 0)
     }
 
     func token(role: String) throws -> String {

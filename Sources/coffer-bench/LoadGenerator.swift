@@ -13,6 +13,9 @@ struct LoadResult: Codable {
     var p99us: Double
     var p999us: Double
     var cpuUsPerRequest: Double?
+    /// the audit writer during the measurement: events per group commit, µs per commit
+    var auditBatch: Double?
+    var auditCommitUs: Double?
 }
 
 /// One request kind: builds the bytes of a request and checks an answer.

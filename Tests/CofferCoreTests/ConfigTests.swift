@@ -120,9 +120,12 @@ import Testing
         }
     }
 
-    @Test func theRequestPathIsHummingbirdUnlessTheEventLoopIsAskedFor() throws {
-        #expect(try CofferConfig.parse("", file: "t.toml").requestPath == "hummingbird")
-        #expect(try CofferConfig.parse("[server]\nrequest_path = \"event-loop\"", file: "t.toml").requestPath == "event-loop")
+    @Test func theRequestPathIsTheEventLoopUnlessHummingbirdIsAskedFor() throws {
+        #expect(try CofferConfig.parse("", file: "t.toml").requestPath == "event-loop")
+        #expect(try CofferConfig.parse("[server]\nrequest_path = \"hummingbird\"", file: "t.toml").requestPath == "hummingbird")
+        #expect(try CofferConfig.parse("[server]\nrequest_path = \"epoll-prototype\"", file: "t.toml").requestPath == "epoll-prototype")
+        #expect(throws: CofferError.self) { try CofferConfig.parse("[server]\nrequest_path = \"Event-Loop\"", file: "t.toml") }
+        #expect(throws: CofferError.self) { try CofferConfig.parse("[server]\nrequest_path = \"\"", file: "t.toml") }
     }
 
     @Test func devDefaults() {

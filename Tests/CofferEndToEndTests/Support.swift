@@ -166,7 +166,7 @@ final class Daemon {
                 others.append(line)
             }
         }
-        // COFFER_TEST_REQUEST_PATH=event-loop runs the suite on the experimental request path
+        // COFFER_TEST_REQUEST_PATH=hummingbird runs the suite on the other request path
         if let path = ProcessInfo.processInfo.environment["COFFER_TEST_REQUEST_PATH"], !path.isEmpty,
            !(merged["server"] ?? []).contains(where: { $0.hasPrefix("request_path") }) {
             merged["server", default: []].append("request_path = \"\(path)\"")

@@ -196,4 +196,17 @@ int coffer_inspect_mount(int pidfd, int pid, const char *target, int nosymlinks,
 /// pid of its peer (SO_PEERCRED). 0, or -1 and errno (not a socket: ENOTSOCK).
 int coffer_socket_facts(int pidfd, int targetfd, int *domain, unsigned long long *netns_inode, int *peer_pid);
 
+
+/// epoll for the purpose-built request loop (issue 16, design (b), a measured
+/// prototype): the kernel's packed epoll_event stays on this side.
+int coffer_epoll_create(void);
+/// EPOLL_CTL_ADD (op 1), MOD (3) or DEL (2) of fd with a 64-bit tag.
+int coffer_epoll_ctl(int ep, int op, int fd, unsigned int events, unsigned long long tag);
+/// Waits; fills tags[i] and events[i]; returns the count or -1 with errno.
+int coffer_epoll_wait(int ep, unsigned long long *tags, unsigned int *events, int max, int timeout_ms);
+/// A non-blocking, close-on-exec eventfd.
+int coffer_eventfd(void);
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC; -1 with errno (EAGAIN: none waiting).
+int coffer_accept_nonblock(int fd);
+
 #endif
