@@ -29,7 +29,8 @@ public enum CofferServer {
                                      logger: logger, onReady: onReady)
             return (background(host: host, logger: logger) + [server], guardian)
         }
-        if config.requestPath == "event-loop" {
+        // (the prototype binds its own path: with a socket from systemd, the event loop serves)
+        if config.requestPath != "hummingbird" {
             let direct = DirectChannel(responder: responder, limiter: limiter, maxHeaderBytes: config.maxHeaderBytes,
                                        idleTimeoutSeconds: config.idleTimeoutSeconds, requestTimeoutSeconds: config.requestTimeoutSeconds,
                                        maxBodyBytes: config.maxBodyBytes, host: host)

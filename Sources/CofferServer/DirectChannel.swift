@@ -108,8 +108,6 @@ final class DirectHandler: ChannelDuplexHandler {
     /// client (pipelined requests are what is read at once, answers can be 1000 ×
     /// larger: holding the answering, not only the reading, bounds the memory)
     var held: (HTTPRequest, ByteBuffer)?
-    /// the last answer's end: a half-closed connection is closed once it is out
-    var lastWrite: EventLoopFuture<Void>?
 
     init(peer: PeerCredentials, responder: CofferResponder, maxBodyBytes: Int, dates: HTTPDateCache, logger: Logger) {
         self.peer = peer
@@ -222,9 +220,7 @@ final class DirectHandler: ChannelDuplexHandler {
         answering = false
         let closing = close || inputClosed
         if closing { self.closing = true }
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        lastWrite = written
-        written.whenComplete { _ in
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if closing { channel.close(promise: nil) }
         }
         if parseErrorPending && !closing && !answering {
@@ -275,10 +271,8 @@ final class DirectHandler: ChannelDuplexHandler {
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             context.eventLoop.execute {
                 let (handler, context) = bound.value
-                guard (!handler.answering && handler.head == nil && !handler.refusing) || handler.refusalSent else { return }
-                // after the answers already written have gone out (closing drops what is unsent)
-                let channel = context.channel
-                if let last = handler.lastWrite { last.whenComplete { _ in channel.close(promise: nil) } } else { channel.close(promise: nil) }
+                // (RequestGuardHandler holds the close until the answers written have gone out)
+                if (!handler.answering && handler.head == nil && !handler.refusing) || handler.refusalSent { context.close(promise: nil) }
             }
             return
         }

@@ -129,6 +129,8 @@ final class EpollLoop: @unchecked Sendable {
     let logger: Logger
     let dates = HTTPDateCache()
     var conns: [UInt64: Conn] = [:]
+    /// what recv reads into (the loop's thread only)
+    var chunk = [UInt8](repeating: 0, count: 65536)
     var nextID: UInt64 = 2
     var thread = pthread_t()
     /// answers given on the loop's own thread (health: no audit to wait for)
@@ -230,7 +232,6 @@ final class EpollLoop: @unchecked Sendable {
 
     /// false: the connection was closed.
     func readAvailable(_ c: Conn) -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 65536)
         let cap = maxHeaderBytes + maxBodyBytes + 65536
         while c.input.count - c.consumed < cap {
             let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }

@@ -17,7 +17,11 @@ import NIOHTTPTypes
 ///   (headers trickled byte by byte are cut by the idle timeout, since no part is
 ///   decoded until they are complete);
 /// - the bare `400` the HTTP layer sends for a request it cannot parse is given the
-///   same JSON error body as every other error.
+///   same JSON error body as every other error;
+/// - a close waits (5 s at most) until the answers already written have gone out:
+///   closing drops what is unsent, and both request paths close a half-closed
+///   connection once its last request is answered, often before a slow reader has
+///   taken the answers (found by an attack: pipelined 64 KiB reads, then a half-close).
 final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -33,6 +37,10 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var peer: PeerCredentials?
     var deadline: Scheduled<Void>?
     var rewritingParseError = false
+    /// the last answer's end as written, and a close waiting for it
+    var lastEnd: EventLoopFuture<Void>?
+    var deferredClose: EventLoopFuture<Void>?
+    static let closeWait = TimeAmount.seconds(5)
 
     static let parseErrorBody: ByteBuffer = {
         let e = CofferError(.malformedRequest, "the request is not valid HTTP/1.1", hint: "the connection is closed")
@@ -86,9 +94,36 @@ final class RequestGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .end(let trailers) where rewritingParseError:
             rewritingParseError = false
             context.write(wrapOutboundOut(.body(Self.parseErrorBody)), promise: nil)
-            context.write(wrapOutboundOut(.end(trailers)), promise: promise)
+            context.write(wrapOutboundOut(.end(trailers)), promise: endPromise(context, promise))
+        case .end:
+            context.write(data, promise: endPromise(context, promise))
         default:
             context.write(data, promise: promise)
+        }
+    }
+
+    /// The promise an answer's end is written with, kept as the last one.
+    func endPromise(_ context: ChannelHandlerContext, _ promise: EventLoopPromise<Void>?) -> EventLoopPromise<Void> {
+        let p = promise ?? context.eventLoop.makePromise()
+        lastEnd = p.futureResult
+        return p
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all, let last = lastEnd else { return context.close(mode: mode, promise: promise) }
+        if let waiting = deferredClose {
+            waiting.cascade(to: promise)
+            return
+        }
+        let done = context.eventLoop.makePromise(of: Void.self)
+        deferredClose = done.futureResult
+        done.futureResult.cascade(to: promise)
+        context.flush()
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let cap = context.eventLoop.scheduleTask(in: Self.closeWait) { bound.value.close(mode: .all, promise: nil) }
+        last.whenComplete { _ in
+            cap.cancel()
+            bound.value.close(mode: .all, promise: done)
         }
     }
 

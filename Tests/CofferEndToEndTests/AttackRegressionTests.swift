@@ -221,15 +221,7 @@ import Testing
             #expect(answers.count == 20 && answers.allSatisfy { $0.0 == 200 && $0.1.count > 140_000 },
                     "\(answers.count) answers, sizes \(answers.map(\.1.count))")
         }
-        for _ in 0..<3 {
-            if ProcessInfo.processInfo.environment["COFFER_TEST_REQUEST_PATH"] == "hummingbird" {
-                // Hummingbird's own channel handler closes before its last large answer
-                // is out; the default (event-loop) path is the one this holds for
-                withKnownIssue("Hummingbird cuts the last answer after a half-close", isIntermittent: true) { check() }
-            } else {
-                check()
-            }
-        }
+        for _ in 0..<3 { check() }
     }
 
     /// Each HTTP-level refusal the client receives leaves exactly one event, with the
