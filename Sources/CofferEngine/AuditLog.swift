@@ -5,7 +5,6 @@ import CofferCrypto
 public import CofferStore
 import CoreMetrics
 import Foundation
-import GRDB
 public import Logging
 import Synchronization
 
@@ -474,17 +473,9 @@ public final class AuditLog: Sendable {
     public var mirrorError: String? { state.withLock { $0.mirrorError } }
 
     static func describe(_ error: any Error) -> String {
-        if let e = error as? DatabaseError {
-            switch e.resultCode {
-            case .SQLITE_FULL: return "the disk is full"
-            case .SQLITE_READONLY: return "the database is read-only"
-            case .SQLITE_IOERR: return "I/O error"
-            default: return "database error \(e.resultCode.rawValue)"
-            }
-        }
         if let e = error as? CofferError { return e.message }
         if let e = error as? AuditTrailChanged { return e.message }
-        return "\(type(of: error))"
+        return Store.describe(error)
     }
 
     // MARK: mirror

@@ -3,7 +3,6 @@ public import CofferCore
 import CofferCrypto
 import CofferStore
 import Foundation
-import GRDB
 
 /// What a backup says of itself, signed with the audit key of the Coffer that made it.
 public struct BackupManifest: Codable, Sendable, Equatable {
@@ -84,28 +83,17 @@ extension SecretEngine {
             let tmp = dir + "/.backup-" + Hex.encode(Hashing.randomBytes(8)) + ".db"
             defer { unlink(tmp) }
             let (database, manifest): ([UInt8], BackupManifest) = try StoreErrorMapper(audit: audit, logger: logger).call {
-                try store.pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM INTO ?", arguments: [tmp]) }
-                chmod(tmp, 0o600)
+                let summary = try store.snapshot(to: tmp)
                 let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: tmp)))
                 // the manifest describes the snapshot itself, read from it
-                var config = Configuration()
-                config.readonly = true
-                let snapshot = try DatabaseQueue(path: tmp, configuration: config)
-                defer { try? snapshot.close() }
-                let m = try snapshot.read { db in
-                    let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
-                    return BackupManifest(
-                        format: 1, createdAt: clock.nowMillis(), rootKeyID: keyring.rootKeyID,
-                        keyIDs: try String.fetchAll(db, sql: "SELECT key_id FROM keyring ORDER BY created_at, key_id"),
-                        auditHeadSeq: head?["seq"] ?? 0, auditHeadHash: Hex.encode([UInt8]((head?["hash"] as Data?) ?? Data())),
-                        secrets: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret") ?? 0,
-                        versions: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version") ?? 0,
-                        tokens: try Int.fetchOne(db, sql: "SELECT count(*) FROM token") ?? 0,
-                        sha256: Hex.encode(Hashing.sha256(bytes)),
-                        policy: policyStore.path.flatMap { path in
-                            FileManager.default.contents(atPath: path).flatMap { $0.count <= 1 << 20 ? String(data: $0, encoding: .utf8) : nil }
-                        })
-                }
+                let m = BackupManifest(
+                    format: 1, createdAt: clock.nowMillis(), rootKeyID: keyring.rootKeyID,
+                    keyIDs: summary.keyIDs, auditHeadSeq: summary.auditHeadSeq, auditHeadHash: Hex.encode([UInt8](summary.auditHeadHash)),
+                    secrets: summary.secrets, versions: summary.versions, tokens: summary.tokens,
+                    sha256: Hex.encode(Hashing.sha256(bytes)),
+                    policy: policyStore.path.flatMap { path in
+                        FileManager.default.contents(atPath: path).flatMap { $0.count <= 1 << 20 ? String(data: $0, encoding: .utf8) : nil }
+                    })
                 return (bytes, m)
             }
             let encoder = JSONEncoder()
@@ -129,9 +117,9 @@ extension SecretEngine {
                               hint: "the manifest was changed, or the database was swapped for another")
         }
         let head = try StoreErrorMapper(audit: audit, logger: logger).call {
-            try store.pool.read { db in try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_event WHERE seq = ?", arguments: [parsed.manifest.auditHeadSeq]) }
+            try store.auditEventHash(seq: parsed.manifest.auditHeadSeq)
         }
-        guard parsed.manifest.auditHeadSeq == 0 || (head.map { Hex.encode([UInt8](($0["hash"] as Data?) ?? Data())) } == parsed.manifest.auditHeadHash) else {
+        guard parsed.manifest.auditHeadSeq == 0 || (head.map { Hex.encode([UInt8]($0)) } == parsed.manifest.auditHeadHash) else {
             throw CofferError(.integrity, "the backup's trail does not reach the head its manifest names")
         }
         let chain = try StoreErrorMapper(audit: audit, logger: logger).call { try store.auditChain() }

@@ -4,7 +4,6 @@ public import CofferCrypto
 public import CofferStore
 import CCofferLinux
 import Foundation
-import GRDB
 public import Logging
 
 /// The engine: the gate, then one service per feature behind it (secrets, tokens,

@@ -2,7 +2,6 @@ import CofferAudit
 import CofferStore
 public import CofferCore
 import Foundation
-import GRDB
 import Logging
 
 /// Store errors become CofferError; database details go to the log, not the caller.
@@ -19,7 +18,7 @@ struct StoreErrorMapper: Sendable {
             return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
                                hint: "it was changed behind cofferd; see cofferd's health and log")
         }
-        if let db = error as? DatabaseError, [.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY].contains(db.resultCode) {
+        if case .unwritable = Store.classify(error) {
             let reason = AuditLog.describe(error)
             audit.writeFailed(reason)
             logger.error("database write failed", metadata: ["error": "\(reason)"])

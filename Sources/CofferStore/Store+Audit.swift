@@ -1,7 +1,6 @@
 public import CofferAudit
 import CofferCore
 import Foundation
-public import GRDB
 
 /// The database's audit head is not where this process left it.
 public struct AuditTrailChanged: Error, Sendable {
@@ -75,7 +74,7 @@ extension Store {
     /// Appends events inside the caller's write transaction: numbers them after the
     /// current head and chains their hashes. The head comes from the database, so a
     /// rolled-back transaction leaves nothing behind to go stale.
-    public func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
+    func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
         var (seq, prev) = try Store.auditHead(db)
         try checkTrustedHead(seq, prev)
         var out: [AuditEvent] = []

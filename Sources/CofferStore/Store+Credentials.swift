@@ -1,7 +1,6 @@
 public import CofferAudit
 public import CofferCore
 import Foundation
-public import GRDB
 
 /// A signing key of the daemon (the SSH user CA, a JWT key): an Ed25519 seed sealed
 /// under the root key, its public half in the clear.
@@ -274,10 +273,11 @@ extension Store {
                 return (SSHSessionRecord(id: id, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid, user: user,
                                          openedAt: now), try self.commit(ticket, db))
             }
-            try db.execute(sql: """
-                INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (?, ?, ?, ?, ?, ?)
+            guard let newID = try Int64.fetchOne(db, sql: """
+                INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id
                 """, arguments: [Int64(bitPattern: c.serial!), c.elevationID, Int64(auditSession), Int64(pid), user, now])
-            let s = SSHSessionRecord(id: db.lastInsertedRowID, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid,
+            else { throw SQLError(message: "INSERT returned no id") }
+            let s = SSHSessionRecord(id: newID, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid,
                                      user: user, openedAt: now)
             try Store.sealSession(db, mac, s.id)
             return (s, try self.commit(ticket, db))

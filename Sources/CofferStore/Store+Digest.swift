@@ -79,8 +79,8 @@ extension Store {
     /// What the migrations make, read back from a fresh in-memory database once.
     static let expectedSchema: Result<[String], any Error> = Result {
         let queue = try DatabaseQueue()
-        try migrator.migrate(queue)
-        return try queue.read { try schemaLines($0) }
+        try migrator.grdb.migrate(queue)
+        return try queue.read { try schemaLines(Database(connection: .sqlite($0))) }
     }
 
     static func schemaLines(_ db: Database) throws -> [String] {

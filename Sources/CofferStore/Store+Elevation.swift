@@ -1,7 +1,6 @@
 public import CofferAudit
 public import CofferCore
 import Foundation
-public import GRDB
 
 /// A request for time-boxed elevation, as stored (kept after it ends: history).
 public struct ElevationRecord: Sendable, Equatable {

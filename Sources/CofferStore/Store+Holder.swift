@@ -1,7 +1,7 @@
 public import CofferAudit
 public import CofferCore
 public import Foundation
-public import GRDB
+import GRDB
 
 /// How the root key is held (keys/README.md): a key file (no row: the key file's key
 /// is the root key itself, as before), or a row naming the unseal key's kind with the
@@ -95,13 +95,14 @@ extension Store {
     /// held by its key file alone (or one from before holders).
     public static func readHolder(path: String) throws -> HolderRecord? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        var config = Configuration()
+        var config = GRDB.Configuration()
         config.readonly = true
         config.busyMode = .timeout(5)  // a seal's last commits may hold the lock a moment
         let queue = try DatabaseQueue(path: path, configuration: config)
         defer { try? queue.close() }
-        return try queue.read { db in
-            guard try db.tableExists("key_holder") else { return nil }
+        return try queue.read { g -> HolderRecord? in
+            guard try g.tableExists("key_holder") else { return nil }
+            let db = Database(connection: .sqlite(g))
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM key_holder WHERE id = 1") else { return nil }
             guard let h = Store.holder(row) else { throw CofferError(.integrity, "the key holder row names an unknown mode") }
             return h

@@ -2,7 +2,6 @@ public import CofferAudit
 public import CofferCore
 public import CofferCrypto
 import Foundation
-public import GRDB
 
 /// Authenticated state: the rows that decide what a caller gets are MACed with a key
 /// only the unlocked keyring has (derived from the token-hash key), so an edit made

@@ -1,7 +1,6 @@
 public import CofferAudit
 public import CofferCore
 import Foundation
-public import GRDB
 
 /// One key of the keyring as stored: its material sealed under the root key.
 public struct KeyRecord: Sendable, Equatable {

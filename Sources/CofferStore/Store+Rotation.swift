@@ -1,7 +1,6 @@
 public import CofferAudit
 public import CofferCore
 public import Foundation
-public import GRDB
 
 /// A key rotation in progress: every version not under `targetKeyID` is re-wrapped
 /// under it, in batches, by a background job that resumes where it stopped.

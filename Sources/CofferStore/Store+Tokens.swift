@@ -1,7 +1,6 @@
 import CofferAudit
 import CofferCore
 import Foundation
-import GRDB
 
 /// A token as stored: only the keyed hash of the token, never the token.
 public struct TokenRecord: Sendable, Equatable {

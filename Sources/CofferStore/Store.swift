@@ -1,13 +1,13 @@
 import CofferAudit
 import CofferCore
 import Foundation
-public import GRDB
+import GRDB
 import Synchronization
 
 /// The database: ciphertext, wrapped keys and metadata only (never plaintext).
 /// One `DatabasePool` in WAL mode; schema changes are named migrations.
 public final class Store: Sendable {
-    public let pool: DatabasePool
+    let pool: SQLPool
     public let path: String
     /// MACs new audit events. Installed once the keyring is loaded (its key lives
     /// sealed in this database); until then no event can be appended (fail closed).
@@ -31,7 +31,7 @@ public final class Store: Sendable {
 
     /// Opens (creating if needed) and migrates the database.
     public init(path: String, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil) throws {
-        var config = Configuration()
+        var config = GRDB.Configuration()
         config.busyMode = .timeout(5)
         // Reads run on the few threads of the cooperative pool: more readers than
         // cores only add page caches (memory) without adding throughput.
@@ -40,20 +40,21 @@ public final class Store: Sendable {
             // Deleted rows (destroyed versions) are overwritten with zeros in the file.
             try db.execute(sql: "PRAGMA secure_delete = ON")
         }
-        let pool = try DatabasePool(path: path, configuration: config)
+        let grdb = try DatabasePool(path: path, configuration: config)
+        let pool = SQLPool(.sqlite(grdb))
         // GRDB sets synchronous=NORMAL for WAL when opening; set ours afterwards on
         // the single writer connection (readers never write).
         let level = durability == .full ? "FULL" : "NORMAL"
         try pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(level)")
         }
-        let before = try pool.read { try Store.migrator.appliedIdentifiers($0) }
+        let before = try grdb.read { try Store.migrator.grdb.appliedIdentifiers($0) }
         // Coffer makes no triggers or views: one planted in the file would run inside
         // the daemon's own transactions (undo a revocation, restore an old MAC)
         if let foreign = try pool.read({ try Store.foreignSchemaObjects($0) }).first {
             throw Store.integrityError("the database schema (\(foreign) was not made by Coffer)")
         }
-        try Store.migrator.migrate(pool)
+        try Store.migrator.grdb.migrate(grdb)
         // The schema must be exactly the one the migrations make (a table rebuilt
         // without its keys or STRICT types would let duplicate rows or wrong types
         // in), and the file must pass SQLite's own check (a schema text edited with
@@ -74,16 +75,16 @@ public final class Store: Sendable {
     /// changing a byte of it (read-only connection). Used before unlocking.
     public static func readKeyCheck(path: String) throws -> (keyID: String, check: Data)? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        var config = Configuration()
+        var config = GRDB.Configuration()
         config.readonly = true
         config.busyMode = .timeout(5)
         let queue = try DatabaseQueue(path: path, configuration: config)
         defer { try? queue.close() }
-        return try queue.read { db in
+        return try queue.read { db -> (keyID: String, check: Data)? in
             // `root_key` since the keyring of many keys; before it, `keyring` held the check
             let table = try db.tableExists("root_key") ? "root_key" : "keyring"
             guard try db.tableExists(table), try db.columns(in: table).contains(where: { $0.name == "check_blob" }) else { return nil }
-            guard let row = try Row.fetchOne(db, sql: "SELECT key_id, check_blob FROM \(table) ORDER BY created_at LIMIT 1") else {
+            guard let row = try GRDB.Row.fetchOne(db, sql: "SELECT key_id, check_blob FROM \(table) ORDER BY created_at LIMIT 1") else {
                 return nil
             }
             return (row["key_id"], row["check_blob"])
@@ -290,9 +291,9 @@ public final class Store: Sendable {
             if let existing {
                 id = existing["id"]
             } else {
-                try db.execute(sql: "INSERT INTO secret (path, current_version, created_at, updated_at) VALUES (?, 0, ?, ?)",
-                               arguments: [path.rawValue, now, now])
-                id = db.lastInsertedRowID
+                guard let new = try Int64.fetchOne(db, sql: "INSERT INTO secret (path, current_version, created_at, updated_at) VALUES (?, 0, ?, ?) RETURNING id",
+                                                   arguments: [path.rawValue, now, now]) else { throw SQLError(message: "INSERT returned no id") }
+                id = new
             }
             let next = current + 1
             let sealed = try seal(next)
@@ -373,6 +374,6 @@ public final class Store: Sendable {
 
     /// Writes everything in the WAL into the main file (tests and shutdown).
     public func checkpoint() throws {
-        try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+        try pool.sqlite?.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
     }
 }

@@ -147,7 +147,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         // destroy without versions erases every version
         m = try await e.change(admin, .destroy, p, versions: [])
         #expect(m.versions.allSatisfy { $0.state == .destroyed })
-        let nulls = try await e.store.pool.read { db in
+        let nulls = try await e.store.sqlitePool!.read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version WHERE ciphertext IS NULL AND wrapped_key IS NULL")
         }
         #expect(nulls == 3)
@@ -296,7 +296,7 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
         let e = try await f.engine()
         let p = try SecretPath("tamper/me")
         _ = try await e.put(admin, p, value: bytes("secret-value"), cas: nil)
-        let (wrapped, ct) = try await e.store.pool.read { db -> (Data, Data) in
+        let (wrapped, ct) = try await e.store.sqlitePool!.read { db -> (Data, Data) in
             let r = try Row.fetchOne(db, sql: "SELECT wrapped_key, ciphertext FROM secret_version")!
             return (r["wrapped_key"], r["ciphertext"])
         }
@@ -306,12 +306,12 @@ func expectCode(_ code: CofferError.Code, _ body: () async throws -> Void, sourc
                 var bad = original
                 bad[bad.startIndex + i] ^= 0x20
                 let tampered = bad
-                try await e.store.pool.write { db in
+                try await e.store.sqlitePool!.write { db in
                     try db.execute(sql: "UPDATE secret_version SET \(column) = ?", arguments: [tampered])
                 }
                 await expectCode(.integrity) { _ = try await e.get(admin, p, version: nil) }
             }
-            try await e.store.pool.write { db in
+            try await e.store.sqlitePool!.write { db in
                 try db.execute(sql: "UPDATE secret_version SET \(column) = ?", arguments: [original])
             }
         }

@@ -1,0 +1,139 @@
+import Foundation
+import GRDB
+
+/// One connection inside a transaction (or a read), on either engine. Passed to the
+/// closures of `SQLPool.read` and `write`; never kept past them.
+struct Database {
+    enum Connection {
+        case sqlite(GRDB.Database)
+    }
+
+    let connection: Connection
+
+    func execute(sql: String, arguments: StatementArguments = []) throws {
+        try run(sql, arguments, cached: false)
+    }
+
+    /// The same SQL text, prepared once per connection.
+    func cachedStatement(sql: String) throws -> Statement {
+        Statement(db: self, sql: sql)
+    }
+
+    /// Rows changed by the last INSERT, UPDATE or DELETE.
+    var changesCount: Int {
+        switch connection {
+        case .sqlite(let g): g.changesCount
+        }
+    }
+
+    /// Runs once the current transaction has committed (not at all if it rolls back).
+    func afterNextTransaction(onCommit: @escaping @Sendable (Database) -> Void) {
+        switch connection {
+        case .sqlite(let g): g.afterNextTransaction(onCommit: { onCommit(Database(connection: .sqlite($0))) })
+        }
+    }
+
+    func run(_ sql: String, _ arguments: StatementArguments, cached: Bool) throws {
+        switch connection {
+        case .sqlite(let g):
+            if cached {
+                try g.cachedStatement(sql: sql).execute(arguments: Database.grdbArguments(arguments))
+            } else {
+                try g.execute(sql: sql, arguments: Database.grdbArguments(arguments))
+            }
+        }
+    }
+
+    func fetchRows(_ sql: String, _ arguments: StatementArguments, cached: Bool, limit: Int?) throws -> [Row] {
+        switch connection {
+        case .sqlite(let g):
+            let stmt = cached ? try g.cachedStatement(sql: sql) : try g.makeStatement(sql: sql)
+            let names = stmt.columnNames
+            let cursor = try GRDB.Row.fetchCursor(stmt, arguments: Database.grdbArguments(arguments))
+            var out: [Row] = []
+            while let r = try cursor.next() {
+                out.append(Row(columns: names, values: r.databaseValues.map(Database.value)))
+                if let limit, out.count >= limit { break }
+            }
+            return out
+        }
+    }
+
+    // MARK: SQLite (GRDB) values
+
+    static func grdbArguments(_ a: StatementArguments) -> GRDB.StatementArguments {
+        if a.values.isEmpty { return GRDB.StatementArguments() }
+        return GRDB.StatementArguments(a.values.map { v -> (any GRDB.DatabaseValueConvertible)? in
+            switch v {
+            case .null: nil
+            case .int64(let i): i
+            case .double(let d): d
+            case .string(let s): s
+            case .blob(let b): b
+            }
+        })
+    }
+
+    static func value(_ v: GRDB.DatabaseValue) -> DatabaseValue {
+        switch v.storage {
+        case .null: .null
+        case .int64(let i): .int64(i)
+        case .double(let d): .double(d)
+        case .string(let s): .string(s)
+        case .blob(let b): .blob(b)
+        }
+    }
+}
+
+/// The store's connections: GRDB's pool in WAL mode (one writer, readers beside it).
+final class SQLPool: Sendable {
+    enum Engine: Sendable {
+        case sqlite(GRDB.DatabasePool)
+    }
+
+    let engine: Engine
+
+    init(_ engine: Engine) { self.engine = engine }
+
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
+        switch engine {
+        case .sqlite(let p): try p.read { try body(Database(connection: .sqlite($0))) }
+        }
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws -> T {
+        switch engine {
+        case .sqlite(let p): try p.write { try body(Database(connection: .sqlite($0))) }
+        }
+    }
+
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        switch engine {
+        case .sqlite(let p): try await p.write { try body(Database(connection: .sqlite($0))) }
+        }
+    }
+
+    func writeWithoutTransaction<T>(_ body: (Database) throws -> T) throws -> T {
+        switch engine {
+        case .sqlite(let p): try p.writeWithoutTransaction { try body(Database(connection: .sqlite($0))) }
+        }
+    }
+
+    /// The SQLite pool, for what only SQLite has (VACUUM INTO, WAL checkpoints).
+    var sqlite: GRDB.DatabasePool? {
+        switch engine {
+        case .sqlite(let p): p
+        }
+    }
+}
+
+extension DatabaseMigrator {
+    /// The same migrations as GRDB runs them (its table of applied identifiers).
+    var grdb: GRDB.DatabaseMigrator {
+        var m = GRDB.DatabaseMigrator()
+        for (id, body) in migrations {
+            m.registerMigration(id) { try body(Database(connection: .sqlite($0))) }
+        }
+        return m
+    }
+}

@@ -1,0 +1,81 @@
+public import CofferCore
+import Foundation
+public import GRDB
+
+/// What the engine needs to know of a database error without knowing the engine.
+public enum StoreFailure: Sendable, Equatable {
+    /// The database cannot take a write now (a full disk, an I/O error, a read-only
+    /// file, a server that is down): every write, and so every audited request, fails
+    /// closed until it can.
+    case unwritable(String)
+    /// Anything else (a constraint, a programming error): the request fails, nothing more.
+    case other
+}
+
+extension Store {
+    public static func classify(_ error: any Error) -> StoreFailure {
+        if let e = error as? DatabaseError {
+            switch e.resultCode {
+            case .SQLITE_FULL: return .unwritable("the disk is full")
+            case .SQLITE_READONLY: return .unwritable("the database is read-only")
+            case .SQLITE_IOERR: return .unwritable("I/O error")
+            default: return .other
+            }
+        }
+        return .other
+    }
+
+    /// A short description for the log and the health answer (no values, no SQL).
+    public static func describe(_ error: any Error) -> String {
+        if case .unwritable(let reason) = classify(error) { return reason }
+        if let e = error as? DatabaseError { return "database error \(e.resultCode.rawValue)" }
+        if let e = error as? SQLError { return e.message }
+        return "\(type(of: error))"
+    }
+
+    /// What a backup manifest says of the database it carries.
+    public struct SnapshotSummary: Sendable {
+        public let keyIDs: [String]
+        public let auditHeadSeq: Int64
+        public let auditHeadHash: Data
+        public let secrets: Int
+        public let versions: Int
+        public let tokens: Int
+    }
+
+    /// A consistent online copy of the whole database into `path` (SQLite's VACUUM
+    /// INTO), and the summary read back from the copy itself.
+    public func snapshot(to path: String) throws -> SnapshotSummary {
+        guard let sqlite = pool.sqlite else {
+            throw CofferError(.conflict, "online backup is for the SQLite store",
+                              hint: "back up PostgreSQL with its own tools (pg_dump, base backups)")
+        }
+        try sqlite.writeWithoutTransaction { db in try db.execute(sql: "VACUUM INTO ?", arguments: [path]) }
+        chmod(path, 0o600)
+        var config = GRDB.Configuration()
+        config.readonly = true
+        let copy = try DatabaseQueue(path: path, configuration: config)
+        defer { try? copy.close() }
+        return try copy.read { g in
+            let db = Database(connection: .sqlite(g))
+            let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+            return SnapshotSummary(
+                keyIDs: try String.fetchAll(db, sql: "SELECT key_id FROM keyring ORDER BY created_at, key_id"),
+                auditHeadSeq: head?["seq"] ?? 0, auditHeadHash: (head?["hash"] as Data?) ?? Data(),
+                secrets: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret") ?? 0,
+                versions: try Int.fetchOne(db, sql: "SELECT count(*) FROM secret_version") ?? 0,
+                tokens: try Int.fetchOne(db, sql: "SELECT count(*) FROM token") ?? 0)
+        }
+    }
+
+    /// The hash of one audit event (nil when there is no such event).
+    public func auditEventHash(seq: Int64) throws -> Data? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT hash FROM audit_event WHERE seq = ?", arguments: [seq])?["hash"] }
+    }
+}
+
+extension Store {
+    /// GRDB's own pool under a SQLite store (nil on PostgreSQL): for the tests that
+    /// change the file behind the daemon's back, and for SQLite-only tools.
+    public var sqlitePool: DatabasePool? { pool.sqlite }
+}
