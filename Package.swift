@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
@@ -42,7 +43,10 @@ let package = Package(
         .target(name: "CofferAudit", dependencies: ["CofferCore", "CofferCrypto"], swiftSettings: swiftSettings),
         .target(
             name: "CofferStore",
-            dependencies: ["CofferCore", "CofferAudit", "CofferCrypto", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "CofferCore", "CofferAudit", "CofferCrypto", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

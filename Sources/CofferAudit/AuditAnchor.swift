@@ -82,7 +82,11 @@ public struct AuditAnchor: Sendable, Equatable {
 
     /// Reads the anchor beside a database; nil when there is no file.
     public static func load(beside databasePath: String) throws(CofferError) -> AuditAnchor? {
-        let path = (databasePath as NSString).deletingLastPathComponent + "/" + fileName
+        try load(file: (databasePath as NSString).deletingLastPathComponent + "/" + fileName)
+    }
+
+    /// Reads the anchor file; nil when there is none.
+    public static func load(file path: String) throws(CofferError) -> AuditAnchor? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), let a = AuditAnchor(text: text) else {
             throw CofferError(.integrity, "the audit head anchor \(path) is unreadable")

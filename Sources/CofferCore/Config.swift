@@ -33,6 +33,8 @@ public struct CofferConfig: Sendable, Equatable {
     public var stateDir: String = "/var/lib/coffer"
     public var databasePath: String? = nil
     public var durability: Durability = .full
+    /// Set by `backend = "postgres"` with `[storage.postgres]`: the store is shared there.
+    public var postgres: PostgresTarget? = nil
     // [keys]
     public var keyFile: String = "/var/lib/coffer/keys/root.key"
     /// How the root key is held, as the configuration expects it: "key-file",
@@ -107,6 +109,11 @@ public struct CofferConfig: Sendable, Equatable {
     public init() {}
 
     public var resolvedDatabasePath: String { databasePath ?? stateDir + "/coffer.db" }
+    /// The SQLite file, or the PostgreSQL database when the backend is postgres.
+    public var databaseLocation: DatabaseLocation {
+        if let postgres { return .postgres(postgres) }
+        return .sqlite(path: resolvedDatabasePath)
+    }
     public var resolvedKRLPath: String { sshKRLPath ?? stateDir + "/ssh_revoked.krl" }
     public var resolvedRunDir: String {
         if let runDir { return runDir }
@@ -167,9 +174,50 @@ public struct CofferConfig: Sendable, Equatable {
             }
         }
         if var t = try r.table("storage") {
-            try t.allowOnly(["state_dir", "database", "durability"])
+            try t.allowOnly(["state_dir", "database", "durability", "backend", "postgres"])
             if let v = try t.string("state_dir") { c.stateDir = v }
             if let v = try t.string("database") { c.databasePath = v }
+            let backend = try t.string("backend") ?? "sqlite"
+            guard ["sqlite", "postgres"].contains(backend) else { throw t.error("backend", "backend must be \"sqlite\" or \"postgres\"") }
+            let pg = try t.table("postgres")
+            switch (backend, pg) {
+            case ("postgres", nil):
+                throw t.error("backend", "backend = \"postgres\" needs a [storage.postgres] table with url, or socket, user and database")
+            case ("sqlite", .some):
+                throw t.error("postgres", "[storage.postgres] is set but backend is \"sqlite\"; set backend = \"postgres\" to use it")
+            case (_, .some(var p)):
+                try p.allowOnly(["url", "socket", "user", "database", "password_file", "pool_size", "tls", "tls_ca_file"])
+                var target: PostgresTarget
+                if let url = try p.string("url") {
+                    guard try p.string("socket") == nil else { throw p.error("socket", "set url or socket, not both") }
+                    do { target = try PostgresTarget.parse(url: url) } catch { throw p.error("url", error.message + (error.hint.map { " (\($0))" } ?? "")) }
+                    let user = try p.string("user"), database = try p.string("database")
+                    if user != nil || database != nil {
+                        throw p.error("url", "the URL names the user and database; remove user and database here")
+                    }
+                } else if let socket = try p.string("socket") {
+                    guard socket.hasPrefix("/") else { throw p.error("socket", "socket must be an absolute path (the socket file or its directory)") }
+                    guard let user = try p.string("user"), !user.isEmpty else { throw p.error("socket", "a socket needs user = \"...\"") }
+                    guard let db = try p.string("database"), !db.isEmpty else { throw p.error("socket", "a socket needs database = \"...\"") }
+                    target = PostgresTarget(endpoint: .socket(path: PostgresTarget.socketFile(socket)), user: user, database: db)
+                } else {
+                    throw p.error("url", "[storage.postgres] needs url, or socket with user and database")
+                }
+                if let v = try p.string("password_file") {
+                    guard v.hasPrefix("/") else { throw p.error("password_file", "password_file must be an absolute path") }
+                    target.passwordFile = v
+                }
+                if let v = try p.integer("pool_size", in: 1...256) { target.poolSize = Int(v) }
+                if let v = try p.string("tls") {
+                    guard let mode = PostgresTarget.TLS(rawValue: v) else { throw p.error("tls", "tls must be \"disable\", \"require\" or \"verify-full\"") }
+                    target.tls = mode
+                }
+                if let v = try p.string("tls_ca_file") { target.caFile = v }
+                if target.tls != .disable, case .socket = target.endpoint { throw p.error("tls", "TLS over a Unix socket is not supported") }
+                c.postgres = target
+            default:
+                break
+            }
             if let v = try t.string("durability") {
                 guard let d = Durability(rawValue: v) else { throw t.error("durability", "durability must be \"full\" or \"normal\"") }
                 c.durability = d

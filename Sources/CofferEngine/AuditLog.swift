@@ -155,7 +155,7 @@ public final class AuditLog: Sendable {
     /// existing trail refuses the start: truncation could not be detected otherwise.
     static func loadAnchor(store: Store, file: String, fresh: Bool, reanchor: Bool, publicKey: [UInt8], key: SecretBytes,
                            now: Int64, logger: Logger) throws(CofferError) -> AuditAnchor {
-        let existing = try AuditAnchor.load(beside: store.path)
+        let existing = try AuditAnchor.load(file: file)
         if let existing, !reanchor {
             guard existing.isValid(publicKey: publicKey) else {
                 throw CofferError(.integrity, "the audit head anchor \(file) is not signed by this trail's key",

@@ -45,7 +45,7 @@ public final class EngineHost: Sendable {
     public let configuredUnlocker: (any Unlocker)?
     public let policies: PolicyStore
     /// The database (read-only while sealed: how its root key is held).
-    let databasePath: String?
+    let database: DatabaseLocation?
     let roundTimeout: Duration
     let principals = PrincipalResolver()
     /// What was asked while sealed (no trail to write to yet): appended to the
@@ -57,26 +57,26 @@ public final class EngineHost: Sendable {
     static let drainTimeout = Duration.seconds(10)
 
     /// An engine that is open from the start.
-    public convenience init(engine: SecretEngine, opener: Opener? = nil, unlocker: (any Unlocker)? = nil, databasePath: String? = nil,
+    public convenience init(engine: SecretEngine, opener: Opener? = nil, unlocker: (any Unlocker)? = nil, database: DatabaseLocation? = nil,
                             roundTimeout: Duration = .seconds(600)) {
-        self.init(phase: .open(engine), opener: opener, unlocker: unlocker, policies: engine.policyStore, databasePath: databasePath,
+        self.init(phase: .open(engine), opener: opener, unlocker: unlocker, policies: engine.policyStore, database: database,
                   roundTimeout: roundTimeout)
     }
 
     /// A sealed daemon: `opener` builds the engine from an unlocker's root key.
-    public convenience init(sealed opener: @escaping Opener, unlocker: (any Unlocker)?, policies: PolicyStore, databasePath: String? = nil,
+    public convenience init(sealed opener: @escaping Opener, unlocker: (any Unlocker)?, policies: PolicyStore, database: DatabaseLocation? = nil,
                             roundTimeout: Duration = .seconds(600)) {
-        self.init(phase: .sealed, opener: opener, unlocker: unlocker, policies: policies, databasePath: databasePath, roundTimeout: roundTimeout)
+        self.init(phase: .sealed, opener: opener, unlocker: unlocker, policies: policies, database: database, roundTimeout: roundTimeout)
     }
 
-    private init(phase: Phase, opener: Opener?, unlocker: (any Unlocker)?, policies: PolicyStore, databasePath: String?, roundTimeout: Duration) {
+    private init(phase: Phase, opener: Opener?, unlocker: (any Unlocker)?, policies: PolicyStore, database: DatabaseLocation?, roundTimeout: Duration) {
         var s = State(phase: phase)
         if case .open = phase { s.generation = 1 }
         self.state = Mutex(s)
         self.opener = opener
         self.configuredUnlocker = unlocker
         self.policies = policies
-        self.databasePath = databasePath
+        self.database = database
         self.roundTimeout = roundTimeout
     }
 
@@ -168,8 +168,8 @@ public final class EngineHost: Sendable {
 
     /// How the database's root key is held (read-only; nil: by its key file).
     public func holder() throws(CofferError) -> HolderRecord? {
-        guard let databasePath else { return nil }
-        do { return try Store.readHolder(path: databasePath) } catch let e as CofferError { throw e } catch {
+        guard let database else { return nil }
+        do { return try Store.readHolder(location: database) } catch let e as CofferError { throw e } catch {
             throw CofferError(.storage, "cannot read the database: \(error)")
         }
     }

@@ -22,11 +22,16 @@ public struct RootKey: Sendable {
     /// database's root key, and its key must open it. The database is only read
     /// (read-only connection), so a wrong key leaves the file byte-identical.
     public static func unlock(_ unlocker: any Unlocker, databasePath: String) throws(CofferError) -> Unsealed {
+        try unlock(unlocker, database: .sqlite(path: databasePath))
+    }
+
+    public static func unlock(_ unlocker: any Unlocker, database: DatabaseLocation) throws(CofferError) -> Unsealed {
+        let databasePath = database.description
         let existing: (keyID: String, check: Data)?
         let holder: HolderRecord?
         do {
-            existing = try Store.readKeyCheck(path: databasePath)
-            holder = existing == nil ? nil : try Store.readHolder(path: databasePath)
+            existing = try Store.readKeyCheck(location: database)
+            holder = existing == nil ? nil : try Store.readHolder(location: database)
         } catch let e as CofferError {
             throw e
         } catch {

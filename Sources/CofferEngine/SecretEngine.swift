@@ -33,6 +33,8 @@ public final class SecretEngine: Sendable {
     public let runs: RunService
     public let credentials: CredentialService
     let store: Store
+    /// See Store.isLocal: whether requests may read the store on an event loop.
+    public var storeIsLocal: Bool { store.isLocal }
     let keyring: Keyring
     let policies: PolicyStore
     let principals: PrincipalResolver
@@ -83,22 +85,24 @@ public final class SecretEngine: Sendable {
     public static func open(config: CofferConfig, unlocker: any Unlocker, policies: PolicyStore, logger: Logger,
                             reanchorAudit: Bool = false, create: Bool = true,
                             clock: any WallClock = SystemWallClock()) async throws(CofferError) -> SecretEngine {
-        let dbPath = config.resolvedDatabasePath
+        let location = config.databaseLocation
         if !create {
             // `serve` opens only a database `init` made (a key check enrolled), never
             // an empty file or one whose keyring was erased.
-            try checkInitialised(databasePath: dbPath)
+            try checkInitialised(database: location)
         }
         // Unlock first, read-only: a wrong or missing key leaves the database untouched.
-        let unsealed = try RootKey.unlock(unlocker, databasePath: dbPath)
+        let unsealed = try RootKey.unlock(unlocker, database: location)
         let store: Store
         let keyring: Keyring
         do {
             // The state directory is private to the daemon (invariant 7).
-            try FileManager.default.createDirectory(
-                atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
-                attributes: [.posixPermissions: 0o700])
-            store = try Store(path: dbPath, durability: config.durability)
+            if case .sqlite(let dbPath) = location {
+                try FileManager.default.createDirectory(
+                    atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
+                    attributes: [.posixPermissions: 0o700])
+            }
+            store = try Store(location: location, durability: config.durability)
             keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())
             store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
             store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
@@ -110,12 +114,18 @@ public final class SecretEngine: Sendable {
         } catch let e as CofferError {
             throw e
         } catch {
-            throw CofferError(.storage, "cannot open the database \(dbPath): \(error)")
+            throw CofferError(.storage, "cannot open the database \(location): \(error)")
+        }
+        // this host's files beside the trail: next to the SQLite file, or in the state directory
+        let localDir: String
+        switch location {
+        case .sqlite(let dbPath): localDir = (dbPath as NSString).deletingLastPathComponent
+        case .postgres: localDir = config.stateDir
         }
         let audit = try await AuditLog.open(
             store: store, keyring: keyring,
-            publicKeyFile: (dbPath as NSString).deletingLastPathComponent + "/audit.pub",
-            anchorFile: (dbPath as NSString).deletingLastPathComponent + "/" + AuditAnchor.fileName, reanchor: reanchorAudit,
+            publicKeyFile: localDir + "/audit.pub",
+            anchorFile: localDir + "/" + AuditAnchor.fileName, reanchor: reanchorAudit,
             settings: .init(enabled: config.auditEnabled, checkpointEvents: config.auditCheckpointEvents,
                             checkpointSeconds: config.auditCheckpointSeconds, mirror: config.auditMirror, maxBatch: config.auditMaxBatch),
             clock: clock, logger: logger)
@@ -183,9 +193,10 @@ public final class SecretEngine: Sendable {
     }
 
     /// Throws unless `databasePath` is a database `cofferd init` made (read-only).
-    public static func checkInitialised(databasePath: String) throws(CofferError) {
+    public static func checkInitialised(database: DatabaseLocation) throws(CofferError) {
+        let databasePath = database.description
         let check: (keyID: String, check: Data)?
-        do { check = try Store.readKeyCheck(path: databasePath) } catch {
+        do { check = try Store.readKeyCheck(location: database) } catch {
             throw CofferError(.storage, "cannot read the database \(databasePath)", hint: "is it a Coffer database?")
         }
         guard check != nil else {
@@ -208,7 +219,7 @@ public final class SecretEngine: Sendable {
 
     public static func changeRootKey(config: CofferConfig, from old: KeyFileUnlocker, to new: KeyFileUnlocker,
                                      clock: any WallClock = SystemWallClock()) throws(CofferError) -> RootKeyChange {
-        let unsealed = try RootKey.unlock(old, databasePath: config.resolvedDatabasePath)
+        let unsealed = try RootKey.unlock(old, database: config.databaseLocation)
         guard unsealed.holder == nil else {
             throw CofferError(.config, "this database's root key is sealed under its key file (a holder): the offline key-file change does not apply",
                               hint: "on the running daemon: coffer operator rekey --key-file NEW (or coffer operator rotate)")
@@ -216,8 +227,8 @@ public final class SecretEngine: Sendable {
         let oldRoot = unsealed.root
         let newRoot = RootKey(try new.rootKey())
         let store: Store
-        do { store = try Store(path: config.resolvedDatabasePath, durability: config.durability) } catch {
-            throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
+        do { store = try Store(location: config.databaseLocation, durability: config.durability) } catch {
+            throw CofferError(.storage, "cannot open the database \(config.databaseLocation): \(error)")
         }
         let keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())  // completes a keyring from before first
         // the keyring rows it changes are MACed and the record digest kept, as online
@@ -230,7 +241,7 @@ public final class SecretEngine: Sendable {
         } catch let e as CofferError {
             throw e
         } catch {
-            throw CofferError(.storage, "cannot open the database \(config.resolvedDatabasePath): \(error)")
+            throw CofferError(.storage, "cannot open the database \(config.databaseLocation): \(error)")
         }
         return try Keyring.changeRoot(store: store, from: oldRoot, to: newRoot, now: clock.nowMillis())
     }

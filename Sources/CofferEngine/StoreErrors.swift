@@ -25,7 +25,7 @@ struct StoreErrorMapper: Sendable {
             return CofferError(.auditUnavailable, "the audit trail cannot record this request, so it was not served",
                                hint: "see cofferd's health and log; it recovers by itself when the database can be written again")
         }
-        logger.error("database error", metadata: ["error": "\(error)"])
+        logger.error("database error", metadata: ["error": "\(Store.describe(error))"])
         return CofferError(.storage, "the database could not complete the request")
     }
 

@@ -106,7 +106,8 @@ public struct APIResponder: HTTPResponder {
     /// Same order, same checks, same event as `respond`. false: not such a request
     /// (a token to authenticate, a body to read, a handler that waits): use `respond`.
     func respondNow(to request: Request, context: Context, completion: @escaping @Sendable (ErrorMapping.Answer) -> Void) -> Bool {
-        guard case .found(let endpoint, let param) = Self.router.resolve(request.uri.path),
+        // a store across the network (PostgreSQL) would wait on the loop: the task path serves it
+        guard engine.storeIsLocal, case .found(let endpoint, let param) = Self.router.resolve(request.uri.path),
               let method = endpoint.methods.first(where: { $0.method == request.method }), let now = method.now,
               !method.needsPrincipal || (request.headers[Self.tokenHeader] == nil && request.headers[.authorization] == nil) else { return false }
         let requestID = Hex.encode(Hashing.randomBytes(8))

@@ -6,9 +6,12 @@ import GRDB
 struct Database {
     enum Connection {
         case sqlite(GRDB.Database)
+        case postgres(PostgresSession)
     }
 
     let connection: Connection
+
+    var isPostgres: Bool { if case .postgres = connection { true } else { false } }
 
     func execute(sql: String, arguments: StatementArguments = []) throws {
         try run(sql, arguments, cached: false)
@@ -23,6 +26,7 @@ struct Database {
     var changesCount: Int {
         switch connection {
         case .sqlite(let g): g.changesCount
+        case .postgres(let s): s.changes
         }
     }
 
@@ -30,6 +34,7 @@ struct Database {
     func afterNextTransaction(onCommit: @escaping @Sendable (Database) -> Void) {
         switch connection {
         case .sqlite(let g): g.afterNextTransaction(onCommit: { onCommit(Database(connection: .sqlite($0))) })
+        case .postgres(let s): s.onCommit.append(onCommit)
         }
     }
 
@@ -41,6 +46,8 @@ struct Database {
             } else {
                 try g.execute(sql: sql, arguments: Database.grdbArguments(arguments))
             }
+        case .postgres(let s):
+            try s.run(sql, arguments)
         }
     }
 
@@ -56,6 +63,10 @@ struct Database {
                 if let limit, out.count >= limit { break }
             }
             return out
+        case .postgres(let s):
+            let rows = try s.query(sql, arguments)
+            if let limit, rows.count > limit { return Array(rows.prefix(limit)) }
+            return rows
         }
     }
 
@@ -85,10 +96,12 @@ struct Database {
     }
 }
 
-/// The store's connections: GRDB's pool in WAL mode (one writer, readers beside it).
+/// The store's connections: GRDB's pool in WAL mode (one writer, readers beside it),
+/// or a pool of PostgreSQL connections.
 final class SQLPool: Sendable {
     enum Engine: Sendable {
         case sqlite(GRDB.DatabasePool)
+        case postgres(PostgresPool)
     }
 
     let engine: Engine
@@ -98,24 +111,28 @@ final class SQLPool: Sendable {
     func read<T>(_ body: (Database) throws -> T) throws -> T {
         switch engine {
         case .sqlite(let p): try p.read { try body(Database(connection: .sqlite($0))) }
+        case .postgres(let p): try p.read(body)
         }
     }
 
     func write<T>(_ body: (Database) throws -> T) throws -> T {
         switch engine {
         case .sqlite(let p): try p.write { try body(Database(connection: .sqlite($0))) }
+        case .postgres(let p): try p.write(body)
         }
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         switch engine {
         case .sqlite(let p): try await p.write { try body(Database(connection: .sqlite($0))) }
+        case .postgres(let p): try await PostgresPool.offload { try p.write(body) }
         }
     }
 
     func writeWithoutTransaction<T>(_ body: (Database) throws -> T) throws -> T {
         switch engine {
         case .sqlite(let p): try p.writeWithoutTransaction { try body(Database(connection: .sqlite($0))) }
+        case .postgres(let p): try p.writeWithoutTransaction(body)
         }
     }
 
@@ -123,6 +140,7 @@ final class SQLPool: Sendable {
     var sqlite: GRDB.DatabasePool? {
         switch engine {
         case .sqlite(let p): p
+        case .postgres: nil
         }
     }
 }

@@ -241,7 +241,7 @@ extension Store {
         if let v = f.until { sql += " AND time < ?"; args.append(v) }
         if let v = f.user { sql += " AND peer_user = ?"; args.append(v) }
         if let v = f.uid { sql += " AND peer_uid = ?"; args.append(Int64(v)) }
-        if let v = f.pathPrefix { sql += " AND (path = ? OR substr(path, 1, ?) = ?)"; args += [v, v.utf8.count + 1, v + "/"] }
+        if let v = f.pathPrefix { sql += " AND (path = ? OR substr(path, 1, CAST(? AS INTEGER)) = ?)"; args += [v, v.utf8.count + 1, v + "/"] }
         if let v = f.action { sql += " AND action = ?"; args.append(v) }
         if let v = f.decision { sql += " AND decision = ?"; args.append(v.rawValue) }
         sql += " ORDER BY seq LIMIT ?"

@@ -274,7 +274,7 @@ extension Store {
                                          openedAt: now), try self.commit(ticket, db))
             }
             guard let newID = try Int64.fetchOne(db, sql: """
-                INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id
+                INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, "user", opened_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id
                 """, arguments: [Int64(bitPattern: c.serial!), c.elevationID, Int64(auditSession), Int64(pid), user, now])
             else { throw SQLError(message: "INSERT returned no id") }
             let s = SSHSessionRecord(id: newID, serial: c.serial!, elevationID: c.elevationID, auditSession: auditSession, pid: pid,

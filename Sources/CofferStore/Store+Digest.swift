@@ -91,6 +91,15 @@ extension Store {
 
     /// The database's schema against what the migrations make, then `PRAGMA integrity_check`.
     static func checkSchema(_ db: Database) throws {
+        if db.isPostgres {
+            // PostgreSQL keeps its own catalog consistent; what it cannot rule out is an
+            // object planted beside the tables (a trigger that undoes a revocation)
+            if let foreign = try foreignSchemaObjects(db).first {
+                throw CofferError(.integrity, "the database schema is not the one Coffer makes (not made by Coffer: \(foreign))",
+                                  hint: "drop it; only Coffer's migrations should change the schema")
+            }
+            return
+        }
         let expected = try expectedSchema.get()
         let actual = try schemaLines(db)
         if actual != expected {

@@ -160,7 +160,7 @@ extension Store {
     public func elevations(openOnly: Bool, requesterUID: UInt32?, user: String? = nil, role: String? = nil, since: Int64? = nil,
                            limit: Int = 1000) throws -> [ElevationRecord] {
         try pool.read { db in
-            var sql = "SELECT id FROM elevation_request WHERE 1"
+            var sql = "SELECT id FROM elevation_request WHERE TRUE"
             var args: [any DatabaseValueConvertible] = []
             if openOnly { sql += " AND state IN ('pending','approved','active')" }
             if let u = requesterUID { sql += " AND requester_uid = ?"; args.append(Int64(u)) }

@@ -1,6 +1,7 @@
 public import CofferCore
 import Foundation
 public import GRDB
+import PostgresNIO
 
 /// What the engine needs to know of a database error without knowing the engine.
 public enum StoreFailure: Sendable, Equatable {
@@ -14,6 +15,18 @@ public enum StoreFailure: Sendable, Equatable {
 
 extension Store {
     public static func classify(_ error: any Error) -> StoreFailure {
+        if let e = error as? PSQLError {
+            if e.code != .server { return .unwritable("the database server is unreachable") }
+            let state = e.serverInfo?[.sqlState] ?? ""
+            // 08: connection; 53: resources (disk, memory, connections); 57P: shutdown; 25006: read-only
+            if state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P") || state == "25006" {
+                return .unwritable("the database server cannot take writes (\(state))")
+            }
+            return .other
+        }
+        if PostgresPool.isConnectionError(error) && !(error is DatabaseError) && !(error is CofferError) && !(error is SQLError) {
+            return .unwritable("the database server is unreachable")
+        }
         if let e = error as? DatabaseError {
             switch e.resultCode {
             case .SQLITE_FULL: return .unwritable("the disk is full")
@@ -30,6 +43,10 @@ extension Store {
         if case .unwritable(let reason) = classify(error) { return reason }
         if let e = error as? DatabaseError { return "database error \(e.resultCode.rawValue)" }
         if let e = error as? SQLError { return e.message }
+        if let e = error as? PSQLError, let info = e.serverInfo {
+            // the server's message and SQLSTATE (no detail: a constraint's detail quotes values)
+            return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "")"
+        }
         return "\(type(of: error))"
     }
 
@@ -78,4 +95,10 @@ extension Store {
     /// GRDB's own pool under a SQLite store (nil on PostgreSQL): for the tests that
     /// change the file behind the daemon's back, and for SQLite-only tools.
     public var sqlitePool: DatabasePool? { pool.sqlite }
+}
+
+extension Store {
+    /// True for the embedded SQLite store: a read is a short local call that may run
+    /// on an event loop. False for PostgreSQL, whose calls wait on the network.
+    public var isLocal: Bool { pool.sqlite != nil }
 }

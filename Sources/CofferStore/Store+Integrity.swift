@@ -322,7 +322,17 @@ extension Store {
 
     /// Triggers and views, which Coffer never makes ("trigger t_unrevoke").
     static func foreignSchemaObjects(_ db: Database) throws -> [String] {
-        try Row.fetchAll(db, sql: "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name")
+        if db.isPostgres {
+            // the same on PostgreSQL, and rules (which rewrite a statement before it runs)
+            return try String.fetchAll(db, sql: """
+                SELECT 'trigger ' || tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = current_schema()
+                UNION ALL SELECT 'view ' || viewname::text FROM pg_views WHERE schemaname = current_schema()
+                UNION ALL SELECT 'rule ' || rulename::text FROM pg_rules WHERE schemaname = current_schema()
+                ORDER BY 1
+                """)
+        }
+        return try Row.fetchAll(db, sql: "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name")
             .map { "\($0["type"] as String) \($0["name"] as String)" }
     }
 

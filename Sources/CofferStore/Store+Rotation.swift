@@ -91,7 +91,7 @@ extension Store {
                     """, arguments: [r.keyID, r.wrappedKey, r.ciphertext, r.old.secretID, r.old.version, r.old.keyID, r.old.wrappedKey])
                 n += db.changesCount
             }
-            try db.execute(sql: "UPDATE key_rotation SET done = min(total, done + ?)", arguments: [rows.count])
+            try db.execute(sql: "UPDATE key_rotation SET done = CASE WHEN done + ? > total THEN total ELSE done + ? END", arguments: [rows.count, rows.count])
             return n
         }
     }

@@ -51,7 +51,7 @@ public final class Store: Sendable {
         let before = try grdb.read { try Store.migrator.grdb.appliedIdentifiers($0) }
         // Coffer makes no triggers or views: one planted in the file would run inside
         // the daemon's own transactions (undo a revocation, restore an old MAC)
-        if let foreign = try pool.read({ try Store.foreignSchemaObjects($0) }).first {
+        if let foreign = try grdb.read({ try Store.foreignSchemaObjects(Database(connection: .sqlite($0))) }).first {
             throw Store.integrityError("the database schema (\(foreign) was not made by Coffer)")
         }
         try Store.migrator.grdb.migrate(grdb)
@@ -66,6 +66,17 @@ public final class Store: Sendable {
         self.upgradedToAuditMAC = before.contains("v3-audit") && !before.contains("v4-audit-mac")
         self.createdNow = before.isEmpty
         self.createdAuditNow = !before.contains("v3-audit")
+    }
+
+    /// Opens (creating the schema when needed) the shared PostgreSQL database.
+    init(postgres: PostgresPool, auditMAC: AuditMAC?) throws {
+        let before = try Store.migratePostgres(postgres)
+        pool = SQLPool(.postgres(postgres))
+        path = postgres.target.description
+        self.auditMAC = Mutex(auditMAC)
+        upgradedToAuditMAC = false
+        createdNow = before.isEmpty
+        createdAuditNow = before.isEmpty
     }
 
     /// Sets the key that MACs new audit events (once, at open, from the keyring).

@@ -74,7 +74,8 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
     // one daemon per state directory, and per database (which may live elsewhere)
     let lock = try StateLock(stateDir: config.stateDir)
     let dbDir = (config.resolvedDatabasePath as NSString).deletingLastPathComponent
-    let dbLock = dbDir == config.stateDir ? nil : try StateLock(stateDir: dbDir)
+    // (a shared PostgreSQL database has many daemons by design: one per host)
+    let dbLock = dbDir == config.stateDir || config.postgres != nil ? nil : try StateLock(stateDir: dbDir)
     defer { withExtendedLifetime((lock, dbLock)) {} }
     let policyStore = try policies(for: config, logger: logger)
     let open: EngineHost.Opener = { unlocker throws(CofferError) in
@@ -82,14 +83,14 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
                                     reanchorAudit: reanchorAudit, create: create)
     }
     let keyFile = KeyFileUnlocker(path: config.keyFile)
-    let dbPath = config.resolvedDatabasePath
+    let location = config.databaseLocation
     let holder: HolderRecord?
-    do { holder = try Store.readHolder(path: dbPath) } catch let e as CofferError { throw e } catch {
-        throw CofferError(.storage, "cannot read the database \(dbPath): \(error)")
+    do { holder = try Store.readHolder(location: location) } catch let e as CofferError { throw e } catch {
+        throw CofferError(.storage, "cannot read the database \(location): \(error)")
     }
     let mode = holder?.mode ?? .keyfile
     let expected: HolderRecord.Mode = config.unlock == "passphrase" ? .passphrase : config.unlock == "shares" ? .shares : .keyfile
-    if FileManager.default.fileExists(atPath: dbPath), config.unlock != "key-file", mode != expected {
+    if try databaseExists(location), config.unlock != "key-file", mode != expected {
         throw CofferError(.config, "keys.unlock is \"\(config.unlock)\" but the database is held by \(mode.described)",
                           hint: "set keys.unlock to match how `cofferd init` (or the last rekey) made it")
     }
@@ -97,11 +98,11 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
     let host: EngineHost
     if sealed || mode == .passphrase || mode == .shares {
         // No key is read: the database must exist and be initialised, nothing more.
-        try SecretEngine.checkInitialised(databasePath: dbPath)
-        host = EngineHost(sealed: open, unlocker: keyFile, policies: policyStore, databasePath: dbPath, roundTimeout: roundTimeout)
+        try SecretEngine.checkInitialised(database: location)
+        host = EngineHost(sealed: open, unlocker: keyFile, policies: policyStore, database: location, roundTimeout: roundTimeout)
         logger.notice("starting sealed: an admin unseals with `coffer operator unseal`", metadata: ["unseal": "\(mode.rawValue)"])
     } else {
-        host = EngineHost(engine: try await open(keyFile), opener: open, unlocker: keyFile, databasePath: dbPath, roundTimeout: roundTimeout)
+        host = EngineHost(engine: try await open(keyFile), opener: open, unlocker: keyFile, database: location, roundTimeout: roundTimeout)
     }
     // Composition happens here, once: the server, the audit writer, the token reaper
     // and the policy reloader in one ServiceGroup; SIGTERM and SIGINT shut them down.
@@ -207,8 +208,9 @@ struct Init: AsyncParsableCommand {
             try makeDirectory((c.keyFile as NSString).deletingLastPathComponent)
             let lock = try StateLock(stateDir: c.stateDir)
             defer { withExtendedLifetime(lock) {} }
-            if FileManager.default.fileExists(atPath: c.resolvedDatabasePath) {
-                throw CofferError(.config, "the database \(c.resolvedDatabasePath) already exists; refusing to initialise again")
+            if try databaseExists(c.databaseLocation) {
+                throw CofferError(.config, "the database \(c.databaseLocation) already exists; refusing to initialise again",
+                                  hint: c.postgres == nil ? nil : "every other host joins with `cofferd serve` and the same key material; only the first runs init")
             }
             // everything that can be refused is checked before the key exists: a bad
             // policy must not leave a key without a database behind
@@ -356,6 +358,10 @@ struct Restore: AsyncParsableCommand {
             try makeDirectory(c.stateDir)
             let lock = try StateLock(stateDir: c.stateDir)
             defer { withExtendedLifetime(lock) {} }
+            guard c.postgres == nil else {
+                throw CofferError(.config, "cofferd restore writes a SQLite database; this configuration uses PostgreSQL",
+                                  hint: "restore PostgreSQL with its own tools (pg_restore, a base backup); README, Many hosts")
+            }
             let db = c.resolvedDatabasePath
             let made = [db, db + "-wal", db + "-shm", c.stateDir + "/audit.pub", c.stateDir + "/" + AuditAnchor.fileName]
             guard !made.contains(where: { FileManager.default.fileExists(atPath: $0) }) else {
@@ -425,10 +431,10 @@ struct Rekey: AsyncParsableCommand {
             // the same locks as serve: refuses while a daemon runs on this state or database
             let lock = try StateLock(stateDir: c.stateDir)
             let dbDir = (c.resolvedDatabasePath as NSString).deletingLastPathComponent
-            let dbLock = dbDir == c.stateDir ? nil : try StateLock(stateDir: dbDir)
+            let dbLock = dbDir == c.stateDir || c.postgres != nil ? nil : try StateLock(stateDir: dbDir)
             defer { withExtendedLifetime((lock, dbLock)) {} }
             // the old key must open the database before a new one is made
-            _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), databasePath: c.resolvedDatabasePath).root
+            _ = try RootKey.unlock(KeyFileUnlocker(path: c.keyFile), database: c.databaseLocation).root
             try KeyFile.create(at: newKeyFile)
             let change: SecretEngine.RootKeyChange
             do {
@@ -512,6 +518,18 @@ enum Prompt {
         guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count, fsync(fd) == 0 else {
             unlink(path)
             throw CofferError(.config, "cannot write \(path)")
+        }
+    }
+}
+
+/// Whether the database exists: the SQLite file, or an initialised PostgreSQL database.
+func databaseExists(_ location: DatabaseLocation) throws(CofferError) -> Bool {
+    switch location {
+    case .sqlite(let path): return FileManager.default.fileExists(atPath: path)
+    case .postgres:
+        do { return try Store.readKeyCheck(location: location) != nil } catch let e as CofferError { throw e } catch {
+            throw CofferError(.storage, "cannot read the database \(location): \(Store.describe(error))",
+                              hint: "is the PostgreSQL server up, and does [storage.postgres] name it?")
         }
     }
 }

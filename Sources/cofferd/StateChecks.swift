@@ -20,13 +20,18 @@ enum StateChecks {
             throw CofferError(.config, "the state directory \(c.stateDir) does not exist", hint: "run `cofferd init` first")
         }
         try strict(c.stateDir, "state directory")
-        let db = c.resolvedDatabasePath
-        guard FileManager.default.fileExists(atPath: db) else {
-            throw CofferError(.config, "the database \(db) does not exist; cofferd serve never creates one",
-                              hint: "run `cofferd init` for a new installation, or restore the database from a backup")
+        if let pg = c.postgres {
+            // the database is the server's; what is here is the password file
+            if let p = pg.passwordFile { try strict(p, "PostgreSQL password file") }
+        } else {
+            let db = c.resolvedDatabasePath
+            guard FileManager.default.fileExists(atPath: db) else {
+                throw CofferError(.config, "the database \(db) does not exist; cofferd serve never creates one",
+                                  hint: "run `cofferd init` for a new installation, or restore the database from a backup")
+            }
+            try strict((db as NSString).deletingLastPathComponent, "database directory")
+            try strict(db, "database")
         }
-        try strict((db as NSString).deletingLastPathComponent, "database directory")
-        try strict(db, "database")
         if FileManager.default.fileExists(atPath: c.keyFile) { try strict(c.keyFile, "key file") }
         if let p = c.policyFile, FileManager.default.fileExists(atPath: p) { try strict(p, "policy file") }
         // the socket's directory: nobody else may rename the socket and listen in its place

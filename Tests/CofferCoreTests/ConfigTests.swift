@@ -183,3 +183,75 @@ import Testing
         }
     }
 }
+
+/// `[storage] backend = "postgres"` with `[storage.postgres]`: every way to name the
+/// server parses to one target, and every mistake is refused with the key named.
+@Suite struct PostgresConfigTests {
+    func parse(_ storage: String) throws(CofferError) -> CofferConfig {
+        try CofferConfig.parse("[storage]\n" + storage, file: "t.toml")
+    }
+
+    @Test func urlSocketAndDefaults() throws {
+        #expect(try parse("database = \"/x.db\"").databaseLocation == .sqlite(path: "/x.db"))
+        var c = try parse("""
+            backend = "postgres"
+            [storage.postgres]
+            url = "postgresql://coffer@db.example:5433/coffer?sslmode=verify-full&sslrootcert=/etc/coffer/ca.pem"
+            pool_size = 4
+            password_file = "/etc/coffer/pg.pass"
+            """)
+        let t = try #require(c.postgres)
+        #expect(t.endpoint == .tcp(host: "db.example", port: 5433))
+        #expect(t.user == "coffer" && t.database == "coffer" && t.tls == .verifyFull && t.caFile == "/etc/coffer/ca.pem")
+        #expect(t.poolSize == 4 && t.passwordFile == "/etc/coffer/pg.pass")
+        #expect(c.databaseLocation.isPostgres)
+        #expect(!c.databaseLocation.description.contains("pass"))
+        c = try parse("""
+            backend = "postgres"
+            [storage.postgres]
+            url = "postgres://coffer@/coffer?host=/nonexistent-dir/.s.PGSQL.5432"
+            """)
+        #expect(c.postgres?.endpoint == .socket(path: "/nonexistent-dir/.s.PGSQL.5432"))
+        #expect(c.postgres?.poolSize == 8 && c.postgres?.tls == .disable)
+        c = try parse("""
+            backend = "postgres"
+            [storage.postgres]
+            socket = "/tmp"
+            user = "u"
+            database = "d"
+            """)
+        #expect(c.postgres?.endpoint == .socket(path: "/tmp/.s.PGSQL.5432"), "a directory names its default socket file")
+    }
+
+    @Test func mistakesAreRefused() {
+        let bad: [(String, String)] = [
+            ("backend = \"mysql\"", "backend"),
+            ("backend = \"postgres\"", "[storage.postgres]"),
+            ("[storage.postgres]\nurl = \"postgresql://u@h/d\"", "backend is \"sqlite\""),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u:secret@h/d\"", "password_file"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"mysql://u@h/d\"", "postgresql://"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://h/d\"", "no user"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h\"", "no database"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h:99999/d\"", "port"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d?sslmode=prefer\"", "sslmode"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d?application_name=x\"", "unknown parameter"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@/d?host=/run/pg&sslmode=require\"", "TLS over a Unix socket"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nuser = \"x\"", "remove user"),
+            ("backend = \"postgres\"\n[storage.postgres]\nsocket = \"run/pg\"\nuser = \"u\"\ndatabase = \"d\"", "absolute"),
+            ("backend = \"postgres\"\n[storage.postgres]\nsocket = \"/run/pg\"\ndatabase = \"d\"", "user"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\npool_size = 0", "pool_size"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\ntls = \"maybe\"", "tls"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\npassword_file = \"pg.pass\"", "absolute"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nhost = \"x\"", "unknown key"),
+        ]
+        for (text, needle) in bad {
+            do {
+                _ = try parse(text)
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect((error.message + (error.hint ?? "")).contains(needle), "\(text): \(error.message)")
+                #expect(!error.message.contains("secret"), "the password is echoed back")
+            }
+        }
+    }
+}

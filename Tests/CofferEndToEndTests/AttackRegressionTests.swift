@@ -23,7 +23,7 @@ import Testing
     /// Emptying every audit table (the signing key too) and deleting the anchor is
     /// not a fresh install; nor is an empty database file.
     @Test func anErasedTrailOrAnEmptyDatabaseIsNotAFreshStart() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         _ = try d.coffer(["secret", "put", "e/x"], stdin: Array("v".utf8))
         d.stop()
@@ -228,7 +228,7 @@ import Testing
     /// peer the kernel named; what follows an answer that closes the connection, and a
     /// client that leaves halfway through a request, leave none.
     @Test func refusalsAreRecordedOnceWithTheirPeer() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         defer { d.stop() }
         func malformed() throws -> [String] {

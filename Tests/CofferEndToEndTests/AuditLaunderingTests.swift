@@ -77,7 +77,7 @@ import Testing
 
     /// A daemon with a trail of denials and writes, stopped cleanly (head signed).
     static func trail(_ audit: String = "checkpoint_events = 5\ncheckpoint_seconds = 1") throws -> Daemon {
-        let d = try Daemon(config: "[audit]\n\(audit)\n")
+        let d = try Daemon(sqlite: true, config: "[audit]\n\(audit)\n")
         try d.start()
         for i in 0..<6 { _ = try d.coffer(["secret", "put", "l/s\(i)"], stdin: Array("v\(i)".utf8)) }
         for _ in 0..<4 { _ = try d.curl("GET", "/v1/secrets/data/l/s1", as: TestUser.nonAdmin) }  // denials

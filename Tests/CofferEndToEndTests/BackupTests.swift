@@ -12,7 +12,7 @@ import Testing
 
     /// A second daemon whose state comes from `backup`, opened with `key`.
     func restored(_ backup: String, key: String) throws -> (Daemon, RunResult) {
-        let r2 = try Daemon(initialise: false)
+        let r2 = try Daemon(sqlite: true, initialise: false)
         try FileManager.default.createDirectory(atPath: (r2.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         try FileManager.default.copyItem(atPath: key, toPath: r2.keyPath)
@@ -22,7 +22,7 @@ import Testing
     }
 
     @Test func aBackupDuringAWriteStormRestoresEveryValue() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         #expect(try d.coffer(["secret", "put", "b/canary"], stdin: Array(Self.canary.utf8)).status == 0)
         for i in 0..<20 { #expect(try d.coffer(["secret", "put", "b/s\(i)"], stdin: Array("v\(i)-0".utf8)).status == 0) }
@@ -73,7 +73,7 @@ import Testing
     }
 
     @Test func aTamperedBackupOrOneOfAnotherCofferIsRefused() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         #expect(try d.coffer(["secret", "put", "t/x"], stdin: Array("x".utf8)).status == 0)
         let file = d.dir + "/b.backup"
@@ -104,7 +104,7 @@ import Testing
             #expect(!FileManager.default.fileExists(atPath: r2.dbPath), "\(path): a refused restore left a database")
         }
         // another Coffer's key does not open it
-        let other = try Daemon()
+        let other = try Daemon(sqlite: true)
         let (r3, r) = try restored(file, key: other.keyPath)
         #expect(r.status != 0 && r.stderr.contains("made by another Coffer"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: r3.dbPath))

@@ -176,7 +176,12 @@ import Testing
         try d.start()
         #expect(try d.coffer(["secret", "put", "db/x"], stdin: Array("v".utf8)).status == 0)
         d.stop()
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: d.dbPath + suffix) }
+        if let database = d.postgresDatabase {
+            // PostgreSQL: the database is there but holds nothing of Coffer's
+            try PostgresServer.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;", database: database)
+        } else {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: d.dbPath + suffix) }
+        }
         let before = d.log.utf8.count
         let p = try d.launch()
         let outcome = Hard.outcome(p, socket: d.socket)
@@ -184,7 +189,12 @@ import Testing
         #expect(outcome.refused, "\(outcome) \(msg)")
         #expect(msg.contains("cofferd: error:"), "\(msg)")
         #expect(msg.contains("cofferd init"), "\(msg)")
-        #expect(!FileManager.default.fileExists(atPath: d.dbPath), "serve created an empty database")
+        if let database = d.postgresDatabase {
+            #expect(try PostgresServer.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public';", database: database) == "0",
+                    "serve created tables")
+        } else {
+            #expect(!FileManager.default.fileExists(atPath: d.dbPath), "serve created an empty database")
+        }
     }
 
     // MARK: coffer-job

@@ -82,7 +82,7 @@ import Testing
     /// record digest: every record is refused, the check says why, and an admin can
     /// accept the records only by peer credentials, after fixing what they know of.
     @Test func aRevokedTokensEarlierRowPutBackIsCaught() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         let token = try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "victim"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
         let admin = try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "other"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -134,7 +134,7 @@ import Testing
     /// Every record table and the digest row put back together from an older copy,
     /// the trail kept: the digest no longer names the trail's head.
     @Test func theRecordTablesPutBackTogetherAreCaught() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         #expect(try d.coffer(["secret", "put", "app/older"], stdin: Array("first".utf8)).status == 0)
         d.stop()
@@ -157,7 +157,7 @@ import Testing
     /// edited back to look right: the daemon refuses to start, naming why — it neither
     /// serves them nor crashes on them.
     @Test func aRebuiltTableOrWrongTypesStopTheStart() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         #expect(try d.coffer(["token", "create", "--role", "admin", "--ttl", "1h", "--name", "t"]).status == 0)
         #expect(try d.coffer(["secret", "put", "app/s"], stdin: Array("s".utf8)).status == 0)
@@ -213,7 +213,7 @@ import Testing
     /// would keep it in the JWKS) is never published: every signing key must open
     /// under the root key to the public key it claims.
     @Test func aPlantedSigningKeyIsNeverPublished() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         let before = try d.curl("GET", "/v1/jwks").1
         d.stop()
@@ -313,7 +313,7 @@ import Testing
             #expect(try d.coffer(["secret", "put", "app/e"], stdin: Array("e".utf8)).status == 0)
         }, """
             UPDATE record_digest SET gen = gen + 1;
-            INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, user, opened_at) VALUES (1, 'el_forged', 7, 1, 'root', 0);
+            INSERT INTO ssh_session (serial, elevation_id, audit_session, pid, "user", opened_at) VALUES (1, 'el_forged', 7, 1, 'root', 0);
             """)
         r = try edited.coffer(["secret", "get", "app/e"])
         #expect(r.status != 0 && r.stderr.contains("digest row was changed without the key"), "\(r.stderr)")
@@ -415,7 +415,7 @@ import Testing
     /// A trigger planted in the file would run inside the daemon's own transactions
     /// (here: undo every revocation): the daemon refuses to start on it.
     @Test func aPlantedTriggerStopsTheStart() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         d.stop()
         _ = try sqlite(d.dbPath, """
@@ -468,7 +468,7 @@ import Testing
     /// After `audit prune` removed the adoption event, its prune event still says the
     /// adoption happened: removing the marker does not get edited rows adopted.
     @Test func aPruneDoesNotOpenTheWayToReadoption() throws {
-        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5")
+        let d = try Daemon(sqlite: true, config: "[audit]\ncheckpoint_events = 5")
         try d.start()
         for i in 0..<12 { #expect(try d.coffer(["secret", "put", "app/p\(i)"], stdin: Array("p\(i)".utf8)).status == 0) }
         let through = try sqlite(d.dbPath, "SELECT max(seq) FROM audit_checkpoint WHERE seq < (SELECT max(seq) FROM audit_event);")

@@ -12,8 +12,8 @@ import Testing
     static let passphrase = "correct horse battery staple"
 
     /// A daemon initialised with `args` after `cofferd init --config C`.
-    static func initialised(_ args: [String], stdin: String? = nil) throws -> (Daemon, RunResult) {
-        let d = try Daemon(initialise: false)
+    static func initialised(_ args: [String], stdin: String? = nil, sqlite: Bool = false) throws -> (Daemon, RunResult) {
+        let d = try Daemon(sqlite: sqlite, initialise: false)
         let r = try run(Bins.cofferd, ["init", "--config", d.configPath] + args, stdin: stdin.map { Array(($0 + "\n").utf8) })
         return (d, r)
     }
@@ -149,7 +149,8 @@ import Testing
     /// A backup of a database held by a passphrase restores with the passphrase, and
     /// brings the policy file as it was.
     @Test func aPassphraseBackupRestoresWithThePassphrase() throws {
-        let (d, r) = try Self.initialised(["--unseal", "passphrase", "--passphrase-stdin", "--kdf", "interactive"], stdin: Self.passphrase)
+        let (d, r) = try Self.initialised(["--unseal", "passphrase", "--passphrase-stdin", "--kdf", "interactive"], stdin: Self.passphrase,
+                                          sqlite: true)  // the backup is of the SQLite file
         #expect(r.status == 0)
         let policy = "# backed up with the database\n" + Hard.rootAdminPolicy + "\n"
         try policy.write(toFile: d.policyPath, atomically: true, encoding: .utf8)
@@ -271,7 +272,7 @@ import Testing
     /// started at once: each succeeds or is refused as a conflict, and whichever holder
     /// the status names afterwards opens the database, with every secret intact.
     @Test func rotationThenRekeyAndTheirRaceKeepOneWorkingHolder() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         for i in 0..<40 { #expect(try d.coffer(["secret", "put", "race/\(i)"], stdin: Array("v\(i)".utf8)).status == 0) }
         var r = try d.coffer(["operator", "rotate", "--wait"])

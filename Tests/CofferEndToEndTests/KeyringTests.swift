@@ -8,7 +8,7 @@ import Testing
 /// by an admin with the key file; tokens and secrets survive both key changes.
 @Suite(.serialized) struct KeyringTests {
     @Test func aSecondDataKeyIsAddedAndBothOpen() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         defer { d.stop() }
         #expect(try d.coffer(["secret", "put", "k/one"], stdin: Array("first".utf8)).status == 0)

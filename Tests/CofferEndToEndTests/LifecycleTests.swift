@@ -6,7 +6,7 @@ import Testing
     /// Every acknowledged put survives kill -9 and a restart; the stale socket left
     /// behind is replaced.
     @Test func acknowledgedPutsSurviveKill9() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         var acknowledged: [(String, [UInt8])] = []
         for i in 0..<40 {

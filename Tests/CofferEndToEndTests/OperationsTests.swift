@@ -59,7 +59,7 @@ import Testing
     /// yet. That is said as such (exit 10), not as tampering (exit 9); once the
     /// daemon stops (it signs its head) the same check passes.
     @Test func offlineVerifyOfALiveDatabaseIsNoFalseAlarm() throws {
-        let d = try Daemon(config: "[audit]\ncheckpoint_seconds = 3600\ncheckpoint_events = 100000\n")
+        let d = try Daemon(sqlite: true, config: "[audit]\ncheckpoint_seconds = 3600\ncheckpoint_events = 100000\n")
         try d.start()
         for i in 0..<3 { _ = try d.coffer(["secret", "put", "ops/s\(i)"], stdin: Array("v".utf8)) }
         var r = try run(Bins.coffer, ["audit", "verify", "--db", d.dbPath, "--pubkey", d.dir + "/state/audit.pub"])

@@ -77,7 +77,7 @@ func parseResponses(_ bytes: [UInt8]) -> [(Int, [UInt8])] {
     /// and the audit trail verifies.
     @Test func crashDurabilityCycles() throws {
         let cycles = Knobs.int("COFFER_CRASH_CYCLES", 10)
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         var acked: [(String, [UInt8])] = []
         for cycle in 0..<cycles {
             try d.start()

@@ -60,7 +60,7 @@ import Testing
     /// A random 32-byte value is in none of the database files (also after a
     /// checkpoint) nor in the daemon's log, as raw bytes, hex or base64.
     @Test func plaintextCanary() throws {
-        let d = try Daemon(config: "[log]\nlevel = \"trace\"")
+        let d = try Daemon(sqlite: true, config: "[log]\nlevel = \"trace\"")
         try d.start()
         var rng = SystemRandomNumberGenerator()
         let canary = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
@@ -99,7 +99,7 @@ import Testing
     /// Copying version 1's sealed row of secret A onto secret B makes B fail its
     /// integrity check; A still reads; the daemon keeps serving.
     @Test func rowSwapIsAnIntegrityError() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         _ = try d.coffer(["secret", "put", "swap/a"], stdin: Array("alpha".utf8))
         _ = try d.coffer(["secret", "put", "swap/b"], stdin: Array("bravo".utf8))
@@ -135,7 +135,7 @@ import Testing
     /// A wrong, missing or loose key file: the daemon refuses to start with a clear
     /// message and the database file is byte-identical afterwards.
     @Test func wrongOrMissingKeyRefusesToStart() throws {
-        let d = try Daemon()
+        let d = try Daemon(sqlite: true)
         try d.start()
         _ = try d.coffer(["secret", "put", "k/x"], stdin: Array("v".utf8))
         d.stop()
@@ -151,7 +151,7 @@ import Testing
         #expect(fileBytes(d.dbPath) == dbBefore)
 
         // another valid key
-        let other = try Daemon()  // a second installation's key
+        let other = try Daemon(sqlite: true)  // a second installation's key
         try FileManager.default.copyItem(atPath: other.keyPath, toPath: d.keyPath)
         _ = try d.launch()
         #expect(try d.waitForExit() != 0)

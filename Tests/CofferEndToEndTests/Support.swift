@@ -136,9 +136,18 @@ final class Daemon {
     let dbPath: String
     let keyPath: String
     let policyPath: String
+    /// The PostgreSQL database this daemon uses (COFFER_TEST_BACKEND=postgres, or `database`).
+    let postgresDatabase: String?
+    /// Whether this daemon created its PostgreSQL database (and drops it at the end).
+    private let ownsDatabase: Bool
     private(set) var process: Process?
 
-    init(config extra: String = "", socketMode: String = "0666", initialise: Bool = true, policy: String? = nil) throws {
+    /// `sqlite`: always on SQLite (a test of the SQLite file itself: tampering with it
+    /// by hand, its backup, its full disk). `postgres`: on that database of the
+    /// tests' PostgreSQL server (several daemons sharing one state). Neither: the
+    /// suite's backend (COFFER_TEST_BACKEND).
+    init(sqlite: Bool = false, config extra: String = "", socketMode: String = "0666", initialise: Bool = true, policy: String? = nil,
+         postgres: String? = nil) throws {
         var template = Array("/tmp/cf.XXXXXX".utf8CString)
         guard let d = mkdtemp(&template) else { throw TestError.failed("mkdtemp failed") }
         dir = String(cString: d)
@@ -146,7 +155,6 @@ final class Daemon {
         configPath = dir + "/cofferd.toml"
         socket = dir + "/run/coffer.sock"
         logPath = dir + "/cofferd.log"
-        dbPath = dir + "/state/coffer.db"
         keyPath = dir + "/keys/root.key"
         policyPath = dir + "/policy.toml"
         if let policy { try policy.write(toFile: policyPath, atomically: true, encoding: .utf8) }
@@ -170,6 +178,22 @@ final class Daemon {
         if let path = ProcessInfo.processInfo.environment["COFFER_TEST_REQUEST_PATH"], !path.isEmpty,
            !(merged["server"] ?? []).contains(where: { $0.hasPrefix("request_path") }) {
             merged["server", default: []].append("request_path = \"\(path)\"")
+        }
+        // COFFER_TEST_BACKEND=postgres runs the suite on PostgreSQL: a new database each
+        var database = postgres
+        var owns = false
+        if database == nil, !sqlite, PostgresServer.enabled, !extra.contains("backend =") {
+            database = try PostgresServer.createDatabase()
+            owns = true
+        }
+        postgresDatabase = database
+        ownsDatabase = owns
+        // the `sqlite(_:_:)` helper reads "postgres:NAME" as that database (psql)
+        dbPath = database.map { "postgres:" + $0 } ?? dir + "/state/coffer.db"
+        if let database {
+            let pg = try PostgresServer.config(database: database)
+            merged["storage", default: []].append(pg.storage)
+            others.append(pg.table)
         }
         func more(_ t: String) -> String { (merged[t] ?? []).joined(separator: "\n") }
         let config = """
@@ -202,10 +226,29 @@ final class Daemon {
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
+        // COFFER_TEST_KEEP_LOGS=DIR keeps every daemon's log there, for a post-mortem
+        if let keep = ProcessInfo.processInfo.environment["COFFER_TEST_KEEP_LOGS"], !keep.isEmpty {
+            try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+            try? FileManager.default.copyItem(atPath: logPath, toPath: keep + "/" + (dir as NSString).lastPathComponent + ".log")
+        }
         try? FileManager.default.removeItem(atPath: dir)
+        if ownsDatabase, let postgresDatabase { PostgresServer.dropDatabase(postgresDatabase) }
     }
 
     var pid: Int32? { process?.processIdentifier }
+
+    /// Everything the database holds, as bytes: the SQLite file, its WAL and shared
+    /// memory (checkpointed first), or a pg_dump of the PostgreSQL database.
+    func databaseBytes() throws -> [UInt8] {
+        if let postgresDatabase {
+            let c = try PostgresServer.cluster()
+            let r = try run("/usr/bin/pg_dump", ["-h", c.socketDir, "-p", "\(PostgresServer.port)", "-U", "coffer", "-d", postgresDatabase])
+            guard r.status == 0 else { throw TestError.failed("pg_dump failed: \(r.stderr)") }
+            return r.stdout
+        }
+        _ = try run("/usr/bin/sqlite3", [dbPath, "PRAGMA wal_checkpoint(PASSIVE);"])
+        return ["", "-wal", "-shm"].flatMap { fileBytes(dbPath + $0) }
+    }
 
     /// Takes over a daemon process started elsewhere (other flags).
     func adopt(_ p: Process) { process = p }

@@ -8,7 +8,7 @@ import Testing
     static let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/main-0.1").path
 
     @Test func aDatabaseOfTheLastReleaseUpgrades() throws {
-        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5", initialise: false)
+        let d = try Daemon(sqlite: true, config: "[audit]\ncheckpoint_events = 5", initialise: false)
         let state = d.dir + "/state"
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         for f in ["coffer.db", "audit.pub"] {
@@ -78,7 +78,7 @@ import Testing
     /// A daemon on a copy of a fixture's database, key, anchor and policy.
     static func daemon(on name: String) throws -> (Daemon, fixture: String) {
         let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/" + name).path
-        let d = try Daemon(config: "[audit]\ncheckpoint_events = 5", initialise: false)
+        let d = try Daemon(sqlite: true, config: "[audit]\ncheckpoint_events = 5", initialise: false)
         let state = d.dir + "/state"
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         for f in ["coffer.db", "audit.pub", "audit.anchor"] {
