@@ -42,7 +42,8 @@ final class PostgresPool: Sendable {
     }
 
     deinit {
-        for c in idle.withLock({ $0 }) { c.close().whenComplete { _ in } }
+        instanceLock.withLock { if let c = $0 { c.close().whenComplete { _ in _ = c } } }
+        for c in idle.withLock({ $0 }) { c.close().whenComplete { _ in _ = c } }
         try? group.syncShutdownGracefully()
     }
 
@@ -87,7 +88,7 @@ final class PostgresPool: Sendable {
         } catch {
             if !c.isClosed {
                 if PostgresPool.isConnectionError(error) {
-                    c.close().whenComplete { _ in }
+                    c.close().whenComplete { _ in _ = c }  // kept until closed (postgres-nio asserts it)
                 } else {
                     idle.withLock { $0.append(c) }
                 }
@@ -142,6 +143,23 @@ final class PostgresPool: Sendable {
 
     func writeWithoutTransaction<T>(_ body: (Database) throws -> T) throws -> T {
         try withConnection { c in try body(Database(connection: .postgres(session(c)))) }
+    }
+
+    /// The session lock one serving daemon holds for as long as it runs (its own
+    /// connection): until each instance has its own audit chain, a second daemon on
+    /// the same database would make the first one's trail look changed behind its back.
+    private let instanceLock = Mutex<PostgresConnection?>(nil)
+    static let instanceLockKey: Int64 = 0x636F_6666_6572_01
+
+    func holdInstanceLock() throws {
+        let c = try connect()
+        let rows = try session(c).query("SELECT pg_try_advisory_lock(?)", [Self.instanceLockKey.databaseValue].asArguments)
+        guard let v = rows.first?.values.first, case .int64(1) = v else {
+            c.close().whenComplete { _ in _ = c }  // kept until closed (postgres-nio asserts it)
+            throw CofferError(.config, "another cofferd is serving the PostgreSQL database \(target)",
+                              hint: "one cofferd per database for now: per-instance audit chains are not built yet (README, Many hosts)")
+        }
+        instanceLock.withLock { $0 = c }
     }
 
     /// The advisory lock every writing transaction holds ("coffer" in ASCII).
@@ -291,4 +309,8 @@ final class PostgresSession {
         default: return .string(try cell.decode(String.self))
         }
     }
+}
+
+extension Array where Element == DatabaseValue {
+    var asArguments: StatementArguments { StatementArguments(self) }
 }

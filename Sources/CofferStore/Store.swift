@@ -70,6 +70,7 @@ public final class Store: Sendable {
 
     /// Opens (creating the schema when needed) the shared PostgreSQL database.
     init(postgres: PostgresPool, auditMAC: AuditMAC?) throws {
+        try postgres.holdInstanceLock()
         let before = try Store.migratePostgres(postgres)
         pool = SQLPool(.postgres(postgres))
         path = postgres.target.description

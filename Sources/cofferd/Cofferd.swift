@@ -17,7 +17,7 @@ struct Cofferd: AsyncParsableCommand {
         abstract: "Coffer secrets broker daemon.",
         discussion: "Start with `cofferd dev` for a local broker in the current directory.",
         version: "0.1.0",
-        subcommands: [Dev.self, Init.self, Serve.self, Rekey.self, Restore.self]
+        subcommands: [Dev.self, Init.self, Serve.self, Rekey.self, Restore.self, Migrate.self]
     )
 }
 
@@ -223,14 +223,14 @@ struct Init: AsyncParsableCommand {
                 }
                 try KeyFile.create(at: c.keyFile)
                 _ = try await SecretEngine.open(config: c, unlocker: KeyFileUnlocker(path: c.keyFile), policies: policyStore, logger: logger)
-                print("cofferd: created \(c.keyFile) (mode 0400) and \(c.resolvedDatabasePath)")
+                print("cofferd: created \(c.keyFile) (mode 0400) and \(c.databaseLocation)")
                 print("cofferd: back up the key file offline: without it no secret can be read")
             case "passphrase":
                 let limits = try KeyHolder.KDFLimits.named(kdf)
                 let pass = try Prompt.passphrase(fromStdin: passphraseStdin)
                 let unlocker = try NewHolderUnlocker.passphrase(pass, limits: limits, now: now)
                 _ = try await SecretEngine.open(config: c, unlocker: unlocker, policies: policyStore, logger: logger)
-                print("cofferd: created \(c.resolvedDatabasePath); its root key is sealed under the passphrase (Argon2id, \(kdf) limits)")
+                print("cofferd: created \(c.databaseLocation); its root key is sealed under the passphrase (Argon2id, \(kdf) limits)")
                 print("cofferd: cofferd serve starts sealed; unseal with `coffer operator unseal`. Without the passphrase no secret can be read")
             case "shares":
                 guard let n = shares, let k = threshold else {
@@ -244,7 +244,7 @@ struct Init: AsyncParsableCommand {
                 }
                 let (unlocker, texts) = try NewHolderUnlocker.shares(threshold: k, count: n, now: now)
                 _ = try await SecretEngine.open(config: c, unlocker: unlocker, policies: policyStore, logger: logger)
-                print("cofferd: created \(c.resolvedDatabasePath); its root key opens with any \(k) of these \(n) shares (shown once):")
+                print("cofferd: created \(c.databaseLocation); its root key opens with any \(k) of these \(n) shares (shown once):")
                 for t in texts {
                     let line = String(decoding: t.text.copyToArray(), as: UTF8.self)
                     if let shareDir {
@@ -263,6 +263,79 @@ struct Init: AsyncParsableCommand {
             default:
                 throw CofferError(.config, "--unseal must be keyfile, passphrase or shares")
             }
+        } catch let e as CofferError {
+            throw fail(e)
+        }
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a SQLite store into an empty PostgreSQL database, verified row for row (README, Many hosts).",
+        discussion: """
+            Reads one consistent snapshot of the SQLite file (the daemon may go on serving it; writes after the \
+            snapshot are not copied: stop writes, or migrate again into a new database), copies every table \
+            (ciphertext, wrapped keys, tokens' hashes, elevations, the audit trail) in one PostgreSQL transaction, \
+            reads it back and commits only when it equals the source. Nothing is decrypted: no key is needed. \
+            With --state, the trail's audit.pub and audit.anchor are copied there for the new daemon's state_dir.
+            """)
+
+    @Option(help: ArgumentHelp("The SQLite store: sqlite:PATH (its coffer.db).", valueName: "sqlite:PATH"))
+    var from: String
+
+    @Option(help: ArgumentHelp("The PostgreSQL database: postgresql://USER@HOST:PORT/DATABASE or postgresql://USER@/DATABASE?host=/run/postgresql.",
+                               valueName: "URL"))
+    var to: String
+
+    @Option(help: "A file holding the PostgreSQL password (none: the server's own authentication, e.g. peer).")
+    var passwordFile: String?
+
+    @Option(help: "A new state directory for the daemon on PostgreSQL: audit.pub and audit.anchor are copied into it.")
+    var state: String?
+
+    func run() async throws {
+        do {
+            try hardenProcess()
+            guard from.hasPrefix("sqlite:"), from.count > "sqlite:".count else {
+                throw CofferError(.invalidParameter, "--from must be sqlite:PATH", hint: "e.g. --from sqlite:/var/lib/coffer/coffer.db")
+            }
+            let path = URL(fileURLWithPath: String(from.dropFirst("sqlite:".count))).standardizedFileURL.path
+            let url = to.hasPrefix("postgres:postgres") ? String(to.dropFirst("postgres:".count)) : to
+            var target = try PostgresTarget.parse(url: url)
+            if let passwordFile {
+                guard FileManager.default.isReadableFile(atPath: passwordFile) else {
+                    throw CofferError(.invalidParameter, "cannot read the password file \(passwordFile)")
+                }
+                target.passwordFile = URL(fileURLWithPath: passwordFile).standardizedFileURL.path
+            }
+            let dir = (path as NSString).deletingLastPathComponent
+            let carried = ["audit.pub", AuditAnchor.fileName]
+            if let state {
+                for f in carried where FileManager.default.fileExists(atPath: state + "/" + f) {
+                    throw CofferError(.config, "\(state) already holds \(f)", hint: "name a new state directory")
+                }
+                for f in carried where !FileManager.default.fileExists(atPath: dir + "/" + f) {
+                    throw CofferError(.config, "\(dir) has no \(f) beside the database", hint: "the trail's files stay beside coffer.db")
+                }
+            }
+            // read before the snapshot: the anchor then names a checkpoint the copy holds
+            let files = state == nil ? [] : carried.map { FileManager.default.contents(atPath: dir + "/" + $0) }
+            let report: Store.MigrationReport
+            do { report = try Store.migrate(fromSQLite: path, to: target) } catch let e as CofferError { throw e } catch {
+                throw CofferError(.storage, "cannot migrate: \(Store.describe(error))", hint: "is the PostgreSQL server up, and the URL right?")
+            }
+            if let state {
+                try makeDirectory(state)
+                for (f, data) in zip(carried, files) {
+                    guard let data, FileManager.default.createFile(atPath: state + "/" + f, contents: data, attributes: [.posixPermissions: 0o644]) else {
+                        throw CofferError(.config, "cannot copy \(f) into \(state)")
+                    }
+                }
+            }
+            let rows = report.tables.filter { $0.rows > 0 }.map { "\($0.name) \($0.rows)" }.joined(separator: ", ")
+            print("cofferd: copied \(path) into \(target): \(rows)")
+            print("cofferd: verified: every row reads back as the source (sha256 \(report.digest))")
+            if let state { print("cofferd: audit.pub and audit.anchor are in \(state); use it as storage.state_dir with backend = \"postgres\"") }
         } catch let e as CofferError {
             throw fail(e)
         }

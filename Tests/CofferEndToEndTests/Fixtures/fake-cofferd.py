@@ -21,8 +21,11 @@ try:
 except FileNotFoundError:
     pass
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(path)
+# bound and listening under a temporary name, then renamed: the socket file appears
+# only once connections are accepted (the test waits for the file)
+s.bind(path + ".tmp")
 s.listen(8)
+os.rename(path + ".tmp", path)
 while True:
     c, _ = s.accept()
     c.settimeout(5)
