@@ -39,6 +39,12 @@ extension Store {
                                   hint: "start this cofferd on it once (it migrates the file), then migrate")
             }
             let db = Database(connection: .sqlite(g))
+            // exactly the schema Coffer makes, and a sound file: column names go into the
+            // INSERTs, so none may come from a file edited by hand
+            if let foreign = try foreignSchemaObjects(db).first {
+                throw CofferError(.integrity, "\(path) holds \(foreign), which Coffer never makes; nothing was copied")
+            }
+            try checkSchema(db)
             var out: [(String, [Row])] = []
             for t in copyOrder {
                 var rows = try Row.fetchAll(db, sql: "SELECT * FROM \(t)")

@@ -60,9 +60,22 @@ struct Bench: ParsableCommand {
         defer { epoll.stop() }
         let redis = Redis.start()
         defer { redis?.stop() }
+        // issue 17: the same daemon on PostgreSQL (one instance: a second is refused
+        // until each instance has its own audit chain)
+        let wantsPostgres = only.map { $0.contains("PostgreSQL") } ?? !smoke
+        let postgres = wantsPostgres ? BenchPostgres.start() : nil
+        defer { postgres?.stop() }
+        var onPostgres: Daemon?
+        if let postgres {
+            try postgres.createDatabase("bench")
+            onPostgres = try Daemon(bin: bin, name: "postgres", extra: postgres.storage("bench", durability: durability))
+        } else if wantsPostgres {
+            print("PostgreSQL 15 is not installed (apt-get install postgresql): its rows are left out")
+        }
+        defer { onPostgres?.stop() }
         report.rssIdleKiB = processMemoryKiB(audited.pid, "VmRSS")
 
-        for d in [audited, unaudited, hummingbird, epoll] {
+        for d in [audited, unaudited, hummingbird, epoll] + (onPostgres.map { [$0] } ?? []) {
             try d.put("bench/s64", String(repeating: "a", count: 64))
             try d.put("bench/s4k", String(repeating: "b", count: 4096))
             try d.put("ci/app/db", "x")
@@ -88,7 +101,13 @@ struct Bench: ParsableCommand {
                 ? ("PUT", "/v1/secrets/data/bench/m/\(i % 1000)", Array(#"{"value":"m"}"#.utf8))
                 : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), audited),
             ("denied read", HTTPWorkload(make: { _ in ("GET", "/v1/secrets/data/other/x", nil) }, token: try audited.token(role: "narrow"), expect: 403), audited),
-        ]
+        ] + (onPostgres.map { pg in [
+            ("read 64 B, PostgreSQL", read64, pg),
+            ("write 64 B, PostgreSQL", HTTPWorkload(make: { i in ("PUT", "/v1/secrets/data/bench/w/\(i % 1000)", Array(#"{"value":"\#(String(repeating: "w", count: 64))"}"#.utf8)) }, token: nil, expect: 200), pg),
+            ("mix 90/10, PostgreSQL", HTTPWorkload(make: { i in i % 10 == 0
+                ? ("PUT", "/v1/secrets/data/bench/m/\(i % 1000)", Array(#"{"value":"m"}"#.utf8))
+                : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), pg),
+        ] } ?? [])
         // (";" separates names when one of them holds a comma: "read 64 B, audit off")
         let selected = only.map { list in Set(list.split(separator: list.contains(";") ? ";" : ",").map { String($0) }) }
         for (name, w, d) in scenarios where selected?.contains(name) ?? true {

@@ -156,3 +156,74 @@ final class Redis {
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
+
+/// A PostgreSQL 15 server for the PostgreSQL rows (issue 17): `initdb` into a
+/// temporary directory and `pg_ctl start` on a Unix socket there, as `coffer-test`
+/// when running as root (PostgreSQL refuses root), as the caller otherwise. nil when
+/// PostgreSQL is not installed (the rows are left out, and the report says so).
+final class BenchPostgres {
+    static let bin = "/usr/lib/postgresql/15/bin"
+    static let port = 5441
+    let dir: String
+    let user: String?
+
+    static func start() -> BenchPostgres? {
+        guard FileManager.default.isExecutableFile(atPath: bin + "/initdb") else { return nil }
+        return try? BenchPostgres()
+    }
+
+    private init() throws {
+        var template = Array("/tmp/cfbpg.XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw BenchError("mkdtemp") }
+        dir = String(cString: p)
+        if getuid() == 0 {
+            guard let pw = getpwnam("coffer-test") else { throw BenchError("no coffer-test user to run PostgreSQL as") }
+            chown(dir, pw.pointee.pw_uid, pw.pointee.pw_gid)
+            user = "coffer-test"
+        } else {
+            user = nil
+        }
+        chmod(dir, 0o755)
+        try run([Self.bin + "/initdb", "-D", dir + "/data", "-U", "coffer", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"])
+        // fsync on, as a real server: a write's cost includes its commit on both sides
+        try run([Self.bin + "/pg_ctl", "-D", dir + "/data", "-l", dir + "/server.log", "-w", "-t", "60",
+                 "-o", "-k \(dir) -c listen_addresses='' -p \(Self.port) -c max_connections=200 -c shared_buffers=128MB", "start"])
+    }
+
+    var socketFile: String { dir + "/.s.PGSQL.\(Self.port)" }
+
+    /// Runs a command (as the server's user), every descriptor above stderr closed
+    /// (the server pg_ctl leaves running must not hold Foundation's).
+    private func run(_ argv: [String]) throws {
+        let closer = "import os, sys; os.closerange(3, 65536); os.execv(sys.argv[1], sys.argv[1:])"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", closer] + (user.map { ["/usr/sbin/runuser", "-u", $0, "--"] } ?? []) + argv
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw BenchError("\(argv[0]) failed (\(p.terminationStatus))") }
+    }
+
+    func createDatabase(_ name: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/psql")
+        p.arguments = ["-X", "-q", "-h", dir, "-p", "\(Self.port)", "-U", "coffer", "-d", "postgres", "-c", "CREATE DATABASE \(name)"]
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw BenchError("CREATE DATABASE \(name) failed") }
+    }
+
+    /// The `[storage]` text for a daemon on `database`.
+    func storage(_ database: String, durability: String) -> String {
+        "[storage]\ndurability = \"\(durability)\"\nbackend = \"postgres\"\n[storage.postgres]\nsocket = \"\(socketFile)\"\nuser = \"coffer\"\ndatabase = \"\(database)\"\n"
+    }
+
+    func stop() {
+        try? run([Self.bin + "/pg_ctl", "-D", dir + "/data", "-m", "immediate", "-w", "stop"])
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

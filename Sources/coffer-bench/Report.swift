@@ -94,6 +94,12 @@ struct Report: Codable {
             if let off = find("read 64 B, audit off", c) { text += String(format: "; %.2f × audit off", e.rps / off.rps) }
             targets.append(text)
         }
+        // issue 17: the same daemon on PostgreSQL beside SQLite, in the same run
+        for (pg, lite) in [("read 64 B, PostgreSQL", "read 64 B"), ("write 64 B, PostgreSQL", "write 64 B"), ("mix 90/10, PostgreSQL", "mix 90/10")] {
+            guard let p = find(pg, c), let l = find(lite, c) else { continue }
+            targets.append("INFO  " + String(format: "%@ at %d conn = %.0f req/s, p99 %.0f µs: %.2f × SQLite (%.0f req/s)",
+                                             pg as NSString, c, p.rps, p.p99us, p.rps / l.rps, l.rps))
+        }
         let scaled = rows.filter { $0.scenario.hasPrefix("read 64 B with ") }
         if let small = scaled.first, let large = scaled.last, scaled.count > 1 {
             let x = large.result.p50us / small.result.p50us

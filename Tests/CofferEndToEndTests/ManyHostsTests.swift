@@ -91,3 +91,60 @@ import Testing
         #expect(try b.coffer(["audit", "verify"]).status == 0)
     }
 }
+
+@Suite(.serialized) struct PostgresOutageTests {
+    /// PostgreSQL restarted under load: while it is down requests fail closed (503,
+    /// health degraded), no answer is ever a wrong value, and once it is back cofferd
+    /// (the same process) serves reads and writes again and its trail verifies.
+    @Test func postgresRestartedUnderLoadIs503ThenRecoversWithoutRestartingCofferd() throws {
+        let pg = try OwnPostgres(port: 5447)
+        try pg.psql("CREATE DATABASE outage")
+        let d = try Daemon(config: pg.daemonConfig("outage"))
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "o/x"], stdin: Array("steady".utf8)).status == 0)
+        let pid = d.pid
+        let stop = Atomic(false)
+        let seen = Atomic([String: Int]())
+        let wrong = Atomic(0)
+        let socket = d.socket
+        let load = Thread {
+            var i = 0
+            while !stop.load() {
+                let http = UnixHTTPClient(socketPath: socket)
+                i += 1
+                if i % 4 == 0 {
+                    let s = (try? http.request("PUT", "/v1/secrets/data/o/w\(i % 50)", body: Array(#"{"value":"w"}"#.utf8)))?.status ?? -1
+                    seen.update { $0["PUT \(s)", default: 0] += 1 }
+                } else {
+                    let r = try? http.request("GET", "/v1/secrets/data/o/x")
+                    let s = r?.status ?? -1
+                    if s == 200, !(String(decoding: r?.body ?? [], as: UTF8.self).contains("\"value\":\"steady\"")) { wrong.add(1) }
+                    seen.update { $0["GET \(s)", default: 0] += 1 }
+                }
+                usleep(5_000)
+            }
+        }
+        load.start()
+        usleep(500_000)
+        try pg.stop()
+        usleep(1_500_000)
+        let (hc, hb) = try d.curl("GET", "/v1/sys/health")
+        #expect(hc == 503 || json(hb)["status"] as? String == "degraded", "health while PostgreSQL is down: \(hc) \(hb)")
+        let (code, body) = try d.curl("GET", "/v1/secrets/data/o/x")
+        #expect(code == 503, "a read while PostgreSQL is down: \(code) \(body)")
+        try pg.start()
+        let back = waitUntil(20) { (try? d.coffer(["secret", "get", "o/x"]).stdout) == Array("steady".utf8) }
+        #expect(back, "cofferd did not recover: \(d.log.suffix(2000))")
+        #expect(waitUntil(10) { (try? d.coffer(["secret", "put", "o/after"], stdin: Array("a".utf8)).status) == 0 })
+        stop.store(true)
+        usleep(200_000)
+        #expect(d.pid == pid && kill(pid!, 0) == 0, "cofferd was restarted or died")
+        #expect(wrong.load() == 0, "a wrong value was served")
+        let counts = seen.load()
+        #expect(counts.keys.contains { $0.hasSuffix(" 503") }, "no request failed while PostgreSQL was down: \(counts)")
+        #expect(counts.keys.allSatisfy { $0.hasSuffix(" 200") || $0.hasSuffix(" 503") }, "only served or 503: \(counts)")
+        #expect(waitUntil(10) { json((try? d.curl("GET", "/v1/sys/health").1) ?? "")["status"] as? String == "ok" })
+        let v = try d.coffer(["audit", "verify"])
+        #expect(v.status == 0, "\(v.out) \(v.stderr)")
+    }
+}

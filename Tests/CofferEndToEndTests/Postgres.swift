@@ -123,3 +123,56 @@ enum PostgresServer {
             """)
     }
 }
+
+/// A PostgreSQL server of one test's own (the outage tests stop and start it, which
+/// the shared one must never be).
+final class OwnPostgres {
+    let dir: String
+    let port: Int
+    var socketFile: String { dir + "/.s.PGSQL.\(port)" }
+
+    init(port: Int) throws {
+        var template = Array("/tmp/cfpo.XXXXXX".utf8CString)
+        guard let d = mkdtemp(&template) else { throw TestError.failed("mkdtemp failed") }
+        dir = String(cString: d)
+        self.port = port
+        guard let pw = getpwnam(PostgresServer.user) else { throw TestError.failed("no user \(PostgresServer.user)") }
+        chown(dir, pw.pointee.pw_uid, pw.pointee.pw_gid)
+        chmod(dir, 0o755)
+        let initdb = try run("/usr/sbin/runuser", ["-u", PostgresServer.user, "--", PostgresServer.bin + "/initdb", "-D", dir + "/data", "-U", "coffer",
+                                                   "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"], cwd: dir, timeout: 120)
+        guard initdb.status == 0 else { throw TestError.failed("initdb failed: \(initdb.stderr)") }
+        try start()
+    }
+
+    deinit {
+        _ = try? stop(mode: "immediate")
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func start() throws {
+        let r = try PostgresServer.spawn(["/usr/sbin/runuser", "-u", PostgresServer.user, "--", PostgresServer.bin + "/pg_ctl", "-D", dir + "/data",
+                                          "-l", dir + "/server.log", "-o", "-k \(dir) -c listen_addresses='' -p \(port)", "-w", "-t", "60", "start"],
+                                         log: dir + "/pg_ctl.log")
+        guard r == 0 else { throw TestError.failed("pg_ctl start failed (\(r))") }
+    }
+
+    /// Stops the server: "fast" cuts every connection and rolls back what is open.
+    func stop(mode: String = "fast") throws {
+        let r = try PostgresServer.spawn(["/usr/sbin/runuser", "-u", PostgresServer.user, "--", PostgresServer.bin + "/pg_ctl", "-D", dir + "/data",
+                                          "-m", mode, "-w", "stop"], log: dir + "/pg_ctl.log")
+        guard r == 0 else { throw TestError.failed("pg_ctl stop failed (\(r))") }
+    }
+
+    @discardableResult
+    func psql(_ sql: String, database: String = "postgres") throws -> String {
+        let r = try run("/usr/bin/psql", ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", dir, "-p", "\(port)", "-U", "coffer", "-d", database, "-c", sql])
+        guard r.status == 0 else { throw TestError.failed("psql failed: \(r.stderr)") }
+        return r.out.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A daemon's config on `database` of this server.
+    func daemonConfig(_ database: String) -> String {
+        "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nsocket = \"\(socketFile)\"\nuser = \"coffer\"\ndatabase = \"\(database)\"\n"
+    }
+}
