@@ -69,8 +69,7 @@ final class PostgresPool: Sendable {
         }
         config.options.connectTimeout = .seconds(5)
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let conn = try PostgresConnection.connect(on: group.next(), configuration: config, id: id, logger: logger).wait()
-        return conn
+        return try PostgresPool.bounded(PostgresConnection.connect(on: group.next(), configuration: config, id: id, logger: logger), seconds: 10)
     }
 
     /// Runs `body` on a connection of the pool (waiting for one when all are out). A
@@ -214,7 +213,35 @@ final class PostgresPool: Sendable {
         return out
     }
 
+    /// How long one statement's answer is awaited. A server that goes away in the
+    /// middle of a statement can leave its future unanswered: without a bound, the
+    /// writer (and with it the audit writer, and every request waiting for its event)
+    /// would wait for ever. Past it the connection is closed and the call fails as
+    /// "unreachable" (503), never as an answer.
+    static let statementTimeout: Int64 = 15
+
+    struct Timeout: Error, CustomStringConvertible {
+        var description: String { "no answer from the PostgreSQL server in time" }
+    }
+
+    /// Waits for `future` at most `seconds`; on timeout closes `closing` (its state is
+    /// unknown) and throws `Timeout`.
+    static func bounded<T>(_ future: EventLoopFuture<T>, seconds: Int64 = statementTimeout, closing: PostgresConnection? = nil) throws -> T {
+        let promise = future.eventLoop.makePromise(of: T.self)
+        future.cascade(to: promise)
+        let timer = future.eventLoop.scheduleTask(in: .seconds(seconds)) { promise.fail(Timeout()) }
+        do {
+            let value = try promise.futureResult.wait()
+            timer.cancel()
+            return value
+        } catch let e as Timeout {
+            if let c = closing { c.close().whenComplete { _ in _ = c } }
+            throw e
+        }
+    }
+
     static func isConnectionError(_ error: any Error) -> Bool {
+        if error is Timeout { return true }
         guard let e = error as? PSQLError else { return error is ChannelError || error is IOError || error is NIOConnectionError }
         switch e.code {
         case .server: return false
@@ -238,7 +265,7 @@ final class PostgresSession {
     /// Statements without arguments, possibly several (the schema), one at a time.
     func simple(_ sql: String) throws {
         for statement in PostgresSession.split(sql) {
-            _ = try connection.query(PostgresQuery(unsafeSQL: statement), logger: PostgresSession.logger).wait()
+            _ = try PostgresPool.bounded(connection.query(PostgresQuery(unsafeSQL: statement), logger: PostgresSession.logger), closing: connection)
         }
     }
 
@@ -286,7 +313,8 @@ final class PostgresSession {
             case .blob(let b): try binds.append(ByteBuffer(bytes: b))
             }
         }
-        let result = try connection.query(PostgresQuery(unsafeSQL: pool.translate(sql), binds: binds), logger: PostgresSession.logger).wait()
+        let result = try PostgresPool.bounded(connection.query(PostgresQuery(unsafeSQL: pool.translate(sql), binds: binds), logger: PostgresSession.logger),
+                                              closing: connection)
         changes = result.metadata.rows ?? 0
         guard let first = result.rows.first else { return [] }
         let names = first.map(\.columnName)
