@@ -199,9 +199,6 @@ public struct CofferConfig: Sendable, Equatable {
                     guard socket.hasPrefix("/") else { throw p.error("socket", "socket must be an absolute path (the socket file or its directory)") }
                     guard let user = try p.string("user"), !user.isEmpty else { throw p.error("socket", "a socket needs user = \"...\"") }
                     guard let db = try p.string("database"), !db.isEmpty else { throw p.error("socket", "a socket needs database = \"...\"") }
-                    guard PostgresTarget.validName(user), PostgresTarget.validName(db) else {
-                        throw p.error("user", "user and database must be 1 to 63 bytes without control characters")
-                    }
                     target = PostgresTarget(endpoint: .socket(path: PostgresTarget.socketFile(socket)), user: user, database: db)
                 } else {
                     throw p.error("url", "[storage.postgres] needs url, or socket with user and database")

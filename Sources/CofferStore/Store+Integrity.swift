@@ -329,7 +329,6 @@ extension Store {
                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = current_schema()
                 UNION ALL SELECT 'view ' || viewname::text FROM pg_views WHERE schemaname = current_schema()
                 UNION ALL SELECT 'rule ' || rulename::text FROM pg_rules WHERE schemaname = current_schema()
-                UNION ALL SELECT 'event trigger ' || evtname::text FROM pg_event_trigger
                 ORDER BY 1
                 """)
         }

@@ -71,9 +71,6 @@ public final class Store: Sendable {
     /// Opens (creating the schema when needed) the shared PostgreSQL database.
     init(postgres: PostgresPool, auditMAC: AuditMAC?) throws {
         try postgres.holdInstanceLock()
-        // nothing planted beside the tables (a trigger, a rule, a view, an event trigger),
-        // before any statement of Coffer's runs there (the migrations included)
-        try postgres.read { db in try Store.checkSchema(db) }
         let before = try Store.migratePostgres(postgres)
         pool = SQLPool(.postgres(postgres))
         path = postgres.target.description

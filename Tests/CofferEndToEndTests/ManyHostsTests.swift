@@ -148,31 +148,3 @@ import Testing
         #expect(v.status == 0, "\(v.out) \(v.stderr)")
     }
 }
-
-@Suite(.serialized) struct PostgresPlantedObjectsTests {
-    /// An event trigger planted in the database (it would run inside Coffer's own
-    /// statements) makes serve refuse to start and migrate refuse the target.
-    @Test func anEventTriggerIsRefusedByServeAndMigrate() throws {
-        let database = try PostgresServer.createDatabase()
-        defer { PostgresServer.dropDatabase(database) }
-        let d = try Daemon(postgres: database)
-        try PostgresServer.psql("""
-            CREATE FUNCTION planted() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
-            CREATE EVENT TRIGGER planted ON ddl_command_end EXECUTE FUNCTION planted();
-            """, database: database)
-        _ = try d.launch()
-        #expect(try d.waitForExit() != 0)
-        #expect(d.log.contains("event trigger planted"), "\(d.log)")
-        let src = try Daemon(sqlite: true)
-        let target = try PostgresServer.createDatabase()
-        defer { PostgresServer.dropDatabase(target) }
-        try PostgresServer.psql("""
-            CREATE FUNCTION planted() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
-            CREATE EVENT TRIGGER planted2 ON ddl_command_end EXECUTE FUNCTION planted();
-            """, database: target)
-        let c = try PostgresServer.cluster()
-        let r = try run(Bins.cofferd, ["migrate", "--from", "sqlite:" + src.dbPath, "--to",
-                                       "postgresql://coffer@:\(PostgresServer.port)/\(target)?host=\(c.socketDir)"])
-        #expect(r.status != 0 && r.stderr.contains("event trigger"), "\(r.stderr)")
-    }
-}
