@@ -30,8 +30,11 @@ public struct AuditVerifyResponse: Codable, Sendable {
     public var latestCheckpoints: [Int64]?
     public var badSeq: Int64?
     public var problem: String?
+    /// The instance whose chain has the problem (absent: the one chain of a SQLite store).
+    public var instance: String?
     enum CodingKeys: String, CodingKey {
-        case ok, count, headSeq = "head_seq", headHash = "head_hash", checkpoints, latestCheckpoints = "latest_checkpoints", badSeq = "bad_seq", problem
+        case ok, count, headSeq = "head_seq", headHash = "head_hash", checkpoints, latestCheckpoints = "latest_checkpoints", badSeq = "bad_seq", problem,
+             instance
     }
     public init(ok: Bool, count: Int?, headSeq: Int64?, headHash: String?, checkpoints: Int?, badSeq: Int64?, problem: String?,
                 latestCheckpoints: [Int64]? = nil) {

@@ -145,8 +145,19 @@ public struct AuditEvent: Sendable, Equatable {
     /// The daemon's MAC over `hash` (AuditMAC); nil for events written before MACs.
     /// Not part of the hash: the chain stays verifiable without the daemon's key.
     public var mac: [UInt8]?
+    /// The chain the event belongs to: the writing instance's id ("" for the one
+    /// chain of a SQLite store, and for a trail begun before chains). Hashed from
+    /// format 3 on (an event cannot be moved into another instance's chain).
+    public var chain: String = ""
+    /// Where the event stands in the global order of every chain (search and export
+    /// across instances; the cursor of `after`). Not hashed: the database assigns it.
+    public var position: Int64 = 0
+    /// The event's place for `after` (its position; its seq where there is one chain).
+    public var cursor: Int64 { position != 0 ? position : seq }
 
     public static let currentFormat = 2
+    /// The format of events in a named chain (format 2 plus the chain's name).
+    public static let chainFormat = 3
 
     public init(format: Int = AuditEvent.currentFormat, seq: Int64, time: Int64, requestID: String, peerPID: Int32, peerUID: UInt32,
                 peerUser: String?, tokenAccessor: String?, method: String, action: String, path: String?,
@@ -197,9 +208,11 @@ public struct AuditEvent: Sendable, Equatable {
         text(decision.rawValue); optional(rule); text(outcome.rawValue); text(String(status)); optional(errorCode)
         if format != 1 || !details.isEmpty { fields.append(details.canonicalBytes) }
         fields.append(prevHash)
+        if format == 3 { fields.append(Array(chain.utf8)) }
         switch format {
         case 1: return LengthPrefixed.encode("coffer-audit-event-v1", fields)
         case 2: return LengthPrefixed.encode("coffer-audit-event-v2", fields)
+        case 3: return LengthPrefixed.encode("coffer-audit-event-v3", fields)
         default: return LengthPrefixed.encode("coffer-audit-event-unknown-\(format)", fields)  // never verifies
         }
     }
@@ -228,14 +241,14 @@ extension AuditEvent {
     /// The audit_event table's columns, in the order of `rowValues` and `init(row:)`.
     public static let columns = [
         "seq", "time", "request_id", "peer_pid", "peer_uid", "peer_user", "token_accessor", "method", "action", "path",
-        "decision", "rule", "outcome", "status", "error_code", "prev_hash", "hash", "mac", "format", "details",
+        "decision", "rule", "outcome", "status", "error_code", "prev_hash", "hash", "mac", "format", "details", "chain",
     ]
 
     public var rowValues: [AuditColumnValue] {
         [.integer(seq), .integer(time), .text(requestID), .integer(Int64(peerPID)), .integer(Int64(peerUID)), .text(peerUser),
          .text(tokenAccessor), .text(method), .text(action), .text(path), .text(decision.rawValue), .text(rule),
          .text(outcome.rawValue), .integer(Int64(status)), .text(errorCode), .blob(prevHash), .blob(hash), .blob(mac),
-         .integer(Int64(format)), .blob(details.isEmpty ? nil : details.canonicalBytes)]
+         .integer(Int64(format)), .blob(details.isEmpty ? nil : details.canonicalBytes), .text(chain)]
     }
 
     /// The event a row holds. A row edited into something this type cannot hold
@@ -256,6 +269,7 @@ extension AuditEvent {
                   status: Int(truncatingIfNeeded: r.integer(13)), errorCode: r.text(14), details: details,
                   prevHash: r.blob(15) ?? [], hash: r.blob(16) ?? [], mac: r.blob(17))
         if AuditOutcome(rawValue: outcomeText) == nil { self.details["!outcome"] = .text(outcomeText) }
+        chain = r.text(20) ?? ""
     }
 }
 
@@ -264,7 +278,7 @@ extension AuditEvent {
 extension AuditEvent: Codable {
     enum CodingKeys: String, CodingKey {
         case format, seq, time, requestID = "request_id", peer, tokenAccessor = "token_accessor", method, action, path, decision, rule,
-             outcome, status, errorCode = "error_code", details, prevHash = "prev_hash", hash
+             outcome, status, errorCode = "error_code", details, prevHash = "prev_hash", hash, instance, position
     }
 
     enum PeerKeys: String, CodingKey { case pid, uid, user }
@@ -291,6 +305,8 @@ extension AuditEvent: Codable {
         if !details.isEmpty { try c.encode(details, forKey: .details) }
         try c.encode(Hex.encode(prevHash), forKey: .prevHash)
         try c.encode(Hex.encode(hash), forKey: .hash)
+        if !chain.isEmpty { try c.encode(chain, forKey: .instance) }
+        if position != 0 && position != seq { try c.encode(position, forKey: .position) }
     }
 
     public init(from decoder: any Decoder) throws {
@@ -316,6 +332,8 @@ extension AuditEvent: Codable {
                   errorCode: try c.decodeIfPresent(String.self, forKey: .errorCode),
                   details: try c.decodeIfPresent(AuditDetails.self, forKey: .details) ?? AuditDetails(),
                   prevHash: try hex(.prevHash), hash: try hex(.hash))
+        chain = try c.decodeIfPresent(String.self, forKey: .instance) ?? ""
+        position = try c.decodeIfPresent(Int64.self, forKey: .position) ?? 0
     }
 }
 
@@ -325,30 +343,38 @@ public struct AuditCheckpoint: Sendable, Equatable {
     public var hash: [UInt8]
     public var time: Int64
     public var signature: [UInt8]
+    /// The chain it signs ("": the one chain of a SQLite store); a named chain's
+    /// checkpoints sign its name too.
+    public var chain: String
 
-    public init(seq: Int64, hash: [UInt8], time: Int64, signature: [UInt8]) {
+    public init(seq: Int64, hash: [UInt8], time: Int64, signature: [UInt8], chain: String = "") {
         self.seq = seq
         self.hash = hash
         self.time = time
         self.signature = signature
+        self.chain = chain
     }
 
-    public static func message(seq: Int64, hash: [UInt8], time: Int64) -> [UInt8] {
-        LengthPrefixed.encode("coffer-audit-checkpoint-v1", [Array(String(seq).utf8), hash, Array(String(time).utf8)])
+    public static func message(seq: Int64, hash: [UInt8], time: Int64, chain: String = "") -> [UInt8] {
+        if chain.isEmpty {
+            return LengthPrefixed.encode("coffer-audit-checkpoint-v1", [Array(String(seq).utf8), hash, Array(String(time).utf8)])
+        }
+        return LengthPrefixed.encode("coffer-audit-checkpoint-v2", [Array(chain.utf8), Array(String(seq).utf8), hash, Array(String(time).utf8)])
     }
 
-    public static func sign(seq: Int64, hash: [UInt8], time: Int64, key: SecretBytes) throws(CryptoError) -> AuditCheckpoint {
-        AuditCheckpoint(seq: seq, hash: hash, time: time, signature: try Signing.sign(message(seq: seq, hash: hash, time: time), secretKey: key))
+    public static func sign(seq: Int64, hash: [UInt8], time: Int64, chain: String = "", key: SecretBytes) throws(CryptoError) -> AuditCheckpoint {
+        AuditCheckpoint(seq: seq, hash: hash, time: time,
+                        signature: try Signing.sign(message(seq: seq, hash: hash, time: time, chain: chain), secretKey: key), chain: chain)
     }
 
     public func isValid(publicKey: [UInt8]) -> Bool {
-        Signing.verify(signature, message: Self.message(seq: seq, hash: hash, time: time), publicKey: publicKey)
+        Signing.verify(signature, message: Self.message(seq: seq, hash: hash, time: time, chain: chain), publicKey: publicKey)
     }
 }
 
 /// The export's form: `seq` a number, hashes and signature in hex, time RFC 3339.
 extension AuditCheckpoint: Codable {
-    enum CodingKeys: String, CodingKey { case seq, hash, time, signature }
+    enum CodingKeys: String, CodingKey { case seq, hash, time, signature, instance }
 
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
@@ -356,6 +382,7 @@ extension AuditCheckpoint: Codable {
         try c.encode(Hex.encode(hash), forKey: .hash)
         try c.encode(Timestamp.string(millis: time), forKey: .time)
         try c.encode(Hex.encode(signature), forKey: .signature)
+        if !chain.isEmpty { try c.encode(chain, forKey: .instance) }
     }
 
     public init(from decoder: any Decoder) throws {
@@ -364,7 +391,8 @@ extension AuditCheckpoint: Codable {
               let time = Timestamp.millis(try c.decode(String.self, forKey: .time)) else {
             throw DecodingError.dataCorruptedError(forKey: .hash, in: c, debugDescription: "not a Coffer checkpoint")
         }
-        self.init(seq: try c.decode(Int64.self, forKey: .seq), hash: hash, time: time, signature: sig)
+        self.init(seq: try c.decode(Int64.self, forKey: .seq), hash: hash, time: time, signature: sig,
+                  chain: try c.decodeIfPresent(String.self, forKey: .instance) ?? "")
     }
 }
 
@@ -418,6 +446,43 @@ public enum AuditVerifier {
             }
         }
         return verifyChain(events, cps, allowUnsignedTail: allowUnsignedTail)
+    }
+
+    /// Every chain in a trail of many instances, each on its own: `own` (this
+    /// daemon's chain) against the anchor; another instance's chain by its links,
+    /// hashes, MACs and signed checkpoints (its anchor is on its own host), its
+    /// unsigned tail allowed (a live instance signs within checkpoint_seconds; one
+    /// killed leaves a tail no one can sign). The first problem names its chain.
+    public static func verifyAll(events: [AuditEvent], checkpoints: [AuditCheckpoint], publicKey: [UInt8], own: String,
+                                 anchor: AuditAnchor? = nil, mac: AuditMAC? = nil,
+                                 allowUnsignedTail: Bool = false) -> (verdict: AuditVerdict, instance: String?) {
+        var byChain: [String: ([AuditEvent], [AuditCheckpoint])] = [own: ([], [])]
+        for e in events { byChain[e.chain, default: ([], [])].0.append(e) }
+        for c in checkpoints { byChain[c.chain, default: ([], [])].1.append(c) }
+        let names = [own] + byChain.keys.filter { $0 != own }.sorted()
+        var total = 0
+        var cpTotal = 0
+        var ownHead: (Int64, [UInt8]) = (0, AuditEvent.genesis)
+        var ownUnsigned: AuditVerdict?
+        for name in names {
+            let (ev, cps) = byChain[name]!
+            let mine = name == own
+            let v = verify(events: ev.sorted { $0.seq < $1.seq }, checkpoints: cps, publicKey: publicKey, anchor: mine ? anchor : nil, mac: mac,
+                           allowUnsignedTail: mine ? allowUnsignedTail : true)
+            switch v {
+            case .bad: return (v, names.count > 1 || !name.isEmpty ? name : nil)
+            case .ok(let count, let head, let hash, let n):
+                total += count; cpTotal += n
+                if mine { ownHead = (head, hash) }
+            case .unsignedTail(let count, _, let head, let n):
+                total += count; cpTotal += n
+                if mine { ownUnsigned = v; ownHead = (head, ev.last?.hash ?? AuditEvent.genesis) }
+            }
+        }
+        if case .unsignedTail(_, let signed, let head, _)? = ownUnsigned {
+            return (.unsignedTail(count: total, signedThrough: signed, headSeq: head, checkpoints: cpTotal), nil)
+        }
+        return (.ok(count: total, headSeq: ownHead.0, headHash: ownHead.1, checkpoints: cpTotal), nil)
     }
 
     static func verifyChain(_ events: [AuditEvent], _ cps: [AuditCheckpoint], allowUnsignedTail: Bool = false) -> AuditVerdict {

@@ -186,7 +186,7 @@ public struct CofferConfig: Sendable, Equatable {
             case ("sqlite", .some):
                 throw t.error("postgres", "[storage.postgres] is set but backend is \"sqlite\"; set backend = \"postgres\" to use it")
             case (_, .some(var p)):
-                try p.allowOnly(["url", "socket", "user", "database", "password_file", "pool_size", "tls", "tls_ca_file"])
+                try p.allowOnly(["url", "socket", "user", "database", "password_file", "pool_size", "tls", "tls_ca_file", "max_staleness_ms"])
                 var target: PostgresTarget
                 if let url = try p.string("url") {
                     guard try p.string("socket") == nil else { throw p.error("socket", "set url or socket, not both") }
@@ -199,6 +199,9 @@ public struct CofferConfig: Sendable, Equatable {
                     guard socket.hasPrefix("/") else { throw p.error("socket", "socket must be an absolute path (the socket file or its directory)") }
                     guard let user = try p.string("user"), !user.isEmpty else { throw p.error("socket", "a socket needs user = \"...\"") }
                     guard let db = try p.string("database"), !db.isEmpty else { throw p.error("socket", "a socket needs database = \"...\"") }
+                    guard PostgresTarget.validName(user), PostgresTarget.validName(db) else {
+                        throw p.error("user", "user and database must be 1 to 63 bytes without control characters")
+                    }
                     target = PostgresTarget(endpoint: .socket(path: PostgresTarget.socketFile(socket)), user: user, database: db)
                 } else {
                     throw p.error("url", "[storage.postgres] needs url, or socket with user and database")
@@ -208,6 +211,7 @@ public struct CofferConfig: Sendable, Equatable {
                     target.passwordFile = v
                 }
                 if let v = try p.integer("pool_size", in: 1...256) { target.poolSize = Int(v) }
+                if let v = try p.integer("max_staleness_ms", in: 0...60_000) { target.maxStalenessMillis = Int(v) }
                 if let v = try p.string("tls") {
                     guard let mode = PostgresTarget.TLS(rawValue: v) else { throw p.error("tls", "tls must be \"disable\", \"require\" or \"verify-full\"") }
                     target.tls = mode

@@ -47,6 +47,12 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
     public var caFile: String?
     /// Connections this daemon keeps open; each request holds one for its transaction.
     public var poolSize: Int
+    /// How stale what this daemon caches (token records, sealed rows, keys) may be
+    /// when another instance changes them: 0 checks the shared generation on every
+    /// request that would use a cache (a change acknowledged on one host is seen on
+    /// the next request anywhere); more relies on LISTEN/NOTIFY and checks at most
+    /// this often (the bound should a notification be lost).
+    public var maxStalenessMillis: Int = 0
 
     public init(endpoint: Endpoint, user: String, database: String, passwordFile: String? = nil, tls: TLS = .disable,
                 caFile: String? = nil, poolSize: Int = 8) {
@@ -73,6 +79,12 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
             return (path.hasSuffix("/") ? path : path + "/") + ".s.PGSQL.\(port)"
         }
         return path
+    }
+
+    /// A user or database name: no control characters (a NUL would be cut off on the
+    /// wire, and names are shown in messages), at most 63 bytes (PostgreSQL's limit).
+    public static func validName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 63 && !s.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
     }
 
     /// %XX decoding for the parts of a URL (CofferCore has no Foundation).
@@ -114,6 +126,12 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
             throw CofferError(.config, "the PostgreSQL URL holds a password", hint: "put it in a file named by password_file (mode 0600), not in the URL")
         }
         guard let user = percentDecoded(userInfo), !user.isEmpty else { throw CofferError(.config, "the PostgreSQL URL names no user", hint: hint) }
+        if user.contains(":") {
+            throw CofferError(.config, "the PostgreSQL URL holds a password", hint: "put it in a file named by password_file (mode 0600), not in the URL")
+        }
+        guard validName(user), validName(database) else {
+            throw CofferError(.config, "the PostgreSQL user or database name holds a control character", hint: hint)
+        }
         var hostPart = authority[authority.index(after: at)...]
         var port = 5432
         if let colon = hostPart.lastIndex(of: ":"), !hostPart.hasSuffix("]") {

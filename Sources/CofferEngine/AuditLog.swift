@@ -163,7 +163,10 @@ public final class AuditLog: Sendable {
             }
             return existing
         }
-        guard (fresh && store.createdNow) || reanchor || store.upgradedToAuditMAC else {
+        // a new instance on a shared database starts a chain of its own: nothing of it
+        // is in the database yet, so there is nothing a missing anchor could hide
+        let newInstance = !store.chain.isEmpty && ((try? store.auditChainIsEmpty()) ?? false)
+        guard (fresh && store.createdNow) || reanchor || store.upgradedToAuditMAC || newInstance else {
             throw CofferError(.integrity, "the audit head anchor \(file) is missing, so a truncated trail could not be detected",
                               hint: "restore it from a backup; or, having checked the trail, start once with --reanchor-audit")
         }
@@ -171,7 +174,7 @@ public final class AuditLog: Sendable {
             let head = try store.auditHead()
             let base = try store.auditCheckpoint(seq: head.lastCheckpoint)
             let first = try store.firstAuditSeq()
-            let legacy = fresh ? 0 : head.seq
+            let legacy = fresh || newInstance ? 0 : head.seq
             let a = try AuditAnchor(seq: base?.seq ?? 0, hash: base?.hash ?? AuditEvent.genesis,
                                     prunedThrough: max(0, (first ?? head.seq + 1) - 1), legacyThrough: legacy,
                                     time: now).signed(with: key)
@@ -337,7 +340,7 @@ public final class AuditLog: Sendable {
         do {
             let cp = try store.checkpointAuditNow(anchorSeq: anchorSeq) { basis in
                 try self.verifyBasis(basis)
-                return try AuditCheckpoint.sign(seq: basis.head.seq, hash: basis.head.hash, time: clock.nowMillis(), key: key)
+                return try AuditCheckpoint.sign(seq: basis.head.seq, hash: basis.head.hash, time: clock.nowMillis(), chain: store.chain, key: key)
             }
             // Only a real write proves the trail writable again: a timer with nothing to
             // sign must not clear "degraded" while requests still fail.

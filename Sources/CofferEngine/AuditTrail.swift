@@ -31,13 +31,20 @@ public final class AuditTrail: Sendable {
     /// Signs the current head, then walks the whole chain (with the anchor and the
     /// MACs: only the daemon can check those).
     /// Also gives the seqs of the newest checkpoints (what a prune takes).
-    public func verify(_ g: Grant) async throws(CofferError) -> (verdict: AuditVerdict, latestCheckpoints: [Int64]) {
+    /// Every instance's chain is verified; a problem names its instance (nil: the one
+    /// chain of a SQLite store). The checkpoints listed are this instance's.
+    public func verify(_ g: Grant) async throws(CofferError) -> (verdict: AuditVerdict, instance: String?, latestCheckpoints: [Int64]) {
         // A trail that cannot be signed (tampered) is still verified, to name the problem.
         _ = try? log.checkpointNow()
         let chain = try errors.call { try store.auditChain() }
-        return (AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: log.publicKey,
-                                     anchor: log.anchor, mac: log.mac), chain.checkpoints.suffix(10).map(\.seq))
+        let own = store.chain
+        let v = AuditVerifier.verifyAll(events: chain.events, checkpoints: chain.checkpoints, publicKey: log.publicKey,
+                                        own: own, anchor: log.anchor, mac: log.mac)
+        return (v.verdict, v.instance, chain.checkpoints.filter { $0.chain == own }.suffix(10).map(\.seq))
     }
+
+    /// This daemon's instance id ("" on SQLite).
+    public var instance: String { store.chain }
 
     /// Signs the current head first, so that an archive ends with a checkpoint.
     public func export(_ g: Grant) async throws(CofferError) -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {

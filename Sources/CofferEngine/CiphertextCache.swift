@@ -49,6 +49,14 @@ final class CiphertextCache: Sendable {
         }
     }
 
+    /// Everything (another instance changed secrets or keys).
+    func clear() {
+        state.withLock { s in
+            s.generation &+= 1
+            s.entries.removeAll(keepingCapacity: true)
+        }
+    }
+
     func invalidate(_ path: SecretPath) {
         state.withLock { s in
             s.generation &+= 1

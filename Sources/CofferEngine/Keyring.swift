@@ -310,6 +310,43 @@ public final class Keyring: Sendable {
         return record
     }
 
+    /// Another instance changed the keyring (a data key rotated there): the data keys
+    /// as the database has them now. New values are sealed under the active one on
+    /// every host. A key sealed under a root key this host does not hold is left out
+    /// (its values fail closed here until this host has that key material).
+    func refreshDataKeys(store: Store) throws {
+        // a rotation there made a new root key: the holder in the database seals it
+        // under the unseal key this host holds too (the same key material everywhere)
+        if let h = try store.holder(), h.rootKeyID != root.keyID {
+            let unsealKey = held.withLock { $0.unsealKey }
+            let newRoot = RootKey(try KeyHolder.openRoot(h, unsealKey: unsealKey))
+            guard try store.rootKeyChecks().contains(where: { $0.keyID == newRoot.keyID && newRoot.verify(check: $0.check) }) else {
+                throw CofferError(.integrity, "the key holder names a root key the database has no check for")
+            }
+            held.withLock { $0.root = newRoot; $0.holder = h }
+        }
+        let records = try store.keyRecords()
+        let root = self.root
+        guard let activeRecord = records.first(where: { $0.purpose == .data && $0.state == .active }) else {
+            throw CofferError(.integrity, "the keyring has no active data key")
+        }
+        let current = dataKeys.withLock { $0.open }
+        var open: [String: SecretBytes] = [:]
+        for r in records where r.purpose == .data && r.state != .retired {
+            if let k = current[r.keyID] { open[r.keyID] = k; continue }
+            guard let sealed = r.sealed, r.rootKeyID == root.keyID else { continue }
+            open[r.keyID] = try root.open(sealed, id: r.keyID, purpose: .data)
+        }
+        guard let activeKey = open[activeRecord.keyID] else {
+            throw CofferError(.keyFile, "the active data key \(activeRecord.keyID) is sealed under a root key this host does not hold")
+        }
+        dataKeys.withLock { d in
+            guard !d.wiped else { return }
+            d.open = open
+            d.active = (activeRecord.keyID, activeKey)
+        }
+    }
+
     /// Seals a value for (path, version): a fresh data key seals the value, the
     /// active keyring key seals the data key; both bound to (path, version, key id).
     public func seal(_ value: SecretBytes, path: SecretPath, version: Int) throws(CryptoError) -> SealedVersion {

@@ -200,6 +200,15 @@ extension SecretEngine {
     /// rotation is left; the caller polls for the next.
     public func runRotation() async {
         guard let rotation = try? store.rotation() else { return }
+        // many instances on one database: one of them re-wraps (a lock in the
+        // database, lost with its connection if it dies: another resumes the job)
+        guard (try? store.claimRotationJob()) == true else { return }
+        defer { store.releaseRotationJob() }
+        if store.isShared {
+            // this host's keyring must hold the rotation's key before it seals under it
+            try? keyring.refreshDataKeys(store: store)
+            logger.notice("rotation: this instance re-wraps", metadata: ["instance": "\(store.chain)", "key.id": "\(rotation.targetKeyID)"])
+        }
         var cursor: (Int64, Int) = (0, 0)
         var failed = 0
         while !Task.isCancelled {

@@ -84,6 +84,15 @@ extension RunService {
         }
     }
 
+    /// Another instance changed secrets (a shared database): every followed path is
+    /// looked at again (a run gets a version only when it is newer than what it has).
+    func sharedStateChanged() {
+        let paths = live.withLock { runs in
+            Set(runs.values.filter { $0.principal != nil }.flatMap { $0.run.follow?.files.map(\.path) ?? [] })
+        }
+        for p in paths { if let path = try? SecretPath(p) { secretWritten(path) } }
+    }
+
     /// One followed run, one path: the newest version, if it is not what the run has.
     func rotate(_ id: String, _ pathText: String) async {
         guard let (run, principal, had, pidfd) = live.withLock({ runs -> (Run, Principal, Int?, Int32)? in

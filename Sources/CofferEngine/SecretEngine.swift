@@ -38,6 +38,7 @@ public final class SecretEngine: Sendable {
     let keyring: Keyring
     let policies: PolicyStore
     let principals: PrincipalResolver
+    let coherence: SharedCoherence
     let audit: AuditLog
     let clock: any WallClock
     public let limits: Limits
@@ -45,8 +46,8 @@ public final class SecretEngine: Sendable {
     let startedAt: Int64
 
     init(store: Store, keyring: Keyring, policies: PolicyStore, audit: AuditLog, limits: Limits, login: LoginService.Settings,
-         runs: RunService.Settings, credentials: CredentialService.Settings, signingKeys: CredentialService.ActiveKeys, clock: any WallClock,
-         logger: Logger) {
+         runs: RunService.Settings, credentials: CredentialService.Settings, signingKeys: CredentialService.ActiveKeys,
+         maxStalenessMillis: Int = 0, clock: any WallClock, logger: Logger) {
         self.store = store
         self.audit = audit
         self.keyring = keyring
@@ -57,8 +58,10 @@ public final class SecretEngine: Sendable {
         self.principals = principals
         let gate = Gate(policies: policies, audit: audit, clock: clock, logger: logger)
         self.gate = gate
+        let coherence = SharedCoherence(store: store, maxStalenessMillis: maxStalenessMillis, errors: errors, logger: logger)
+        self.coherence = coherence
         let tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, errors: errors,
-                                  principals: principals, clock: clock, logger: logger)
+                                  principals: principals, coherence: coherence, clock: clock, logger: logger)
         self.tokens = tokens
         let secrets = SecretsService(store: store, keyring: keyring, gate: gate, tokens: tokens, limits: limits, errors: errors,
                                      clock: clock, logger: logger)
@@ -78,6 +81,17 @@ public final class SecretEngine: Sendable {
         self.limits = limits
         self.logger = logger
         self.startedAt = clock.nowMillis()
+        // another instance changed secrets, tokens or keys: nothing cached survives it,
+        // and the keyring takes the data keys the database now has (a rotation there)
+        coherence.onChange { [weak tokens, weak secrets, weak keyring, weak runService, store, logger] in
+            tokens?.cache.clear()
+            secrets?.cache.clear()
+            runService?.sharedStateChanged()
+            do { try keyring?.refreshDataKeys(store: store) } catch {
+                logger.error("cannot load the keyring's data keys another instance changed", metadata: ["error": "\(error)"])
+            }
+        }
+        coherence.listen()
     }
 
     /// Opens the database, checks the key against it, enrolls the key on first use.
@@ -102,7 +116,7 @@ public final class SecretEngine: Sendable {
                     atPath: (dbPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true,
                     attributes: [.posixPermissions: 0o700])
             }
-            store = try Store(location: location, durability: config.durability)
+            store = try Store(location: location, durability: config.durability, instance: try InstanceID.forStore(config))
             keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())
             store.installAuditMAC(AuditMAC(key: keyring.auditMACKey))
             store.installRecordMAC(try RecordMAC(derivedFrom: keyring.tokenHashKey))
@@ -135,7 +149,8 @@ public final class SecretEngine: Sendable {
             store: store, keyring: keyring, policies: policies, audit: audit,
             limits: Limits(maxValueBytes: config.maxValueBytes, maxVersions: config.maxVersions, maxListPage: config.maxListPage),
             login: LoginService.Settings(config: config), runs: RunService.Settings(config: config),
-            credentials: CredentialService.Settings(config: config), signingKeys: signingKeys, clock: clock, logger: logger)
+            credentials: CredentialService.Settings(config: config), signingKeys: signingKeys,
+            maxStalenessMillis: config.postgres?.maxStalenessMillis ?? 0, clock: clock, logger: logger)
         try await engine.authenticateRecords()
         // the start's checks (the reference schema in memory, integrity_check, the
         // digest's full scan) freed what they allocated: hand it back to the system
@@ -156,8 +171,8 @@ public final class SecretEngine: Sendable {
             // so that no edited event (the one that recorded an earlier adoption, say)
             // can make it launder edited rows.
             let chain = try store.auditChain()
-            if case .bad(let seq, let problem) = AuditVerifier.verify(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey,
-                                                                       anchor: audit.anchor, mac: audit.mac) {
+            if case .bad(let seq, let problem) = AuditVerifier.verifyAll(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey,
+                                                                          own: store.chain, anchor: audit.anchor, mac: audit.mac).verdict {
                 logger.critical("the audit trail does not verify; records without a MAC are not adopted (nor a record digest made) and stay refused",
                                 metadata: ["audit.seq": "\(seq)", "problem": "\(problem)"])
                 store.markRecordDigestSuspect("there is no record digest, and the trail does not verify")
@@ -227,7 +242,10 @@ public final class SecretEngine: Sendable {
         let oldRoot = unsealed.root
         let newRoot = RootKey(try new.rootKey())
         let store: Store
-        do { store = try Store(location: config.databaseLocation, durability: config.durability) } catch {
+        let instance = try InstanceID.forStore(config)
+        do { store = try Store(location: config.databaseLocation, durability: config.durability, instance: instance) } catch let e as CofferError {
+            throw e
+        } catch {
             throw CofferError(.storage, "cannot open the database \(config.databaseLocation): \(error)")
         }
         let keyring = try Keyring.load(unsealed, store: store, now: clock.nowMillis())  // completes a keyring from before first
@@ -456,7 +474,7 @@ public final class SecretEngine: Sendable {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_read") { g async throws(CofferError) in try trail.events(g, filter) }
     }
 
-    public func auditVerify(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (verdict: AuditVerdict, latestCheckpoints: [Int64]) {
+    public func auditVerify(_ p: Principal, ticket: AuditTicket? = nil) async throws(CofferError) -> (verdict: AuditVerdict, instance: String?, latestCheckpoints: [Int64]) {
         try await gate.perform(ticket, p, .audit, nil, named: "audit_verify") { g async throws(CofferError) in try await trail.verify(g) }
     }
 

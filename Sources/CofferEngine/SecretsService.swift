@@ -74,6 +74,7 @@ public final class SecretsService: Sendable {
 
     public func get(_ g: Grant, _ path: SecretPath, version: Int?) throws(CofferError) -> ReadResult {
         if let version, version < 1 { throw CofferError(.invalidVersion, "version must be 1 or more") }
+        try tokens.coherence.check()
         let generation = cache.generation
         let cached = cache.lookup(path, version)
         let found: (current: Int, stored: StoredVersion?)

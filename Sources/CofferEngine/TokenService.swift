@@ -21,10 +21,13 @@ public final class TokenService: Sendable {
     let clock: any WallClock
     let logger: Logger
     let cache = TokenCache()
+    /// Other instances' changes (PostgreSQL): checked before the cache is used.
+    let coherence: SharedCoherence
 
     init(store: Store, hashKey: SecretBytes, policies: PolicyStore, errors: StoreErrorMapper, principals: PrincipalResolver,
-         clock: any WallClock, logger: Logger) {
+         coherence: SharedCoherence, clock: any WallClock, logger: Logger) {
         self.store = store
+        self.coherence = coherence
         self.hashKey = hashKey
         self.policies = policies
         self.errors = errors
@@ -189,6 +192,7 @@ public final class TokenService: Sendable {
             throw CofferError(.tokenUnknown, "the token is not valid", hint: "tokens start with \(TokenService.prefix); check COFFER_TOKEN / the token file")
         }
         let h = hash(token)
+        try coherence.check()
         let generation = cache.generation
         var found = cache.lookup(h)
         if found == nil {

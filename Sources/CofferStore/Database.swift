@@ -108,6 +108,8 @@ final class SQLPool: Sendable {
 
     init(_ engine: Engine) { self.engine = engine }
 
+    var isPostgres: Bool { if case .postgres = engine { true } else { false } }
+
     func read<T>(_ body: (Database) throws -> T) throws -> T {
         switch engine {
         case .sqlite(let p): try p.read { try body(Database(connection: .sqlite($0))) }

@@ -43,6 +43,8 @@ final class PostgresPool: Sendable {
 
     deinit {
         instanceLock.withLock { if let c = $0 { c.close().whenComplete { _ in _ = c } } }
+        listener.withLock { if let c = $0 { c.close().whenComplete { _ in _ = c } } }
+        jobLock.withLock { if let c = $0 { c.close().whenComplete { _ in _ = c } } }
         for c in idle.withLock({ $0 }) { c.close().whenComplete { _ in _ = c } }
         try? group.syncShutdownGracefully()
     }
@@ -51,6 +53,10 @@ final class PostgresPool: Sendable {
         guard let file = target.passwordFile else { return nil }
         guard let data = FileManager.default.contents(atPath: file) else {
             throw CofferError(.config, "cannot read the PostgreSQL password file \(file)")
+        }
+        var st = stat()
+        guard stat(file, &st) == 0, st.st_mode & 0o077 == 0 else {
+            throw CofferError(.config, "the PostgreSQL password file \(file) is readable by others", hint: "chmod 600 \(file)")
         }
         var s = String(decoding: data, as: UTF8.self)
         while s.last == "\n" || s.last == "\r" { s.removeLast() }
@@ -114,6 +120,30 @@ final class PostgresPool: Sendable {
         }
     }
 
+    /// One statement on its own (autocommit): the generation check per request.
+    func queryOnce(_ sql: String) throws -> [Row] {
+        try withConnection { c in try session(c).query(sql, []) }
+    }
+
+    /// The connection that LISTENs for other instances' changes (its own, outside
+    /// the pool). nil until `listen` succeeds, and again once it closed.
+    private let listener = Mutex<PostgresConnection?>(nil)
+
+    /// Whether a listening connection is up.
+    var isListening: Bool { listener.withLock { c in c.map { !$0.isClosed } ?? false } }
+
+    /// LISTENs on `channel` on a connection of its own; `notified` runs (on the
+    /// pool's event loop) for each notification. A connection that was listening and
+    /// closed is replaced.
+    func listen(channel: String, notified: @escaping @Sendable () -> Void) throws {
+        if isListening { return }
+        let c = try connect()
+        c.addListener(channel: channel) { _, _ in notified() }
+        _ = try PostgresPool.bounded(c.query(PostgresQuery(unsafeSQL: "LISTEN \(channel)"), logger: logger), closing: c)
+        let old = listener.withLock { l -> PostgresConnection? in defer { l = c }; return l }
+        if let old { old.close().whenComplete { _ in _ = old } }
+    }
+
     /// A write: one transaction, and one writer at a time across every instance (a
     /// transaction-scoped advisory lock), as SQLite's single writer: the store's
     /// read-then-write steps (check-and-set, use counts, thresholds, the audit head)
@@ -144,21 +174,43 @@ final class PostgresPool: Sendable {
         try withConnection { c in try body(Database(connection: .postgres(session(c)))) }
     }
 
-    /// The session lock one serving daemon holds for as long as it runs (its own
-    /// connection): until each instance has its own audit chain, a second daemon on
-    /// the same database would make the first one's trail look changed behind its back.
+    /// The session lock a serving daemon holds on its instance id for as long as it
+    /// runs (its own connection): two daemons started with one state directory (one
+    /// instance id) would append to one chain, each finding the other's events
+    /// "changed behind its back". Daemons with different ids share the database.
     private let instanceLock = Mutex<PostgresConnection?>(nil)
-    static let instanceLockKey: Int64 = 0x636F_6666_6572_01
 
-    func holdInstanceLock() throws {
+    func holdInstanceLock(instance: String) throws {
         let c = try connect()
-        let rows = try session(c).query("SELECT pg_try_advisory_lock(?)", [Self.instanceLockKey.databaseValue].asArguments)
+        // the two-int form: a key space apart from the writers' bigint lock
+        let rows = try session(c).query("SELECT pg_try_advisory_lock(6516582, hashtext(?))", [instance.databaseValue].asArguments)
         guard let v = rows.first?.values.first, case .int64(1) = v else {
             c.close().whenComplete { _ in _ = c }  // kept until closed (postgres-nio asserts it)
-            throw CofferError(.config, "another cofferd is serving the PostgreSQL database \(target)",
-                              hint: "one cofferd per database for now: per-instance audit chains are not built yet (README, Many hosts)")
+            throw CofferError(.config, "another cofferd is serving the PostgreSQL database \(target) as instance '\(instance)'",
+                              hint: "each host's cofferd needs a state directory of its own (its instance id is in it)")
         }
         instanceLock.withLock { $0 = c }
+    }
+
+    /// A job only one instance runs at a time (the rotation's re-wrap): a session lock
+    /// on a connection of its own, held while the job runs; an instance that dies
+    /// loses it with its connection, and another takes the job over.
+    private let jobLock = Mutex<PostgresConnection?>(nil)
+
+    func claimJob(_ job: Int32) throws -> Bool {
+        if jobLock.withLock({ $0.map { !$0.isClosed } ?? false }) { return true }
+        let c = try connect()
+        let rows = try session(c).query("SELECT pg_try_advisory_lock(6516583, CAST(? AS INTEGER))", [Int64(job).databaseValue].asArguments)
+        guard let v = rows.first?.values.first, case .int64(1) = v else {
+            c.close().whenComplete { _ in _ = c }
+            return false
+        }
+        jobLock.withLock { $0 = c }
+        return true
+    }
+
+    func releaseJob() {
+        jobLock.withLock { if let c = $0 { c.close().whenComplete { _ in _ = c } }; $0 = nil }
     }
 
     /// The advisory lock every writing transaction holds ("coffer" in ASCII).
@@ -271,15 +323,24 @@ final class PostgresSession {
 
     static let logger = Logger(label: "coffer.postgres")
 
-    /// Splits at `;` outside quotes.
+    /// Splits at `;` outside quotes (and `$$` bodies).
     static func split(_ sql: String) -> [String] {
         var out: [String] = []
         var cur = ""
         var quote: Character?
+        var dollar = false
+        var last: Character = " "
         for ch in sql {
-            if let q = quote {
+            defer { last = ch }
+            if dollar {
+                cur.append(ch)
+                if ch == "$" && last == "$" { dollar = false }
+            } else if let q = quote {
                 cur.append(ch)
                 if ch == q { quote = nil }
+            } else if ch == "$" && last == "$" {
+                dollar = true
+                cur.append(ch)
             } else if ch == "'" || ch == "\"" {
                 quote = ch
                 cur.append(ch)

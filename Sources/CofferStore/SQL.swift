@@ -122,6 +122,8 @@ struct Row: Sequence {
         Row.decode(value(name), name)
     }
 
+    func hasColumn(_ name: String) -> Bool { columns.contains(name) }
+
     subscript<T: DatabaseValueConvertible>(_ index: Int) -> T {
         Row.decode(index < values.count ? values[index] : .null, "#\(index)")
     }

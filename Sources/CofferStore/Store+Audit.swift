@@ -75,7 +75,7 @@ extension Store {
     /// current head and chains their hashes. The head comes from the database, so a
     /// rolled-back transaction leaves nothing behind to go stale.
     func appendAudit(_ db: Database, _ drafts: [AuditEvent]) throws -> [AuditEvent] {
-        var (seq, prev) = try Store.auditHead(db)
+        var (seq, prev) = try Store.auditHead(db, chain: chain)
         try checkTrustedHead(seq, prev)
         var out: [AuditEvent] = []
         out.reserveCapacity(drafts.count)
@@ -86,6 +86,8 @@ extension Store {
         for var e in drafts {
             seq += 1
             e.seq = seq
+            e.chain = chain
+            if !chain.isEmpty { e.format = AuditEvent.chainFormat }
             e.prevHash = prev
             e.hash = e.computedHash()
             e.mac = auditMAC.mac(e.hash)
@@ -95,12 +97,12 @@ extension Store {
         }
         let head = (seq: seq, hash: prev)
         // the record digest names the trail's head (a rollback of the records alone shows)
-        try digestFollowAudit(db, seq: seq, hash: prev)
+        try digestFollowAudit(db, chain: chain, seq: seq, hash: prev)
         db.afterNextTransaction(onCommit: { db in
             // GRDB keeps a next-transaction observer whose COMMIT failed (a full disk)
             // and fires it at the next commit of anything: trust the head only when
             // the database really ends there.
-            guard let (s, h) = try? Store.auditHead(db), s == head.seq, h == head.hash else { return }
+            guard let (s, h) = try? Store.auditHead(db, chain: self.chain), s == head.seq, h == head.hash else { return }
             self.trustedHead.withLock { t in if t != nil { t = head } }
         })
         return out
@@ -128,12 +130,14 @@ extension Store {
         return try appendAudit(db, [ticket.finished(status: 200, errorCode: nil)])[0]
     }
 
-    static func auditHead(_ db: Database) throws -> (Int64, [UInt8]) {
-        if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")) {
+    /// The head of one instance's chain.
+    static func auditHead(_ db: Database, chain: String) throws -> (Int64, [UInt8]) {
+        if let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM audit_event WHERE chain = ? ORDER BY seq DESC LIMIT 1"),
+                                      arguments: [chain]) {
             return (row["seq"], [UInt8](row["hash"] as Data))
         }
         // after a prune the newest checkpoint may be all that remains of the head
-        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1") {
+        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_checkpoint WHERE chain = ? ORDER BY seq DESC LIMIT 1", arguments: [chain]) {
             return (row["seq"], [UInt8](row["hash"] as Data))
         }
         return (0, AuditEvent.genesis)
@@ -152,8 +156,8 @@ extension Store {
 
     public func auditHead() throws -> (seq: Int64, hash: [UInt8], lastCheckpoint: Int64) {
         try pool.read { db in
-            let (s, h) = try Store.auditHead(db)
-            let cp = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint") ?? 0
+            let (s, h) = try Store.auditHead(db, chain: chain)
+            let cp = try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_checkpoint WHERE chain = ?", arguments: [chain]) ?? 0
             return (s, h, cp)
         }
     }
@@ -178,43 +182,63 @@ extension Store {
     /// Blocking: the audit writer thread and shutdown (a cancelled task) call it too.
     public func checkpointAuditNow(anchorSeq: Int64, sign: (CheckpointBasis) throws -> AuditCheckpoint) throws -> AuditCheckpoint? {
         try pool.write { db in
-            let (seq, headHash) = try Store.auditHead(db)
+            let (seq, headHash) = try Store.auditHead(db, chain: chain)
             try checkTrustedHead(seq, headHash)
-            let basis = try Store.basis(db, anchorSeq: anchorSeq, trusted: trustedHead.withLock { $0 != nil })
+            let basis = try Store.basis(db, chain: chain, anchorSeq: anchorSeq, trusted: trustedHead.withLock { $0 != nil })
             guard seq > basis.base?.seq ?? 0 else { return nil }
             let cp = try sign(basis)
-            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
-                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature)])
+            guard cp.chain == chain else { throw AuditTrailChanged(message: "a checkpoint was signed for another chain") }
+            try db.execute(sql: "INSERT INTO audit_checkpoint (seq, hash, time, signature, chain) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [cp.seq, Data(cp.hash), cp.time, Data(cp.signature), chain])
             return cp
         }
     }
 
     /// The same basis without signing (the check at start when the head has not moved).
     public func checkpointBasis(anchorSeq: Int64) throws -> CheckpointBasis {
-        try pool.read { db in try Store.basis(db, anchorSeq: anchorSeq, trusted: false) }
+        try pool.read { db in try Store.basis(db, chain: chain, anchorSeq: anchorSeq, trusted: false) }
     }
 
-    /// Reads the basis; the tail only when the head is not trusted.
-    static func basis(_ db: Database, anchorSeq: Int64, trusted: Bool) throws -> CheckpointBasis {
-        let base = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq DESC LIMIT 1").map(Store.checkpoint)
-        let anchored = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [anchorSeq]).map(Store.checkpoint)
-        let tail = trusted ? [] : try Row.fetchAll(db, sql: Store.selectEvent + " WHERE seq > ? ORDER BY seq", arguments: [base?.seq ?? 0]).map(Store.event)
-        let (seq, hash) = try auditHead(db)
+    /// Reads the basis of one chain; the tail only when the head is not trusted.
+    static func basis(_ db: Database, chain: String, anchorSeq: Int64, trusted: Bool) throws -> CheckpointBasis {
+        let base = try Row.fetchOne(db, sql: selectCheckpoint + " WHERE chain = ? ORDER BY seq DESC LIMIT 1", arguments: [chain]).map(Store.checkpoint)
+        let anchored = try Row.fetchOne(db, sql: selectCheckpoint + " WHERE chain = ? AND seq = ?", arguments: [chain, anchorSeq]).map(Store.checkpoint)
+        let tail = trusted ? [] : try Row.fetchAll(db, sql: Store.selectEvent + " WHERE chain = ? AND seq > ? ORDER BY seq",
+                                                   arguments: [chain, base?.seq ?? 0]).map(Store.event)
+        let (seq, hash) = try auditHead(db, chain: chain)
         return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: trusted)
     }
 
     /// The lowest event seq still stored (nil: none).
     public func firstAuditSeq() throws -> Int64? {
-        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT min(seq) FROM audit_event") }
+        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT min(seq) FROM audit_event WHERE chain = ?", arguments: [chain]) }
     }
 
+    /// Whether this instance's chain has nothing in the database yet (a new instance).
+    public func auditChainIsEmpty() throws -> Bool {
+        try pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT seq FROM audit_event WHERE chain = ? LIMIT 1) e", arguments: [chain]) == 0
+                && Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT seq FROM audit_checkpoint WHERE chain = ? LIMIT 1) c", arguments: [chain]) == 0
+        }
+    }
+
+    static let selectCheckpoint = "SELECT seq, hash, time, signature, chain FROM audit_checkpoint"
+
     static func checkpoint(_ r: Row) -> AuditCheckpoint {
-        AuditCheckpoint(seq: r["seq"], hash: [UInt8](r["hash"] as Data), time: r["time"], signature: [UInt8](r["signature"] as Data))
+        AuditCheckpoint(seq: r["seq"], hash: [UInt8](r["hash"] as Data), time: r["time"], signature: [UInt8](r["signature"] as Data),
+                        chain: r["chain"])
     }
 
     static let insertEventSQL = "INSERT INTO audit_event (\(AuditEvent.columns.joined(separator: ", "))) VALUES ("
         + Array(repeating: "?", count: AuditEvent.columns.count).joined(separator: ", ") + ")"
     static let selectEvent = "SELECT " + AuditEvent.columns.joined(separator: ", ") + " FROM audit_event"
+    /// The same with each event's place in the global order (PostgreSQL numbers every
+    /// event of every chain in commit order, under the writers' lock; SQLite's one
+    /// chain is its own order).
+    func selectEventWithPosition() -> String {
+        "SELECT " + AuditEvent.columns.joined(separator: ", ") + ", \(positionColumn) AS position FROM audit_event"
+    }
+    var positionColumn: String { pool.isPostgres ? "pos" : "seq" }
 
     static func databaseValue(_ v: AuditColumnValue) -> DatabaseValue {
         switch v {
@@ -232,10 +256,16 @@ extension Store {
         func blob(_ i: Int) -> [UInt8]? { (row[i] as Data?).map { [UInt8]($0) } }
     }
 
-    static func event(_ r: Row) -> AuditEvent { AuditEvent(row: EventRow(row: r)) }
+    static func event(_ r: Row) -> AuditEvent {
+        var e = AuditEvent(row: EventRow(row: r))
+        e.position = r.hasColumn("position") ? r["position"] : e.seq
+        return e
+    }
 
+    /// Events in the global order (`afterSeq` is a position: on SQLite the seq).
     public func auditEvents(_ f: AuditFilter) throws -> [AuditEvent] {
-        var sql = Store.selectEvent + " WHERE seq > ?"
+        let pos = positionColumn
+        var sql = selectEventWithPosition() + " WHERE \(pos) > ?"
         var args: [any DatabaseValueConvertible] = [f.afterSeq]
         if let v = f.since { sql += " AND time >= ?"; args.append(v) }
         if let v = f.until { sql += " AND time < ?"; args.append(v) }
@@ -244,7 +274,7 @@ extension Store {
         if let v = f.pathPrefix { sql += " AND (path = ? OR substr(path, 1, CAST(? AS INTEGER)) = ?)"; args += [v, v.utf8.count + 1, v + "/"] }
         if let v = f.action { sql += " AND action = ?"; args.append(v) }
         if let v = f.decision { sql += " AND decision = ?"; args.append(v.rawValue) }
-        sql += " ORDER BY seq LIMIT ?"
+        sql += " ORDER BY \(pos) LIMIT ?"
         args.append(f.limit)
         return try pool.read { db in try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Store.event) }
     }
@@ -254,11 +284,12 @@ extension Store {
         try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT DISTINCT action FROM audit_event")) }
     }
 
-    /// Everything needed to verify: all events and checkpoints, in order.
+    /// Everything needed to verify: all events and checkpoints of every chain, each
+    /// chain in order, the events in the global order.
     public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
         try pool.read { db in
-            let events = try Row.fetchAll(db, sql: Store.selectEvent + " ORDER BY seq").map(Store.event)
-            let cps = try Row.fetchAll(db, sql: "SELECT * FROM audit_checkpoint ORDER BY seq").map(Store.checkpoint)
+            let events = try Row.fetchAll(db, sql: selectEventWithPosition() + " ORDER BY \(positionColumn)").map(Store.event)
+            let cps = try Row.fetchAll(db, sql: Store.selectCheckpoint + " ORDER BY chain, seq").map(Store.checkpoint)
             return (events, cps)
         }
     }
@@ -271,7 +302,7 @@ extension Store {
                            willPrune: @escaping @Sendable (Int64) throws -> Void = { _ in }) async throws -> Int {
         let (n, event) = try await pool.write { db -> (Int, AuditEvent?) in
             try tokenGuard?.check(db)
-            guard try Int64.fetchOne(db, sql: "SELECT seq FROM audit_checkpoint WHERE seq = ?", arguments: [seq]) != nil else {
+            guard try Int64.fetchOne(db, sql: "SELECT seq FROM audit_checkpoint WHERE chain = ? AND seq = ?", arguments: [self.chain, seq]) != nil else {
                 throw CofferError(.invalidParameter, "there is no checkpoint at seq \(seq)", hint: "prune through a checkpoint: see coffer audit verify")
             }
             try willPrune(seq)
@@ -283,9 +314,10 @@ extension Store {
             if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") ?? 0 > 0 {
                 ticket.update { $0.details[Store.digestMarker] = .text("kept before this prune") }
             }
-            try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [seq])
+            // this instance's chain only: another's is pruned by its own daemon (whose anchor records it)
+            try db.execute(sql: "DELETE FROM audit_event WHERE chain = ? AND seq <= ?", arguments: [self.chain, seq])
             let n = db.changesCount
-            try db.execute(sql: "DELETE FROM audit_checkpoint WHERE seq < ?", arguments: [seq])
+            try db.execute(sql: "DELETE FROM audit_checkpoint WHERE chain = ? AND seq < ?", arguments: [self.chain, seq])
             return (n, try self.commit(ticket, db))
         }
         if let event { ticket.markCommitted(event) }
@@ -294,7 +326,7 @@ extension Store {
 
     public func auditCheckpoint(seq: Int64) throws -> AuditCheckpoint? {
         try pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoint WHERE seq = ?", arguments: [seq]).map(Store.checkpoint)
+            try Row.fetchOne(db, sql: Store.selectCheckpoint + " WHERE chain = ? AND seq = ?", arguments: [chain, seq]).map(Store.checkpoint)
         }
     }
 

@@ -74,6 +74,14 @@ extension Store {
                 ALTER TABLE key_rotation ADD COLUMN mac BLOB;
                 """)
         }
+        m.registerMigration("v14-audit-chain") { db in
+            // one daemon per SQLite file: its one chain is named ''
+            try db.execute(sql: """
+                ALTER TABLE audit_event ADD COLUMN chain TEXT NOT NULL DEFAULT '' CHECK (chain = '');
+                ALTER TABLE audit_checkpoint ADD COLUMN chain TEXT NOT NULL DEFAULT '' CHECK (chain = '');
+                ALTER TABLE record_digest ADD COLUMN audit_chain TEXT NOT NULL DEFAULT '' CHECK (audit_chain = '');
+                """)
+        }
     }
 
     /// What the migrations make, read back from a fresh in-memory database once.
@@ -160,24 +168,27 @@ extension Store {
         var rows: Int64
         var auditSeq: Int64
         var auditHash: [UInt8]
+        /// The chain whose head `auditSeq`/`auditHash` name (the last to commit).
+        var auditChain: String = ""
     }
 
     /// The digest row: nil when there is none, `.some(nil)` when its MAC fails.
     static func readDigest(_ db: Database, _ mac: RecordMAC) throws -> DigestRow?? {
-        guard let r = try Row.fetchOne(db.cachedStatement(sql: "SELECT gen, acc, rows, audit_seq, audit_hash, mac FROM record_digest WHERE id = 1")) else {
+        guard let r = try Row.fetchOne(db.cachedStatement(sql: "SELECT gen, acc, rows, audit_seq, audit_hash, mac, audit_chain FROM record_digest WHERE id = 1")) else {
             return nil
         }
-        let d = DigestRow(gen: r["gen"], acc: [UInt8](r["acc"] as Data), rows: r["rows"], auditSeq: r["audit_seq"], auditHash: [UInt8](r["audit_hash"] as Data))
+        let d = DigestRow(gen: r["gen"], acc: [UInt8](r["acc"] as Data), rows: r["rows"], auditSeq: r["audit_seq"], auditHash: [UInt8](r["audit_hash"] as Data),
+                          auditChain: r["audit_chain"])
         guard RecordMAC.matches(r["mac"], mac.digestRow(d)) else { return .some(nil) }
         return .some(d)
     }
 
     static func writeDigest(_ db: Database, _ mac: RecordMAC, _ d: DigestRow) throws {
         try db.cachedStatement(sql: """
-            INSERT INTO record_digest (id, gen, acc, rows, audit_seq, audit_hash, mac) VALUES (1, ?, ?, ?, ?, ?, ?)
+            INSERT INTO record_digest (id, gen, acc, rows, audit_seq, audit_hash, mac, audit_chain) VALUES (1, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (id) DO UPDATE SET gen = excluded.gen, acc = excluded.acc, rows = excluded.rows, audit_seq = excluded.audit_seq,
-                                           audit_hash = excluded.audit_hash, mac = excluded.mac
-            """).execute(arguments: [d.gen, Data(d.acc), d.rows, d.auditSeq, Data(d.auditHash), Data(mac.digestRow(d))])
+                                           audit_hash = excluded.audit_hash, mac = excluded.mac, audit_chain = excluded.audit_chain
+            """).execute(arguments: [d.gen, Data(d.acc), d.rows, d.auditSeq, Data(d.auditHash), Data(mac.digestRow(d)), d.auditChain])
     }
 
     /// Inside a writing transaction: one row's MAC goes from `old` to `new`. `old` nil:
@@ -212,9 +223,10 @@ extension Store {
     }
 
     /// Inside the transaction that appended events: the digest names the new head.
-    func digestFollowAudit(_ db: Database, seq: Int64, hash: [UInt8]) throws {
+    func digestFollowAudit(_ db: Database, chain: String, seq: Int64, hash: [UInt8]) throws {
         guard let mac = recordMACKey.withLock({ $0 }), mac.digest.isVerified else { return }
         try Store.digestApply(db, mac) { d in
+            d.auditChain = chain
             d.auditSeq = seq
             d.auditHash = hash
         }
@@ -234,7 +246,8 @@ extension Store {
             }
             // the keys' rows (which key is active, which retired) each against its MAC
             if let bad = try Store.badKeys(db, mac).first { return .suspect("\(bad) failed its integrity check") }
-            let (seq, hash) = try Store.auditHead(db)
+            // the head of the chain that committed last (a rollback of the records alone shows)
+            let (seq, hash) = try Store.auditHead(db, chain: d.auditChain)
             guard seq == d.auditSeq, hash == d.auditHash else {
                 return .suspect("the records were put back to an older copy (the digest names audit seq \(d.auditSeq), the trail ends at \(seq))")
             }
@@ -263,11 +276,11 @@ extension Store {
 
     /// Inside the transaction that commits `ticket`'s event: the digest row from a full
     /// scan, naming the head that event makes; the store trusts it once that commits.
-    static func startDigest(_ db: Database, _ mac: RecordMAC) throws {
-        let (seq, hash) = try Store.auditHead(db)
+    static func startDigest(_ db: Database, _ mac: RecordMAC, chain: String) throws {
+        let (seq, hash) = try Store.auditHead(db, chain: chain)
         let gen = (try Int64.fetchOne(db, sql: "SELECT gen FROM record_digest WHERE id = 1") ?? 0) &+ 1
         let sum = try digestSum(db, mac)
-        try writeDigest(db, mac, DigestRow(gen: gen, acc: sum.acc, rows: sum.rows, auditSeq: seq, auditHash: hash))
+        try writeDigest(db, mac, DigestRow(gen: gen, acc: sum.acc, rows: sum.rows, auditSeq: seq, auditHash: hash, auditChain: chain))
         db.afterNextTransaction(onCommit: { _ in mac.digest.state.withLock { $0 = .verified } })
     }
 
@@ -293,7 +306,7 @@ extension Store {
             if try Int.fetchOne(db, sql: "SELECT count(*) FROM key_rotation WHERE mac IS NULL") ?? 0 > 0 { try Store.sealRotation(db, mac) }
             ticket.update { $0.details[Store.digestMarker] = .text("started"); $0.path = "ssh_sessions:\(sessions.count)" }
             let event = try self.commit(ticket, db)
-            try Store.startDigest(db, mac)
+            try Store.startDigest(db, mac, chain: self.chain)
             return event
         }
         if let event { ticket.markCommitted(event) }
@@ -320,7 +333,7 @@ extension Store {
             let n = try RecordDigest.Kind.allCases.reduce(0) { $0 + (try Int.fetchOne(db, sql: "SELECT count(*) FROM \($1.table)") ?? 0) }
             ticket.update { $0.path = "records:\(n)"; $0.details[Store.digestMarker] = .text("started") }
             let event = try self.commit(ticket, db)
-            try Store.startDigest(db, mac)
+            try Store.startDigest(db, mac, chain: self.chain)
             return (n, event)
         }
         if let event { ticket.markCommitted(event) }

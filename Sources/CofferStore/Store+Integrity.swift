@@ -119,7 +119,10 @@ public struct RecordMAC: Sendable {
     }
 
     func digestRow(_ d: Store.DigestRow) -> [UInt8] {
-        mac("coffer-record-digest-v1", [Self.int(d.gen), d.acc, Self.int(d.rows), Self.int(d.auditSeq), d.auditHash])
+        if d.auditChain.isEmpty {
+            return mac("coffer-record-digest-v1", [Self.int(d.gen), d.acc, Self.int(d.rows), Self.int(d.auditSeq), d.auditHash])
+        }
+        return mac("coffer-record-digest-v2", [Self.int(d.gen), d.acc, Self.int(d.rows), Self.int(d.auditSeq), d.auditHash, Array(d.auditChain.utf8)])
     }
 
     static func matches(_ stored: Data?, _ expected: [UInt8]) -> Bool {
@@ -313,7 +316,7 @@ extension Store {
             ticket.update { $0.path = "secrets:\(secrets.count),tokens:\(tokens.count)"; $0.details[Store.digestMarker] = .text("started") }
             let event = try self.commit(ticket, db)
             // the record digest starts here, over the rows just MACed
-            if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") == 0 { try Store.startDigest(db, mac) }
+            if try Int.fetchOne(db, sql: "SELECT count(*) FROM record_digest") == 0 { try Store.startDigest(db, mac, chain: self.chain) }
             return ((secrets.count, tokens.count), event)
         }
         if let event { ticket.markCommitted(event) }
@@ -324,13 +327,40 @@ extension Store {
     static func foreignSchemaObjects(_ db: Database) throws -> [String] {
         if db.isPostgres {
             // the same on PostgreSQL, and rules (which rewrite a statement before it runs)
-            return try String.fetchAll(db, sql: """
-                SELECT 'trigger ' || tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = current_schema()
+            // Coffer's own: the generation triggers (pg-v2), each on its table, calling
+            // the one function whose body is the one Coffer wrote
+            var found = try Row.fetchAll(db, sql: """
+                SELECT t.tgname::text AS name, c.relname::text AS tbl, p.proname::text AS fn, t.tgenabled::text AS enabled
+                FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                JOIN pg_proc p ON p.oid = t.tgfoid
+                WHERE NOT t.tgisinternal AND n.nspname = current_schema() ORDER BY 1
+                """).compactMap { r -> String? in
+                    let name: String = r["name"], table: String = r["tbl"], fn: String = r["fn"]
+                    // (the function's body is checked below, once)
+                    if name == "coffer_generation_" + table, Store.generationTables.contains(table), fn == "coffer_bump_generation" {
+                        // disabled, it would leave the other hosts' caches stale
+                        return (r["enabled"] as String) == "O" ? nil : "trigger \(name) (disabled)"
+                    }
+                    return "trigger \(name)"
+                }
+            // the functions Coffer's statements call, with the bodies Coffer gave them
+            // (a replaced one would run inside Coffer's own queries and triggers)
+            let expected = ["instr": Store.instrFunctionBody, "coffer_bump_generation": Store.generationFunctionBody]
+            for r in try Row.fetchAll(db, sql: """
+                SELECT p.proname::text AS name, p.prosrc AS src FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname = current_schema() AND p.proname IN ('instr', 'coffer_bump_generation') ORDER BY 1
+                """) {
+                let name: String = r["name"], src: String = r["src"]
+                if expected[name].map({ src.trimmingCharacters(in: .whitespaces) != $0 }) ?? true { found.append("function \(name) (changed)") }
+            }
+            // event triggers run inside any statement of the database
+            found += try String.fetchAll(db, sql: "SELECT 'event trigger ' || evtname::text FROM pg_event_trigger ORDER BY 1")
+            return found + (try String.fetchAll(db, sql: """
+                SELECT 'trigger ' || tgname::text FROM pg_trigger WHERE false
                 UNION ALL SELECT 'view ' || viewname::text FROM pg_views WHERE schemaname = current_schema()
                 UNION ALL SELECT 'rule ' || rulename::text FROM pg_rules WHERE schemaname = current_schema()
                 ORDER BY 1
-                """)
+                """))
         }
         return try Row.fetchAll(db, sql: "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') ORDER BY name")
             .map { "\($0["type"] as String) \($0["name"] as String)" }

@@ -54,9 +54,18 @@ extension Store {
             return out
         }
         let pg = try PostgresPool(target)
+        // nothing planted there, before Coffer's schema is made (an event trigger would run in it)
+        if let foreign = try pg.read({ db in try foreignSchemaObjects(db) }).first {
+            throw CofferError(.integrity, "the PostgreSQL database \(target) holds \(foreign), which Coffer never makes; nothing was copied",
+                              hint: "migrate into a new, empty database")
+        }
         _ = try migratePostgres(pg)
         let sourceDigest = digest(tables)
         try pg.write { db in
+            if let foreign = try foreignSchemaObjects(db).first {
+                throw CofferError(.integrity, "the PostgreSQL database \(target) holds \(foreign), which Coffer never makes; nothing was copied",
+                                  hint: "migrate into a new, empty database")
+            }
             guard try Int.fetchOne(db, sql: "SELECT count(*) FROM root_key") == 0 else {
                 throw CofferError(.config, "the PostgreSQL database \(target) already holds a Coffer store; nothing was copied",
                                   hint: "migrate into a new, empty database")
@@ -74,7 +83,11 @@ extension Store {
             }
             // read back inside the transaction: what commits is exactly what was read
             var back: [(String, [Row])] = []
-            for (t, _) in tables { back.append((t, try Row.fetchAll(db, sql: "SELECT * FROM \(t)"))) }
+            // the source's columns (PostgreSQL adds its own: the events' global order)
+            for (t, rows) in tables {
+                let cols = rows.first.map { $0.columns.map { "\"\($0)\"" }.joined(separator: ", ") } ?? "*"
+                back.append((t, try Row.fetchAll(db, sql: "SELECT \(cols) FROM \(t)")))
+            }
             for ((t, a), (_, b)) in zip(tables, back) where canonical(a) != canonical(b) {
                 throw CofferError(.integrity, "the copy of table \(t) does not read back as the source (\(a.count) rows, \(b.count) read back); nothing was committed")
             }

@@ -6,10 +6,16 @@ import Foundation
 /// PostgreSQL's types (bigint, text, bytea; paths in byte order, as SQLite compares them). It starts at the schema
 /// the SQLite migrations end at; later changes are added to both lists.
 extension Store {
+    /// The tables whose changes daemons must see at once (they cache what they hold).
+    static let generationTables: Set<String> = ["secret", "secret_version", "token", "keyring", "signing_key"]
+    static let instrFunctionBody = "SELECT position($2 in $1)"
+    static let generationFunctionBody =
+        "BEGIN UPDATE coffer_generation SET gen = gen + 1 WHERE id = 1; PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+
     static let postgresMigrations: [(id: String, sql: String)] = [
         ("pg-v1", """
             CREATE DOMAIN blob AS bytea;
-            CREATE FUNCTION instr(bytea, bytea) RETURNS integer LANGUAGE sql IMMUTABLE STRICT AS 'SELECT position($2 in $1)';
+            CREATE FUNCTION instr(bytea, bytea) RETURNS integer LANGUAGE sql IMMUTABLE STRICT AS '\(instrFunctionBody)';
             CREATE TABLE root_key (
                 key_id TEXT PRIMARY KEY NOT NULL CHECK (length(key_id) BETWEEN 8 AND 64),
                 created_at BIGINT NOT NULL,
@@ -201,6 +207,34 @@ extension Store {
             CREATE INDEX credential_ssh_expiry ON credential(expires_at) WHERE kind = 'ssh';
             CREATE INDEX ssh_session_open ON ssh_session(elevation_id) WHERE ended_at IS NULL;
             """),
+        // many instances: one audit chain each (the chain before is named ''), a global
+        // order of events in commit order, and a generation that every change to what
+        // daemons cache bumps (and announces) in the changing transaction itself
+        ("pg-v2", """
+            ALTER TABLE audit_event ADD COLUMN chain TEXT COLLATE "C" NOT NULL DEFAULT '' CHECK (length(chain) <= 64);
+            ALTER TABLE audit_event DROP CONSTRAINT audit_event_pkey;
+            ALTER TABLE audit_event ADD PRIMARY KEY (chain, seq);
+            CREATE SEQUENCE audit_position;
+            ALTER TABLE audit_event ADD COLUMN pos BIGINT;
+            UPDATE audit_event SET pos = seq;
+            SELECT setval('audit_position', coalesce((SELECT max(seq) FROM audit_event), 0) + 1, false);
+            ALTER TABLE audit_event ALTER COLUMN pos SET DEFAULT nextval('audit_position');
+            ALTER TABLE audit_event ALTER COLUMN pos SET NOT NULL;
+            ALTER SEQUENCE audit_position OWNED BY audit_event.pos;
+            CREATE UNIQUE INDEX audit_event_position ON audit_event(pos);
+            ALTER TABLE audit_checkpoint ADD COLUMN chain TEXT COLLATE "C" NOT NULL DEFAULT '' CHECK (length(chain) <= 64);
+            ALTER TABLE audit_checkpoint DROP CONSTRAINT audit_checkpoint_pkey;
+            ALTER TABLE audit_checkpoint ADD PRIMARY KEY (chain, seq);
+            ALTER TABLE record_digest ADD COLUMN audit_chain TEXT COLLATE "C" NOT NULL DEFAULT '';
+            CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), gen BIGINT NOT NULL);
+            INSERT INTO coffer_generation (id, gen) VALUES (1, 0);
+            CREATE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$\(generationFunctionBody)$$;
+            CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_secret_version AFTER INSERT OR UPDATE OR DELETE ON secret_version FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_keyring AFTER INSERT OR UPDATE OR DELETE ON keyring FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_signing_key AFTER INSERT OR UPDATE OR DELETE ON signing_key FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            """),
     ]
 
     /// Runs the migrations not yet applied, under the writers' lock (two instances
@@ -227,10 +261,11 @@ extension Store {
 extension Store {
     /// Opens the store where `location` says: the SQLite file, or the shared
     /// PostgreSQL database (migrated when needed).
-    public convenience init(location: DatabaseLocation, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil) throws {
+    public convenience init(location: DatabaseLocation, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil,
+                            instance: String = "") throws {
         switch location {
         case .sqlite(let path): try self.init(path: path, durability: durability, auditMAC: auditMAC)
-        case .postgres(let target): try self.init(postgres: try PostgresPool(target), auditMAC: auditMAC)
+        case .postgres(let target): try self.init(postgres: try PostgresPool(target), auditMAC: auditMAC, instance: instance)
         }
     }
 
@@ -271,5 +306,48 @@ extension PostgresTarget {
         var t = self
         t.poolSize = 1
         return t
+    }
+}
+
+extension Store {
+    /// Whether another daemon can change this database (PostgreSQL): then what this
+    /// one caches must follow the shared generation.
+    public var isShared: Bool { pool.isPostgres }
+
+    /// The shared generation: bumped (and announced) by every transaction, of any
+    /// instance, that changes secrets, tokens or keys. nil on SQLite.
+    public func sharedGeneration() throws -> Int64? {
+        guard case .postgres(let p) = pool.engine else { return nil }
+        guard let v = try p.queryOnce("SELECT gen FROM coffer_generation WHERE id = 1").first?.values.first, case .int64(let g) = v else {
+            throw CofferError(.integrity, "the shared generation row is missing")
+        }
+        return g
+    }
+
+    /// LISTENs for the generation's announcements (no-op on SQLite, and while a
+    /// listening connection is up). `changed` runs on PostgreSQL's event loop.
+    public func listenForChanges(_ changed: @escaping @Sendable () -> Void) throws {
+        guard case .postgres(let p) = pool.engine else { return }
+        try p.listen(channel: "coffer_generation", notified: changed)
+    }
+
+    public var isListeningForChanges: Bool {
+        guard case .postgres(let p) = pool.engine else { return false }
+        return p.isListening
+    }
+}
+
+extension Store {
+    /// Claims the rotation's re-wrap for this instance (true: run it). SQLite: always
+    /// (one daemon). PostgreSQL: one instance at a time, until `releaseRotationJob`
+    /// or its death.
+    public func claimRotationJob() throws -> Bool {
+        guard case .postgres(let p) = pool.engine else { return true }
+        return try p.claimJob(1)
+    }
+
+    public func releaseRotationJob() {
+        guard case .postgres(let p) = pool.engine else { return }
+        p.releaseJob()
     }
 }

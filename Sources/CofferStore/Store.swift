@@ -28,6 +28,10 @@ public final class Store: Sendable {
     /// the database still ends there: events deleted or added behind the daemon's
     /// back are caught at once, not chained onto and signed.
     let trustedHead = Mutex<(seq: Int64, hash: [UInt8])?>(nil)
+    /// This daemon instance's audit chain: "" on SQLite (one daemon per file); on
+    /// PostgreSQL the instance id kept in the state directory, so that every daemon
+    /// sharing the database appends to a chain of its own.
+    public let chain: String
 
     /// Opens (creating if needed) and migrates the database.
     public init(path: String, durability: CofferConfig.Durability, auditMAC: AuditMAC? = nil) throws {
@@ -66,11 +70,16 @@ public final class Store: Sendable {
         self.upgradedToAuditMAC = before.contains("v3-audit") && !before.contains("v4-audit-mac")
         self.createdNow = before.isEmpty
         self.createdAuditNow = !before.contains("v3-audit")
+        self.chain = ""
     }
 
     /// Opens (creating the schema when needed) the shared PostgreSQL database.
-    init(postgres: PostgresPool, auditMAC: AuditMAC?) throws {
-        try postgres.holdInstanceLock()
+    init(postgres: PostgresPool, auditMAC: AuditMAC?, instance: String) throws {
+        try postgres.holdInstanceLock(instance: instance)
+        chain = instance
+        // nothing planted beside the tables (a trigger, a rule, a view, an event trigger),
+        // before any statement of Coffer's runs there (the migrations included)
+        try postgres.read { db in try Store.checkSchema(db) }
         let before = try Store.migratePostgres(postgres)
         pool = SQLPool(.postgres(postgres))
         path = postgres.target.description

@@ -60,19 +60,21 @@ struct Bench: ParsableCommand {
         defer { epoll.stop() }
         let redis = Redis.start()
         defer { redis?.stop() }
-        // issue 17: the same daemon on PostgreSQL (one instance: a second is refused
-        // until each instance has its own audit chain)
+        // issue 17: the same daemon on PostgreSQL, and a second instance (another
+        // host's daemon) on the same database
         let wantsPostgres = only.map { $0.contains("PostgreSQL") } ?? !smoke
         let postgres = wantsPostgres ? BenchPostgres.start() : nil
         defer { postgres?.stop() }
         var onPostgres: Daemon?
+        var secondInstance: Daemon?
         if let postgres {
             try postgres.createDatabase("bench")
             onPostgres = try Daemon(bin: bin, name: "postgres", extra: postgres.storage("bench", durability: durability))
+            secondInstance = try Daemon(bin: bin, name: "postgres-2", extra: postgres.storage("bench", durability: durability), joining: onPostgres)
         } else if wantsPostgres {
             print("PostgreSQL 15 is not installed (apt-get install postgresql): its rows are left out")
         }
-        defer { onPostgres?.stop() }
+        defer { onPostgres?.stop(); secondInstance?.stop() }
         report.rssIdleKiB = processMemoryKiB(audited.pid, "VmRSS")
 
         for d in [audited, unaudited, hummingbird, epoll] + (onPostgres.map { [$0] } ?? []) {
@@ -107,13 +109,18 @@ struct Bench: ParsableCommand {
             ("mix 90/10, PostgreSQL", HTTPWorkload(make: { i in i % 10 == 0
                 ? ("PUT", "/v1/secrets/data/bench/m/\(i % 1000)", Array(#"{"value":"m"}"#.utf8))
                 : ("GET", "/v1/secrets/data/bench/s64", nil) }, token: nil, expect: 200), pg),
+            // the same connections spread over two instances on the one database
+            ("read 64 B, PostgreSQL, 2 instances", read64, pg),
+            ("write 64 B, PostgreSQL, 2 instances", HTTPWorkload(make: { i in ("PUT", "/v1/secrets/data/bench/w/\(i % 1000)", Array(#"{"value":"\#(String(repeating: "w", count: 64))"}"#.utf8)) }, token: nil, expect: 200), pg),
         ] } ?? [])
         // (";" separates names when one of them holds a comma: "read 64 B, audit off")
         let selected = only.map { list in Set(list.split(separator: list.contains(";") ? ";" : ",").map { String($0) }) }
         for (name, w, d) in scenarios where selected?.contains(name) ?? true {
             for c in conns {
                 let before = d!.auditTotals()
-                var r = runLoad(w, socket: d!.socket, connections: c, seconds: duration, serverPID: d!.pid)
+                let pair = name.hasSuffix(", 2 instances") ? secondInstance : nil
+                var r = runLoad(w, socket: d!.socket, also: pair.map { [$0.socket] } ?? [], connections: pair == nil ? c : max(c, 2),
+                                seconds: duration, serverPID: pair == nil ? d!.pid : nil)
                 if let b = before, let a = d!.auditTotals(), a.commits > b.commits {
                     r.auditBatch = (a.events - b.events) / (a.commits - b.commits)
                     r.auditCommitUs = (a.seconds - b.seconds) / (a.commits - b.commits) * 1e6

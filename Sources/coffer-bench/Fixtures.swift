@@ -10,7 +10,10 @@ final class Daemon {
     let process: Process
     var pid: Int32 { process.processIdentifier }
 
-    init(bin: String, name: String, extra: String, policyExtra: String = "", serverExtra: String = "", shared: Bool = false) throws {
+    /// `joining`: another instance on `joining`'s shared (PostgreSQL) database, with
+    /// its key file; no init (a host joins with serve).
+    init(bin: String, name: String, extra: String, policyExtra: String = "", serverExtra: String = "", shared: Bool = false,
+         joining: Daemon? = nil) throws {
         self.bin = bin
         var template = Array("/tmp/cfb.XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw BenchError("mkdtemp") }
@@ -46,13 +49,18 @@ final class Daemon {
             level = "warning"
             \(extra.replacingOccurrences(of: "[storage]\n", with: "[storage]\nstate_dir = \"\(dir)/state\"\n"))
             """.write(toFile: dir + "/cofferd.toml", atomically: true, encoding: .utf8)
-        let initRun = Process()
-        initRun.executableURL = URL(fileURLWithPath: bin + "/cofferd")
-        initRun.arguments = ["init", "--config", dir + "/cofferd.toml"]
-        initRun.standardOutput = FileHandle.nullDevice
-        try initRun.run()
-        initRun.waitUntilExit()
-        guard initRun.terminationStatus == 0 else { throw BenchError("cofferd init failed for \(name)") }
+        if let joining {
+            try FileManager.default.createDirectory(atPath: dir + "/keys", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.copyItem(atPath: joining.dir + "/keys/root.key", toPath: dir + "/keys/root.key")
+        } else {
+            let initRun = Process()
+            initRun.executableURL = URL(fileURLWithPath: bin + "/cofferd")
+            initRun.arguments = ["init", "--config", dir + "/cofferd.toml"]
+            initRun.standardOutput = FileHandle.nullDevice
+            try initRun.run()
+            initRun.waitUntilExit()
+            guard initRun.terminationStatus == 0 else { throw BenchError("cofferd init failed for \(name)") }
+        }
         process = Process()
         process.executableURL = URL(fileURLWithPath: bin + "/cofferd")
         process.arguments = ["serve", "--config", dir + "/cofferd.toml"]

@@ -142,7 +142,10 @@ func processMemoryKiB(_ pid: Int32, _ field: String) -> Int? {
     return nil
 }
 
-func runLoad(_ w: any Workload, socket: String, connections: Int, seconds: Double, serverPID: Int32?) -> LoadResult {
+/// `also`: more daemons' sockets; the connections go round the sockets (two
+/// instances on one shared database take half each).
+func runLoad(_ w: any Workload, socket: String, also: [String] = [], connections: Int, seconds: Double, serverPID: Int32?) -> LoadResult {
+    let sockets = [socket] + also
     let collector = Collector()
     let deadline = monotonicNanos() + UInt64(seconds * 1e9)
     let cpuBefore = serverPID.flatMap(processCPUMicros)
@@ -156,7 +159,7 @@ func runLoad(_ w: any Workload, socket: String, connections: Int, seconds: Doubl
             lat.reserveCapacity(200_000)
             var errors = 0
             var conn: any BenchConnection
-            do { conn = try w.makeConnection(socket: socket) } catch {
+            do { conn = try w.makeConnection(socket: sockets[t % sockets.count]) } catch {
                 collector.add([], errors: 1, failure: "\(error)")
                 return
             }

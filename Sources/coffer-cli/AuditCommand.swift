@@ -15,7 +15,7 @@ struct AuditCommand: ParsableCommand {
 
 func eventLine(_ e: AuditEvent) -> String {
     let who = e.peerUser.map { "\($0)(\(e.peerUID))" } ?? "uid:\(e.peerUID)"
-    var s = "\(e.seq)  \(Timestamp.string(millis: e.time))  \(who)  \(e.method) \(e.action)"
+    var s = "\(e.chain.isEmpty ? "" : e.chain + ":")\(e.seq)  \(Timestamp.string(millis: e.time))  \(who)  \(e.method) \(e.action)"
     if let p = e.path { s += " \(p)" }
     s += "  \(e.decision.rawValue) \(e.outcome.rawValue) \(e.status)"
     if let c = e.errorCode { s += " \(c)" }
@@ -118,7 +118,8 @@ extension AuditCommand {
                     }
                     try printLine(line)
                 } else {
-                    try printLine("BAD at seq \(r.badSeq ?? 0): \(r.problem ?? "")")
+                    let who = r.instance.map { "instance '\($0)' " } ?? ""
+                    try printLine("BAD \(who)at seq \(r.badSeq ?? 0): \(r.problem ?? "")")
                 }
                 if !r.ok { throw ExitCode(9) }
             }
@@ -141,7 +142,7 @@ extension AuditCommand {
                     let page = try client.auditEvents(query: [("after", String(after)), ("limit", "10000")])
                     if page.events.isEmpty { break }
                     last = Array((last + page.events).suffix(max(n, 0)))
-                    after = page.events.last!.seq
+                    after = page.events.last!.cursor
                     if page.nextAfter == nil { break }
                 }
                 try printEvents(last, global.format)
@@ -152,7 +153,7 @@ extension AuditCommand {
                     // our own polling is audited too: leave those reads out of the stream
                     let shown = page.events.filter { !($0.action == "audit_read" && $0.peerPID == getpid()) }
                     try printEvents(shown, global.format)
-                    if let l = page.events.last { after = l.seq }
+                    if let l = page.events.last { after = l.cursor }
                 }
             }
         }

@@ -18,7 +18,7 @@ enum AuditDatabase {
         // them as their defaults (no MAC, format 1, no details).
         var present = Set<String>()
         try query(db, "SELECT name FROM pragma_table_info('audit_event')") { s in if let n = text(s, 0) { present.insert(n) } }
-        let defaults = ["mac": "NULL", "format": "1", "details": "NULL"]
+        let defaults = ["mac": "NULL", "format": "1", "details": "NULL", "chain": "''"]
         let columns = AuditEvent.columns.map { c in present.contains(c) ? c : "\(defaults[c] ?? "NULL") AS \(c)" }
         var events: [AuditEvent] = []
         try query(db, "SELECT \(columns.joined(separator: ", ")) FROM audit_event ORDER BY seq") { s in

@@ -16,6 +16,15 @@ enum StateChecks {
     /// database is never silently replaced by an empty one.
     static func installed(configFile: String, _ c: CofferConfig) throws(CofferError) {
         try strict(configFile, "config file")
+        // a host joining a shared PostgreSQL database: its state directory (instance
+        // id, audit anchor) is made at its first start; the database must exist
+        if c.postgres != nil, !FileManager.default.fileExists(atPath: c.stateDir) {
+            do {
+                try FileManager.default.createDirectory(atPath: c.stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw CofferError(.config, "cannot create the state directory \(c.stateDir): \(error.localizedDescription)")
+            }
+        }
         guard FileManager.default.fileExists(atPath: c.stateDir) else {
             throw CofferError(.config, "the state directory \(c.stateDir) does not exist", hint: "run `cofferd init` first")
         }

@@ -243,6 +243,11 @@ import Testing
             ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\ntls = \"maybe\"", "tls"),
             ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\npassword_file = \"pg.pass\"", "absolute"),
             ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nhost = \"x\"", "unknown key"),
+            // a password smuggled in percent-encoded, and names with a NUL
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u%3Asecret@h/d\"", "password_file"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d%00x\"", "control character"),
+            ("backend = \"postgres\"\n[storage.postgres]\nsocket = \"/run/pg\"\nuser = \"u\\u0000x\"\ndatabase = \"d\"", "control characters"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nmax_staleness_ms = 60001", "max_staleness_ms"),
         ]
         for (text, needle) in bad {
             do {

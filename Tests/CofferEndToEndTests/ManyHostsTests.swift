@@ -63,32 +63,237 @@ import Testing
     }
 }
 
-@Suite(.serialized) struct OneDaemonPerDatabaseTests {
-    /// Until each instance has its own audit chain, a second cofferd on the same
-    /// PostgreSQL database is refused at start (it would make the first one's trail
-    /// look changed behind its back); the first goes on serving, and once it is gone
-    /// the second may start.
-    @Test func aSecondDaemonOnTheSameDatabaseIsRefusedAndTheFirstServesOn() throws {
+/// Several hosts' daemons on one PostgreSQL database: each its own state directory,
+/// socket and instance id (its own audit chain), all sharing one state.
+@Suite(.serialized) struct ManyInstancesTests {
+    /// A second instance beside `a`: a state directory of its own, the same key material.
+    static func another(_ a: Daemon, options: String = "") throws -> Daemon {
+        let b = try Daemon(initialise: false, postgres: a.postgresDatabase!, postgresOptions: options)
+        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
+        try b.start()
+        return b
+    }
+
+    static func instance(_ d: Daemon) -> String {
+        ((try? String(contentsOfFile: d.dir + "/state/instance", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func token(_ d: Daemon) throws -> (token: String, accessor: String) {
+        let j = json(try d.coffer(["--format", "json", "token", "create", "--role", "admin", "--ttl", "1h"]).out)
+        return (j["token"] as? String ?? "", (j["info"] as? [String: Any])?["accessor"] as? String ?? "")
+    }
+
+    /// What one host writes, every host reads at once (B's cached copy included); a
+    /// token revoked on A is refused by B on the next request; a data key rotated on
+    /// A seals B's next write; every instance appends to its own chain, and verify on
+    /// either host checks both and names the instance of an edited event.
+    @Test func twoInstancesShareOneStateEachWithItsOwnAuditChain() throws {
         let database = try PostgresServer.createDatabase()
         defer { PostgresServer.dropDatabase(database) }
         let a = try Daemon(postgres: database)
         try a.start()
-        #expect(try a.coffer(["secret", "put", "one/x"], stdin: Array("x".utf8)).status == 0)
-        let b = try Daemon(initialise: false, postgres: database)
-        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
-        try FileManager.default.createDirectory(atPath: b.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        for f in ["audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: a.dir + "/state/" + f, toPath: b.dir + "/state/" + f) }
-        _ = try b.launch()
-        #expect(try b.waitForExit() != 0)
-        #expect(b.log.contains("another cofferd is serving the PostgreSQL database"), "\(b.log)")
-        #expect(try a.coffer(["secret", "get", "one/x"]).stdout == Array("x".utf8))
-        #expect(try a.coffer(["secret", "put", "one/y"], stdin: Array("y".utf8)).status == 0)
-        #expect(try a.coffer(["audit", "verify"]).status == 0)
-        a.stop()
+        let b = try Self.another(a)
+        let (ia, ib) = (Self.instance(a), Self.instance(b))
+        #expect(!ia.isEmpty && !ib.isEmpty && ia != ib, "instance ids: '\(ia)' '\(ib)'")
+
+        // read-after-write across hosts, both ways, with the reader's cache warm
+        for i in 0..<20 {
+            let (w, r) = i % 2 == 0 ? (a, b) : (b, a)
+            _ = try r.coffer(["secret", "get", "shared/p"])
+            #expect(try w.coffer(["secret", "put", "shared/p"], stdin: Array("v\(i)".utf8)).status == 0)
+            #expect(try r.coffer(["secret", "get", "shared/p"]).stdout == Array("v\(i)".utf8), "round \(i)")
+        }
+
+        // a token made on A works on B (now in B's cache); revoked on A, refused by B at once
+        let t = try Self.token(a)
+        #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t.token)"]).0 == 200)
+        #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t.token)"]).0 == 200)
+        #expect(try a.coffer(["token", "revoke", t.accessor]).status == 0)
+        #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t.token)"]).0 == 401)
+
+        // a data key rotated on A: B's next write is sealed under it; each reads the other's
+        let rotated = try a.coffer(["keys", "rotate", "--format", "json"])
+        let newKey = try #require(json(rotated.out)["id"] as? String, "\(rotated.stderr)")
+        #expect(try b.coffer(["secret", "put", "rot/b"], stdin: Array("from b".utf8)).status == 0)
+        let keyOfB = try PostgresServer.psql("SELECT v.key_id FROM secret_version v JOIN secret s ON s.id = v.secret_id WHERE s.path = 'rot/b'", database: database)
+        #expect(keyOfB == newKey, "B sealed under \(keyOfB), the active key is \(newKey)")
+        #expect(try a.coffer(["secret", "get", "rot/b"]).stdout == Array("from b".utf8))
+        #expect(try a.coffer(["secret", "put", "rot/a"], stdin: Array("from a".utf8)).status == 0)
+        #expect(try b.coffer(["secret", "get", "rot/a"]).stdout == Array("from a".utf8))
+
+        // one chain each, both verified on either host
+        let chains = try PostgresServer.psql("SELECT DISTINCT chain FROM audit_event ORDER BY 1", database: database)
+        #expect(Set(chains.split(separator: "\n").map(String.init)) == [ia, ib], "\(chains)")
+        for d in [a, b] {
+            let v = try d.coffer(["audit", "verify"])
+            #expect(v.status == 0 && v.out.hasPrefix("OK"), "\(v.out) \(v.stderr)")
+        }
+        // search and export: every instance's events, in one global order
+        let found = json(try b.curl("GET", "/v1/audit/events?path=shared/p&limit=1000").1)["events"] as? [[String: Any]] ?? []
+        #expect(Set(found.compactMap { $0["instance"] as? String }) == [ia, ib])
+        let positions = found.map { ($0["position"] as? Int) ?? ($0["seq"] as? Int ?? 0) }
+        #expect(positions == positions.sorted() && Set(positions).count == positions.count, "\(positions)")
+        let export = try a.curl("GET", "/v1/audit/export").1
+        #expect(export.contains("\"instance\":\"\(ia)\"") && export.contains("\"instance\":\"\(ib)\""))
+
+        // the same instance id twice (a copied state directory) is refused; the first serves on
+        let c = try Daemon(initialise: false, postgres: database)
+        try FileManager.default.createDirectory(atPath: (c.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a.keyPath, toPath: c.keyPath)
+        try FileManager.default.createDirectory(atPath: c.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for f in ["instance", "audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: b.dir + "/state/" + f, toPath: c.dir + "/state/" + f) }
+        _ = try c.launch()
+        #expect(try c.waitForExit() != 0)
+        #expect(c.log.contains("as instance '\(ib)'"), "\(c.log)")
+        #expect(try b.coffer(["secret", "get", "rot/a"]).stdout == Array("from a".utf8))
+
+        // an event of B's chain edited in the database: A's verify names B's instance and the seq
+        _ = try PostgresServer.psql("UPDATE audit_event SET action = 'edited' WHERE chain = '\(ib)' AND seq = 2", database: database)
+        let bad = try a.coffer(["audit", "verify"])
+        #expect(bad.status == 9 && bad.out.contains("BAD instance '\(ib)' at seq 2"), "\(bad.out) \(bad.stderr)")
+        let badJSON = json(try a.curl("GET", "/v1/audit/verify").1)
+        #expect(badJSON["instance"] as? String == ib && badJSON["bad_seq"] as? Int == 2, "\(badJSON)")
+    }
+
+    /// With max_staleness_ms high, only LISTEN/NOTIFY can tell B in time: a token
+    /// revoked on A is refused on B within 100 ms of A's answer.
+    @Test func aRevokeOnOneHostIsRefusedOnAnotherWithin100msByNotification() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(postgres: database)
+        try a.start()
+        let b = try Self.another(a, options: "max_staleness_ms = 60000")
+        #expect(try a.coffer(["secret", "put", "n/x"], stdin: Array("x".utf8)).status == 0)
+        var worst = 0.0
+        for _ in 0..<5 {
+            let t = try Self.token(a)
+            for _ in 0..<3 { #expect(try b.curl("GET", "/v1/secrets/data/n/x", headers: ["X-Coffer-Token: \(t.token)"]).0 == 200) }
+            #expect(try a.coffer(["token", "revoke", t.accessor]).status == 0)
+            let revoked = Date()
+            var refusedAfter: Double?
+            let http = UnixHTTPClient(socketPath: b.socket)
+            while Date().timeIntervalSince(revoked) < 2 {
+                let s = (try? http.request("GET", "/v1/secrets/data/n/x", headers: [("X-Coffer-Token", t.token)]))?.status ?? -1
+                if s == 401 { refusedAfter = Date().timeIntervalSince(revoked); break }
+                #expect(s == 200)
+                usleep(2_000)
+            }
+            let after = try #require(refusedAfter, "B still accepted the revoked token 2 s later")
+            worst = max(worst, after)
+        }
+        #expect(worst < 0.1, "slowest refusal on B after the revoke on A: \(Int(worst * 1000)) ms")
+        // B's cached read also follows A's write without waiting for the bound
+        _ = try b.coffer(["secret", "get", "n/x"])
+        #expect(try a.coffer(["secret", "put", "n/x"], stdin: Array("y".utf8)).status == 0)
+        #expect(waitUntil(0.1) { (try? b.coffer(["secret", "get", "n/x"]).stdout) == Array("y".utf8) })
+    }
+
+    /// A key rotation started on one host is taken up by every host (a new root key
+    /// and data key: each opens them with the key material it already holds, and
+    /// seals its next write under them); its re-wrap runs on one instance only (a lock
+    /// in the database), and afterwards every value opens on both.
+    @Test func aRotationStartedOnOneHostIsSeenByAllAndReWrappedOnce() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(postgres: database)
+        try a.start()
+        let b = try Self.another(a)
+        let http = UnixHTTPClient(socketPath: a.socket)
+        for i in 0..<300 {
+            #expect(try http.request("PUT", "/v1/secrets/data/rw/k\(i)", body: Array("{\"value\":\"v\(i)\"}".utf8)).status == 200)
+        }
+        let before = try PostgresServer.psql("SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active'", database: database)
+        let r = try b.coffer(["operator", "rotate", "--wait"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let after = try PostgresServer.psql("SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active'", database: database)
+        #expect(after != before)
+        #expect(try PostgresServer.psql("SELECT count(*) FROM secret_version WHERE key_id != '\(after)'", database: database) == "0")
+        #expect(try PostgresServer.psql("SELECT sealed IS NULL FROM keyring WHERE key_id = '\(before)'", database: database) == "t",
+                "the old data key was erased")
+        let runners = [a, b].filter { $0.log.contains("rotation: this instance re-wraps") }
+        #expect(runners.count == 1, "instances that ran the re-wrap: \(runners.count)")
+        // both hosts: the new root key, every value, and new writes under the new key
+        let roots = try [a, b].map { json(try $0.coffer(["--format", "json", "keys", "list"]).out)["root_key_id"] as? String ?? "?" }
+        #expect(roots[0] == roots[1] && roots[0] != "?", "\(roots)")
+        for d in [a, b] {
+            for i in stride(from: 0, to: 300, by: 37) { #expect(try d.coffer(["secret", "get", "rw/k\(i)"]).out == "v\(i)") }
+        }
+        #expect(try b.coffer(["secret", "put", "rw/after-b"], stdin: Array("b".utf8)).status == 0)
+        #expect(try a.coffer(["secret", "put", "rw/after-a"], stdin: Array("a".utf8)).status == 0)
+        #expect(try PostgresServer.psql("SELECT count(DISTINCT v.key_id) FROM secret_version v JOIN secret s ON s.id = v.secret_id WHERE s.path LIKE 'rw/after-%'",
+                                        database: database) == "1")
+        #expect(try a.coffer(["secret", "get", "rw/after-b"]).out == "b")
+        #expect(try b.coffer(["secret", "get", "rw/after-a"]).out == "a")
+        // a restart on either host opens the new root with the same key file
+        b.stop()
         try b.start()
-        #expect(try b.coffer(["secret", "get", "one/y"]).stdout == Array("y".utf8))
-        #expect(try b.coffer(["audit", "verify"]).status == 0)
+        #expect(try b.coffer(["secret", "get", "rw/k5"]).out == "v5")
+        for d in [a, b] { #expect(try d.coffer(["audit", "verify"]).status == 0) }
+    }
+
+    /// kill -9 of one instance during a write storm on both: the other serves on
+    /// without a failed request, no acknowledged write is lost, every chain verifies,
+    /// and the killed instance, restarted, signs its tail and serves again.
+    @Test func killingOneInstanceDuringAWriteStormLosesNoAcknowledgedWrite() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(postgres: database)
+        try a.start()
+        let b = try Self.another(a)
+        let acknowledged = Atomic([String: String]())
+        let failuresOnB = Atomic(0)
+        let writesOnBAfterKill = Atomic(0)
+        let killed = Atomic(false)
+        let stop = Atomic(false)
+        var threads: [Thread] = []
+        for w in 0..<4 {
+            let target = w % 2 == 0 ? a : b
+            let socket = target.socket
+            let onB = target === b
+            let th = Thread {
+                var i = 0
+                while !stop.load() {
+                    i += 1
+                    let path = "storm/w\(w)/k\(i)", value = "v\(w)-\(i)"
+                    let http = UnixHTTPClient(socketPath: socket)
+                    let s = (try? http.request("PUT", "/v1/secrets/data/" + path, body: Array("{\"value\":\"\(value)\"}".utf8)))?.status ?? -1
+                    if s == 200 {
+                        acknowledged.update { $0[path] = value }
+                        if onB && killed.load() { writesOnBAfterKill.add(1) }
+                    } else if onB {
+                        failuresOnB.add(1)
+                    }
+                }
+            }
+            threads.append(th)
+            th.start()
+        }
+        usleep(1_500_000)
+        a.kill9()
+        killed.store(true)
+        usleep(1_500_000)
+        stop.store(true)
+        usleep(300_000)
+        #expect(failuresOnB.load() == 0, "B failed \(failuresOnB.load()) writes")
+        #expect(writesOnBAfterKill.load() > 10, "B wrote \(writesOnBAfterKill.load()) after A was killed")
+        let acked = acknowledged.load()
+        #expect(acked.count > 50)
+        let stored = try PostgresServer.psql("SELECT count(*) FROM secret WHERE path LIKE 'storm/%'", database: database)
+        #expect(Int(stored) ?? 0 >= acked.count)
+        // every acknowledged write reads back on B, value for value
+        var lost: [String] = []
+        for (path, value) in acked.sorted(by: { $0.key < $1.key }) where path.hasSuffix("0") || acked.count < 400 {
+            if try b.coffer(["secret", "get", path]).stdout != Array(value.utf8) { lost.append(path) }
+        }
+        #expect(lost.isEmpty, "acknowledged but not read back: \(lost.prefix(10))")
+        let vb = try b.coffer(["audit", "verify"])
+        #expect(vb.status == 0 && vb.out.hasPrefix("OK"), "\(vb.out) \(vb.stderr)")
+        // A comes back on its own state directory: its chain's tail is signed, it serves
+        try a.start()
+        #expect(try a.coffer(["secret", "get", "storm/w1/k1"]).stdout == Array("v1-1".utf8))
+        let va = try a.coffer(["audit", "verify"])
+        #expect(va.status == 0 && va.out.hasPrefix("OK"), "\(va.out) \(va.stderr)")
     }
 }
 
@@ -146,5 +351,59 @@ import Testing
         #expect(waitUntil(10) { json((try? d.curl("GET", "/v1/sys/health").1) ?? "")["status"] as? String == "ok" })
         let v = try d.coffer(["audit", "verify"])
         #expect(v.status == 0, "\(v.out) \(v.stderr)")
+    }
+}
+
+@Suite(.serialized) struct PostgresPlantedObjectsTests {
+    /// An event trigger planted in the database (it would run inside Coffer's own
+    /// statements) makes serve refuse to start and migrate refuse the target.
+    @Test func anEventTriggerIsRefusedByServeAndMigrate() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let d = try Daemon(postgres: database)
+        try PostgresServer.psql("""
+            CREATE FUNCTION planted() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+            CREATE EVENT TRIGGER planted ON ddl_command_end EXECUTE FUNCTION planted();
+            """, database: database)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("event trigger planted"), "\(d.log)")
+        let src = try Daemon(sqlite: true)
+        let target = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(target) }
+        try PostgresServer.psql("""
+            CREATE FUNCTION planted() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+            CREATE EVENT TRIGGER planted2 ON ddl_command_end EXECUTE FUNCTION planted();
+            """, database: target)
+        let c = try PostgresServer.cluster()
+        let r = try run(Bins.cofferd, ["migrate", "--from", "sqlite:" + src.dbPath, "--to",
+                                       "postgresql://coffer@:\(PostgresServer.port)/\(target)?host=\(c.socketDir)"])
+        #expect(r.status != 0 && r.stderr.contains("event trigger"), "\(r.stderr)")
+    }
+
+    static let generationBody =
+        "BEGIN UPDATE coffer_generation SET gen = gen + 1 WHERE id = 1; PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+
+    /// The trigger function that announces changes to other instances, replaced by
+    /// one that stays silent (so a revoke would go unseen elsewhere): serve refuses.
+    @Test func aReplacedGenerationFunctionIsRefused() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let d = try Daemon(postgres: database)
+        try d.start()
+        d.stop()
+        try PostgresServer.psql("CREATE OR REPLACE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+                                database: database)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("function coffer_bump_generation (changed)"), "\(d.log)")
+        // put back, then one of its triggers disabled: refused too
+        try PostgresServer.psql("CREATE OR REPLACE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$\(Self.generationBody)$$; "
+                                + "ALTER TABLE token DISABLE TRIGGER coffer_generation_token", database: database)
+        _ = try d.launch()
+        #expect(try d.waitForExit() != 0)
+        #expect(d.log.contains("trigger coffer_generation_token (disabled)"), "\(d.log)")
+        try PostgresServer.psql("ALTER TABLE token ENABLE TRIGGER coffer_generation_token", database: database)
+        try d.start()
     }
 }

@@ -147,7 +147,7 @@ final class Daemon {
     /// tests' PostgreSQL server (several daemons sharing one state). Neither: the
     /// suite's backend (COFFER_TEST_BACKEND).
     init(sqlite: Bool = false, config extra: String = "", socketMode: String = "0666", initialise: Bool = true, policy: String? = nil,
-         postgres: String? = nil) throws {
+         postgres: String? = nil, postgresOptions: String = "") throws {
         var template = Array("/tmp/cf.XXXXXX".utf8CString)
         guard let d = mkdtemp(&template) else { throw TestError.failed("mkdtemp failed") }
         dir = String(cString: d)
@@ -193,7 +193,7 @@ final class Daemon {
         if let database {
             let pg = try PostgresServer.config(database: database)
             merged["storage", default: []].append(pg.storage)
-            others.append(pg.table)
+            others.append(pg.table + (postgresOptions.isEmpty ? "" : "\n" + postgresOptions))
         }
         func more(_ t: String) -> String { (merged[t] ?? []).joined(separator: "\n") }
         let config = """

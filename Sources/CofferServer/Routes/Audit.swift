@@ -64,19 +64,21 @@ extension APIResponder {
             }
             return (try engine.trail.events(g, f), f.limit)
         }
-        return ErrorMapping.json(AuditEventsResponse(events: events, nextAfter: events.count == limit ? events.last?.seq : nil))
+        return ErrorMapping.json(AuditEventsResponse(events: events, nextAfter: events.count == limit ? events.last?.cursor : nil))
     }
 
     func auditVerify(_ i: RouteInput) async throws(CofferError) -> Response {
         let principal = try i.caller
         try noQuery(i.request, allowed: [])
-        let (verdict, latest) = try await engine.auditVerify(principal, ticket: i.ticket)
+        let (verdict, instance, latest) = try await engine.auditVerify(principal, ticket: i.ticket)
         switch verdict {
         case .ok(let count, let head, let hash, let cps):
             return ErrorMapping.json(AuditVerifyResponse(ok: true, count: count, headSeq: head, headHash: Hex.encode(hash), checkpoints: cps, badSeq: nil, problem: nil,
                                                          latestCheckpoints: latest))
         case .bad(let seq, let problem):
-            return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem))
+            var r = AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: seq, problem: problem)
+            r.instance = instance
+            return ErrorMapping.json(r)
         case .unsignedTail(_, let signed, _, _):  // not asked for here: the daemon signs its head before verifying
             return ErrorMapping.json(AuditVerifyResponse(ok: false, count: nil, headSeq: nil, headHash: nil, checkpoints: nil, badSeq: signed + 1,
                                                          problem: "events after the last checkpoint (seq \(signed)) are not signed"))
