@@ -150,13 +150,15 @@ public struct AuditEvent: Sendable, Equatable {
     /// format 3 on (an event cannot be moved into another instance's chain).
     public var chain: String = ""
     /// Where the event stands in the global order of every chain (search and export
-    /// across instances; the cursor of `after`). Not hashed: the database assigns it.
+    /// across instances; the cursor of `after`). Hashed in a named chain (format 3):
+    /// an event moved in the order, or out of search's reach, no longer verifies.
     public var position: Int64 = 0
     /// The event's place for `after` (its position; its seq where there is one chain).
     public var cursor: Int64 { position != 0 ? position : seq }
 
     public static let currentFormat = 2
-    /// The format of events in a named chain (format 2 plus the chain's name).
+    /// The format of events in a named chain (format 2 plus the chain's name and the
+    /// event's position).
     public static let chainFormat = 3
 
     public init(format: Int = AuditEvent.currentFormat, seq: Int64, time: Int64, requestID: String, peerPID: Int32, peerUID: UInt32,
@@ -208,7 +210,7 @@ public struct AuditEvent: Sendable, Equatable {
         text(decision.rawValue); optional(rule); text(outcome.rawValue); text(String(status)); optional(errorCode)
         if format != 1 || !details.isEmpty { fields.append(details.canonicalBytes) }
         fields.append(prevHash)
-        if format == 3 { fields.append(Array(chain.utf8)) }
+        if format == 3 { fields.append(Array(chain.utf8)); fields.append(Array(String(position).utf8)) }
         switch format {
         case 1: return LengthPrefixed.encode("coffer-audit-event-v1", fields)
         case 2: return LengthPrefixed.encode("coffer-audit-event-v2", fields)
@@ -306,7 +308,8 @@ extension AuditEvent: Codable {
         try c.encode(Hex.encode(prevHash), forKey: .prevHash)
         try c.encode(Hex.encode(hash), forKey: .hash)
         if !chain.isEmpty { try c.encode(chain, forKey: .instance) }
-        if position != 0 && position != seq { try c.encode(position, forKey: .position) }
+        // (a named chain's hash covers it: always there; else only where it is not the seq)
+        if !chain.isEmpty || (position != 0 && position != seq) { try c.encode(position, forKey: .position) }
     }
 
     public init(from decoder: any Decoder) throws {
@@ -453,12 +456,32 @@ public enum AuditVerifier {
     /// hashes, MACs and signed checkpoints (its anchor is on its own host), its
     /// unsigned tail allowed (a live instance signs within checkpoint_seconds; one
     /// killed leaves a tail no one can sign). The first problem names its chain.
+    /// `registered` (a shared database): every chain the database registered, and how
+    /// far each was pruned; a chain missing whole, or its start without a prune, or one
+    /// not registered, is named from any host.
     public static func verifyAll(events: [AuditEvent], checkpoints: [AuditCheckpoint], publicKey: [UInt8], own: String,
-                                 anchor: AuditAnchor? = nil, mac: AuditMAC? = nil,
+                                 anchor: AuditAnchor? = nil, mac: AuditMAC? = nil, registered: [String: Int64]? = nil,
                                  allowUnsignedTail: Bool = false) -> (verdict: AuditVerdict, instance: String?) {
         var byChain: [String: ([AuditEvent], [AuditCheckpoint])] = [own: ([], [])]
         for e in events { byChain[e.chain, default: ([], [])].0.append(e) }
         for c in checkpoints { byChain[c.chain, default: ([], [])].1.append(c) }
+        if let registered {
+            for name in Set(byChain.keys).union(registered.keys).sorted() {
+                let (ev, cps) = byChain[name] ?? ([], [])
+                let first = ev.map(\.seq).min()
+                guard let pruned = registered[name] else {
+                    if ev.isEmpty && cps.isEmpty { continue }  // (this instance, before its first event)
+                    return (.bad(seq: first ?? cps.map(\.seq).min() ?? 0,
+                                 problem: "the chain is not registered in the database (added behind cofferd, or its registry row removed)"), name)
+                }
+                if ev.isEmpty && cps.isEmpty {
+                    return (.bad(seq: pruned + 1, problem: "the whole chain was deleted (it is registered, and nothing of it is left)"), name)
+                }
+                if let first, first - 1 > pruned {
+                    return (.bad(seq: pruned + 1, problem: "events \(pruned + 1)...\(first - 1) were deleted without prune"), name)
+                }
+            }
+        }
         let names = [own] + byChain.keys.filter { $0 != own }.sorted()
         var total = 0
         var cpTotal = 0

@@ -186,11 +186,21 @@ public struct CofferConfig: Sendable, Equatable {
             case ("sqlite", .some):
                 throw t.error("postgres", "[storage.postgres] is set but backend is \"sqlite\"; set backend = \"postgres\" to use it")
             case (_, .some(var p)):
-                try p.allowOnly(["url", "socket", "user", "database", "password_file", "pool_size", "tls", "tls_ca_file", "max_staleness_ms"])
+                try p.allowOnly(["url", "socket", "user", "database", "password_file", "pool_size", "tls", "tls_ca_file", "max_staleness_ms", "schema"])
                 var target: PostgresTarget
                 if let url = try p.string("url") {
                     guard try p.string("socket") == nil else { throw p.error("socket", "set url or socket, not both") }
-                    do { target = try PostgresTarget.parse(url: url) } catch { throw p.error("url", error.message + (error.hint.map { " (\($0))" } ?? "")) }
+                    let parameters: Set<String>
+                    do { (target, parameters) = try PostgresTarget.parseNamingParameters(url: url) } catch {
+                        throw p.error("url", error.message + (error.hint.map { " (\($0))" } ?? ""))
+                    }
+                    // TLS is set in one place: the URL's sslmode, or tls here (not both)
+                    if try p.string("tls") != nil, parameters.contains("sslmode") {
+                        throw p.error("tls", "the URL sets sslmode; set TLS there or with tls, not both")
+                    }
+                    if try p.string("tls_ca_file") != nil, parameters.contains("sslrootcert") {
+                        throw p.error("tls_ca_file", "the URL sets sslrootcert; set the CA there or with tls_ca_file, not both")
+                    }
                     let user = try p.string("user"), database = try p.string("database")
                     if user != nil || database != nil {
                         throw p.error("url", "the URL names the user and database; remove user and database here")
@@ -218,6 +228,16 @@ public struct CofferConfig: Sendable, Equatable {
                 }
                 if let v = try p.string("tls_ca_file") { target.caFile = v }
                 if target.tls != .disable, case .socket = target.endpoint { throw p.error("tls", "TLS over a Unix socket is not supported") }
+                if let ca = target.caFile {
+                    guard target.tls != .disable else { throw p.error("tls_ca_file", "a CA file is set but TLS is off (tls = \"disable\")") }
+                    guard ca.hasPrefix("/") else { throw p.error("tls_ca_file", "tls_ca_file must be an absolute path") }
+                }
+                if let v = try p.string("schema") {
+                    guard PostgresTarget.validName(v), v.utf8.allSatisfy({ $0 != UInt8(ascii: "\"") }) else {
+                        throw p.error("schema", "schema must be 1 to 63 bytes without control characters or quotes")
+                    }
+                    target.schema = v
+                }
                 c.postgres = target
             default:
                 break

@@ -53,6 +53,9 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
     /// the next request anywhere); more relies on LISTEN/NOTIFY and checks at most
     /// this often (the bound should a notification be lost).
     public var maxStalenessMillis: Int = 0
+    /// The schema Coffer's tables live in: every connection sets its search_path to
+    /// it (a search_path set on the database or role cannot point Coffer elsewhere).
+    public var schema: String = "public"
 
     public init(endpoint: Endpoint, user: String, database: String, passwordFile: String? = nil, tls: TLS = .disable,
                 caFile: String? = nil, poolSize: Int = 8) {
@@ -106,12 +109,16 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
     /// Parses `postgresql://user@host:port/database?sslmode=...&sslrootcert=...`, or with
     /// `host=/dir` for a socket directory (libpq's forms). A password in the URL is
     /// refused: it would sit in the config file and in every message that names the URL.
-    public static func parse(url: String) throws(CofferError) -> PostgresTarget {
+    public static func parse(url: String) throws(CofferError) -> PostgresTarget { try parseNamingParameters(url: url).target }
+
+    /// The same, and the names of the parameters the URL set (decoded).
+    public static func parseNamingParameters(url: String) throws(CofferError) -> (target: PostgresTarget, parameters: Set<String>) {
         let hint = "write it as postgresql://USER@HOST:PORT/DATABASE, or postgresql://USER@/DATABASE?host=/run/postgresql"
         let schemes = ["postgresql://", "postgres://"]
         guard let scheme = schemes.first(where: { url.hasPrefix($0) }) else {
             throw CofferError(.config, "the PostgreSQL URL is not a postgresql:// URL", hint: hint)
         }
+        guard !url.contains("#") else { throw CofferError(.config, "the PostgreSQL URL has a fragment (#...)", hint: hint) }
         var rest = Substring(url.dropFirst(scheme.count))
         var query: Substring = ""
         if let q = rest.firstIndex(of: "?") { query = rest[rest.index(after: q)...]; rest = rest[..<q] }
@@ -141,6 +148,9 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
             port = p
             hostPart = hostPart[..<colon]
         }
+        if hostPart.hasPrefix("[") != hostPart.hasSuffix("]") || hostPart.dropFirst().dropLast().contains("[") || hostPart.dropFirst().dropLast().contains("]") {
+            throw CofferError(.config, "the PostgreSQL URL's host is malformed (an IPv6 address goes in [...])", hint: hint)
+        }
         let host = String(hostPart.trimmingPrefix("[").prefix(while: { $0 != "]" }))
         var items: [(name: String, value: String?)] = []
         for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
@@ -151,7 +161,12 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
         var tls = TLS.disable
         var caFile: String?
         var socketDir: String?
+        var seen: Set<String> = []
         for item in items {
+            // twice (sslmode=verify-full&sslmode=disable): which one wins is a trap
+            guard seen.insert(item.name).inserted else {
+                throw CofferError(.config, "the PostgreSQL URL sets '\(item.name)' twice", hint: hint)
+            }
             switch item.name {
             case "sslmode":
                 switch item.value ?? "" {
@@ -178,6 +193,6 @@ public struct PostgresTarget: Sendable, Equatable, CustomStringConvertible {
         if tls != .disable, case .socket = endpoint {
             throw CofferError(.config, "TLS over a Unix socket is not supported", hint: "use sslmode=disable with a socket")
         }
-        return PostgresTarget(endpoint: endpoint, user: user, database: database, tls: tls, caFile: caFile)
+        return (PostgresTarget(endpoint: endpoint, user: user, database: database, tls: tls, caFile: caFile), seen)
     }
 }

@@ -37,9 +37,10 @@ public final class AuditTrail: Sendable {
         // A trail that cannot be signed (tampered) is still verified, to name the problem.
         _ = try? log.checkpointNow()
         let chain = try errors.call { try store.auditChain() }
+        let registered = try errors.call { try store.auditInstances() }
         let own = store.chain
         let v = AuditVerifier.verifyAll(events: chain.events, checkpoints: chain.checkpoints, publicKey: log.publicKey,
-                                        own: own, anchor: log.anchor, mac: log.mac)
+                                        own: own, anchor: log.anchor, mac: log.mac, registered: registered)
         return (v.verdict, v.instance, chain.checkpoints.filter { $0.chain == own }.suffix(10).map(\.seq))
     }
 

@@ -90,6 +90,17 @@ public final class CredentialService: Sendable {
         self.jwtKey = Mutex(keys.jwt)
     }
 
+    /// Another instance rotated the JWT key (a shared database): sign with the one
+    /// the database names active now. (The SSH CA is made once and not rotated.)
+    func refreshJWTKey() throws {
+        guard let k = try store.signingKeys().first(where: { $0.purpose == .jwt && $0.state == .active }) else {
+            throw CofferError(.integrity, "the keyring has no active jwt key")
+        }
+        guard jwtKey.withLock({ $0.keyID }) != k.keyID else { return }
+        let opened = try Self.openKey(k, root: keyring.root)
+        jwtKey.withLock { $0 = opened }
+    }
+
     /// A value set inside a transaction's closure, read after it.
     final class Slot<T: Sendable>: Sendable {
         let value = Mutex<T?>(nil)

@@ -33,8 +33,11 @@ public final class Gate: Sendable {
     let audit: AuditLog
     let clock: any WallClock
     let logger: Logger
+    /// A shared database found changed under this daemon refuses every action.
+    let coherence: SharedCoherence?
 
-    init(policies: PolicyStore, audit: AuditLog, clock: any WallClock, logger: Logger) {
+    init(policies: PolicyStore, audit: AuditLog, clock: any WallClock, logger: Logger, coherence: SharedCoherence? = nil) {
+        self.coherence = coherence
         self.policies = policies
         self.audit = audit
         self.clock = clock
@@ -58,6 +61,7 @@ public final class Gate: Sendable {
         ticket.decided(d)
         switch d.verdict {
         case .allow:
+            try coherence?.guardShared()
             return d
         case .deny:
             logger.info("denied", metadata: [

@@ -20,8 +20,9 @@ public enum InstanceID {
         let file = stateDir + "/" + fileName
         if let text = try? String(contentsOfFile: file, encoding: .utf8) {
             let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard id.isEmpty || isValid(id) else {
-                throw CofferError(.config, "\(file) does not hold an instance id (1-64 of a-z, 0-9, '.', '-')",
+            if id == legacy { return "" }
+            guard isValid(id) else {
+                throw CofferError(.config, "\(file) does not hold an instance id (1-64 of a-z, 0-9, '.', '-', starting with a letter or digit)",
                                   hint: "restore it, or remove it on a host whose state directory is new")
             }
             return id
@@ -29,7 +30,7 @@ public enum InstanceID {
         let id = FileManager.default.fileExists(atPath: stateDir + "/" + AuditAnchor.fileName) ? "" : fresh()
         let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw CofferError(.config, "cannot write \(file): \(String(cString: strerror(errno)))") }
-        let bytes = Array((id + "\n").utf8)
+        let bytes = Array(((id.isEmpty ? legacy : id) + "\n").utf8)
         let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let synced = fsync(fd) == 0
         close(fd)
@@ -40,8 +41,12 @@ public enum InstanceID {
         return id
     }
 
+    /// What the file holds for the chain named "" (begun before chains, or migrated).
+    static let legacy = "(first)"
+
     public static func isValid(_ id: String) -> Bool {
-        (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2E || $0 == 0x2D }
+        guard let first = id.utf8.first, (0x61...0x7A).contains(first) || (0x30...0x39).contains(first) else { return false }
+        return (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2E || $0 == 0x2D }
     }
 
     /// The host's name (what an operator recognises in `audit verify`) and 8 random hex digits.

@@ -35,7 +35,7 @@ public struct RootKey: Sendable {
         } catch let e as CofferError {
             throw e
         } catch {
-            throw CofferError(.storage, "cannot read the database \(databasePath): \(error)")
+            throw CofferError(.storage, "cannot read the database \(databasePath): \(Store.describe(error))")
         }
         guard let existing else {
             // a new database: a new holder (init), or a key file that is the root key

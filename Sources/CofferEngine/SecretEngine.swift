@@ -56,10 +56,10 @@ public final class SecretEngine: Sendable {
         let errors = StoreErrorMapper(audit: audit, logger: logger)
         let principals = PrincipalResolver()
         self.principals = principals
-        let gate = Gate(policies: policies, audit: audit, clock: clock, logger: logger)
-        self.gate = gate
         let coherence = SharedCoherence(store: store, maxStalenessMillis: maxStalenessMillis, errors: errors, logger: logger)
         self.coherence = coherence
+        let gate = Gate(policies: policies, audit: audit, clock: clock, logger: logger, coherence: coherence)
+        self.gate = gate
         let tokens = TokenService(store: store, hashKey: keyring.tokenHashKey, policies: policies, errors: errors,
                                   principals: principals, coherence: coherence, clock: clock, logger: logger)
         self.tokens = tokens
@@ -83,12 +83,16 @@ public final class SecretEngine: Sendable {
         self.startedAt = clock.nowMillis()
         // another instance changed secrets, tokens or keys: nothing cached survives it,
         // and the keyring takes the data keys the database now has (a rotation there)
-        coherence.onChange { [weak tokens, weak secrets, weak keyring, weak runService, store, logger] in
+        coherence.onChange { [weak tokens, weak secrets, weak keyring, weak runService, weak credentialService, store, logger] keys in
             tokens?.cache.clear()
             secrets?.cache.clear()
             runService?.sharedStateChanged()
-            do { try keyring?.refreshDataKeys(store: store) } catch {
-                logger.error("cannot load the keyring's data keys another instance changed", metadata: ["error": "\(error)"])
+            guard keys else { return }
+            do {
+                try keyring?.refreshDataKeys(store: store)
+                try credentialService?.refreshJWTKey()
+            } catch {
+                logger.error("cannot load the keys another instance changed", metadata: ["error": "\(error)"])
             }
         }
         coherence.listen()
@@ -128,7 +132,7 @@ public final class SecretEngine: Sendable {
         } catch let e as CofferError {
             throw e
         } catch {
-            throw CofferError(.storage, "cannot open the database \(location): \(error)")
+            throw CofferError(.storage, "cannot open the database \(location): \(Store.describe(error))")
         }
         // this host's files beside the trail: next to the SQLite file, or in the state directory
         let localDir: String
@@ -152,6 +156,10 @@ public final class SecretEngine: Sendable {
             credentials: CredentialService.Settings(config: config), signingKeys: signingKeys,
             maxStalenessMillis: config.postgres?.maxStalenessMillis ?? 0, clock: clock, logger: logger)
         try await engine.authenticateRecords()
+        // a chain from before the registry (an upgraded or migrated database): registered now
+        do { try await store.registerExistingChain(now: clock.nowMillis()) } catch {
+            throw StoreErrorMapper(audit: audit, logger: logger).map(error)
+        }
         // the start's checks (the reference schema in memory, integrity_check, the
         // digest's full scan) freed what they allocated: hand it back to the system
         _ = coffer_malloc_trim()
@@ -172,7 +180,8 @@ public final class SecretEngine: Sendable {
             // can make it launder edited rows.
             let chain = try store.auditChain()
             if case .bad(let seq, let problem) = AuditVerifier.verifyAll(events: chain.events, checkpoints: chain.checkpoints, publicKey: audit.publicKey,
-                                                                          own: store.chain, anchor: audit.anchor, mac: audit.mac).verdict {
+                                                                          own: store.chain, anchor: audit.anchor, mac: audit.mac,
+                                                                          registered: try store.auditInstances()).verdict {
                 logger.critical("the audit trail does not verify; records without a MAC are not adopted (nor a record digest made) and stay refused",
                                 metadata: ["audit.seq": "\(seq)", "problem": "\(problem)"])
                 store.markRecordDigestSuspect("there is no record digest, and the trail does not verify")

@@ -58,6 +58,9 @@ final class PostgresPool: Sendable {
         guard stat(file, &st) == 0, st.st_mode & 0o077 == 0 else {
             throw CofferError(.config, "the PostgreSQL password file \(file) is readable by others", hint: "chmod 600 \(file)")
         }
+        guard data.count <= 1024 else {
+            throw CofferError(.config, "the PostgreSQL password file \(file) is over 1 KiB", hint: "it holds the password only, on one line")
+        }
         var s = String(decoding: data, as: UTF8.self)
         while s.last == "\n" || s.last == "\r" { s.removeLast() }
         return s
@@ -75,7 +78,28 @@ final class PostgresPool: Sendable {
         }
         config.options.connectTimeout = .seconds(5)
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        return try PostgresPool.bounded(PostgresConnection.connect(on: group.next(), configuration: config, id: id, logger: logger), seconds: 10)
+        let c = try PostgresPool.bounded(PostgresConnection.connect(on: group.next(), configuration: config, id: id, logger: logger), seconds: 10)
+        do {
+            try prepare(c)
+        } catch {
+            c.close().whenComplete { _ in _ = c }
+            throw error
+        }
+        return c
+    }
+
+    /// Every new connection: Coffer's schema first on the search path (pg_catalog stays
+    /// ahead of it, implicitly), whatever the database or role set; and triggers and
+    /// foreign keys in force (session_replication_role set to replica on the database
+    /// or role would switch off both, and with them the generation every host follows).
+    private func prepare(_ c: PostgresConnection) throws {
+        let quoted = "\"" + target.schema + "\""
+        _ = try PostgresPool.bounded(c.query(PostgresQuery(unsafeSQL: "SET search_path = \(quoted)"), logger: logger), closing: c)
+        let rows = try session(c).query("SELECT current_setting('session_replication_role')", [])
+        guard let v = rows.first?.values.first, case .string("origin") = v else {
+            throw CofferError(.integrity, "the PostgreSQL session_replication_role is not 'origin' (set on the database or role?): triggers and foreign keys would not run",
+                              hint: "ALTER DATABASE/ROLE ... RESET session_replication_role")
+        }
     }
 
     /// Runs `body` on a connection of the pool (waiting for one when all are out). A
@@ -135,10 +159,10 @@ final class PostgresPool: Sendable {
     /// LISTENs on `channel` on a connection of its own; `notified` runs (on the
     /// pool's event loop) for each notification. A connection that was listening and
     /// closed is replaced.
-    func listen(channel: String, notified: @escaping @Sendable () -> Void) throws {
+    func listen(channel: String, notified: @escaping @Sendable (_ payload: String) -> Void) throws {
         if isListening { return }
         let c = try connect()
-        c.addListener(channel: channel) { _, _ in notified() }
+        c.addListener(channel: channel) { _, n in notified(n.payload) }
         _ = try PostgresPool.bounded(c.query(PostgresQuery(unsafeSQL: "LISTEN \(channel)"), logger: logger), closing: c)
         let old = listener.withLock { l -> PostgresConnection? in defer { l = c }; return l }
         if let old { old.close().whenComplete { _ in _ = old } }
@@ -188,6 +212,22 @@ final class PostgresPool: Sendable {
             c.close().whenComplete { _ in _ = c }  // kept until closed (postgres-nio asserts it)
             throw CofferError(.config, "another cofferd is serving the PostgreSQL database \(target) as instance '\(instance)'",
                               hint: "each host's cofferd needs a state directory of its own (its instance id is in it)")
+        }
+        instanceLock.withLock { $0 = c }
+    }
+
+    /// While serving: the instance lock is still held. Its connection may have ended (a
+    /// server restart, a terminated backend, an idle timeout): it is taken again, and
+    /// if another daemon took it meanwhile, this one must write nothing more.
+    func ensureInstanceLock(instance: String) throws {
+        guard instanceLock.withLock({ $0.map { $0.isClosed } ?? false }) else { return }
+        let c: PostgresConnection
+        do { c = try connect() } catch { return }  // unreachable: the requests fail closed on their own
+        let rows = try session(c).query("SELECT pg_try_advisory_lock(6516582, hashtext(?))", [instance.databaseValue].asArguments)
+        guard let v = rows.first?.values.first, case .int64(1) = v else {
+            c.close().whenComplete { _ in _ = c }
+            throw CofferError(.auditUnavailable, "another cofferd took over instance '\(instance)' while this one's session was gone; this one writes nothing more",
+                              hint: "each host's cofferd needs a state directory of its own")
         }
         instanceLock.withLock { $0 = c }
     }

@@ -82,17 +82,36 @@ extension Store {
         guard let auditMAC = auditMAC.withLock({ $0 }) else {
             throw AuditTrailChanged(message: "no audit MAC key is installed: refusing to write unauthenticated events")
         }
-        let stmt = try db.cachedStatement(sql: Store.insertEventSQL)
-        for var e in drafts {
+        let shared = db.isPostgres
+        // a shared database registers each chain with its first event (MACed, in the
+        // record digest): a chain deleted whole, or its start without a prune, shows on every host
+        if shared, seq == 0, let mac = recordMACKey.withLock({ $0 }), !drafts.isEmpty {
+            let created = drafts[0].time
+            let m = mac.instance(chain: chain, createdAt: created, prunedThrough: 0)
+            try db.execute(sql: "INSERT INTO audit_instance (chain, created_at, pruned_through, mac) VALUES (?, ?, 0, ?)",
+                           arguments: [chain, created, Data(m)])
+            try Store.digestReplace(db, mac, .instance, old: nil, new: m)
+        }
+        let stmt = try db.cachedStatement(sql: shared ? Store.insertEventWithPositionSQL : Store.insertEventSQL)
+        // PostgreSQL: each event's place in the global order, taken under the writers'
+        // lock (so in commit order) before it is hashed: a named chain's hash covers it
+        let positions = shared
+            ? try Int64.fetchAll(db, sql: "SELECT nextval('audit_position') FROM generate_series(1, CAST(? AS INTEGER))", arguments: [drafts.count]).sorted()
+            : []
+        for (i, draft) in drafts.enumerated() {
+            var e = draft
             seq += 1
             e.seq = seq
             e.chain = chain
+            e.position = shared ? positions[i] : seq
             if !chain.isEmpty { e.format = AuditEvent.chainFormat }
             e.prevHash = prev
             e.hash = e.computedHash()
             e.mac = auditMAC.mac(e.hash)
             prev = e.hash
-            try stmt.execute(arguments: StatementArguments(e.rowValues.map(Store.databaseValue)))
+            var values = e.rowValues.map(Store.databaseValue)
+            if shared { values.append(e.position.databaseValue) }
+            try stmt.execute(arguments: StatementArguments(values))
             out.append(e)
         }
         let head = (seq: seq, hash: prev)
@@ -203,7 +222,7 @@ extension Store {
     static func basis(_ db: Database, chain: String, anchorSeq: Int64, trusted: Bool) throws -> CheckpointBasis {
         let base = try Row.fetchOne(db, sql: selectCheckpoint + " WHERE chain = ? ORDER BY seq DESC LIMIT 1", arguments: [chain]).map(Store.checkpoint)
         let anchored = try Row.fetchOne(db, sql: selectCheckpoint + " WHERE chain = ? AND seq = ?", arguments: [chain, anchorSeq]).map(Store.checkpoint)
-        let tail = trusted ? [] : try Row.fetchAll(db, sql: Store.selectEvent + " WHERE chain = ? AND seq > ? ORDER BY seq",
+        let tail = trusted ? [] : try Row.fetchAll(db, sql: Store.selectEvent(db.isPostgres) + " WHERE chain = ? AND seq > ? ORDER BY seq",
                                                    arguments: [chain, base?.seq ?? 0]).map(Store.event)
         let (seq, hash) = try auditHead(db, chain: chain)
         return CheckpointBasis(base: base, anchored: anchored, tail: tail, head: (seq, hash), headIsTrusted: trusted)
@@ -231,13 +250,15 @@ extension Store {
 
     static let insertEventSQL = "INSERT INTO audit_event (\(AuditEvent.columns.joined(separator: ", "))) VALUES ("
         + Array(repeating: "?", count: AuditEvent.columns.count).joined(separator: ", ") + ")"
-    static let selectEvent = "SELECT " + AuditEvent.columns.joined(separator: ", ") + " FROM audit_event"
-    /// The same with each event's place in the global order (PostgreSQL numbers every
-    /// event of every chain in commit order, under the writers' lock; SQLite's one
-    /// chain is its own order).
-    func selectEventWithPosition() -> String {
-        "SELECT " + AuditEvent.columns.joined(separator: ", ") + ", \(positionColumn) AS position FROM audit_event"
+    static let insertEventWithPositionSQL = "INSERT INTO audit_event (\(AuditEvent.columns.joined(separator: ", ")), pos) VALUES ("
+        + Array(repeating: "?", count: AuditEvent.columns.count + 1).joined(separator: ", ") + ")"
+    /// Every column, with each event's place in the global order (PostgreSQL numbers
+    /// every event of every chain in commit order, under the writers' lock; SQLite's
+    /// one chain is its own order).
+    static func selectEvent(_ postgres: Bool) -> String {
+        "SELECT " + AuditEvent.columns.joined(separator: ", ") + ", \(postgres ? "pos" : "seq") AS position FROM audit_event"
     }
+    func selectEventWithPosition() -> String { Store.selectEvent(pool.isPostgres) }
     var positionColumn: String { pool.isPostgres ? "pos" : "seq" }
 
     static func databaseValue(_ v: AuditColumnValue) -> DatabaseValue {
@@ -284,6 +305,40 @@ extension Store {
         try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT DISTINCT action FROM audit_event")) }
     }
 
+    /// The registered chains of a shared database and how far each was pruned (nil on
+    /// SQLite: one chain). A row whose MAC fails is left out: its chain then reads as
+    /// not registered, which verify names.
+    public func auditInstances() throws -> [String: Int64]? {
+        guard pool.isPostgres else { return nil }
+        let mac = try recordMAC()
+        return try pool.read { db in
+            var out: [String: Int64] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT chain, created_at, pruned_through, mac FROM audit_instance") {
+                let chain: String = r["chain"]
+                if RecordMAC.matches(r["mac"], mac.instance(chain: chain, createdAt: r["created_at"], prunedThrough: r["pruned_through"])) {
+                    out[chain] = r["pruned_through"]
+                }
+            }
+            return out
+        }
+    }
+
+    /// A chain begun before the registry (a database from before chains, or migrated):
+    /// registered once, where it starts now, by the instance that owns it.
+    public func registerExistingChain(now: Int64) async throws {
+        guard pool.isPostgres, let mac = recordMACKey.withLock({ $0 }), mac.digest.isVerified else { return }
+        try await pool.write { db in
+            guard try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_instance WHERE chain = ?", arguments: [self.chain]) == 0 else { return }
+            let (head, _) = try Store.auditHead(db, chain: self.chain)
+            guard head > 0 else { return }  // registered with its first event
+            let first = try Int64.fetchOne(db, sql: "SELECT min(seq) FROM audit_event WHERE chain = ?", arguments: [self.chain]) ?? head + 1
+            let m = mac.instance(chain: self.chain, createdAt: now, prunedThrough: first - 1)
+            try db.execute(sql: "INSERT INTO audit_instance (chain, created_at, pruned_through, mac) VALUES (?, ?, ?, ?)",
+                           arguments: [self.chain, now, first - 1, Data(m)])
+            try Store.digestReplace(db, mac, .instance, old: nil, new: m)
+        }
+    }
+
     /// Everything needed to verify: all events and checkpoints of every chain, each
     /// chain in order, the events in the global order.
     public func auditChain() throws -> (events: [AuditEvent], checkpoints: [AuditCheckpoint]) {
@@ -317,6 +372,18 @@ extension Store {
             // this instance's chain only: another's is pruned by its own daemon (whose anchor records it)
             try db.execute(sql: "DELETE FROM audit_event WHERE chain = ? AND seq <= ?", arguments: [self.chain, seq])
             let n = db.changesCount
+            if db.isPostgres {
+                // the registry records how far this chain was pruned (every host checks it)
+                let mac = try self.recordMAC()
+                guard let r = try Row.fetchOne(db, sql: "SELECT created_at, pruned_through, mac FROM audit_instance WHERE chain = ?", arguments: [self.chain]),
+                      RecordMAC.matches(r["mac"], mac.instance(chain: self.chain, createdAt: r["created_at"], prunedThrough: r["pruned_through"])) else {
+                    throw Store.integrityError("the audit instance registry")
+                }
+                let m = mac.instance(chain: self.chain, createdAt: r["created_at"], prunedThrough: max(seq, r["pruned_through"] as Int64))
+                try db.execute(sql: "UPDATE audit_instance SET pruned_through = ?, mac = ? WHERE chain = ?",
+                               arguments: [max(seq, r["pruned_through"] as Int64), Data(m), self.chain])
+                try Store.digestReplace(db, mac, .instance, old: r["mac"], new: m)
+            }
             try db.execute(sql: "DELETE FROM audit_checkpoint WHERE chain = ? AND seq < ?", arguments: [self.chain, seq])
             return (n, try self.commit(ticket, db))
         }

@@ -27,8 +27,11 @@ import Synchronization
 public final class RecordDigest: Sendable {
     public enum Kind: String, Sendable, CaseIterable {
         case secret, version, token, elevation, session, key, signing, credential, rotation
+        /// The audit chains of a shared (PostgreSQL) database, one row per instance.
+        case instance
         var table: String {
             switch self {
+            case .instance: "audit_instance"
             case .rotation: "key_rotation"
             case .key: "keyring"
             case .signing: "signing_key"
@@ -52,6 +55,13 @@ public final class RecordDigest: Sendable {
     let state = Mutex<State>(.absent)
     public var current: State { state.withLock { $0 } }
     var isVerified: Bool { state.withLock { $0 == .verified } }
+}
+
+extension RecordDigest.Kind {
+    /// The kinds this database has (the instance registry is PostgreSQL's only).
+    static func stored(_ db: Database) -> [RecordDigest.Kind] {
+        db.isPostgres ? allCases : allCases.filter { $0 != .instance }
+    }
 }
 
 extension Store {
@@ -106,6 +116,10 @@ extension Store {
                 throw CofferError(.integrity, "the database schema is not the one Coffer makes (not made by Coffer: \(foreign))",
                                   hint: "drop it; only Coffer's migrations should change the schema")
             }
+            if let missing = try missingPostgresObjects(db).first {
+                throw CofferError(.integrity, "the database schema is not the one Coffer makes (\(missing))",
+                                  hint: "only Coffer's migrations should change the schema; restore a backup")
+            }
             return
         }
         let expected = try expectedSchema.get()
@@ -152,7 +166,7 @@ extension Store {
     static func digestSum(_ db: Database, _ mac: RecordMAC) throws -> (acc: [UInt8], rows: Int64) {
         var acc = [UInt8](repeating: 0, count: 32)
         var rows: Int64 = 0
-        for kind in RecordDigest.Kind.allCases {
+        for kind in RecordDigest.Kind.stored(db) {
             let cursor = try Data?.fetchCursor(db, sql: "SELECT mac FROM \(kind.table)")
             while let m = try cursor.next() {
                 add(&acc, mac.share(kind, m))
@@ -330,7 +344,7 @@ extension Store {
                 throw CofferError(.conflict, "\(bad.count) record(s) fail their own MAC, so the records cannot be accepted as they are (first: \(bad[0]))",
                                   hint: "restore a backup; `coffer operator check` lists them")
             }
-            let n = try RecordDigest.Kind.allCases.reduce(0) { $0 + (try Int.fetchOne(db, sql: "SELECT count(*) FROM \($1.table)") ?? 0) }
+            let n = try RecordDigest.Kind.stored(db).reduce(0) { $0 + (try Int.fetchOne(db, sql: "SELECT count(*) FROM \($1.table)") ?? 0) }
             ticket.update { $0.path = "records:\(n)"; $0.details[Store.digestMarker] = .text("started") }
             let event = try self.commit(ticket, db)
             try Store.startDigest(db, mac, chain: self.chain)

@@ -47,6 +47,10 @@ extension Store {
             // the server's message and SQLSTATE (no detail: a constraint's detail quotes values)
             return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "")"
         }
+        if let e = error as? PSQLError {
+            // no answer from a server: what went wrong on the way (never a password: none is in these)
+            return "PostgreSQL \(e.code)" + (e.underlying.map { ": \(String(describing: $0).prefix(200))" } ?? "")
+        }
         return "\(type(of: error))"
     }
 

@@ -84,6 +84,12 @@ public struct RecordMAC: Sendable {
         }
     }
 
+    /// A chain's registry row (shared database): deleting a whole chain, or its start
+    /// without a prune, shows on every host.
+    func instance(chain: String, createdAt: Int64, prunedThrough: Int64) -> [UInt8] {
+        mac("coffer-audit-instance-v1", [Self.text(chain), Self.int(createdAt), Self.int(prunedThrough)])
+    }
+
     func session(_ r: Row) -> [UInt8] {
         mac("coffer-ssh-session-v1", [Self.int(r["id"] as Int64?), Self.int(r["serial"] as Int64?), Self.text(r["elevation_id"]),
                                       Self.int(r["audit_session"] as Int64?), Self.int(r["pid"] as Int64?), Self.text(r["user"]),
@@ -323,6 +329,26 @@ extension Store {
         return result
     }
 
+    /// Coffer's own objects on PostgreSQL that must be there once its migrations ran
+    /// (the generation triggers: without them no host hears of another's changes).
+    static func missingPostgresObjects(_ db: Database) throws -> [String] {
+        guard try Int.fetchOne(db, sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = 'coffer_generation'") == 1
+        else { return [] }
+        let present = Set(try String.fetchAll(db, sql: """
+            SELECT t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE NOT t.tgisinternal AND n.nspname = current_schema()
+            """))
+        var missing = generationTables.sorted().map { "coffer_generation_" + $0 }.filter { !present.contains($0) }.map { "trigger \($0) (missing)" }
+        if try Int.fetchOne(db, sql: "SELECT count(*) FROM coffer_generation WHERE id = 1") != 1 { missing.append("the generation row (missing)") }
+        return missing
+    }
+
+    /// What has changed in the schema since the start (PostgreSQL; checked while serving).
+    public func schemaProblems() throws -> [String] {
+        guard pool.isPostgres else { return [] }
+        return try pool.read { db in try Store.foreignSchemaObjects(db) + Store.missingPostgresObjects(db) }
+    }
+
     /// Triggers and views, which Coffer never makes ("trigger t_unrevoke").
     static func foreignSchemaObjects(_ db: Database) throws -> [String] {
         if db.isPostgres {
@@ -330,16 +356,21 @@ extension Store {
             // Coffer's own: the generation triggers (pg-v2), each on its table, calling
             // the one function whose body is the one Coffer wrote
             var found = try Row.fetchAll(db, sql: """
-                SELECT t.tgname::text AS name, c.relname::text AS tbl, p.proname::text AS fn, t.tgenabled::text AS enabled
+                SELECT t.tgname::text AS name, c.relname::text AS tbl, p.proname::text AS fn, t.tgenabled::text AS enabled,
+                       t.tgtype::bigint AS type, (t.tgqual IS NULL AND t.tgattr::text = '') AS plain, (pn.nspname = current_schema()) AS fnhome
                 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                JOIN pg_proc p ON p.oid = t.tgfoid
+                JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
                 WHERE NOT t.tgisinternal AND n.nspname = current_schema() ORDER BY 1
                 """).compactMap { r -> String? in
                     let name: String = r["name"], table: String = r["tbl"], fn: String = r["fn"]
                     // (the function's body is checked below, once)
-                    if name == "coffer_generation_" + table, Store.generationTables.contains(table), fn == "coffer_bump_generation" {
-                        // disabled, it would leave the other hosts' caches stale
-                        return (r["enabled"] as String) == "O" ? nil : "trigger \(name) (disabled)"
+                    if name == "coffer_generation_" + table, Store.generationTables.contains(table), fn == "coffer_bump_generation",
+                       (r["fnhome"] as Int64) == 1 {
+                        // disabled, firing on fewer statements, or only under a condition,
+                        // it would leave the other hosts' caches stale
+                        guard (r["enabled"] as String) == "O" else { return "trigger \(name) (disabled)" }
+                        guard (r["type"] as Int64) == (table == "token" ? 24 : 28), (r["plain"] as Int64) == 1 else { return "trigger \(name) (changed)" }
+                        return nil
                     }
                     return "trigger \(name)"
                 }
@@ -347,11 +378,16 @@ extension Store {
             // (a replaced one would run inside Coffer's own queries and triggers)
             let expected = ["instr": Store.instrFunctionBody, "coffer_bump_generation": Store.generationFunctionBody]
             for r in try Row.fetchAll(db, sql: """
-                SELECT p.proname::text AS name, p.prosrc AS src FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                SELECT p.proname::text AS name, p.prosrc AS src, (p.proconfig IS NULL AND NOT p.prosecdef) AS plain
+                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                 WHERE n.nspname = current_schema() AND p.proname IN ('instr', 'coffer_bump_generation') ORDER BY 1
                 """) {
+                // its body, and no settings of its own (a search_path there would send
+                // its statements to other tables and functions)
                 let name: String = r["name"], src: String = r["src"]
-                if expected[name].map({ src.trimmingCharacters(in: .whitespaces) != $0 }) ?? true { found.append("function \(name) (changed)") }
+                if expected[name].map({ src.trimmingCharacters(in: .whitespaces) != $0 }) ?? true || (r["plain"] as Int64) != 1 {
+                    found.append("function \(name) (changed)")
+                }
             }
             // event triggers run inside any statement of the database
             found += try String.fetchAll(db, sql: "SELECT 'event trigger ' || evtname::text FROM pg_event_trigger ORDER BY 1")
@@ -432,6 +468,15 @@ extension Store {
             for r in try Row.fetchAll(db, sql: "SELECT * FROM key_rotation") {
                 checked += 1
                 if !RecordMAC.matches(r["mac"], mac.rotation(r)) { bad.append("key rotation record") }
+            }
+            if db.isPostgres {
+                for r in try Row.fetchAll(db, sql: "SELECT chain, created_at, pruned_through, mac FROM audit_instance ORDER BY chain") {
+                    checked += 1
+                    let chain: String = r["chain"]
+                    if !RecordMAC.matches(r["mac"], mac.instance(chain: chain, createdAt: r["created_at"], prunedThrough: r["pruned_through"])) {
+                        bad.append("audit instance '\(chain)'")
+                    }
+                }
             }
             for r in try Row.fetchAll(db, sql: "SELECT * FROM credential ORDER BY id") {
                 checked += 1

@@ -9,8 +9,12 @@ extension Store {
     /// The tables whose changes daemons must see at once (they cache what they hold).
     static let generationTables: Set<String> = ["secret", "secret_version", "token", "keyring", "signing_key"]
     static let instrFunctionBody = "SELECT position($2 in $1)"
-    static let generationFunctionBody =
-        "BEGIN UPDATE coffer_generation SET gen = gen + 1 WHERE id = 1; PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+    /// `gen` counts every change of what daemons cache; `key_gen` those of the keys
+    /// (a daemon reloads its keyring only then). The notification names the table.
+    static let generationFunctionBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
+        + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
+        + "PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+    static let keyTables: Set<String> = ["keyring", "signing_key"]
 
     static let postgresMigrations: [(id: String, sql: String)] = [
         ("pg-v1", """
@@ -226,8 +230,14 @@ extension Store {
             ALTER TABLE audit_checkpoint DROP CONSTRAINT audit_checkpoint_pkey;
             ALTER TABLE audit_checkpoint ADD PRIMARY KEY (chain, seq);
             ALTER TABLE record_digest ADD COLUMN audit_chain TEXT COLLATE "C" NOT NULL DEFAULT '';
-            CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), gen BIGINT NOT NULL);
-            INSERT INTO coffer_generation (id, gen) VALUES (1, 0);
+            CREATE TABLE audit_instance (
+                chain TEXT COLLATE "C" PRIMARY KEY CHECK (length(chain) <= 64),
+                created_at BIGINT NOT NULL,
+                pruned_through BIGINT NOT NULL CHECK (pruned_through >= 0),
+                mac BYTEA
+                );
+            CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), gen BIGINT NOT NULL, key_gen BIGINT NOT NULL);
+            INSERT INTO coffer_generation (id, gen, key_gen) VALUES (1, 0, 0);
             CREATE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$\(generationFunctionBody)$$;
             CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
             CREATE TRIGGER coffer_generation_secret_version AFTER INSERT OR UPDATE OR DELETE ON secret_version FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
@@ -314,21 +324,30 @@ extension Store {
     /// one caches must follow the shared generation.
     public var isShared: Bool { pool.isPostgres }
 
-    /// The shared generation: bumped (and announced) by every transaction, of any
-    /// instance, that changes secrets, tokens or keys. nil on SQLite.
-    public func sharedGeneration() throws -> Int64? {
+    /// The shared generations: `all` bumped (and announced) by every transaction, of
+    /// any instance, that changes secrets, tokens or keys; `keys` by those that change
+    /// keys. nil on SQLite.
+    public func sharedGeneration() throws -> (all: Int64, keys: Int64)? {
         guard case .postgres(let p) = pool.engine else { return nil }
-        guard let v = try p.queryOnce("SELECT gen FROM coffer_generation WHERE id = 1").first?.values.first, case .int64(let g) = v else {
+        guard let row = try p.queryOnce("SELECT gen, key_gen FROM coffer_generation WHERE id = 1").first, row.values.count == 2,
+              case .int64(let g) = row.values[0], case .int64(let k) = row.values[1] else {
             throw CofferError(.integrity, "the shared generation row is missing")
         }
-        return g
+        return (g, k)
     }
 
     /// LISTENs for the generation's announcements (no-op on SQLite, and while a
-    /// listening connection is up). `changed` runs on PostgreSQL's event loop.
-    public func listenForChanges(_ changed: @escaping @Sendable () -> Void) throws {
+    /// listening connection is up). `changed` runs on PostgreSQL's event loop, told
+    /// whether keys changed.
+    public func listenForChanges(_ changed: @escaping @Sendable (_ keys: Bool) -> Void) throws {
         guard case .postgres(let p) = pool.engine else { return }
-        try p.listen(channel: "coffer_generation", notified: changed)
+        try p.listen(channel: "coffer_generation") { table in changed(Store.keyTables.contains(table)) }
+    }
+
+    /// The instance's session lock, taken again if its connection ended (PostgreSQL).
+    public func ensureInstanceLock() throws {
+        guard case .postgres(let p) = pool.engine else { return }
+        try p.ensureInstanceLock(instance: chain)
     }
 
     public var isListeningForChanges: Bool {

@@ -78,6 +78,10 @@ func serve(_ config: CofferConfig, logger: Logger, reanchorAudit: Bool = false, 
     let dbLock = dbDir == config.stateDir || config.postgres != nil ? nil : try StateLock(stateDir: dbDir)
     defer { withExtendedLifetime((lock, dbLock)) {} }
     let policyStore = try policies(for: config, logger: logger)
+    if let pg = config.postgres, case .tcp(let host, _) = pg.endpoint, pg.tls == .disable, !["localhost", "127.0.0.1", "::1"].contains(host) {
+        logger.warning("the connection to PostgreSQL is not encrypted (sslmode=verify-full in the URL, or tls = \"verify-full\")",
+                       metadata: ["postgres.host": "\(host)"])
+    }
     let open: EngineHost.Opener = { unlocker throws(CofferError) in
         try await SecretEngine.open(config: config, unlocker: unlocker, policies: policyStore, logger: logger,
                                     reanchorAudit: reanchorAudit, create: create)

@@ -248,6 +248,13 @@ import Testing
             ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d%00x\"", "control character"),
             ("backend = \"postgres\"\n[storage.postgres]\nsocket = \"/run/pg\"\nuser = \"u\\u0000x\"\ndatabase = \"d\"", "control characters"),
             ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nmax_staleness_ms = 60001", "max_staleness_ms"),
+            // TLS set twice (the last one would win), or in two places; a CA without TLS
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d?sslmode=verify-full&sslmode=disable\"", "twice"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d?ssl%6Dode=require\"\ntls = \"disable\"", "not both"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\ntls_ca_file = \"/etc/ca.pem\"", "TLS is off"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@[::1:5432/d\"", "malformed"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d#x\"", "fragment"),
+            ("backend = \"postgres\"\n[storage.postgres]\nurl = \"postgresql://u@h/d\"\nschema = \"a\\\"b\"", "schema"),
         ]
         for (text, needle) in bad {
             do {

@@ -154,6 +154,85 @@ import Testing
         #expect(bad.status == 9 && bad.out.contains("BAD instance '\(ib)' at seq 2"), "\(bad.out) \(bad.stderr)")
         let badJSON = json(try a.curl("GET", "/v1/audit/verify").1)
         #expect(badJSON["instance"] as? String == ib && badJSON["bad_seq"] as? Int == 2, "\(badJSON)")
+        // a NUL in a search filter is a 422, not a database error
+        for q in ["user=%00", "path=a%00", "action=%00"] {
+            #expect(try a.curl("GET", "/v1/audit/events?" + q).0 == 422, "\(q)")
+        }
+        // an instance file emptied (or holding what no id looks like) refuses the start
+        b.stop()
+        for text in ["", "  \n", "-x", "a b"] {
+            try text.write(toFile: b.dir + "/state/instance", atomically: true, encoding: .utf8)
+            _ = try b.launch()
+            #expect(try b.waitForExit() != 0)
+            #expect(b.log.contains("does not hold an instance id"), "'\(text)': \(b.log.suffix(300))")
+        }
+    }
+
+    /// What a database insider could do to another host's chain, named by verify on
+    /// any host: an event moved in the global order (out of search's reach), a chain
+    /// deleted whole, its start deleted without a prune, its registry row removed.
+    @Test func anotherHostsChainCannotBeHiddenOrDeleted() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(postgres: database)
+        try a.start()
+        let b = try Self.another(a)
+        let ib = Self.instance(b)
+        for i in 0..<5 { #expect(try b.coffer(["secret", "put", "h/b\(i)"], stdin: Array("b".utf8)).status == 0) }
+        #expect(try b.coffer(["audit", "verify"]).status == 0)
+        b.stop()
+        func named(_ sql: String, _ needle: String, undo: String) throws {
+            try PostgresServer.psql(sql, database: database)
+            let v = try a.coffer(["audit", "verify"])
+            #expect(v.status == 9 && v.out.contains("BAD instance '\(ib)'") && v.out.contains(needle), "\(sql): \(v.out) \(v.stderr)")
+            try PostgresServer.psql(undo, database: database)
+            #expect(try a.coffer(["audit", "verify"]).status == 0, "after undoing \(sql)")
+        }
+        let events = "CREATE TABLE saved_e AS SELECT * FROM audit_event WHERE chain = '\(ib)'; CREATE TABLE saved_c AS SELECT * FROM audit_checkpoint WHERE chain = '\(ib)'"
+        let restore = "INSERT INTO audit_event SELECT * FROM saved_e; INSERT INTO audit_checkpoint SELECT * FROM saved_c; DROP TABLE saved_e; DROP TABLE saved_c"
+        try named("UPDATE audit_event SET pos = pos + 1000000 WHERE chain = '\(ib)' AND seq = 3", "seq 3",
+                  undo: "UPDATE audit_event SET pos = pos - 1000000 WHERE chain = '\(ib)' AND seq = 3")
+        try named(events + "; DELETE FROM audit_event WHERE chain = '\(ib)'; DELETE FROM audit_checkpoint WHERE chain = '\(ib)'",
+                  "the whole chain was deleted", undo: restore)
+        try named(events + "; DELETE FROM audit_event WHERE chain = '\(ib)' AND seq <= 2; DELETE FROM audit_checkpoint WHERE chain = '\(ib)' AND seq < 2",
+                  "deleted without prune", undo: "DELETE FROM audit_event WHERE chain = '\(ib)'; DELETE FROM audit_checkpoint WHERE chain = '\(ib)'; " + restore)
+        try named("CREATE TABLE saved_i AS SELECT * FROM audit_instance WHERE chain = '\(ib)'; DELETE FROM audit_instance WHERE chain = '\(ib)'",
+                  "not registered", undo: "INSERT INTO audit_instance SELECT * FROM saved_i; DROP TABLE saved_i")
+        // the registry row is a record: its removal also shows in the record digest
+        try PostgresServer.psql("DELETE FROM audit_instance WHERE chain = '\(ib)'", database: database)
+        let check = try a.coffer(["operator", "check"])
+        #expect(check.status != 0, "\(check.out) \(check.stderr)")
+    }
+
+    /// The instance lock's session ended (a terminated backend, an idle timeout): the
+    /// daemon takes it again within seconds, so a copy of its state directory is
+    /// still refused.
+    @Test func theInstanceLockIsTakenAgainWhenItsSessionEnds() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(postgres: database)
+        try a.start()
+        let holder = """
+            SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 6516582 AND objsubid = 2 AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """
+        let first = try PostgresServer.psql(holder, database: database)
+        #expect(!first.isEmpty)
+        _ = try PostgresServer.psql("SELECT pg_terminate_backend(\(first))", database: database)
+        #expect(waitUntil(15) {
+            _ = try? a.coffer(["secret", "get", "nothing/here"])
+            let now = (try? PostgresServer.psql(holder, database: database)) ?? ""
+            return !now.isEmpty && now != first
+        }, "the lock was not taken again")
+        let c = try Daemon(initialise: false, postgres: database)
+        try FileManager.default.createDirectory(atPath: (c.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a.keyPath, toPath: c.keyPath)
+        try FileManager.default.createDirectory(atPath: c.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for f in ["instance", "audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: a.dir + "/state/" + f, toPath: c.dir + "/state/" + f) }
+        _ = try c.launch()
+        #expect(try c.waitForExit() != 0)
+        #expect(c.log.contains("as instance"), "\(c.log.suffix(400))")
+        #expect(try a.coffer(["secret", "put", "l/x"], stdin: Array("x".utf8)).status == 0)
     }
 
     /// With max_staleness_ms high, only LISTEN/NOTIFY can tell B in time: a token
@@ -230,6 +309,61 @@ import Testing
         try b.start()
         #expect(try b.coffer(["secret", "get", "rw/k5"]).out == "v5")
         for d in [a, b] { #expect(try d.coffer(["audit", "verify"]).status == 0) }
+    }
+
+    static let elevationPolicy = """
+        [role.admin]
+        [[role.admin.rule]]
+        path = "**"
+        capabilities = ["read", "list", "write", "delete", "destroy", "admin", "audit"]
+        [[bind]]
+        subjects = ["uid:0"]
+        roles = ["admin"]
+
+        [role.deploy]
+        [[role.deploy.rule]]
+        path = "deploy/**"
+        capabilities = ["read"]
+        [[elevation]]
+        role = "deploy"
+        eligible = ["uid:0"]
+        approvals = 0
+        max_duration = "2h"
+        reason = "optional"
+        jwt = { audiences = ["deploy-api"], max_ttl = "1h" }
+        """
+
+    /// The JWT key rotated on A: B's next JWT is signed with the new key (its kid),
+    /// and the JWKS either host publishes verifies it.
+    @Test func aJWTKeyRotatedOnOneHostSignsOnEvery() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let a = try Daemon(policy: Self.elevationPolicy, postgres: database)
+        try a.start()
+        let b = try Daemon(initialise: false, policy: Self.elevationPolicy, postgres: database)
+        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
+        try b.start()
+        func jwt(_ d: Daemon) throws -> String {
+            let r = try d.coffer(["elevate", "request", "deploy", "--for", "1h", "--format", "json"])
+            let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
+            #expect(try d.coffer(["elevate", "activate", id, "--output", d.dir + "/tok-" + id]).status == 0)
+            let j = try d.coffer(["elevate", "jwt", id, "--audience", "deploy-api", "--format", "json"])
+            return try #require(json(j.out)["token"] as? String, "\(j.stderr)")
+        }
+        func kid(_ token: String) -> String? {
+            var b64 = String(token.split(separator: ".")[0]).replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+            while b64.count % 4 != 0 { b64 += "=" }
+            return Data(base64Encoded: b64).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }?["kid"] as? String
+        }
+        let before = kid(try jwt(b))
+        let rot = try a.coffer(["jwks", "rotate", "--format", "json"])
+        let newKid = try #require(json(rot.out)["kid"] as? String, "\(rot.stderr)")
+        #expect(before != nil && before != newKid)
+        #expect(kid(try jwt(b)) == newKid, "B still signs with the key before the rotation on A")
+        #expect(kid(try jwt(a)) == newKid)
+        let published = json(try b.curl("GET", "/v1/jwks").1)["keys"] as? [[String: Any]] ?? []
+        #expect(Set(published.compactMap { $0["kid"] as? String }).contains(newKid))
     }
 
     /// kill -9 of one instance during a write storm on both: the other serves on
@@ -381,8 +515,58 @@ import Testing
         #expect(r.status != 0 && r.stderr.contains("event trigger"), "\(r.stderr)")
     }
 
-    static let generationBody =
-        "BEGIN UPDATE coffer_generation SET gen = gen + 1 WHERE id = 1; PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+    static let generationBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
+        + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
+        + "PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+
+    /// Ways a database insider could silence the generation, each refused at start:
+    /// the function given a search_path of its own (its statements sent to a planted
+    /// table and a planted pg_notify), a trigger recreated to fire on fewer statements,
+    /// session_replication_role = replica set on the database (no trigger would fire).
+    /// A search_path set on the database does not move Coffer to another schema.
+    @Test func theGenerationCannotBeSilencedFromTheDatabase() throws {
+        let database = try PostgresServer.createDatabase()
+        defer { PostgresServer.dropDatabase(database) }
+        let d = try Daemon(postgres: database)
+        try d.start()
+        #expect(try d.coffer(["secret", "put", "g/x"], stdin: Array("x".utf8)).status == 0)
+        d.stop()
+        func refused(_ sql: String, _ needle: String, undo: String) throws {
+            try PostgresServer.psql(sql, database: database)
+            _ = try d.launch()
+            #expect(try d.waitForExit() != 0, "started despite: \(sql)")
+            #expect(d.log.contains(needle), "\(sql): \(d.log.suffix(600))")
+            try PostgresServer.psql(undo, database: database)
+        }
+        try refused("""
+            CREATE SCHEMA evil; CREATE TABLE evil.coffer_generation (id bigint primary key, gen bigint, key_gen bigint);
+            CREATE FUNCTION evil.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT NULL::void';
+            ALTER FUNCTION public.coffer_bump_generation() SET search_path = evil, pg_catalog
+            """, "function coffer_bump_generation (changed)",
+            undo: "ALTER FUNCTION public.coffer_bump_generation() RESET search_path; DROP SCHEMA evil CASCADE")
+        try refused("""
+            DROP TRIGGER coffer_generation_token ON token;
+            CREATE TRIGGER coffer_generation_token AFTER DELETE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()
+            """, "trigger coffer_generation_token (changed)",
+            undo: """
+            DROP TRIGGER coffer_generation_token ON token;
+            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()
+            """)
+        try refused("DROP TRIGGER coffer_generation_secret ON secret", "trigger coffer_generation_secret (missing)",
+                    undo: "CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()")
+        try refused("ALTER DATABASE \(database) SET session_replication_role = replica", "session_replication_role",
+                    undo: "ALTER DATABASE \(database) RESET session_replication_role")
+        // a search_path on the database pointing at an empty schema: Coffer stays in public
+        try PostgresServer.psql("CREATE SCHEMA decoy; ALTER DATABASE \(database) SET search_path = decoy, public", database: database)
+        try d.start()
+        #expect(try d.coffer(["secret", "get", "g/x"]).stdout == Array("x".utf8))
+        #expect(try PostgresServer.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'decoy'", database: database) == "0")
+        // and while it serves: a trigger disabled is found within seconds, and every request refused
+        try PostgresServer.psql("ALTER TABLE token DISABLE TRIGGER coffer_generation_token", database: database)
+        #expect(waitUntil(15) { (try? d.coffer(["secret", "get", "g/x"]).status) != 0 }, "still serving with a disabled trigger")
+        let r = try d.coffer(["secret", "get", "g/x"])
+        #expect(r.stderr.contains("trigger coffer_generation_token (disabled)"), "\(r.stderr)")
+    }
 
     /// The trigger function that announces changes to other instances, replaced by
     /// one that stays silent (so a revoke would go unseen elsewhere): serve refuses.

@@ -36,6 +36,10 @@ extension APIResponder {
         // One decision, then the query: nothing of it is parsed for a caller who may not read the trail.
         let (events, limit) = try await engine.gate.perform(i.ticket, principal, .audit, nil, named: "audit_read") { g async throws(CofferError) in
             let q = i.request.uri.queryParameters
+            // text filters never hold a NUL or other control character (PostgreSQL refuses a NUL in text)
+            for name in ["user", "path", "action"] as [Substring] where q[name].map({ $0.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } }) ?? false {
+                throw CofferError(.invalidParameter, "\(name) must not hold control characters")
+            }
             var f = AuditFilter()
             f.limit = 1000
             if let v = q["after"] { guard let n = Self.digits(v, as: Int64.self) else { throw CofferError(.invalidParameter, "after must be a sequence number") }; f.afterSeq = n }
