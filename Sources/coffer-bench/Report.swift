@@ -101,9 +101,10 @@ struct Report: Codable {
             targets.append("INFO  " + String(format: "%@ at %d conn = %.0f req/s, p99 %.0f µs: %.2f × SQLite (%.0f req/s)",
                                              pg as NSString, c, p.rps, p.p99us, p.rps / l.rps, l.rps))
         }
-        for (two, one) in [("read 64 B, PostgreSQL, 2 instances", "read 64 B, PostgreSQL"), ("write 64 B, PostgreSQL, 2 instances", "write 64 B, PostgreSQL")] {
+        for (two, one) in [("read 64 B, PostgreSQL, 2 instances", "read 64 B, PostgreSQL"), ("write 64 B, PostgreSQL, 2 instances", "write 64 B, PostgreSQL"),
+                           ("read 64 B, PostgreSQL, max_staleness_ms 100", "read 64 B, PostgreSQL")] {
             guard let p = find(two, c), let o = find(one, c) else { continue }
-            targets.append("INFO  " + String(format: "%@ at %d conn: %.2f × one instance", two as NSString, c, p.rps / o.rps))
+            targets.append("INFO  " + String(format: "%@ at %d conn: %.2f × %@", two as NSString, c, p.rps / o.rps, one as NSString))
         }
         let scaled = rows.filter { $0.scenario.hasPrefix("read 64 B with ") }
         if let small = scaled.first, let large = scaled.last, scaled.count > 1 {
