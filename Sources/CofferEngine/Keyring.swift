@@ -347,6 +347,9 @@ public final class Keyring: Sendable {
         }
     }
 
+    /// Whether the data key `keyID` is open here.
+    func holds(_ keyID: String) -> Bool { dataKeys.withLock { $0.open[keyID] != nil } }
+
     /// Seals a value for (path, version): a fresh data key seals the value, the
     /// active keyring key seals the data key; both bound to (path, version, key id).
     public func seal(_ value: SecretBytes, path: SecretPath, version: Int) throws(CryptoError) -> SealedVersion {

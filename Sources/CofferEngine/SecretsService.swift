@@ -38,7 +38,8 @@ public final class SecretsService: Sendable {
     /// Writes a new version. `value` is consumed into a ciphertext; the caller's copy
     /// is wiped by SecretBytes' deinit.
     public func put(_ g: Grant, _ path: SecretPath, value: SecretBytes, cas: Int?) async throws(CofferError) -> VersionRecord {
-        defer { cache.invalidate(path) }  // after the commit (or a failure): no stale row stays cached
+        cache.beginWrite(path)
+        defer { cache.endWrite(path) }  // after the commit (or a failure): no stale row stays cached
         guard value.count <= limits.maxValueBytes else {
             throw CofferError(.valueTooLarge, "the value is \(value.count) bytes; the limit is \(limits.maxValueBytes)",
                               hint: "raise limits.max_value_bytes (at most 1 MiB)")
@@ -51,14 +52,26 @@ public final class SecretsService: Sendable {
         }
         let keyring = self.keyring
         let p = g.principal
-        let record = try await errors.call {
-            try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
-                                now: clock.nowMillis(), guard: tokens.guardFor(p), ticket: g.ticket) { version in
-                do { return try keyring.seal(value, path: path, version: version) } catch {
-                    throw CofferError(.internal, "sealing failed")
+        var record: VersionRecord?
+        for attempt in 0..<2 {
+            do {
+                record = try await store.put(path, cas: cas, maxVersions: limits.maxVersions, author: Author(uid: p.uid, user: p.userName),
+                                             now: clock.nowMillis(), guard: tokens.guardFor(p), ticket: g.ticket) { version in
+                    do { return try keyring.seal(value, path: path, version: version) } catch {
+                        throw CofferError(.internal, "sealing failed")
+                    }
                 }
+                break
+            } catch let e as StaleDataKey where attempt == 0 {
+                // another host rotated the data key and this one was not told: take the
+                // keyring the database has, and seal again
+                logger.warning("the data key rotated elsewhere unannounced; reloading the keyring", metadata: ["key.id": "\(e.keyID)"])
+                do { try keyring.refreshDataKeys(store: store) } catch { throw errors.map(error) }
+            } catch {
+                throw errors.map(error)
             }
         }
+        guard let record else { throw CofferError(.conflict, "the data key changed while writing", hint: "retry") }
         logger.info("secret written", metadata: ["peer.uid": "\(p.uid)", "secret.path": "\(path)", "secret.version": "\(record.version)"])
         cache.invalidate(path)  // (before observers read it back)
         for f in writeObservers.withLock({ $0 }) { f(path) }
@@ -102,6 +115,8 @@ public final class SecretsService: Sendable {
         guard let wrapped = stored.wrappedKey, let ct = stored.ciphertext else {
             throw CofferError(.integrity, "version \(stored.meta.version) of \(path) has no ciphertext")
         }
+        // a key this host has not opened yet (a rotation elsewhere it was not told of)
+        if store.isShared, !keyring.holds(stored.meta.keyID) { try? keyring.refreshDataKeys(store: store) }
         let value: SecretBytes
         do {
             value = try keyring.open(wrappedKey: wrapped, ciphertext: ct, path: path, version: stored.meta.version, keyID: stored.meta.keyID)
@@ -159,7 +174,8 @@ public final class SecretsService: Sendable {
         guard versions.allSatisfy({ $0 >= 1 }) else { throw CofferError(.invalidVersion, "versions must be 1 or more") }
         guard versions.count <= 1000 else { throw CofferError(.invalidVersion, "at most 1000 versions at once") }
         let now = clock.nowMillis()
-        defer { cache.invalidate(path) }  // also when the change failed halfway
+        cache.beginWrite(path)
+        defer { cache.endWrite(path) }  // also when the change failed halfway
         let p = g.principal
         let rec = try await errors.call {
             try await store.change(change, path, versions: versions, now: now, guard: tokens.guardFor(p), ticket: g.ticket)

@@ -7,10 +7,12 @@ import Synchronization
 /// Keeps what this daemon caches (token records, sealed rows, the keyring's data
 /// keys) in step with the other instances on a shared PostgreSQL database.
 ///
-/// Every transaction that changes a secret, token or key bumps one generation row,
-/// in the database, in that transaction (triggers), and announces it (NOTIFY). This
-/// daemon LISTENs, and drops its caches when told; and before a request uses a cache
-/// it compares the generation it last saw with the database's: on every such request
+/// Every transaction that changes a secret, token or key rewrites the record digest
+/// (its sum over every record's MAC, MACed itself, written by Coffer in that
+/// transaction: no trigger to switch off), and triggers announce it (NOTIFY) and bump
+/// a key generation when keys changed. This daemon LISTENs, and drops its caches when
+/// told; and before a request uses a cache it compares the digest's sum (and the key
+/// generation) it last saw with the database's: on every such request
 /// (max_staleness_ms = 0, the default: a change acknowledged on one host is seen by
 /// the next request on any), or at most every max_staleness_ms (the bound should a
 /// notification be lost). A failed check fails the request closed (503). SQLite:
@@ -21,7 +23,7 @@ final class SharedCoherence: Sendable {
     let errors: StoreErrorMapper
     let logger: Logger
     struct State {
-        var generation: (all: Int64, keys: Int64)?
+        var generation: (records: [UInt8], keys: Int64)?
         var checkedAt: UInt64 = 0
         /// When the schema and the instance lock were last looked at.
         var auditedAt: UInt64 = 0
@@ -116,7 +118,7 @@ final class SharedCoherence: Sendable {
         let (stale, keys) = state.withLock { s -> (Bool, Bool) in
             defer { s.generation = g; s.checkedAt = now }
             guard let seen = s.generation else { return (true, true) }
-            return (seen.all != g.all, seen.keys != g.keys)
+            return (seen.records != g.records || seen.keys != g.keys, seen.keys != g.keys)
         }
         if stale { changed(keys: keys) }
         if maxStalenessNanos > 0 { listen() }

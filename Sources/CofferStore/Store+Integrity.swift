@@ -369,7 +369,8 @@ extension Store {
                         // disabled, firing on fewer statements, or only under a condition,
                         // it would leave the other hosts' caches stale
                         guard (r["enabled"] as String) == "O" else { return "trigger \(name) (disabled)" }
-                        guard (r["type"] as Int64) == (table == "token" ? 24 : 28), (r["plain"] as Int64) == 1 else { return "trigger \(name) (changed)" }
+                        // (statement level, AFTER; INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32)
+                        guard (r["type"] as Int64) == (table == "token" ? 56 : 60), (r["plain"] as Int64) == 1 else { return "trigger \(name) (changed)" }
                         return nil
                     }
                     return "trigger \(name)"
@@ -391,6 +392,24 @@ extension Store {
             }
             // event triggers run inside any statement of the database
             found += try String.fetchAll(db, sql: "SELECT 'event trigger ' || evtname::text FROM pg_event_trigger ORDER BY 1")
+            // objects added to pg_catalog (a superuser's, with allow_system_table_mods):
+            // searched before Coffer's schema, a table, view or function there would
+            // stand in for Coffer's own (the generation row, audit_event, pg_notify)
+            found += try String.fetchAll(db, sql: """
+                SELECT 'catalog object ' || relname::text FROM pg_class WHERE relnamespace = 'pg_catalog'::regnamespace AND oid >= 16384
+                UNION ALL SELECT 'catalog function ' || proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace AND oid >= 16384
+                UNION ALL SELECT 'catalog operator ' || oprname::text FROM pg_operator WHERE oprnamespace = 'pg_catalog'::regnamespace AND oid >= 16384
+                ORDER BY 1
+                """)
+            // row-level security would hide rows from Coffer's own queries (a revoked
+            // token's row, a newer version): Coffer enables it nowhere
+            found += try String.fetchAll(db, sql: """
+                SELECT 'row security on ' || c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = current_schema() AND (c.relrowsecurity OR c.relforcerowsecurity)
+                UNION ALL SELECT 'policy ' || p.polname::text FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()
+                ORDER BY 1
+                """)
             return found + (try String.fetchAll(db, sql: """
                 SELECT 'trigger ' || tgname::text FROM pg_trigger WHERE false
                 UNION ALL SELECT 'view ' || viewname::text FROM pg_views WHERE schemaname = current_schema()

@@ -13,7 +13,7 @@ extension Store {
     /// (a daemon reloads its keyring only then). The notification names the table.
     static let generationFunctionBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
         + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
-        + "PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+        + "PERFORM pg_catalog.pg_notify('coffer_generation'::text, TG_TABLE_NAME::text); RETURN NULL; END"
     static let keyTables: Set<String> = ["keyring", "signing_key"]
 
     static let postgresMigrations: [(id: String, sql: String)] = [
@@ -239,11 +239,11 @@ extension Store {
             CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), gen BIGINT NOT NULL, key_gen BIGINT NOT NULL);
             INSERT INTO coffer_generation (id, gen, key_gen) VALUES (1, 0, 0);
             CREATE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$\(generationFunctionBody)$$;
-            CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
-            CREATE TRIGGER coffer_generation_secret_version AFTER INSERT OR UPDATE OR DELETE ON secret_version FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
-            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
-            CREATE TRIGGER coffer_generation_keyring AFTER INSERT OR UPDATE OR DELETE ON keyring FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
-            CREATE TRIGGER coffer_generation_signing_key AFTER INSERT OR UPDATE OR DELETE ON signing_key FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_secret_version AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret_version FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE OR TRUNCATE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_keyring AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON keyring FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
+            CREATE TRIGGER coffer_generation_signing_key AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON signing_key FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
             """),
     ]
 
@@ -324,16 +324,23 @@ extension Store {
     /// one caches must follow the shared generation.
     public var isShared: Bool { pool.isPostgres }
 
-    /// The shared generations: `all` bumped (and announced) by every transaction, of
-    /// any instance, that changes secrets, tokens or keys; `keys` by those that change
-    /// keys. nil on SQLite.
-    public func sharedGeneration() throws -> (all: Int64, keys: Int64)? {
+    /// What tells this daemon that another changed what it caches. `records`: the
+    /// record digest's sum and count, which every transaction that changes a secret,
+    /// token or key rewrites itself (MACed; audit appends leave it alone), so no
+    /// trigger can be switched off to hide a change (a digest kept from changing
+    /// no longer matches the rows: the next start or `operator check` says so).
+    /// `keys`: bumped by the triggers on the key tables (the keyring is reloaded then).
+    /// nil on SQLite.
+    public func sharedGeneration() throws -> (records: [UInt8], keys: Int64)? {
         guard case .postgres(let p) = pool.engine else { return nil }
-        guard let row = try p.queryOnce("SELECT gen, key_gen FROM coffer_generation WHERE id = 1").first, row.values.count == 2,
-              case .int64(let g) = row.values[0], case .int64(let k) = row.values[1] else {
+        let rows = try p.queryOnce("SELECT d.acc, d.rows, g.key_gen FROM coffer_generation g LEFT JOIN record_digest d ON d.id = 1 WHERE g.id = 1")
+        guard let row = rows.first, row.values.count == 3, case .int64(let k) = row.values[2] else {
             throw CofferError(.integrity, "the shared generation row is missing")
         }
-        return (g, k)
+        var records: [UInt8] = []
+        if case .blob(let acc) = row.values[0] { records = [UInt8](acc) }
+        if case .int64(let n) = row.values[1] { records += Array(String(n).utf8) }
+        return (records, k)
     }
 
     /// LISTENs for the generation's announcements (no-op on SQLite, and while a

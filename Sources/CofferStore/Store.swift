@@ -4,6 +4,12 @@ import Foundation
 import GRDB
 import Synchronization
 
+/// A value was sealed under a data key the database no longer names active (a
+/// rotation on another host): nothing was written; reload the keyring and seal again.
+public struct StaleDataKey: Error, Sendable {
+    public let keyID: String
+}
+
 /// The database: ciphertext, wrapped keys and metadata only (never plaintext).
 /// One `DatabasePool` in WAL mode; schema changes are named migrations.
 public final class Store: Sendable {
@@ -318,6 +324,12 @@ public final class Store: Sendable {
             }
             let next = current + 1
             let sealed = try seal(next)
+            // sealed under the key the database names active, checked in the writing
+            // transaction (under the writers' lock): a daemon that missed a rotation
+            // elsewhere never seals under a retired key
+            guard try String.fetchOne(db, sql: "SELECT state FROM keyring WHERE key_id = ? AND purpose = 'data'", arguments: [sealed.keyID]) == "active" else {
+                throw StaleDataKey(keyID: sealed.keyID)
+            }
             try db.execute(sql: """
                 INSERT INTO secret_version (secret_id, version, created_at, created_uid, created_user, size, state, key_id, wrapped_key, ciphertext)
                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)

@@ -111,6 +111,15 @@ import Testing
         #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t.token)"]).0 == 200)
         #expect(try a.coffer(["token", "revoke", t.accessor]).status == 0)
         #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t.token)"]).0 == 401)
+        // the same with the token table's trigger switched off around the revoke (by a
+        // database insider, for less than the periodic check's interval): B still
+        // refuses, since what it checks per request is the record digest Coffer writes
+        let t2 = try Self.token(a)
+        #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t2.token)"]).0 == 200)
+        try PostgresServer.psql("ALTER TABLE token DISABLE TRIGGER coffer_generation_token", database: database)
+        #expect(try a.coffer(["token", "revoke", t2.accessor]).status == 0)
+        try PostgresServer.psql("ALTER TABLE token ENABLE TRIGGER coffer_generation_token", database: database)
+        #expect(try b.curl("GET", "/v1/secrets/data/shared/p", headers: ["X-Coffer-Token: \(t2.token)"]).0 == 401)
 
         // a data key rotated on A: B's next write is sealed under it; each reads the other's
         let rotated = try a.coffer(["keys", "rotate", "--format", "json"])
@@ -304,6 +313,26 @@ import Testing
                                         database: database) == "1")
         #expect(try a.coffer(["secret", "get", "rw/after-b"]).out == "b")
         #expect(try b.coffer(["secret", "get", "rw/after-a"]).out == "a")
+        // a data key A rotates with the keyring's trigger switched off around it: B is
+        // not told, yet its next write is not sealed under the retired key (checked in
+        // the writing transaction: it reloads the keyring and seals again), and it
+        // opens what A sealed under the new key
+        // (A looks at its schema every 5 s while requests come: the window is placed
+        // right after one of those looks, as an insider's would be)
+        _ = try a.coffer(["secret", "get", "rw/k1"])
+        usleep(5_300_000)
+        _ = try a.coffer(["secret", "get", "rw/k1"])
+        try PostgresServer.psql("ALTER TABLE keyring DISABLE TRIGGER coffer_generation_keyring", database: database)
+        #expect(try a.coffer(["keys", "rotate"]).status == 0)
+        try PostgresServer.psql("ALTER TABLE keyring ENABLE TRIGGER coffer_generation_keyring", database: database)
+        let third = try PostgresServer.psql("SELECT key_id FROM keyring WHERE purpose = 'data' AND state = 'active'", database: database)
+        #expect(third != after)
+        #expect(try b.coffer(["secret", "put", "rw/unannounced"], stdin: Array("u".utf8)).status == 0)
+        #expect(try PostgresServer.psql("SELECT v.key_id FROM secret_version v JOIN secret s ON s.id = v.secret_id WHERE s.path = 'rw/unannounced'",
+                                        database: database) == third)
+        #expect(try a.coffer(["secret", "get", "rw/unannounced"]).out == "u")
+        #expect(try a.coffer(["secret", "put", "rw/from-a-3"], stdin: Array("a3".utf8)).status == 0)
+        #expect(try b.coffer(["secret", "get", "rw/from-a-3"]).out == "a3")
         // a restart on either host opens the new root with the same key file
         b.stop()
         try b.start()
@@ -517,7 +546,7 @@ import Testing
 
     static let generationBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
         + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
-        + "PERFORM pg_notify('coffer_generation', TG_TABLE_NAME); RETURN NULL; END"
+        + "PERFORM pg_catalog.pg_notify('coffer_generation'::text, TG_TABLE_NAME::text); RETURN NULL; END"
 
     /// Ways a database insider could silence the generation, each refused at start:
     /// the function given a search_path of its own (its statements sent to a planted
@@ -550,10 +579,17 @@ import Testing
             """, "trigger coffer_generation_token (changed)",
             undo: """
             DROP TRIGGER coffer_generation_token ON token;
-            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()
+            CREATE TRIGGER coffer_generation_token AFTER UPDATE OR DELETE OR TRUNCATE ON token FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()
             """)
         try refused("DROP TRIGGER coffer_generation_secret ON secret", "trigger coffer_generation_secret (missing)",
-                    undo: "CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()")
+                    undo: "CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation()")
+        // an object added to pg_catalog (searched first) to stand in for Coffer's own
+        try refused("SET allow_system_table_mods = on; CREATE TABLE pg_catalog.coffer_generation (id bigint, gen bigint, key_gen bigint)",
+                    "catalog object coffer_generation", undo: "SET allow_system_table_mods = on; DROP TABLE pg_catalog.coffer_generation")
+        try refused("ALTER TABLE token ENABLE ROW LEVEL SECURITY; CREATE POLICY hide ON token USING (revoked_at IS NULL)", "policy hide",
+                    undo: "DROP POLICY hide ON token; ALTER TABLE token DISABLE ROW LEVEL SECURITY")
+        try refused("ALTER TABLE secret FORCE ROW LEVEL SECURITY", "row security on secret",
+                    undo: "ALTER TABLE secret NO FORCE ROW LEVEL SECURITY")
         try refused("ALTER DATABASE \(database) SET session_replication_role = replica", "session_replication_role",
                     undo: "ALTER DATABASE \(database) RESET session_replication_role")
         // a search_path on the database pointing at an empty schema: Coffer stays in public
