@@ -60,14 +60,14 @@ final class SharedCoherence: Sendable {
         do {
             try store.listenForChanges { [weak self] keys in
                 guard let self else { return }
-                // the notification may overtake the generation row as this daemon
+                // the notification may overtake the digest row as this daemon
                 // read it: the next check reads it again (what changed is dropped now)
                 self.state.withLock { $0.checkedAt = 0 }
                 // off PostgreSQL's event loop: the observers read the database
                 self.queue.async { self.changed(keys: keys) }
             }
         } catch {
-            logger.warning("cannot LISTEN for other instances' changes; checking the shared generation per request",
+            logger.warning("cannot LISTEN for other instances' changes; checking the database per request",
                            metadata: ["error": "\(error)"])
         }
     }

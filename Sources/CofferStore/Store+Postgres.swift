@@ -9,10 +9,10 @@ extension Store {
     /// The tables whose changes daemons must see at once (they cache what they hold).
     static let generationTables: Set<String> = ["secret", "secret_version", "token", "keyring", "signing_key"]
     static let instrFunctionBody = "SELECT position($2 in $1)"
-    /// `gen` counts every change of what daemons cache; `key_gen` those of the keys
-    /// (a daemon reloads its keyring only then). The notification names the table.
-    static let generationFunctionBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
-        + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
+    /// Every change of what daemons cache is announced (the notification names the
+    /// table); `key_gen` counts the changes of keys (a daemon reloads its keyring only
+    /// then). Other changes need no counter: each request compares the record digest.
+    static let generationFunctionBody = "BEGIN IF TG_TABLE_NAME IN ('keyring', 'signing_key') THEN UPDATE coffer_generation SET key_gen = key_gen + 1 WHERE id = 1; END IF; "
         + "PERFORM pg_catalog.pg_notify('coffer_generation'::text, TG_TABLE_NAME::text); RETURN NULL; END"
     static let keyTables: Set<String> = ["keyring", "signing_key"]
 
@@ -236,8 +236,8 @@ extension Store {
                 pruned_through BIGINT NOT NULL CHECK (pruned_through >= 0),
                 mac BYTEA
                 );
-            CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), gen BIGINT NOT NULL, key_gen BIGINT NOT NULL);
-            INSERT INTO coffer_generation (id, gen, key_gen) VALUES (1, 0, 0);
+            CREATE TABLE coffer_generation (id BIGINT PRIMARY KEY CHECK (id = 1), key_gen BIGINT NOT NULL);
+            INSERT INTO coffer_generation (id, key_gen) VALUES (1, 0);
             CREATE FUNCTION coffer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$\(generationFunctionBody)$$;
             CREATE TRIGGER coffer_generation_secret AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();
             CREATE TRIGGER coffer_generation_secret_version AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret_version FOR EACH STATEMENT EXECUTE FUNCTION coffer_bump_generation();

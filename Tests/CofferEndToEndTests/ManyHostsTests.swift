@@ -67,12 +67,28 @@ import Testing
 /// socket and instance id (its own audit chain), all sharing one state.
 @Suite(.serialized) struct ManyInstancesTests {
     /// A second instance beside `a`: a state directory of its own, the same key material.
-    static func another(_ a: Daemon, options: String = "") throws -> Daemon {
-        let b = try Daemon(initialise: false, postgres: a.postgresDatabase!, postgresOptions: options)
-        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
+    static func another(_ a: Daemon, options: String = "", policy: String? = nil) throws -> Daemon {
+        let b = try joining(a, options: options, policy: policy)
         try b.start()
         return b
+    }
+
+    /// A daemon on `a`'s database with `a`'s key, not started.
+    static func joining(_ a: Daemon, options: String = "", policy: String? = nil) throws -> Daemon {
+        let b = try Daemon(initialise: false, policy: policy, postgres: a.postgresDatabase!, postgresOptions: options)
+        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
+        return b
+    }
+
+    /// A daemon started with a copy of `of`'s state directory (its instance id): refused.
+    static func expectCopyRefused(_ a: Daemon, of: Daemon, saying needle: String) throws {
+        let c = try joining(a)
+        try FileManager.default.createDirectory(atPath: c.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        for f in ["instance", "audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: of.dir + "/state/" + f, toPath: c.dir + "/state/" + f) }
+        _ = try c.launch()
+        #expect(try c.waitForExit() != 0)
+        #expect(c.log.contains(needle), "\(c.log.suffix(400))")
     }
 
     static func instance(_ d: Daemon) -> String {
@@ -147,14 +163,7 @@ import Testing
         #expect(export.contains("\"instance\":\"\(ia)\"") && export.contains("\"instance\":\"\(ib)\""))
 
         // the same instance id twice (a copied state directory) is refused; the first serves on
-        let c = try Daemon(initialise: false, postgres: database)
-        try FileManager.default.createDirectory(atPath: (c.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: a.keyPath, toPath: c.keyPath)
-        try FileManager.default.createDirectory(atPath: c.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        for f in ["instance", "audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: b.dir + "/state/" + f, toPath: c.dir + "/state/" + f) }
-        _ = try c.launch()
-        #expect(try c.waitForExit() != 0)
-        #expect(c.log.contains("as instance '\(ib)'"), "\(c.log)")
+        try Self.expectCopyRefused(a, of: b, saying: "as instance '\(ib)'")
         #expect(try b.coffer(["secret", "get", "rot/a"]).stdout == Array("from a".utf8))
 
         // an event of B's chain edited in the database: A's verify names B's instance and the seq
@@ -233,14 +242,7 @@ import Testing
             let now = (try? PostgresServer.psql(holder, database: database)) ?? ""
             return !now.isEmpty && now != first
         }, "the lock was not taken again")
-        let c = try Daemon(initialise: false, postgres: database)
-        try FileManager.default.createDirectory(atPath: (c.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: a.keyPath, toPath: c.keyPath)
-        try FileManager.default.createDirectory(atPath: c.dir + "/state", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        for f in ["instance", "audit.pub", "audit.anchor"] { try FileManager.default.copyItem(atPath: a.dir + "/state/" + f, toPath: c.dir + "/state/" + f) }
-        _ = try c.launch()
-        #expect(try c.waitForExit() != 0)
-        #expect(c.log.contains("as instance"), "\(c.log.suffix(400))")
+        try Self.expectCopyRefused(a, of: a, saying: "as instance")
         #expect(try a.coffer(["secret", "put", "l/x"], stdin: Array("x".utf8)).status == 0)
     }
 
@@ -369,10 +371,7 @@ import Testing
         defer { PostgresServer.dropDatabase(database) }
         let a = try Daemon(policy: Self.elevationPolicy, postgres: database)
         try a.start()
-        let b = try Daemon(initialise: false, policy: Self.elevationPolicy, postgres: database)
-        try FileManager.default.createDirectory(atPath: (b.keyPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: a.keyPath, toPath: b.keyPath)
-        try b.start()
+        let b = try Self.another(a, policy: Self.elevationPolicy)
         func jwt(_ d: Daemon) throws -> String {
             let r = try d.coffer(["elevate", "request", "deploy", "--for", "1h", "--format", "json"])
             let id = try #require(json(r.out)["id"] as? String, "\(r.stderr)")
@@ -544,8 +543,7 @@ import Testing
         #expect(r.status != 0 && r.stderr.contains("event trigger"), "\(r.stderr)")
     }
 
-    static let generationBody = "BEGIN UPDATE coffer_generation SET gen = gen + 1, "
-        + "key_gen = key_gen + (CASE WHEN TG_TABLE_NAME IN ('keyring', 'signing_key') THEN 1 ELSE 0 END) WHERE id = 1; "
+    static let generationBody = "BEGIN IF TG_TABLE_NAME IN ('keyring', 'signing_key') THEN UPDATE coffer_generation SET key_gen = key_gen + 1 WHERE id = 1; END IF; "
         + "PERFORM pg_catalog.pg_notify('coffer_generation'::text, TG_TABLE_NAME::text); RETURN NULL; END"
 
     /// Ways a database insider could silence the generation, each refused at start:
